@@ -1,0 +1,311 @@
+//! Settings: plain serde structs with defaults, then an optional TOML file, then `SILT_*`
+//! environment variables (nested keys joined with `__`, e.g. `SILT_FLUSH__INTERVAL_MS=50`).
+//!
+//! Settings are data only. Components (stores, clocks) are built from them elsewhere. Unknown
+//! keys are errors, so a typo stops start-up instead of being ignored.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything an agent can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address the Kafka listener binds, `host:port`.
+    pub listen: String,
+    /// Host advertised to clients in Metadata; defaults to the listen host.
+    pub advertised_host: Option<String>,
+    /// Port advertised to clients; defaults to the bound port.
+    pub advertised_port: Option<u16>,
+    /// This agent's broker id as clients see it.
+    pub node_id: i32,
+    /// Directory for everything local: the local object store and the embedded metadata store.
+    pub data_dir: PathBuf,
+    /// Largest request frame accepted, in bytes; larger frames close the connection.
+    pub max_frame_bytes: usize,
+    /// Object storage.
+    pub object_store: ObjectStoreSettings,
+    /// Metadata store.
+    pub metadata: MetadataSettings,
+    /// The flush pipeline.
+    pub flush: FlushSettings,
+    /// Defaults for topics.
+    pub topics: TopicDefaults,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9092".into(),
+            advertised_host: None,
+            advertised_port: None,
+            node_id: 0,
+            data_dir: PathBuf::from("./silt-data"),
+            max_frame_bytes: 100 * 1024 * 1024,
+            object_store: ObjectStoreSettings::default(),
+            metadata: MetadataSettings::default(),
+            flush: FlushSettings::default(),
+            topics: TopicDefaults::default(),
+        }
+    }
+}
+
+/// Which object store holds the data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectStoreSettings {
+    /// `local` (a directory) or `memory` (lost on exit; tests only).
+    pub kind: ObjectStoreKind,
+    /// Root directory for `local`; defaults to `<data_dir>/objects`.
+    pub path: Option<PathBuf>,
+    /// Extra latency added to every object-store call, in milliseconds (fault injection for
+    /// tests and demonstrations of backpressure; 0 in production).
+    pub inject_latency_ms: u64,
+}
+
+impl Default for ObjectStoreSettings {
+    fn default() -> Self {
+        Self {
+            kind: ObjectStoreKind::Local,
+            path: None,
+            inject_latency_ms: 0,
+        }
+    }
+}
+
+/// Object store backends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectStoreKind {
+    /// A local directory (object_store's LocalFileSystem).
+    Local,
+    /// In process memory; everything is lost on exit.
+    Memory,
+}
+
+/// Which metadata store holds the catalog and the offset index.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataSettings {
+    /// `embedded` (in process, durable in a local file).
+    pub kind: MetadataKind,
+    /// Directory of the embedded store; defaults to `<data_dir>/meta`.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for MetadataSettings {
+    fn default() -> Self {
+        Self {
+            kind: MetadataKind::Embedded,
+            path: None,
+        }
+    }
+}
+
+/// Metadata store backends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataKind {
+    /// In process, durable in `<path>/meta.log`.
+    Embedded,
+}
+
+/// When buffered batches are written to object storage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlushSettings {
+    /// Longest a batch waits in the buffer before a flush starts, in milliseconds.
+    pub interval_ms: u64,
+    /// A flush starts as soon as this many bytes are buffered.
+    pub max_bytes: usize,
+    /// Most bytes buffered or in flight before producers are slowed down (backpressure).
+    pub max_buffered_bytes: usize,
+    /// Bytes of recently written objects kept in memory to serve tail reads.
+    pub tail_cache_bytes: usize,
+}
+
+impl Default for FlushSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 100,
+            max_bytes: 8 * 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            tail_cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Defaults applied to topics that do not set their own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    /// Create a topic when a client produces to or asks metadata for one that does not exist.
+    pub auto_create: bool,
+    /// Partitions of an auto-created topic, or of one created with `num_partitions = -1`.
+    pub num_partitions: i32,
+    /// Default `retention.ms`.
+    pub retention_ms: i64,
+    /// Default `max.message.bytes` (largest record batch accepted).
+    pub max_message_bytes: i32,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self {
+            auto_create: true,
+            num_partitions: 1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            max_message_bytes: 1_048_588,
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {path} does not exist (pass an existing TOML file to --config, or omit it to use defaults)")]
+    Missing {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A key or value was rejected.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then `SILT_*` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing {
+                    path: path.to_owned(),
+                });
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("SILT_").split("__"));
+        let settings: Settings = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str, why: &str| Err(ConfigError::Invalid(format!("{what}: {why}")));
+        if self.flush.interval_ms == 0 {
+            return bad("flush.interval_ms = 0", "must be at least 1");
+        }
+        if self.flush.max_bytes == 0 {
+            return bad("flush.max_bytes = 0", "must be at least 1");
+        }
+        if self.flush.max_buffered_bytes < self.max_frame_bytes.min(16 * 1024 * 1024) {
+            return bad(
+                &format!("flush.max_buffered_bytes = {}", self.flush.max_buffered_bytes),
+                "must be at least 16 MiB (or max_frame_bytes if smaller) so one request always fits",
+            );
+        }
+        if self.topics.num_partitions < 1 {
+            return bad(
+                &format!("topics.num_partitions = {}", self.topics.num_partitions),
+                "must be at least 1",
+            );
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad(
+                &format!("max_frame_bytes = {}", self.max_frame_bytes),
+                "must be at least 1024",
+            );
+        }
+        Ok(())
+    }
+
+    /// Root of the local object store.
+    pub fn object_store_path(&self) -> PathBuf {
+        self.object_store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("objects"))
+    }
+
+    /// Directory of the embedded metadata store.
+    pub fn metadata_path(&self) -> PathBuf {
+        self.metadata
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("meta"))
+    }
+}
+
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let from = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{from}", e.kind)
+            } else {
+                format!("`{path}`: {}{from}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_listen_on_localhost_9092() {
+        let s = Settings::default();
+        assert_eq!(s.listen, "127.0.0.1:9092");
+        assert_eq!(s.data_dir, PathBuf::from("./silt-data"));
+        assert!(s.topics.auto_create);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_are_named() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "listen = \"127.0.0.1:19092\"\n[flush]\ninterval_ms = 7").unwrap();
+        let s = Settings::load(Some(f.path())).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:19092");
+        assert_eq!(s.flush.interval_ms, 7);
+
+        let mut g = tempfile::NamedTempFile::new().unwrap();
+        writeln!(g, "[flush]\nintervall_ms = 7").unwrap();
+        let err = Settings::load(Some(g.path())).unwrap_err().to_string();
+        assert!(err.contains("intervall_ms"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let err = Settings::load(Some(Path::new("/nonexistent/silt.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/silt.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[flush]\ninterval_ms = 0").unwrap();
+        let err = Settings::load(Some(f.path())).unwrap_err().to_string();
+        assert!(err.contains("flush.interval_ms"), "{err}");
+        let mut g = tempfile::NamedTempFile::new().unwrap();
+        writeln!(g, "[object_store]\nkind = \"s4\"").unwrap();
+        let err = Settings::load(Some(g.path())).unwrap_err().to_string();
+        assert!(err.contains("kind") && err.contains("s4"), "{err}");
+    }
+}

@@ -1,0 +1,103 @@
+//! `/silt/topics/{name}`: the topic catalog.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{decode_json, encode_json, index};
+use crate::kv::{Compare, MetaError, MetaKv, Op, RangeRequest, Txn};
+
+/// A topic as stored. Persisted: field names are stable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    /// The topic's name.
+    pub name: String,
+    /// Its id (Kafka topic id); a re-created topic gets a new one.
+    pub id: Uuid,
+    /// Number of partitions.
+    pub partitions: i32,
+    /// Topic configs set explicitly (Kafka names, e.g. `retention.ms`).
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+    /// Creation time, ms since the epoch.
+    pub created_ms: i64,
+}
+
+fn prefix() -> String {
+    format!("{}/topics/", super::ROOT)
+}
+
+/// The key of topic `name`.
+pub fn key(name: &str) -> String {
+    format!("{}{name}", prefix())
+}
+
+/// Every topic.
+pub async fn list(kv: &dyn MetaKv) -> Result<Vec<TopicRecord>, MetaError> {
+    kv.range(RangeRequest::prefix(prefix()))
+        .await?
+        .into_iter()
+        .map(|kv| decode_json(&kv.key, &kv.value))
+        .collect()
+}
+
+/// Creates `topic` unless one of that name exists; returns whether it was created.
+pub async fn create(kv: &dyn MetaKv, topic: &TopicRecord) -> Result<bool, MetaError> {
+    let k = key(&topic.name);
+    let r = kv
+        .txn(Txn {
+            compares: vec![Compare::absent(k.clone())],
+            success: vec![Op::put(k, encode_json(topic))],
+            failure: vec![],
+        })
+        .await?;
+    Ok(r.succeeded)
+}
+
+/// Deletes the topic and its offset index; returns the record deleted, if any.
+pub async fn delete(kv: &dyn MetaKv, name: &str) -> Result<Option<TopicRecord>, MetaError> {
+    let k = key(name);
+    let Some(cur) = kv.get(k.as_bytes()).await? else {
+        return Ok(None);
+    };
+    let topic: TopicRecord = decode_json(&cur.key, &cur.value)?;
+    let r = kv
+        .txn(Txn {
+            compares: vec![Compare::mod_revision(k.clone(), cur.mod_revision)],
+            success: vec![
+                Op::Delete { key: k.into_bytes() },
+                Op::DeletePrefix {
+                    prefix: index::topic_prefix(&topic.id).into_bytes(),
+                },
+            ],
+            failure: vec![],
+        })
+        .await?;
+    Ok(r.succeeded.then_some(topic))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmbeddedKv;
+    use silt_common::ManualClock;
+
+    #[tokio::test]
+    async fn create_list_delete() {
+        let kv = EmbeddedKv::in_memory(ManualClock::new(0));
+        let t = TopicRecord {
+            name: "orders".into(),
+            id: Uuid::new_v4(),
+            partitions: 3,
+            configs: BTreeMap::from([("retention.ms".into(), "1000".into())]),
+            created_ms: 5,
+        };
+        assert!(create(&kv, &t).await.unwrap());
+        assert!(!create(&kv, &t).await.unwrap(), "second create must fail");
+        assert_eq!(list(&kv).await.unwrap(), vec![t.clone()]);
+        assert_eq!(delete(&kv, "orders").await.unwrap(), Some(t));
+        assert!(list(&kv).await.unwrap().is_empty());
+        assert_eq!(delete(&kv, "orders").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,23 @@
+//! `/silt/cluster/id`: the cluster id reported to clients, chosen once by the first agent.
+
+use crate::kv::{Compare, MetaError, MetaKv, Op, Txn};
+
+fn key() -> String {
+    format!("{}/cluster/id", super::ROOT)
+}
+
+/// The cluster id, created from `proposal` if there is none yet.
+pub async fn get_or_create(kv: &dyn MetaKv, proposal: &str) -> Result<String, MetaError> {
+    let k = key();
+    kv.txn(Txn {
+        compares: vec![Compare::absent(k.clone())],
+        success: vec![Op::put(k.clone(), proposal)],
+        failure: vec![],
+    })
+    .await?;
+    let got = kv.get(k.as_bytes()).await?.ok_or_else(|| MetaError::Corrupt {
+        key: k.clone(),
+        reason: "cluster id missing right after it was created".into(),
+    })?;
+    Ok(String::from_utf8_lossy(&got.value).into_owned())
+}

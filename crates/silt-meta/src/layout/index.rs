@@ -1,0 +1,103 @@
+//! `/silt/index/{topic_id}/{partition:010}/{base_offset:020}`: the offset index. One entry per
+//! partition per flush says which object holds an offset range and where in it.
+//!
+//! Entries are written by the flush commit — one transaction for every partition in the flush —
+//! and are the only thing that makes data visible: the high watermark of a partition is the
+//! last entry's `last_offset + 1`. Entries also carry the idempotent-producer state of the
+//! batches they cover so a new leader can rebuild it without reading objects.
+//! The count of entries per partition grows with flushes until the compaction issue folds them.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{decode_json, encode_json};
+use crate::kv::{MetaError, MetaKv, Op, RangeRequest};
+
+/// One idempotent batch, as the producer-state rebuild needs it. Persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerBatch {
+    /// Producer id.
+    pub pid: i64,
+    /// Producer epoch.
+    pub epoch: i16,
+    /// First sequence number of the batch.
+    pub first_seq: i32,
+    /// Last sequence number of the batch.
+    pub last_seq: i32,
+    /// Offset given to the batch's first record.
+    pub base_offset: i64,
+}
+
+/// Where a contiguous range of one partition's offsets lives. Persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// Object path in the object store.
+    pub object: String,
+    /// Byte offset of the range's first batch in the object.
+    pub pos: u64,
+    /// Length in bytes of the range's batches.
+    pub len: u64,
+    /// First offset.
+    pub base_offset: i64,
+    /// Last offset (inclusive).
+    pub last_offset: i64,
+    /// Largest record timestamp in the range.
+    pub max_timestamp: i64,
+    /// Idempotent batches in the range, in offset order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub producers: Vec<ProducerBatch>,
+}
+
+/// Prefix of every index key of a topic.
+pub fn topic_prefix(topic_id: &Uuid) -> String {
+    format!("{}/index/{}/", super::ROOT, topic_id.simple())
+}
+
+/// Prefix of every index key of a partition.
+pub fn partition_prefix(topic_id: &Uuid, partition: i32) -> String {
+    format!("{}{partition:010}/", topic_prefix(topic_id))
+}
+
+/// The key of one entry.
+pub fn key(topic_id: &Uuid, partition: i32, base_offset: i64) -> String {
+    format!("{}{base_offset:020}", partition_prefix(topic_id, partition))
+}
+
+/// The put that records `entry`.
+pub fn put_op(topic_id: &Uuid, partition: i32, entry: &IndexEntry) -> Op {
+    Op::put(key(topic_id, partition, entry.base_offset), encode_json(entry))
+}
+
+/// Every entry of a partition, in offset order.
+pub async fn load_partition(
+    kv: &dyn MetaKv,
+    topic_id: &Uuid,
+    partition: i32,
+) -> Result<Vec<IndexEntry>, MetaError> {
+    kv.range(RangeRequest::prefix(partition_prefix(topic_id, partition)))
+        .await?
+        .into_iter()
+        .map(|kv| decode_json(&kv.key, &kv.value))
+        .collect()
+}
+
+/// Number of index keys a partition holds (reported as a metric; bounded by compaction later).
+pub async fn key_count(kv: &dyn MetaKv, topic_id: &Uuid, partition: i32) -> Result<usize, MetaError> {
+    Ok(kv
+        .range(RangeRequest::prefix(partition_prefix(topic_id, partition)))
+        .await?
+        .len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_offset() {
+        let id = Uuid::nil();
+        assert!(key(&id, 1, 9) < key(&id, 1, 10));
+        assert!(key(&id, 1, i64::MAX) < key(&id, 2, 0));
+        assert!(key(&id, 3, 5).starts_with(&partition_prefix(&id, 3)));
+    }
+}

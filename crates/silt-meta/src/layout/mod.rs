@@ -1,0 +1,36 @@
+//! The typed key layout of Silt's metadata, one module per kind of key. Every key Silt writes
+//! is built here and nowhere else; values are JSON documents whose field names are persisted
+//! and must stay stable (add fields with defaults, never rename).
+//!
+//! ```text
+//! /silt/cluster/id                                   cluster id (string)
+//! /silt/agents/{node_id}                             the agent session that may write (fencing)
+//! /silt/topics/{name}                                TopicRecord
+//! /silt/index/{topic_id}/{partition:010}/{base:020}  IndexEntry: where an offset range lives
+//! /silt/producer-ids/next                            next unallocated producer id (i64)
+//! ```
+
+pub mod agents;
+pub mod catalog;
+pub mod cluster;
+pub mod index;
+pub mod producer_ids;
+
+use crate::kv::MetaError;
+
+/// The root of every key Silt writes.
+pub const ROOT: &str = "/silt";
+
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, MetaError> {
+    serde_json::from_slice(value).map_err(|e| MetaError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn encode_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("metadata values always serialize")
+}

@@ -1,0 +1,17 @@
+//! Silt's metadata store: an etcd-shaped key-value trait ([`MetaKv`]), its backends, the
+//! conformance suite every backend must pass, and the typed key layout (catalog, offset index,
+//! producer ids) written once on top of the trait.
+//!
+//! Code above this crate never talks to a backend directly; it holds a `dyn MetaKv`.
+#![warn(missing_docs)]
+
+pub mod conformance;
+pub mod embedded;
+pub mod kv;
+pub mod layout;
+
+pub use embedded::EmbeddedKv;
+pub use kv::{
+    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, MetaError, MetaKv, Op, RangeRequest,
+    Txn, TxnResponse, WatchEvent,
+};
