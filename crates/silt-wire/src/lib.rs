@@ -1,1 +1,20 @@
-//! placeholder
+//! The Kafka wire edge of Silt: length-prefixed frames, request headers, guarded request
+//! decoding, response encoding, and the v2 record-batch header.
+//!
+//! Everything here treats input as hostile: a frame is bounded before it is read, decoding can
+//! neither abort the process nor panic past this crate (see [`alloc`] and [`request`]), and a
+//! record batch is checked without decompressing it. This crate knows nothing of topics or
+//! storage.
+#![warn(missing_docs)]
+
+pub mod alloc;
+pub mod batch;
+pub mod frame;
+pub mod request;
+pub mod response;
+
+pub use kafka_protocol;
+
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: alloc::LazyLargeAlloc = alloc::LazyLargeAlloc;
