@@ -1,0 +1,270 @@
+//! [`Storage`]: the one door to object storage. Counts requests, retries transient failures
+//! with exponential backoff and full jitter, and lets tests inject latency and failures.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rand::Rng;
+
+/// Request counters, readable at any time.
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    /// Successful PUTs.
+    pub puts: AtomicU64,
+    /// Bytes PUT.
+    pub put_bytes: AtomicU64,
+    /// Successful GETs (whole or ranged).
+    pub gets: AtomicU64,
+    /// Bytes read.
+    pub get_bytes: AtomicU64,
+    /// Failed attempts (each retry counts).
+    pub errors: AtomicU64,
+}
+
+/// Faults injected into every call; all zero in production.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Added to every call, in milliseconds.
+    pub latency_ms: AtomicU64,
+    /// The next this-many PUT attempts fail with a transient error.
+    pub fail_puts: AtomicU32,
+}
+
+/// An object-store failure after retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("object {path} not found")]
+    NotFound {
+        /// Its path.
+        path: String,
+    },
+    /// Every attempt failed.
+    #[error("object store {op} of {path} failed after {attempts} attempts: {source}")]
+    Failed {
+        /// `PUT`, `GET` or `DELETE`.
+        op: &'static str,
+        /// The path.
+        path: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// The wrapped object store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    inner: Arc<dyn ObjectStore>,
+    stats: Arc<StorageStats>,
+    faults: Arc<Faults>,
+    max_attempts: u32,
+    base_backoff: Duration,
+}
+
+impl Storage {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            stats: Arc::default(),
+            faults: Arc::default(),
+            max_attempts: 8,
+            base_backoff: Duration::from_millis(50),
+        }
+    }
+
+    /// A store in process memory (tests).
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    /// A store in a local directory, fsyncing every write.
+    pub fn local(dir: &std::path::Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(std::io::Error::other)?
+            .with_fsync(true);
+        Ok(Self::new(Arc::new(fs)))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<StorageStats> {
+        &self.stats
+    }
+
+    /// The fault switches.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Sets the number of attempts per call (at least 1).
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    async fn delay(&self) {
+        let ms = self.faults.latency_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        let cap = self.base_backoff * 2u32.saturating_pow(attempt.min(6));
+        let ms = rand::rng().random_range(0..=cap.as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// Writes a new object. Writing the same path twice with the same bytes (a retry after a lost
+    /// response) is treated as success.
+    pub async fn put(&self, path: &Path, data: Bytes) -> Result<(), StorageError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.delay().await;
+            let injected = self
+                .faults
+                .fail_puts
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let res = if injected {
+                Err(object_store::Error::Generic {
+                    store: "fault-injection",
+                    source: "injected PUT failure".into(),
+                })
+            } else {
+                let opts = PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                };
+                self.inner
+                    .put_opts(path, PutPayload::from_bytes(data.clone()), opts)
+                    .await
+                    .map(|_| ())
+            };
+            // Paths are unique per agent session, so an existing object is our own earlier
+            // attempt whose response was lost.
+            let res = match res {
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                other => other,
+            };
+            match res {
+                Ok(()) => {
+                    self.stats.puts.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .put_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= self.max_attempts {
+                        return Err(StorageError::Failed {
+                            op: "PUT",
+                            path: path.to_string(),
+                            attempts: attempt,
+                            source: e,
+                        });
+                    }
+                    tracing::warn!(%path, attempt, error = %e, "object PUT failed; retrying");
+                    self.backoff(attempt).await;
+                }
+            }
+        }
+    }
+
+    /// Reads `range` of an object (the whole object if `None`).
+    pub async fn get(&self, path: &Path, range: Option<Range<u64>>) -> Result<Bytes, StorageError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.delay().await;
+            let res = match &range {
+                Some(r) => self.inner.get_range(path, r.clone()).await,
+                None => match self.inner.get(path).await {
+                    Ok(g) => g.bytes().await,
+                    Err(e) => Err(e),
+                },
+            };
+            match res {
+                Ok(b) => {
+                    self.stats.gets.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .get_bytes
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                    return Ok(b);
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(StorageError::NotFound {
+                        path: path.to_string(),
+                    })
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if attempt >= self.max_attempts {
+                        return Err(StorageError::Failed {
+                            op: "GET",
+                            path: path.to_string(),
+                            attempts: attempt,
+                            source: e,
+                        });
+                    }
+                    tracing::warn!(%path, attempt, error = %e, "object GET failed; retrying");
+                    self.backoff(attempt).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_range_and_counters() {
+        let s = Storage::in_memory();
+        let p = Path::from("a/b");
+        s.put(&p, Bytes::from_static(b"hello world")).await.unwrap();
+        assert_eq!(s.get(&p, Some(6..11)).await.unwrap(), &b"world"[..]);
+        assert_eq!(s.get(&p, None).await.unwrap().len(), 11);
+        assert_eq!(s.stats().puts.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats().gets.load(Ordering::Relaxed), 2);
+        assert!(matches!(
+            s.get(&Path::from("nope"), None).await,
+            Err(StorageError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn injected_put_failures_are_retried_then_surface() {
+        let s = Storage::in_memory();
+        s.faults().fail_puts.store(2, Ordering::SeqCst);
+        s.put(&Path::from("x"), Bytes::from_static(b"1")).await.unwrap();
+        assert_eq!(s.stats().errors.load(Ordering::Relaxed), 2);
+
+        let s = Storage::in_memory().with_max_attempts(2);
+        s.faults().fail_puts.store(5, Ordering::SeqCst);
+        let err = s.put(&Path::from("y"), Bytes::from_static(b"1")).await.unwrap_err();
+        assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn local_store_writes_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::local(dir.path()).unwrap();
+        s.put(&Path::from("flush/0/s/1.silt"), Bytes::from_static(b"abc")).await.unwrap();
+        assert!(dir.path().join("flush/0/s/1.silt").exists());
+        // A retried PUT of an object that already landed is not an error.
+        s.put(&Path::from("flush/0/s/1.silt"), Bytes::from_static(b"abc")).await.unwrap();
+    }
+}
