@@ -1,1 +1,25 @@
-//! placeholder
+//! The Silt agent: a Kafka broker whose log lives in object storage.
+//!
+//! Layout: [`agent`] starts and stops; [`connection`] owns a client socket; [`handlers`] answer
+//! Kafka APIs; [`append`] and [`flush`] are the write path; [`read`] and [`cache`] the read
+//! path; [`partition`], [`producer`], [`topics`] and [`topic_config`] hold state; [`error`] is
+//! the one map from internal errors to Kafka error codes. The agent depends on the metadata
+//! and object-store traits, never on a backend.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod append;
+pub mod broker;
+pub mod cache;
+pub mod connection;
+pub mod error;
+pub mod flush;
+pub mod handlers;
+pub mod partition;
+pub mod producer;
+pub mod producer_ids;
+pub mod read;
+pub mod topic_config;
+pub mod topics;
+
+pub use agent::{Agent, Components, StartError};

@@ -285,3 +285,136 @@ pub(crate) mod tests {
         assert_eq!(iter(&buf[..buf.len() - 1]).count(), 1);
     }
 }
+
+/// Compression codec bits of the attributes (0 = none).
+pub fn compression(attributes: i16) -> i16 {
+    attributes & 0x07
+}
+
+fn varint(buf: &mut &[u8]) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Offset and timestamp of each record of an uncompressed batch; `None` when the batch is
+/// compressed (Silt never decompresses) or its records do not parse.
+fn record_times(batch: &[u8], h: &BatchHeader) -> Option<Vec<(i64, i64)>> {
+    if compression(h.attributes) != 0 || batch.len() < HEADER_LEN {
+        return None;
+    }
+    let mut rest = &batch[HEADER_LEN..h.size.min(batch.len())];
+    let mut out = Vec::with_capacity(h.record_count.clamp(0, 4096) as usize);
+    while !rest.is_empty() {
+        let len = varint(&mut rest)?;
+        let len = usize::try_from(len).ok()?;
+        let record = rest.get(..len)?;
+        rest = &rest[len..];
+        let mut r = record.get(1..)?; // skip attributes
+        let ts_delta = varint(&mut r)?;
+        let off_delta = varint(&mut r)?;
+        out.push((h.base_offset + off_delta, h.base_timestamp + ts_delta));
+    }
+    Some(out)
+}
+
+/// The first record at or after `target` ms: its offset and timestamp. Exact for uncompressed
+/// batches; for compressed ones the batch's base offset and max timestamp.
+pub fn first_at_or_after(batch: &[u8], h: &BatchHeader, target: i64) -> Option<(i64, i64)> {
+    if h.max_timestamp < target {
+        return None;
+    }
+    if h.attributes & ATTR_LOG_APPEND_TIME != 0 {
+        return Some((h.base_offset, h.max_timestamp));
+    }
+    match record_times(batch, h) {
+        Some(times) => times
+            .into_iter()
+            .find(|(_, ts)| *ts >= target)
+            .or(Some((h.base_offset, h.max_timestamp))),
+        None => Some((h.base_offset, h.max_timestamp)),
+    }
+}
+
+/// The offset of the record holding the batch's max timestamp (the first such record). Exact for
+/// uncompressed batches; the batch's last offset for compressed ones.
+pub fn max_timestamp_offset(batch: &[u8], h: &BatchHeader) -> i64 {
+    let last = h.base_offset + h.last_offset_delta as i64;
+    if h.attributes & ATTR_LOG_APPEND_TIME != 0 {
+        return h.base_offset;
+    }
+    record_times(batch, h)
+        .and_then(|t| t.into_iter().find(|(_, ts)| *ts == h.max_timestamp).map(|(o, _)| o))
+        .unwrap_or(last)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn zigzag(buf: &mut BytesMut, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        loop {
+            if z < 0x80 {
+                buf.put_u8(z as u8);
+                return;
+            }
+            buf.put_u8((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+    }
+
+    /// An uncompressed batch with records at base_ts + deltas.
+    fn timed_batch(base_offset: i64, base_ts: i64, deltas: &[i64]) -> Bytes {
+        let mut records = BytesMut::new();
+        for (i, d) in deltas.iter().enumerate() {
+            let mut r = BytesMut::new();
+            r.put_i8(0);
+            zigzag(&mut r, *d);
+            zigzag(&mut r, i as i64);
+            zigzag(&mut r, -1); // null key
+            zigzag(&mut r, 1);
+            r.put_u8(b'v');
+            zigzag(&mut r, 0); // headers
+            zigzag(&mut records, r.len() as i64);
+            records.extend_from_slice(&r);
+        }
+        let n = deltas.len() as i32;
+        let mut b = BytesMut::new();
+        b.put_i64(base_offset);
+        b.put_i32((HEADER_LEN - LOG_OVERHEAD + records.len()) as i32);
+        b.put_i32(0);
+        b.put_i8(2);
+        b.put_u32(0);
+        b.put_i16(0);
+        b.put_i32(n - 1);
+        b.put_i64(base_ts);
+        b.put_i64(base_ts + deltas.iter().max().unwrap());
+        b.put_i64(-1);
+        b.put_i16(-1);
+        b.put_i32(-1);
+        b.put_i32(n);
+        b.put_slice(&records);
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b.freeze()
+    }
+
+    #[test]
+    fn timestamps_are_found_per_record_in_uncompressed_batches() {
+        let b = timed_batch(100, 1_000, &[0, 5, 50, 20]);
+        let h = validate_single(&b).unwrap();
+        assert_eq!(first_at_or_after(&b, &h, 0), Some((100, 1_000)));
+        assert_eq!(first_at_or_after(&b, &h, 1_006), Some((102, 1_050)));
+        assert_eq!(first_at_or_after(&b, &h, 1_051), None);
+        assert_eq!(max_timestamp_offset(&b, &h), 102);
+    }
+}

@@ -1,1 +1,115 @@
-fn main() {}
+//! The `silt` binary: parse the command line and settings, build components, run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use silt_agent::{Agent, Components};
+use silt_common::config::ObjectStoreKind;
+use silt_common::{Settings, SystemClock};
+use silt_meta::EmbeddedKv;
+use silt_storage::Storage;
+
+#[global_allocator]
+static ALLOC: silt_wire::alloc::LazyLargeAlloc = silt_wire::alloc::LazyLargeAlloc;
+
+/// Silt: a Kafka-compatible streaming layer over object storage.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an agent. With no options: listens on 127.0.0.1:9092 and keeps everything under
+    /// ./silt-data (local object store, embedded metadata store).
+    Agent {
+        /// TOML settings file; SILT_* environment variables override it
+        /// (nested keys with `__`, e.g. SILT_FLUSH__INTERVAL_MS=50).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SILT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Agent { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_agent(settings))
+        }
+    }
+}
+
+async fn run_agent(settings: Settings) -> anyhow::Result<()> {
+    let clock = Arc::new(SystemClock);
+    let meta_dir = settings.metadata_path();
+    let meta = EmbeddedKv::open(&meta_dir, clock.clone()).with_context(|| {
+        format!(
+            "opening the embedded metadata store in {} (is the directory writable?)",
+            meta_dir.display()
+        )
+    })?;
+    let storage = match settings.object_store.kind {
+        ObjectStoreKind::Local => {
+            let dir = settings.object_store_path();
+            Storage::local(&dir).with_context(|| {
+                format!(
+                    "opening the local object store in {} (is the directory writable?)",
+                    dir.display()
+                )
+            })?
+        }
+        ObjectStoreKind::Memory => {
+            tracing::warn!("object_store.kind = memory: data is lost when the agent exits");
+            Storage::in_memory()
+        }
+    };
+    if settings.object_store.inject_latency_ms > 0 {
+        tracing::warn!(
+            latency_ms = settings.object_store.inject_latency_ms,
+            "object_store.inject_latency_ms is set: every object-store call is slowed down"
+        );
+        storage.faults().latency_ms.store(
+            settings.object_store.inject_latency_ms,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    let agent = Agent::start(
+        settings,
+        Components {
+            meta: Arc::new(meta),
+            storage,
+            clock,
+        },
+    )
+    .await?;
+    eprintln!("silt agent listening on {}", agent.local_addr());
+    shutdown_signal().await;
+    tracing::info!("shutting down: flushing buffered writes");
+    agent.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,183 @@
+//! Starting and stopping an agent: build shared state from the components passed in, register
+//! (fencing any earlier session of the same node id), load topics, run the flush pipeline and
+//! the listener. SIGTERM handling lives in the binary; [`Agent::shutdown`] is what it calls.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use silt_common::{Clock, Settings};
+use silt_meta::layout::{agents, cluster};
+use silt_meta::{MetaError, MetaKv};
+use silt_storage::Storage;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::{Broker, Node};
+use crate::cache::ObjectCache;
+use crate::error::TopicError;
+use crate::flush::Flusher;
+use crate::producer_ids::ProducerIds;
+use crate::topics::Topics;
+
+/// What an agent is built from.
+#[derive(Debug, Clone)]
+pub struct Components {
+    /// Metadata store.
+    pub meta: Arc<dyn MetaKv>,
+    /// Object store.
+    pub storage: Storage,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("could not listen on {addr}: {source}. Is another agent or Kafka broker using it? Set `listen` in the config file or SILT_LISTEN")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metadata store failed during start-up.
+    #[error("metadata store failed while {doing}: {source}")]
+    Meta {
+        /// What start-up was doing.
+        doing: &'static str,
+        /// The cause.
+        #[source]
+        source: MetaError,
+    },
+    /// Loading topics failed.
+    #[error("could not load topics: {0}")]
+    Topics(#[from] TopicError),
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    broker: Arc<Broker>,
+    addr: SocketAddr,
+    stop_accepting: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    flush: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Starts an agent.
+    pub async fn start(settings: Settings, c: Components) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: settings.listen.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.listen.clone(),
+            source,
+        })?;
+        let session = uuid::Uuid::new_v4().simple().to_string();
+        agents::register(c.meta.as_ref(), settings.node_id, &session)
+            .await
+            .map_err(|source| StartError::Meta {
+                doing: "registering this agent",
+                source,
+            })?;
+        let cluster_id = cluster::get_or_create(
+            c.meta.as_ref(),
+            &uuid::Uuid::new_v4().simple().to_string()[..22],
+        )
+        .await
+        .map_err(|source| StartError::Meta {
+            doing: "reading the cluster id",
+            source,
+        })?;
+        let topics = Topics::load(c.meta.clone(), c.clock.clone(), settings.topics.clone()).await?;
+        let cache = Arc::new(ObjectCache::new(settings.flush.tail_cache_bytes));
+        let flusher = Flusher::new(
+            settings.flush.clone(),
+            c.storage.clone(),
+            c.meta.clone(),
+            cache.clone(),
+            settings.node_id,
+            session.clone(),
+        );
+        let host = settings.advertised_host.clone().unwrap_or_else(|| {
+            let ip = addr.ip();
+            if ip.is_unspecified() {
+                tracing::warn!("listening on all interfaces without advertised_host; advertising 'localhost'. Set advertised_host so remote clients can connect");
+                "localhost".to_string()
+            } else {
+                ip.to_string()
+            }
+        });
+        let node = Node {
+            id: settings.node_id,
+            host,
+            port: settings.advertised_port.unwrap_or(addr.port()) as i32,
+        };
+        let broker = Arc::new(Broker {
+            producer_ids: ProducerIds::new(c.meta.clone()),
+            node,
+            cluster_id,
+            meta: c.meta,
+            storage: c.storage,
+            clock: c.clock,
+            topics,
+            flusher: flusher.clone(),
+            cache,
+            settings,
+        });
+        let flush = tokio::spawn(flusher.run());
+        let (stop_accepting, mut stop_rx) = watch::channel(false);
+        let b = broker.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    res = listener.accept() => match res {
+                        Ok((stream, peer)) => {
+                            tokio::spawn(crate::connection::serve(b.clone(), stream, peer));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        });
+        tracing::info!(%addr, node_id = broker.node.id, session = %session,
+            topics = broker.topics.all().len(), "agent ready");
+        Ok(Self {
+            broker,
+            addr,
+            stop_accepting,
+            accept,
+            flush,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shared state (for tests and tools).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stops taking connections and writes, flushes and commits what is buffered, and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop_accepting.send(true);
+        let _ = self.accept.await;
+        self.broker.flusher.close();
+        let _ = self.flush.await;
+        tracing::info!("agent stopped; every acknowledged write is committed");
+    }
+}

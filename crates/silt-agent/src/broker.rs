@@ -1,0 +1,48 @@
+//! The components and shared state every request handler works with.
+
+use std::sync::Arc;
+
+use silt_common::{Clock, Settings};
+use silt_meta::MetaKv;
+use silt_storage::Storage;
+
+use crate::cache::ObjectCache;
+use crate::flush::Flusher;
+use crate::producer_ids::ProducerIds;
+use crate::topics::Topics;
+
+/// This agent as clients see it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Broker id.
+    pub id: i32,
+    /// Advertised host.
+    pub host: String,
+    /// Advertised port.
+    pub port: i32,
+}
+
+/// Shared state of a running agent.
+#[derive(Debug)]
+pub struct Broker {
+    /// Settings it was started with.
+    pub settings: Settings,
+    /// Itself.
+    pub node: Node,
+    /// Cluster id.
+    pub cluster_id: String,
+    /// Metadata store.
+    pub meta: Arc<dyn MetaKv>,
+    /// Object store.
+    pub storage: Storage,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Topics and partitions.
+    pub topics: Topics,
+    /// The write path.
+    pub flusher: Flusher,
+    /// Recently written objects.
+    pub cache: Arc<ObjectCache>,
+    /// Producer id allocation.
+    pub producer_ids: ProducerIds,
+}

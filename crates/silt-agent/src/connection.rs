@@ -1,0 +1,144 @@
+//! One client connection: frames are read and handled in order; responses are written in
+//! request order even when some wait (acks=all, long-poll fetch) — later requests are read and
+//! started meanwhile, up to a bounded number in flight.
+//!
+//! A frame that is too large, cannot be parsed, names an unknown API or a version we do not
+//! serve closes this connection with a log line; nothing else is affected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use silt_wire::frame::read_frame;
+use silt_wire::request::{decode_body, parse_header};
+use silt_wire::response::encode_response;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::handlers::{self, Reply};
+
+/// Responses in flight per connection before the agent stops reading more requests.
+const MAX_IN_FLIGHT: usize = 64;
+
+enum Outgoing {
+    Ready(Bytes),
+    Pending {
+        task: JoinHandle<ResponseKind>,
+        correlation_id: i32,
+        api: ApiKey,
+        version: i16,
+    },
+}
+
+/// Serves one connection until the client closes it or sends something unacceptable.
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_loop(wr, rx, peer));
+    let max = broker.settings.max_frame_bytes;
+    loop {
+        let frame = match read_frame(&mut rd, max).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection: {e}");
+                break;
+            }
+        };
+        let req = match parse_header(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection: {e}");
+                break;
+            }
+        };
+        let (api, version, correlation_id) = (req.api_key, req.version, req.correlation_id());
+        let Some((min, max_v)) = handlers::supported(api) else {
+            tracing::warn!(%peer, ?api, correlation_id,
+                "closing connection: API {api:?} is not served by Silt yet (see docs/compatibility.md)");
+            break;
+        };
+        if version < min || version > max_v {
+            if api == ApiKey::ApiVersions {
+                let body = ResponseKind::ApiVersions(handlers::unsupported_version_response());
+                let Ok(b) = encode_response(correlation_id, api, 0, &body) else {
+                    break;
+                };
+                if tx.send(Outgoing::Ready(b)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            tracing::warn!(%peer, ?api, version, correlation_id,
+                "closing connection: {api:?} v{version} is not supported (this agent serves v{min}-v{max_v})");
+            break;
+        }
+        let body = match decode_body(&req) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection: {e}");
+                break;
+            }
+        };
+        let out = match handlers::dispatch(&broker, &req, body).await {
+            Reply::None => continue,
+            Reply::Now(resp) => match encode_response(correlation_id, api, version, &resp) {
+                Ok(b) => Outgoing::Ready(b),
+                Err(e) => {
+                    tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
+                    break;
+                }
+            },
+            Reply::Later(fut) => Outgoing::Pending {
+                task: tokio::spawn(fut),
+                correlation_id,
+                api,
+                version,
+            },
+        };
+        if tx.send(out).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
+    while let Some(out) = rx.recv().await {
+        let bytes = match out {
+            Outgoing::Ready(b) => b,
+            Outgoing::Pending {
+                task,
+                correlation_id,
+                api,
+                version,
+            } => {
+                let resp = match task.await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(%peer, ?api, error = %e, "request handler failed; closing connection");
+                        return;
+                    }
+                };
+                match encode_response(correlation_id, api, version, &resp) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = wr.write_all(&bytes).await {
+            tracing::debug!(%peer, error = %e, "client went away");
+            return;
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Errors in two layers. Inside the agent, small enums carry what went wrong and where; at the
+//! protocol edge, [`PartitionError::code`] and [`TopicError::code`] are the only mapping to
+//! Kafka error codes, each one `match` with no catch-all arm, so a new error cannot silently
+//! become `UNKNOWN_SERVER_ERROR`.
+
+use kafka_protocol::ResponseError;
+use silt_meta::MetaError;
+use silt_storage::StorageError;
+
+/// Why an operation on one partition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    /// No such topic or partition.
+    #[error("unknown topic or partition {topic}-{partition}")]
+    UnknownTopicOrPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: i32,
+    },
+    /// No topic with this id.
+    #[error("unknown topic id {0}")]
+    UnknownTopicId(uuid::Uuid),
+    /// The batch is corrupt (framing or CRC).
+    #[error("{0}")]
+    CorruptMessage(String),
+    /// The batch is well formed but not acceptable.
+    #[error("{0}")]
+    InvalidRecord(String),
+    /// The batch exceeds `max.message.bytes`.
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    MessageTooLarge {
+        /// Batch size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Idempotence: the sequence is not the next one expected.
+    #[error("out of order sequence {got} for producer {pid} (expected {expected})")]
+    OutOfOrderSequence {
+        /// Producer id.
+        pid: i64,
+        /// Sequence received.
+        got: i32,
+        /// Sequence expected.
+        expected: i32,
+    },
+    /// Idempotence: the producer epoch is older than the one seen.
+    #[error("producer {pid} epoch {got} is older than the current epoch {current}")]
+    InvalidProducerEpoch {
+        /// Producer id.
+        pid: i64,
+        /// Epoch received.
+        got: i16,
+        /// Epoch known.
+        current: i16,
+    },
+    /// Transactional batches need the transactions issue.
+    #[error("transactional produce is not supported yet")]
+    TransactionsUnsupported,
+    /// The fetch offset is outside the log.
+    #[error("offset {offset} is out of range [{log_start}, {high_watermark}]")]
+    OffsetOutOfRange {
+        /// Requested offset.
+        offset: i64,
+        /// First offset.
+        log_start: i64,
+        /// High watermark.
+        high_watermark: i64,
+    },
+    /// A leader epoch in the request is newer than ours.
+    #[error("leader epoch {0} is unknown to this agent")]
+    UnknownLeaderEpoch(i32),
+    /// A leader epoch in the request is older than ours.
+    #[error("leader epoch {0} has been fenced")]
+    FencedLeaderEpoch(i32),
+    /// Waiting for durability took longer than the request's timeout.
+    #[error("timed out after {0} ms waiting for the write to become durable")]
+    Timeout(i32),
+    /// The agent is shutting down or lost the right to write.
+    #[error("this agent is not (or no longer) the leader: {0}")]
+    NotLeader(String),
+    /// Object storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl PartitionError {
+    /// The Kafka error code a broker gives for this.
+    pub fn code(&self) -> ResponseError {
+        match self {
+            Self::UnknownTopicOrPartition { .. } => ResponseError::UnknownTopicOrPartition,
+            Self::UnknownTopicId(_) => ResponseError::UnknownTopicId,
+            Self::CorruptMessage(_) => ResponseError::CorruptMessage,
+            Self::InvalidRecord(_) => ResponseError::InvalidRecord,
+            Self::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+            Self::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+            Self::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+            Self::TransactionsUnsupported => ResponseError::InvalidTxnState,
+            Self::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            Self::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,
+            Self::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
+            Self::Timeout(_) => ResponseError::RequestTimedOut,
+            Self::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+            Self::Storage(_) => ResponseError::KafkaStorageError,
+            Self::Meta(_) => ResponseError::KafkaStorageError,
+        }
+    }
+}
+
+/// Why a topic-level (admin) operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The name is not a legal Kafka topic name.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The topic exists.
+    #[error("topic {0} already exists")]
+    AlreadyExists(String),
+    /// The topic does not exist.
+    #[error("topic {0} does not exist")]
+    Unknown(String),
+    /// No topic has this id.
+    #[error("no topic has id {0}")]
+    UnknownId(uuid::Uuid),
+    /// Bad partition count.
+    #[error("invalid number of partitions {0}: must be at least 1 (or -1 for the default)")]
+    InvalidPartitions(i32),
+    /// Bad replication factor.
+    #[error("invalid replication factor {0}: must be at least 1 (or -1 for the default)")]
+    InvalidReplicationFactor(i16),
+    /// A config name or value is not accepted.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl TopicError {
+    /// The Kafka error code a broker gives for this.
+    pub fn code(&self) -> ResponseError {
+        match self {
+            Self::InvalidName { .. } => ResponseError::InvalidTopicException,
+            Self::AlreadyExists(_) => ResponseError::TopicAlreadyExists,
+            Self::Unknown(_) => ResponseError::UnknownTopicOrPartition,
+            Self::UnknownId(_) => ResponseError::UnknownTopicId,
+            Self::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            Self::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            Self::InvalidConfig(_) => ResponseError::InvalidConfig,
+            Self::Meta(_) => ResponseError::KafkaStorageError,
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The flush pipeline: the write path's heart.
+//!
+//! Produce handlers push validated, offset-assigned batches into one buffer shared by every
+//! partition this agent leads. A single task turns the buffer into a flush every
+//! `flush.interval_ms` or as soon as `flush.max_bytes` are buffered:
+//!
+//! 1. ONE object PUT holding every buffered partition's batches plus a footer;
+//! 2. ONE metadata transaction adding an index entry per partition, fenced on this agent's
+//!    registration, so a replaced agent can never make its data visible;
+//! 3. only then the high watermarks advance and `acks=all` producers are answered.
+//!
+//! Flushes are strictly sequential, so offsets become visible in order. A failed PUT or commit
+//! is retried (with backoff) until it succeeds; meanwhile the bounded buffer fills and producers
+//! wait for room (backpressure). The buffer's byte budget is released only when a flush commits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use silt_common::config::FlushSettings;
+use silt_meta::layout::{agents, index};
+use silt_meta::layout::index::{IndexEntry, ProducerBatch};
+use silt_meta::{MetaKv, Txn};
+use silt_storage::object::ObjectBuilder;
+use silt_storage::{paths, Storage};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::cache::ObjectCache;
+use crate::error::PartitionError;
+use crate::partition::Partition;
+
+/// A batch waiting to be flushed.
+#[derive(Debug)]
+pub struct Pending {
+    /// Its partition.
+    pub partition: Arc<Partition>,
+    /// First offset.
+    pub base_offset: i64,
+    /// Last offset.
+    pub last_offset: i64,
+    /// Largest timestamp.
+    pub max_timestamp: i64,
+    /// The batch, already rewritten with its offsets.
+    pub data: Bytes,
+    /// Idempotence state to persist with it.
+    pub producer: Option<ProducerBatch>,
+    /// Its share of the buffer budget, released when the flush commits.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// What waiters can observe about the flusher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlushProgress {
+    /// Every flush generation up to and including this one is committed.
+    pub committed: u64,
+    /// The flusher stopped (shut down or fenced); nothing more will commit.
+    pub stopped: bool,
+}
+
+#[derive(Debug, Default)]
+struct Buffer {
+    generation: u64,
+    items: Vec<Pending>,
+    bytes: usize,
+    first_at: Option<Instant>,
+    closed: bool,
+}
+
+/// Counters of the flush pipeline.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// Flushes committed.
+    pub flushes: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Bytes of batches committed.
+    pub bytes: AtomicU64,
+    /// Metadata commits made.
+    pub commits: AtomicU64,
+}
+
+/// Handle to the flush pipeline. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Flusher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: FlushSettings,
+    buffer: Mutex<Buffer>,
+    wake: Notify,
+    progress: watch::Sender<FlushProgress>,
+    budget: Arc<Semaphore>,
+    storage: Storage,
+    meta: Arc<dyn MetaKv>,
+    cache: Arc<ObjectCache>,
+    node_id: i32,
+    session: String,
+    stats: FlushStats,
+}
+
+impl Flusher {
+    /// A flusher writing with `storage` and committing to `meta` as `node_id`/`session`.
+    pub fn new(
+        settings: FlushSettings,
+        storage: Storage,
+        meta: Arc<dyn MetaKv>,
+        cache: Arc<ObjectCache>,
+        node_id: i32,
+        session: String,
+    ) -> Self {
+        let budget = Arc::new(Semaphore::new(settings.max_buffered_bytes));
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                buffer: Mutex::new(Buffer {
+                    generation: 1,
+                    ..Default::default()
+                }),
+                wake: Notify::new(),
+                progress: watch::channel(FlushProgress::default()).0,
+                budget,
+                storage,
+                meta,
+                cache,
+                node_id,
+                session,
+                stats: FlushStats::default(),
+            }),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &FlushStats {
+        &self.inner.stats
+    }
+
+    /// Bytes buffered or in flight.
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.settings.max_buffered_bytes - self.inner.budget.available_permits()
+    }
+
+    /// Waits for `bytes` of buffer room, at most `timeout`.
+    pub async fn reserve(
+        &self,
+        bytes: usize,
+        timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, PartitionError> {
+        let n = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        match tokio::time::timeout(timeout, self.inner.budget.clone().acquire_many_owned(n)).await
+        {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(PartitionError::NotLeader("the agent is shutting down".into())),
+            Err(_) => Err(PartitionError::Timeout(timeout.as_millis() as i32)),
+        }
+    }
+
+    /// Adds a batch; returns the flush generation that will carry it.
+    pub fn push(&self, p: Pending) -> Result<u64, PartitionError> {
+        let mut b = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if b.closed {
+            return Err(PartitionError::NotLeader(
+                "the agent is shutting down and takes no new writes".into(),
+            ));
+        }
+        b.bytes += p.data.len();
+        b.items.push(p);
+        let first = b.first_at.is_none();
+        if first {
+            b.first_at = Some(Instant::now());
+        }
+        let full = b.bytes >= self.inner.settings.max_bytes;
+        let gen = b.generation;
+        drop(b);
+        if first || full {
+            self.inner.wake.notify_one();
+        }
+        Ok(gen)
+    }
+
+    /// A receiver of flush progress (acks and fetch long-polls wait on it).
+    pub fn subscribe(&self) -> watch::Receiver<FlushProgress> {
+        self.inner.progress.subscribe()
+    }
+
+    /// Waits until generation `gen` is committed.
+    pub async fn wait_committed(&self, gen: u64) -> Result<(), PartitionError> {
+        let mut rx = self.subscribe();
+        let res = rx.wait_for(|p| p.committed >= gen || p.stopped).await;
+        match res {
+            Ok(p) if p.committed >= gen => Ok(()),
+            _ => Err(PartitionError::NotLeader(
+                "the agent stopped before the write became durable".into(),
+            )),
+        }
+    }
+
+    /// Stops taking writes; the run loop flushes what is buffered and ends.
+    pub fn close(&self) {
+        self.inner
+            .buffer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.inner.wake.notify_one();
+    }
+
+    /// The flush loop. Returns when closed and drained, or when fenced.
+    pub async fn run(self) {
+        let interval = Duration::from_millis(self.inner.settings.interval_ms);
+        loop {
+            let (deadline, full, closed, empty) = {
+                let b = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    b.first_at.map(|t| t + interval),
+                    b.bytes >= self.inner.settings.max_bytes,
+                    b.closed,
+                    b.items.is_empty(),
+                )
+            };
+            if empty {
+                if closed {
+                    break;
+                }
+                self.inner.wake.notified().await;
+                continue;
+            }
+            if !full && !closed {
+                if let Some(d) = deadline {
+                    if Instant::now() < d {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(d) => {}
+                            _ = self.inner.wake.notified() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            let (gen, items) = {
+                let mut b = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
+                let gen = b.generation;
+                b.generation += 1;
+                b.bytes = 0;
+                b.first_at = None;
+                (gen, std::mem::take(&mut b.items))
+            };
+            if let Err(e) = self.flush(gen, items).await {
+                tracing::error!(error = %e, "flush pipeline stopped: {e}");
+                break;
+            }
+            self.inner.progress.send_modify(|p| p.committed = gen);
+        }
+        self.inner.progress.send_modify(|p| p.stopped = true);
+        self.inner.budget.close();
+    }
+
+    async fn flush(&self, gen: u64, items: Vec<Pending>) -> Result<(), FlushError> {
+        let started = Instant::now();
+        // Group by partition, keeping each partition's batches in offset order.
+        let mut groups: Vec<(Arc<Partition>, Vec<&Pending>)> = Vec::new();
+        let mut slot: HashMap<(uuid::Uuid, i32), usize> = HashMap::new();
+        for it in &items {
+            let key = (it.partition.topic_id, it.partition.index);
+            let i = *slot.entry(key).or_insert_with(|| {
+                groups.push((it.partition.clone(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(it);
+        }
+        let path = paths::flush_object(self.inner.node_id, &self.inner.session, gen);
+        let mut builder = ObjectBuilder::new();
+        let mut entries = Vec::with_capacity(groups.len());
+        for (p, batches) in &groups {
+            let datas: Vec<Bytes> = batches.iter().map(|b| b.data.clone()).collect();
+            let base = batches[0].base_offset;
+            let last = batches[batches.len() - 1].last_offset;
+            let max_ts = batches.iter().map(|b| b.max_timestamp).max().unwrap_or(-1);
+            let f = builder.add(p.topic_id, p.index, &datas, base, last, max_ts);
+            entries.push(IndexEntry {
+                object: path.to_string(),
+                pos: f.pos,
+                len: f.len,
+                base_offset: base,
+                last_offset: last,
+                max_timestamp: max_ts,
+                producers: batches.iter().filter_map(|b| b.producer.clone()).collect(),
+            });
+        }
+        let data_bytes = builder.data_len() as u64;
+        let object = builder.finish();
+
+        let mut attempt = 0u32;
+        while let Err(e) = self.inner.storage.put(&path, object.clone()).await {
+            attempt += 1;
+            tracing::error!(%path, attempt, error = %e,
+                "flush object could not be written; producers are held back until object storage accepts it");
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+
+        let txn = Txn {
+            compares: vec![agents::still_registered(self.inner.node_id, &self.inner.session)],
+            success: groups
+                .iter()
+                .zip(&entries)
+                .map(|((p, _), e)| index::put_op(&p.topic_id, p.index, e))
+                .collect(),
+            failure: vec![],
+        };
+        let mut attempt = 0u32;
+        loop {
+            match self.inner.meta.txn(txn.clone()).await {
+                Ok(r) if r.succeeded => break,
+                Ok(_) => {
+                    return Err(FlushError::Fenced {
+                        node_id: self.inner.node_id,
+                    })
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::error!(attempt, error = %e,
+                        "flush commit failed; retrying (the object is written, its offsets are not yet visible)");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.inner.cache.insert(path.as_ref(), object);
+        for ((p, _), e) in groups.iter().zip(entries) {
+            p.lock().on_commit(e);
+        }
+        let s = &self.inner.stats;
+        s.flushes.fetch_add(1, Ordering::Relaxed);
+        s.batches.fetch_add(items.len() as u64, Ordering::Relaxed);
+        s.bytes.fetch_add(data_bytes, Ordering::Relaxed);
+        tracing::debug!(generation = gen, %path, partitions = groups.len(), batches = items.len(),
+            bytes = data_bytes, elapsed_ms = started.elapsed().as_millis() as u64, "flush committed");
+        drop(items); // releases the buffer budget
+        Ok(())
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((50u64 << attempt.min(6)).min(3_000))
+}
+
+/// Why the flush pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// Another agent registered this node id; this one must not write again.
+    #[error("another agent took over node id {node_id}; this agent's commits are fenced and it stops writing")]
+    Fenced {
+        /// The node id.
+        node_id: i32,
+    },
+}

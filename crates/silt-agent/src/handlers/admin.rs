@@ -1,0 +1,225 @@
+//! Admin APIs: CreateTopics, DeleteTopics, DescribeConfigs, DescribeCluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse,
+};
+use kafka_protocol::ResponseError;
+
+use super::{str_bytes, topic_name};
+use crate::broker::Broker;
+use crate::error::TopicError;
+use crate::topic_config::{self, ConfigType};
+use crate::topics::NewTopic;
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+/// Handles CreateTopics.
+pub async fn create_topics(b: &Arc<Broker>, req: CreateTopicsRequest, v: i16) -> CreateTopicsResponse {
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut configs = BTreeMap::new();
+        let mut bad = None;
+        for c in &t.configs {
+            match &c.value {
+                Some(v) => {
+                    configs.insert(c.name.to_string(), v.to_string());
+                }
+                None => bad = Some(TopicError::InvalidConfig(format!("config {} has a null value", c.name.as_str()))),
+            }
+        }
+        let new = NewTopic {
+            name: name.clone(),
+            partitions: t.num_partitions,
+            replication_factor: t.replication_factor,
+            configs,
+        };
+        let res = match bad {
+            Some(e) => Err(e),
+            None if req.validate_only => {
+                if b.topics.get(&name).is_some() {
+                    Err(TopicError::AlreadyExists(name.clone()))
+                } else {
+                    b.topics.plan(&new)
+                }
+            }
+            None => b.topics.create(&new).await.map(|t| t.record.clone()),
+        };
+        let r = CreatableTopicResult::default().with_name(topic_name(&name));
+        results.push(match res {
+            Ok(_) if v < 5 => r,
+            Ok(record) => r
+                .with_topic_id(if req.validate_only || v < 7 { uuid::Uuid::nil() } else { record.id })
+                .with_num_partitions(record.partitions)
+                .with_replication_factor(if t.replication_factor == -1 { 1 } else { t.replication_factor })
+                .with_configs(Some(
+                    topic_config::DEFS
+                        .iter()
+                        .map(|d| {
+                            let (value, source) = match record.configs.get(d.name) {
+                                Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
+                                None => (topic_config::default_value(d.name, b.topics.defaults()), SOURCE_DEFAULT),
+                            };
+                            CreatableTopicConfigs::default()
+                                .with_name(str_bytes(d.name))
+                                .with_value(Some(str_bytes(value)))
+                                .with_config_source(source)
+                        })
+                        .collect(),
+                )),
+            Err(e) => {
+                tracing::info!(topic = %name, error = %e, "create topic refused");
+                r.with_error_code(e.code().code())
+                    .with_error_message(Some(str_bytes(e.to_string())))
+            }
+        });
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+/// Handles DeleteTopics (by name, or by id in v6+).
+pub async fn delete_topics(b: &Arc<Broker>, req: DeleteTopicsRequest, v: i16) -> DeleteTopicsResponse {
+    let mut targets: Vec<(Option<String>, uuid::Uuid)> =
+        req.topic_names.into_iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect();
+    targets.extend(req.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)));
+    let mut responses = Vec::with_capacity(targets.len());
+    for (name, id) in targets {
+        let resolved = match (&name, id.is_nil()) {
+            (Some(n), _) => Ok(n.clone()),
+            (None, false) => b
+                .topics
+                .get_by_id(&id)
+                .map(|t| t.record.name.clone())
+                .ok_or(TopicError::UnknownId(id)),
+            (None, true) => Err(TopicError::Unknown(String::new())),
+        };
+        let res = match resolved {
+            Ok(n) => b.topics.delete(&n).await.map(|r| (n, r.id)),
+            Err(e) => Err(e),
+        };
+        let r = DeletableTopicResult::default();
+        responses.push(match res {
+            Ok((n, id)) => r
+                .with_name(Some(topic_name(&n)))
+                .with_topic_id(if v >= 6 { id } else { uuid::Uuid::nil() }),
+            Err(e) => r
+                .with_name(Some(topic_name(name.as_deref().unwrap_or_default())))
+                .with_topic_id(if v >= 6 { id } else { uuid::Uuid::nil() })
+                .with_error_code(e.code().code())
+                .with_error_message((v >= 5).then(|| str_bytes(e.to_string()))),
+        });
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+fn config_entry(
+    name: &str,
+    value: String,
+    source: i8,
+    kind: ConfigType,
+    synonyms: bool,
+    version: i16,
+) -> DescribeConfigsResourceResult {
+    let r = DescribeConfigsResourceResult::default()
+        .with_name(str_bytes(name))
+        .with_value(Some(str_bytes(value.clone())))
+        .with_config_source(source)
+        .with_config_type(if version >= 3 { kind as i8 } else { 0 });
+    if synonyms {
+        r.with_synonyms(vec![DescribeConfigsSynonym::default()
+            .with_name(str_bytes(name))
+            .with_value(Some(str_bytes(value)))
+            .with_source(source)])
+    } else {
+        r
+    }
+}
+
+/// Handles DescribeConfigs for topics (every known config) and brokers (the agent's own).
+pub fn describe_configs(b: &Arc<Broker>, req: DescribeConfigsRequest, v: i16) -> DescribeConfigsResponse {
+    let results = req
+        .resources
+        .into_iter()
+        .map(|res| {
+            let name = res.resource_name.to_string();
+            let wanted = |k: &str| {
+                res.configuration_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.iter().any(|w| w.as_str() == k))
+            };
+            let r = DescribeConfigsResult::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone());
+            match res.resource_type {
+                RESOURCE_TOPIC => match b.topics.get(&name) {
+                    None => r
+                        .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                        .with_error_message(Some(str_bytes(format!("topic {name} does not exist")))),
+                    Some(t) => r.with_configs(
+                        topic_config::DEFS
+                            .iter()
+                            .filter(|d| wanted(d.name))
+                            .map(|d| {
+                                let (value, source) = match t.record.configs.get(d.name) {
+                                    Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
+                                    None => (topic_config::default_value(d.name, b.topics.defaults()), SOURCE_DEFAULT),
+                                };
+                                config_entry(d.name, value, source, d.kind, req.include_synonyms, v)
+                            })
+                            .collect(),
+                    ),
+                },
+                RESOURCE_BROKER => {
+                    let s = &b.settings;
+                    let entries = [
+                        ("auto.create.topics.enable", s.topics.auto_create.to_string(), ConfigType::Boolean),
+                        ("num.partitions", s.topics.num_partitions.to_string(), ConfigType::Int),
+                        ("log.retention.ms", s.topics.retention_ms.to_string(), ConfigType::Long),
+                        ("message.max.bytes", s.topics.max_message_bytes.to_string(), ConfigType::Int),
+                        ("socket.request.max.bytes", s.max_frame_bytes.to_string(), ConfigType::Int),
+                        ("broker.id", s.node_id.to_string(), ConfigType::Int),
+                    ];
+                    r.with_configs(
+                        entries
+                            .into_iter()
+                            .filter(|(k, _, _)| wanted(k))
+                            .map(|(k, val, kind)| config_entry(k, val, SOURCE_STATIC_BROKER, kind, req.include_synonyms, v))
+                            .collect(),
+                    )
+                }
+                other => r
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(str_bytes(format!(
+                        "resource type {other} is not supported (topics: 2, brokers: 4)"
+                    )))),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// Handles DescribeCluster.
+pub fn describe_cluster(b: &Arc<Broker>, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+    DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(b.cluster_id.clone()))
+        .with_controller_id(BrokerId(b.node.id))
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(b.node.id))
+            .with_host(str_bytes(b.node.host.clone()))
+            .with_port(b.node.port)])
+}

@@ -1,0 +1,108 @@
+//! Fetch: committed batches from each requested partition, long-polling until `min_bytes` are
+//! available or `max_wait_ms` passes. Sessions (KIP-227) are not kept: every response is a full
+//! response with session id 0, which clients accept as "no session".
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use tokio::time::Instant;
+
+use super::{topic_name, Reply};
+use crate::broker::Broker;
+use crate::error::PartitionError;
+use crate::read;
+
+/// Handles Fetch.
+pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
+    let b = b.clone();
+    Reply::Later(Box::pin(async move {
+        let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+        let mut rx = b.flusher.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let (resp, bytes, errors) = build(&b, &req, version).await;
+            if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
+                return ResponseKind::Fetch(resp);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) if !rx.borrow().stopped => continue,
+                Ok(_) => {
+                    // The flusher stopped; nothing new will arrive.
+                    tokio::time::sleep_until(deadline).await;
+                    return ResponseKind::Fetch(build(&b, &req, version).await.0);
+                }
+                Err(_) => return ResponseKind::Fetch(build(&b, &req, version).await.0),
+            }
+        }
+    }))
+}
+
+/// One pass over the request; returns the response, the record bytes in it, and whether any
+/// partition had an error (which answers the fetch at once, as Kafka does).
+async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+    let max_total = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
+    let mut used = 0usize;
+    let mut errors = false;
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for ft in &req.topics {
+        let topic = if version >= 13 {
+            b.topics.get_by_id(&ft.topic_id)
+        } else {
+            b.topics.get(&ft.topic.0)
+        };
+        let mut parts = Vec::with_capacity(ft.partitions.len());
+        for fp in &ft.partitions {
+            let pd = PartitionData::default().with_partition_index(fp.partition);
+            let res = match topic.as_ref().and_then(|t| t.partition(fp.partition)) {
+                None if version >= 13 && topic.is_none() => Err(PartitionError::UnknownTopicId(ft.topic_id)),
+                None => Err(PartitionError::UnknownTopicOrPartition {
+                    topic: ft.topic.0.to_string(),
+                    partition: fp.partition,
+                }),
+                Some(p) => {
+                    let epoch = p.lock().leader_epoch;
+                    if fp.current_leader_epoch > epoch {
+                        Err(PartitionError::UnknownLeaderEpoch(fp.current_leader_epoch))
+                    } else if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < epoch {
+                        Err(PartitionError::FencedLeaderEpoch(fp.current_leader_epoch))
+                    } else if used >= max_total {
+                        read::check_offset(p, fp.fetch_offset).map(|(log_start, hw)| read::ReadResult {
+                            records: None,
+                            high_watermark: hw,
+                            log_start,
+                        })
+                    } else {
+                        let limit = (fp.partition_max_bytes.max(0) as usize).min(max_total - used);
+                        read::read(&b.storage, &b.cache, p, fp.fetch_offset, limit.max(1)).await
+                    }
+                }
+            };
+            parts.push(match res {
+                Ok(r) => {
+                    used += r.records.as_ref().map_or(0, |r| r.len());
+                    pd.with_high_watermark(r.high_watermark)
+                        .with_last_stable_offset(r.high_watermark)
+                        .with_log_start_offset(if version >= 5 { r.log_start } else { -1 })
+                        .with_aborted_transactions((req.isolation_level == 1).then(Vec::new))
+                        .with_records(Some(r.records.unwrap_or_default()))
+                }
+                Err(e) => {
+                    errors = true;
+                    tracing::debug!(topic = %ft.topic.0, partition = fp.partition, error = %e, "fetch error");
+                    pd.with_error_code(e.code().code())
+                        .with_high_watermark(-1)
+                        .with_records(Some(bytes::Bytes::new()))
+                }
+            });
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(if version < 13 { ft.topic.clone() } else { topic_name("") })
+                .with_topic_id(ft.topic_id)
+                .with_partitions(parts),
+        );
+    }
+    (FetchResponse::default().with_responses(topics), used, errors)
+}

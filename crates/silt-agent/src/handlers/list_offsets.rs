@@ -1,0 +1,163 @@
+//! ListOffsets (earliest, latest, max timestamp, by timestamp) and OffsetForLeaderEpoch.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
+};
+use object_store::path::Path;
+use silt_wire::batch;
+
+use crate::broker::Broker;
+use crate::error::PartitionError;
+use crate::partition::Partition;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+
+fn check_epoch(p: &Partition, requested: i32) -> Result<i32, PartitionError> {
+    let epoch = p.lock().leader_epoch;
+    if requested > epoch {
+        Err(PartitionError::UnknownLeaderEpoch(requested))
+    } else if requested >= 0 && requested < epoch {
+        Err(PartitionError::FencedLeaderEpoch(requested))
+    } else {
+        Ok(epoch)
+    }
+}
+
+/// Handles ListOffsets.
+pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let topic = b.topics.get(&t.name.0);
+        let mut parts = Vec::with_capacity(t.partitions.len());
+        for lp in t.partitions {
+            let r = ListOffsetsPartitionResponse::default().with_partition_index(lp.partition_index);
+            let res = match topic.as_ref().and_then(|tp| tp.partition(lp.partition_index)) {
+                None => Err(PartitionError::UnknownTopicOrPartition {
+                    topic: t.name.0.to_string(),
+                    partition: lp.partition_index,
+                }),
+                Some(p) => match check_epoch(p, lp.current_leader_epoch) {
+                    Err(e) => Err(e),
+                    Ok(epoch) => lookup(b, p, lp.timestamp).await.map(|(o, ts)| (o, ts, epoch)),
+                },
+            };
+            parts.push(match res {
+                Ok((offset, ts, epoch)) => r
+                    .with_offset(offset)
+                    .with_timestamp(ts)
+                    .with_leader_epoch(if version >= 4 { epoch } else { -1 }),
+                Err(e) => r.with_error_code(e.code().code()).with_offset(-1).with_timestamp(-1),
+            });
+        }
+        topics.push(ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(parts));
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Offset and timestamp for a ListOffsets target.
+async fn lookup(b: &Broker, p: &Partition, target: i64) -> Result<(i64, i64), PartitionError> {
+    let (log_start, hw) = {
+        let st = p.lock();
+        (st.log_start, st.high_watermark)
+    };
+    match target {
+        EARLIEST | EARLIEST_LOCAL => Ok((log_start, -1)),
+        LATEST => Ok((hw, -1)),
+        MAX_TIMESTAMP => {
+            let Some(seg) = p.lock().max_timestamp_segment() else {
+                return Ok((-1, -1));
+            };
+            let data = segment_bytes(b, &seg).await?;
+            let best = batch::iter(&data)
+                .filter(|(h, _)| h.max_timestamp == seg.max_timestamp)
+                .map(|(h, r)| batch::max_timestamp_offset(&data[r], &h))
+                .next()
+                .unwrap_or(seg.last_offset);
+            Ok((best, seg.max_timestamp))
+        }
+        ts if ts >= 0 => {
+            let segs: Vec<_> = {
+                let st = p.lock();
+                st.segments.iter().filter(|s| s.max_timestamp >= ts).cloned().collect()
+            };
+            for seg in segs {
+                let data = segment_bytes(b, &seg).await?;
+                for (h, r) in batch::iter(&data) {
+                    if let Some(found) = batch::first_at_or_after(&data[r], &h, ts) {
+                        return Ok(found);
+                    }
+                }
+            }
+            Ok((-1, -1))
+        }
+        _ => Ok((-1, -1)),
+    }
+}
+
+async fn segment_bytes(
+    b: &Broker,
+    seg: &silt_meta::layout::index::IndexEntry,
+) -> Result<bytes::Bytes, PartitionError> {
+    if let Some(d) = b.cache.get(&seg.object, seg.pos, seg.len) {
+        return Ok(d);
+    }
+    Ok(b
+        .storage
+        .get(&Path::from(seg.object.as_str()), Some(seg.pos..seg.pos + seg.len))
+        .await?)
+}
+
+/// Handles OffsetForLeaderEpoch: every partition has had one epoch on this agent, ending at the
+/// high watermark.
+pub fn offset_for_leader_epoch(
+    b: &Arc<Broker>,
+    req: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = b.topics.get(&t.topic.0);
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|op| {
+                    let r = EpochEndOffset::default().with_partition(op.partition);
+                    let res = match topic.as_ref().and_then(|tp| tp.partition(op.partition)) {
+                        None => Err(PartitionError::UnknownTopicOrPartition {
+                            topic: t.topic.0.to_string(),
+                            partition: op.partition,
+                        }),
+                        Some(p) => check_epoch(p, op.current_leader_epoch).map(|epoch| {
+                            if op.leader_epoch > epoch {
+                                (-1, -1)
+                            } else {
+                                (epoch, p.lock().high_watermark)
+                            }
+                        }),
+                    };
+                    match res {
+                        Ok((epoch, end)) => r.with_leader_epoch(epoch).with_end_offset(end),
+                        Err(e) => r.with_error_code(e.code().code()),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}

@@ -1,0 +1,97 @@
+//! Metadata: this agent as the only broker (and controller), and every topic it leads.
+//! Topics a client asks for that do not exist are created when auto-creation is on and the
+//! client allows it, as Kafka does.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::ResponseError;
+
+use super::{str_bytes, topic_name};
+use crate::broker::Broker;
+use crate::error::TopicError;
+use crate::topics::{validate_name, Topic};
+
+/// Handles Metadata.
+pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let node = &b.node;
+    let brokers = vec![MetadataResponseBroker::default()
+        .with_node_id(BrokerId(node.id))
+        .with_host(str_bytes(node.host.clone()))
+        .with_port(node.port)];
+    let all = match &req.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let topics = if all {
+        b.topics.all().iter().map(|t| describe(t, b, version)).collect()
+    } else {
+        let mut out = Vec::new();
+        for t in req.topics.unwrap_or_default() {
+            out.push(match (t.name, t.topic_id.is_nil()) {
+                (Some(name), _) => by_name(b, &name.0, req.allow_auto_topic_creation || version < 4, version).await,
+                (None, false) => match b.topics.get_by_id(&t.topic_id) {
+                    Some(topic) => describe(&topic, b, version),
+                    None => MetadataResponseTopic::default()
+                        .with_topic_id(t.topic_id)
+                        .with_error_code(ResponseError::UnknownTopicId.code()),
+                },
+                (None, true) => MetadataResponseTopic::default()
+                    .with_error_code(ResponseError::InvalidTopicException.code()),
+            });
+        }
+        out
+    };
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id((version >= 2).then(|| str_bytes(b.cluster_id.clone())))
+        .with_controller_id(BrokerId(if version >= 1 { node.id } else { -1 }))
+        .with_topics(topics)
+}
+
+async fn by_name(b: &Arc<Broker>, name: &str, client_allows: bool, version: i16) -> MetadataResponseTopic {
+    let error = |e: TopicError| {
+        MetadataResponseTopic::default()
+            .with_name(Some(topic_name(name)))
+            .with_error_code(e.code().code())
+    };
+    if let Err(e) = validate_name(name) {
+        return error(e);
+    }
+    if let Some(t) = b.topics.get(name) {
+        return describe(&t, b, version);
+    }
+    if !(client_allows && b.topics.defaults().auto_create) {
+        return error(TopicError::Unknown(name.to_owned()));
+    }
+    match b.topics.get_or_create(name).await {
+        Ok(t) => describe(&t, b, version),
+        Err(e) => {
+            tracing::warn!(topic = name, error = %e, "auto-creating topic failed");
+            error(e)
+        }
+    }
+}
+
+fn describe(t: &Topic, b: &Broker, version: i16) -> MetadataResponseTopic {
+    let id = BrokerId(b.node.id);
+    let partitions = t
+        .partitions
+        .iter()
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p.index)
+                .with_leader_id(id)
+                .with_leader_epoch(if version >= 7 { p.lock().leader_epoch } else { -1 })
+                .with_replica_nodes(vec![id])
+                .with_isr_nodes(vec![id])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&t.record.name)))
+        .with_topic_id(if version >= 10 { t.record.id } else { uuid::Uuid::nil() })
+        .with_partitions(partitions)
+}

@@ -1,0 +1,83 @@
+//! Kafka request handlers, one module per API (or small family). Each takes the decoded
+//! request and returns the response; errors become Kafka error codes through
+//! [`crate::error`]'s mappings only.
+
+mod admin;
+mod api_versions;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod producer_id;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use kafka_protocol::messages::{ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use silt_wire::request::RawRequest;
+
+use crate::broker::Broker;
+
+pub use api_versions::{supported, unsupported_version_response, SUPPORTED};
+
+/// What to send back for a request.
+pub enum Reply {
+    /// Nothing (acks=0 produce).
+    None,
+    /// A response ready now.
+    Now(ResponseKind),
+    /// A response that waits (durability, long-poll); answered in request order.
+    Later(BoxFuture<'static, ResponseKind>),
+}
+
+/// Handles one decoded request. Runs in request order on its connection; anything that waits
+/// goes into `Reply::Later` so later requests are read meanwhile.
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    req: &RawRequest,
+    body: kafka_protocol::messages::RequestKind,
+) -> Reply {
+    use kafka_protocol::messages::RequestKind as R;
+    let v = req.version;
+    match body {
+        R::ApiVersions(_) => Reply::Now(ResponseKind::ApiVersions(api_versions::handle(v))),
+        R::Metadata(r) => Reply::Now(ResponseKind::Metadata(metadata::handle(broker, r, v).await)),
+        R::Produce(r) => produce::handle(broker, r, v).await,
+        R::Fetch(r) => fetch::handle(broker, r, v),
+        R::ListOffsets(r) => Reply::Now(ResponseKind::ListOffsets(
+            list_offsets::handle(broker, r, v).await,
+        )),
+        R::OffsetForLeaderEpoch(r) => Reply::Now(ResponseKind::OffsetForLeaderEpoch(
+            list_offsets::offset_for_leader_epoch(broker, r),
+        )),
+        R::CreateTopics(r) => Reply::Now(ResponseKind::CreateTopics(
+            admin::create_topics(broker, r, v).await,
+        )),
+        R::DeleteTopics(r) => Reply::Now(ResponseKind::DeleteTopics(
+            admin::delete_topics(broker, r, v).await,
+        )),
+        R::DescribeConfigs(r) => Reply::Now(ResponseKind::DescribeConfigs(
+            admin::describe_configs(broker, r, v),
+        )),
+        R::DescribeCluster(r) => Reply::Now(ResponseKind::DescribeCluster(
+            admin::describe_cluster(broker, r),
+        )),
+        R::InitProducerId(r) => Reply::Now(ResponseKind::InitProducerId(
+            producer_id::handle(broker, r).await,
+        )),
+        other => {
+            // The connection layer only decodes APIs listed in SUPPORTED.
+            tracing::error!(api = ?req.api_key, "no handler for a supported API: {other:?}");
+            Reply::None
+        }
+    }
+}
+
+pub(crate) fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}

@@ -1,0 +1,174 @@
+//! Produce: validate each partition's batch, wait for buffer room (backpressure), append, and
+//! answer by `acks`: 0 never, 1 once buffered, all (-1) once the flush carrying it committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use silt_wire::batch::{self, BatchError};
+
+use super::{str_bytes, topic_name, Reply};
+use crate::append::{append, Appended};
+use crate::broker::Broker;
+use crate::error::PartitionError;
+use crate::partition::Partition;
+
+/// Where one partition of the request stands.
+enum Slot {
+    Failed(PartitionError),
+    Appended {
+        partition: Arc<Partition>,
+        appended: Appended,
+        log_append_time: Option<i64>,
+    },
+}
+
+/// Handles Produce.
+pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
+    let acks = req.acks;
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let mut slots: Vec<(String, Vec<(i32, Slot)>)> = Vec::with_capacity(req.topic_data.len());
+    for td in req.topic_data {
+        let name = td.name.0.to_string();
+        let topic = b.topics.get(&name);
+        let mut parts = Vec::with_capacity(td.partition_data.len());
+        for pd in td.partition_data {
+            let slot = if !matches!(acks, -1..=1) {
+                Slot::Failed(PartitionError::InvalidRecord(format!("acks={acks} is not one of -1, 0, 1")))
+            } else if req.transactional_id.is_some() {
+                Slot::Failed(PartitionError::TransactionsUnsupported)
+            } else {
+                match topic.as_ref().and_then(|t| t.partition(pd.index).map(|p| (t, p))) {
+                    None => Slot::Failed(PartitionError::UnknownTopicOrPartition {
+                        topic: name.clone(),
+                        partition: pd.index,
+                    }),
+                    Some((t, p)) => {
+                        let lat = t.config.log_append_time.then(|| b.clock.now_ms());
+                        match produce_one(b, p, pd.records, t.config.max_message_bytes, lat, timeout).await {
+                            Ok(appended) => Slot::Appended {
+                                partition: p.clone(),
+                                appended,
+                                log_append_time: lat,
+                            },
+                            Err(e) => Slot::Failed(e),
+                        }
+                    }
+                }
+            };
+            if let Slot::Failed(e) = &slot {
+                tracing::debug!(topic = %name, partition = pd.index, error = %e, "produce rejected");
+            }
+            parts.push((pd.index, slot));
+        }
+        slots.push((name, parts));
+    }
+    match acks {
+        0 => Reply::None,
+        1 => Reply::Now(ResponseKind::Produce(respond(slots, version))),
+        _ => {
+            let b = b.clone();
+            Reply::Later(Box::pin(async move {
+                let mut waited = Vec::with_capacity(slots.len());
+                for (name, parts) in slots {
+                    let mut out = Vec::with_capacity(parts.len());
+                    for (idx, slot) in parts {
+                        out.push((idx, wait_durable(&b, slot, timeout).await));
+                    }
+                    waited.push((name, out));
+                }
+                ResponseKind::Produce(respond(waited, version))
+            }))
+        }
+    }
+}
+
+async fn produce_one(
+    b: &Broker,
+    p: &Arc<Partition>,
+    records: Option<bytes::Bytes>,
+    max_message_bytes: usize,
+    log_append_time: Option<i64>,
+    timeout: Duration,
+) -> Result<Appended, PartitionError> {
+    let data = records.unwrap_or_default();
+    let header = batch::validate_single(&data).map_err(|e| match e {
+        BatchError::Corrupt(m) => PartitionError::CorruptMessage(m),
+        BatchError::Invalid(m) => PartitionError::InvalidRecord(m),
+    })?;
+    let limit = max_message_bytes.min(b.settings.flush.max_buffered_bytes);
+    if header.size > limit {
+        return Err(PartitionError::MessageTooLarge {
+            size: header.size,
+            max: limit,
+        });
+    }
+    let permit = b.flusher.reserve(header.size, timeout).await?;
+    append(&b.flusher, p, &data, &header, log_append_time, permit)
+}
+
+async fn wait_durable(b: &Broker, slot: Slot, timeout: Duration) -> Slot {
+    let Slot::Appended { partition, appended, .. } = &slot else {
+        return slot;
+    };
+    let waited = tokio::time::timeout(timeout, async {
+        match appended {
+            Appended::Buffered { generation, .. } => b.flusher.wait_committed(*generation).await,
+            Appended::Duplicate(seen) => {
+                let mut rx = b.flusher.subscribe();
+                loop {
+                    if partition.lock().high_watermark > seen.last_offset {
+                        return Ok(());
+                    }
+                    if rx.changed().await.is_err() || rx.borrow().stopped {
+                        return Err(PartitionError::NotLeader("the agent stopped".into()));
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(Ok(())) => slot,
+        Ok(Err(e)) => Slot::Failed(e),
+        Err(_) => Slot::Failed(PartitionError::Timeout(timeout.as_millis() as i32)),
+    }
+}
+
+fn respond(slots: Vec<(String, Vec<(i32, Slot)>)>, version: i16) -> ProduceResponse {
+    let responses = slots
+        .into_iter()
+        .map(|(name, parts)| {
+            let partition_responses = parts
+                .into_iter()
+                .map(|(idx, slot)| {
+                    let r = PartitionProduceResponse::default().with_index(idx);
+                    match slot {
+                        Slot::Failed(e) => r
+                            .with_error_code(e.code().code())
+                            .with_base_offset(-1)
+                            .with_error_message((version >= 8).then(|| str_bytes(e.to_string()))),
+                        Slot::Appended {
+                            partition,
+                            appended,
+                            log_append_time,
+                        } => {
+                            let base = match appended {
+                                Appended::Buffered { base_offset, .. } => base_offset,
+                                Appended::Duplicate(seen) => seen.base_offset,
+                            };
+                            r.with_base_offset(base)
+                                .with_log_append_time_ms(log_append_time.unwrap_or(-1))
+                                .with_log_start_offset(if version >= 5 { partition.lock().log_start } else { -1 })
+                        }
+                    }
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(topic_name(&name))
+                .with_partition_responses(partition_responses)
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}

@@ -1,0 +1,196 @@
+//! Idempotent-producer state of one partition: per producer id, its epoch and its last five
+//! batches (Kafka keeps five so a producer with five requests in flight can retry any of them).
+//! Used to accept, reject or recognise a retried batch, and rebuilt from the offset index.
+
+use std::collections::{HashMap, VecDeque};
+
+use silt_meta::layout::index::ProducerBatch;
+
+use crate::error::PartitionError;
+
+const KEEP: usize = 5;
+
+/// A remembered batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenBatch {
+    /// First sequence.
+    pub first_seq: i32,
+    /// Last sequence.
+    pub last_seq: i32,
+    /// Offset of its first record.
+    pub base_offset: i64,
+    /// Offset of its last record.
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    epoch: i16,
+    batches: VecDeque<SeenBatch>,
+}
+
+/// What to do with an incoming idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Append it.
+    Append,
+    /// It was appended before; answer with the original offsets.
+    Duplicate(SeenBatch),
+}
+
+/// The state of every producer that wrote to a partition.
+#[derive(Debug, Clone, Default)]
+pub struct ProducerStates {
+    entries: HashMap<i64, Entry>,
+}
+
+fn next_seq(s: i32) -> i32 {
+    if s == i32::MAX {
+        0
+    } else {
+        s + 1
+    }
+}
+
+impl ProducerStates {
+    /// Decides on a batch from `pid` at `epoch` covering `first_seq..=last_seq`.
+    pub fn check(
+        &self,
+        pid: i64,
+        epoch: i16,
+        first_seq: i32,
+        last_seq: i32,
+    ) -> Result<Verdict, PartitionError> {
+        let Some(e) = self.entries.get(&pid) else {
+            // Unknown producer (new, or its state aged out): accept, as Kafka does.
+            return Ok(Verdict::Append);
+        };
+        if epoch < e.epoch {
+            return Err(PartitionError::InvalidProducerEpoch {
+                pid,
+                got: epoch,
+                current: e.epoch,
+            });
+        }
+        if epoch > e.epoch {
+            return if first_seq == 0 {
+                Ok(Verdict::Append)
+            } else {
+                Err(PartitionError::OutOfOrderSequence {
+                    pid,
+                    got: first_seq,
+                    expected: 0,
+                })
+            };
+        }
+        if let Some(b) = e
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
+        {
+            return Ok(Verdict::Duplicate(*b));
+        }
+        let expected = e.batches.back().map_or(first_seq, |b| next_seq(b.last_seq));
+        if first_seq != expected {
+            return Err(PartitionError::OutOfOrderSequence {
+                pid,
+                got: first_seq,
+                expected,
+            });
+        }
+        Ok(Verdict::Append)
+    }
+
+    /// Records an appended batch.
+    pub fn record(&mut self, pid: i64, epoch: i16, b: SeenBatch) {
+        let e = self.entries.entry(pid).or_default();
+        if epoch != e.epoch {
+            e.epoch = epoch;
+            e.batches.clear();
+        }
+        e.batches.push_back(b);
+        while e.batches.len() > KEEP {
+            e.batches.pop_front();
+        }
+    }
+
+    /// Replays a batch from the offset index.
+    pub fn replay(&mut self, p: &ProducerBatch) {
+        let span = if p.last_seq >= p.first_seq {
+            (p.last_seq - p.first_seq) as i64
+        } else {
+            (i32::MAX as i64 - p.first_seq as i64) + 1 + p.last_seq as i64
+        };
+        self.record(
+            p.pid,
+            p.epoch,
+            SeenBatch {
+                first_seq: p.first_seq,
+                last_seq: p.last_seq,
+                base_offset: p.base_offset,
+                last_offset: p.base_offset + span,
+            },
+        );
+    }
+
+    /// Number of producers tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no producer is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(first: i32, last: i32, base: i64) -> SeenBatch {
+        SeenBatch {
+            first_seq: first,
+            last_seq: last,
+            base_offset: base,
+            last_offset: base + (last - first) as i64,
+        }
+    }
+
+    #[test]
+    fn sequences_must_follow_and_duplicates_are_recognised() {
+        let mut s = ProducerStates::default();
+        assert_eq!(s.check(7, 0, 0, 4).unwrap(), Verdict::Append);
+        s.record(7, 0, seen(0, 4, 100));
+        assert_eq!(s.check(7, 0, 5, 9).unwrap(), Verdict::Append);
+        s.record(7, 0, seen(5, 9, 105));
+        assert_eq!(s.check(7, 0, 0, 4).unwrap(), Verdict::Duplicate(seen(0, 4, 100)));
+        assert!(matches!(
+            s.check(7, 0, 11, 12),
+            Err(PartitionError::OutOfOrderSequence { expected: 10, .. })
+        ));
+        assert!(matches!(s.check(7, -1, 10, 10), Err(PartitionError::InvalidProducerEpoch { .. })));
+        assert!(matches!(s.check(7, 1, 3, 3), Err(PartitionError::OutOfOrderSequence { .. })));
+        assert_eq!(s.check(7, 1, 0, 0).unwrap(), Verdict::Append);
+    }
+
+    #[test]
+    fn only_five_batches_are_kept_and_replay_matches_record() {
+        let mut a = ProducerStates::default();
+        let mut b = ProducerStates::default();
+        for i in 0..7 {
+            a.record(1, 0, seen(i * 2, i * 2 + 1, i as i64 * 2));
+            b.replay(&ProducerBatch {
+                pid: 1,
+                epoch: 0,
+                first_seq: i * 2,
+                last_seq: i * 2 + 1,
+                base_offset: i as i64 * 2,
+            });
+        }
+        assert!(a.check(1, 0, 0, 1).is_err(), "oldest batches are forgotten");
+        assert_eq!(a.check(1, 0, 4, 5).unwrap(), Verdict::Duplicate(seen(4, 5, 4)));
+        assert_eq!(b.check(1, 0, 4, 5).unwrap(), Verdict::Duplicate(seen(4, 5, 4)));
+        assert_eq!(b.check(1, 0, 14, 14).unwrap(), Verdict::Append);
+    }
+}

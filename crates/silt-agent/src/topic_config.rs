@@ -1,0 +1,256 @@
+//! Topic configs: the names Silt accepts, their defaults, validation, and the resolved values
+//! the write and read paths use.
+
+use std::collections::BTreeMap;
+
+use silt_common::config::TopicDefaults;
+
+use crate::error::TopicError;
+
+/// The type of a config value, as DescribeConfigs v3+ reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    /// `true` / `false`.
+    Boolean = 1,
+    /// Any string (checked by `allowed` when set).
+    String = 2,
+    /// A 32-bit integer.
+    Int = 3,
+    /// A 64-bit integer.
+    Long = 5,
+    /// A floating point number.
+    Double = 6,
+    /// A comma-separated list.
+    List = 7,
+}
+
+/// One known topic config.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigDef {
+    /// Kafka's name for it.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: ConfigType,
+    /// Accepted values for strings and lists; empty means any.
+    pub allowed: &'static [&'static str],
+    /// Smallest accepted number.
+    pub min: i64,
+}
+
+const fn def(name: &'static str, kind: ConfigType) -> ConfigDef {
+    ConfigDef {
+        name,
+        kind,
+        allowed: &[],
+        min: i64::MIN,
+    }
+}
+
+const fn num(name: &'static str, kind: ConfigType, min: i64) -> ConfigDef {
+    ConfigDef {
+        name,
+        kind,
+        allowed: &[],
+        min,
+    }
+}
+
+/// Every topic config Silt accepts. Configs that only tune Kafka's local log segments are
+/// accepted and reported for compatibility but have no effect (see docs/compatibility.md).
+pub const DEFS: &[ConfigDef] = &[
+    ConfigDef {
+        name: "cleanup.policy",
+        kind: ConfigType::List,
+        allowed: &["delete", "compact"],
+        min: 0,
+    },
+    ConfigDef {
+        name: "compression.type",
+        kind: ConfigType::String,
+        allowed: &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"],
+        min: 0,
+    },
+    num("delete.retention.ms", ConfigType::Long, 0),
+    num("file.delete.delay.ms", ConfigType::Long, 0),
+    num("flush.messages", ConfigType::Long, 1),
+    num("flush.ms", ConfigType::Long, 0),
+    num("index.interval.bytes", ConfigType::Int, 0),
+    num("local.retention.bytes", ConfigType::Long, -2),
+    num("local.retention.ms", ConfigType::Long, -2),
+    num("max.compaction.lag.ms", ConfigType::Long, 1),
+    num("max.message.bytes", ConfigType::Int, 0),
+    def("message.downconversion.enable", ConfigType::Boolean),
+    num("message.timestamp.after.max.ms", ConfigType::Long, 0),
+    num("message.timestamp.before.max.ms", ConfigType::Long, 0),
+    num("message.timestamp.difference.max.ms", ConfigType::Long, 0),
+    ConfigDef {
+        name: "message.timestamp.type",
+        kind: ConfigType::String,
+        allowed: &["CreateTime", "LogAppendTime"],
+        min: 0,
+    },
+    def("min.cleanable.dirty.ratio", ConfigType::Double),
+    num("min.compaction.lag.ms", ConfigType::Long, 0),
+    num("min.insync.replicas", ConfigType::Int, 1),
+    def("preallocate", ConfigType::Boolean),
+    def("remote.storage.enable", ConfigType::Boolean),
+    num("retention.bytes", ConfigType::Long, -1),
+    num("retention.ms", ConfigType::Long, -1),
+    num("segment.bytes", ConfigType::Int, 14),
+    num("segment.index.bytes", ConfigType::Int, 4),
+    num("segment.jitter.ms", ConfigType::Long, 0),
+    num("segment.ms", ConfigType::Long, 1),
+    def("unclean.leader.election.enable", ConfigType::Boolean),
+];
+
+/// The default value of a config, given the agent's topic defaults.
+pub fn default_value(name: &str, d: &TopicDefaults) -> String {
+    match name {
+        "cleanup.policy" => "delete".into(),
+        "compression.type" => "producer".into(),
+        "delete.retention.ms" => "86400000".into(),
+        "file.delete.delay.ms" => "60000".into(),
+        "flush.messages" => i64::MAX.to_string(),
+        "flush.ms" => i64::MAX.to_string(),
+        "index.interval.bytes" => "4096".into(),
+        "local.retention.bytes" | "local.retention.ms" => "-2".into(),
+        "max.compaction.lag.ms" => i64::MAX.to_string(),
+        "max.message.bytes" => d.max_message_bytes.to_string(),
+        "message.downconversion.enable" => "true".into(),
+        "message.timestamp.after.max.ms" | "message.timestamp.before.max.ms" => {
+            i64::MAX.to_string()
+        }
+        "message.timestamp.difference.max.ms" => i64::MAX.to_string(),
+        "message.timestamp.type" => "CreateTime".into(),
+        "min.cleanable.dirty.ratio" => "0.5".into(),
+        "min.compaction.lag.ms" => "0".into(),
+        "min.insync.replicas" => "1".into(),
+        "preallocate" | "remote.storage.enable" | "unclean.leader.election.enable" => {
+            "false".into()
+        }
+        "retention.bytes" => "-1".into(),
+        "retention.ms" => d.retention_ms.to_string(),
+        "segment.bytes" => "1073741824".into(),
+        "segment.index.bytes" => "10485760".into(),
+        "segment.jitter.ms" => "0".into(),
+        "segment.ms" => "604800000".into(),
+        _ => String::new(),
+    }
+}
+
+/// Looks up a config definition by name.
+pub fn find(name: &str) -> Option<&'static ConfigDef> {
+    DEFS.iter().find(|d| d.name == name)
+}
+
+/// Checks one config; the error names the config, the value and what is accepted.
+pub fn validate(name: &str, value: &str) -> Result<(), TopicError> {
+    let Some(d) = find(name) else {
+        return Err(TopicError::InvalidConfig(format!(
+            "unknown topic config {name:?}"
+        )));
+    };
+    let bad = |what: String| TopicError::InvalidConfig(format!("invalid value {value:?} for {name}: {what}"));
+    match d.kind {
+        ConfigType::Boolean => {
+            if !value.eq_ignore_ascii_case("true") && !value.eq_ignore_ascii_case("false") {
+                return Err(bad("expected true or false".into()));
+            }
+        }
+        ConfigType::Int | ConfigType::Long => {
+            let n: i64 = if d.kind == ConfigType::Int {
+                value.trim().parse::<i32>().map(i64::from).map_err(|_| bad("expected a 32-bit integer".into()))?
+            } else {
+                value.trim().parse::<i64>().map_err(|_| bad("expected a 64-bit integer".into()))?
+            };
+            if n < d.min {
+                return Err(bad(format!("must be at least {}", d.min)));
+            }
+        }
+        ConfigType::Double => {
+            value.trim().parse::<f64>().map_err(|_| bad("expected a number".into()))?;
+        }
+        ConfigType::String => {
+            if !d.allowed.is_empty() && !d.allowed.contains(&value) {
+                return Err(bad(format!("expected one of {}", d.allowed.join(", "))));
+            }
+        }
+        ConfigType::List => {
+            for item in value.split(',').map(str::trim) {
+                if !d.allowed.is_empty() && !d.allowed.contains(&item) {
+                    return Err(bad(format!("expected a list of {}", d.allowed.join(", "))));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The values the agent acts on, resolved from explicit configs and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// `max.message.bytes`.
+    pub max_message_bytes: usize,
+    /// `message.timestamp.type = LogAppendTime`.
+    pub log_append_time: bool,
+    /// `retention.ms`.
+    pub retention_ms: i64,
+}
+
+impl Resolved {
+    /// Resolves a topic's explicit configs over the defaults.
+    pub fn from(configs: &BTreeMap<String, String>, d: &TopicDefaults) -> Self {
+        let get = |name: &str| {
+            configs
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| default_value(name, d))
+        };
+        Self {
+            max_message_bytes: get("max.message.bytes").parse().unwrap_or(d.max_message_bytes as usize),
+            log_append_time: get("message.timestamp.type") == "LogAppendTime",
+            retention_ms: get("retention.ms").parse().unwrap_or(d.retention_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_def_has_a_valid_default() {
+        let d = TopicDefaults::default();
+        for def in DEFS {
+            let v = default_value(def.name, &d);
+            assert!(!v.is_empty(), "{} has no default", def.name);
+            validate(def.name, &v).unwrap_or_else(|e| panic!("default of {}: {e}", def.name));
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_explained() {
+        let e = validate("retention.msx", "1").unwrap_err().to_string();
+        assert!(e.contains("retention.msx"), "{e}");
+        let e = validate("retention.ms", "soon").unwrap_err().to_string();
+        assert!(e.contains("soon") && e.contains("retention.ms"), "{e}");
+        assert!(validate("cleanup.policy", "compact,delete").is_ok());
+        assert!(validate("cleanup.policy", "shred").is_err());
+        assert!(validate("max.message.bytes", "99999999999").is_err());
+    }
+
+    #[test]
+    fn resolved_prefers_explicit_values() {
+        let d = TopicDefaults::default();
+        let r = Resolved::from(
+            &BTreeMap::from([
+                ("max.message.bytes".into(), "2048".into()),
+                ("message.timestamp.type".into(), "LogAppendTime".into()),
+            ]),
+            &d,
+        );
+        assert_eq!(r.max_message_bytes, 2048);
+        assert!(r.log_append_time);
+        assert_eq!(r.retention_ms, d.retention_ms);
+    }
+}
