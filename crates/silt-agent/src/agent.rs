@@ -62,6 +62,8 @@ pub enum StartError {
 pub struct Agent {
     broker: Arc<Broker>,
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    admin: Option<JoinHandle<()>>,
     stop_accepting: watch::Sender<bool>,
     accept: JoinHandle<()>,
     flush: JoinHandle<()>,
@@ -80,6 +82,20 @@ impl Agent {
             addr: settings.listen.clone(),
             source,
         })?;
+        let admin_listener = match settings.admin_listen.as_deref() {
+            Some(a) if !a.is_empty() => {
+                Some(
+                    TcpListener::bind(a)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr: format!("{a} (admin_listen)"),
+                            source,
+                        })?,
+                )
+            }
+            _ => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let session = uuid::Uuid::new_v4().simple().to_string();
         agents::register(c.meta.as_ref(), settings.node_id, &session)
             .await
@@ -133,6 +149,8 @@ impl Agent {
             settings,
         });
         let flush = tokio::spawn(flusher.run());
+        let admin =
+            admin_listener.map(|l| tokio::spawn(crate::admin_http::serve(l, broker.clone())));
         let (stop_accepting, mut stop_rx) = watch::channel(false);
         let b = broker.clone();
         let accept = tokio::spawn(async move {
@@ -156,6 +174,8 @@ impl Agent {
         Ok(Self {
             broker,
             addr,
+            admin_addr,
+            admin,
             stop_accepting,
             accept,
             flush,
@@ -165,6 +185,11 @@ impl Agent {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound admin HTTP address, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Shared state (for tests and tools).
@@ -178,6 +203,9 @@ impl Agent {
         let _ = self.accept.await;
         self.broker.flusher.close();
         let _ = self.flush.await;
+        if let Some(a) = self.admin {
+            a.abort();
+        }
         tracing::info!("agent stopped; every acknowledged write is committed");
     }
 }

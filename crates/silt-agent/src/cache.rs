@@ -50,7 +50,9 @@ impl ObjectCache {
             g.order.push_back(path.to_owned());
         }
         while g.bytes > self.capacity {
-            let Some(oldest) = g.order.pop_front() else { break };
+            let Some(oldest) = g.order.pop_front() else {
+                break;
+            };
             if let Some(old) = g.objects.remove(&oldest) {
                 g.bytes -= old.len();
             }
@@ -64,7 +66,11 @@ impl ObjectCache {
             let end = pos.checked_add(len)? as usize;
             (end <= o.len()).then(|| o.slice(pos as usize..end))
         });
-        let counter = if got.is_some() { &self.hits } else { &self.misses };
+        let counter = if got.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         got
     }

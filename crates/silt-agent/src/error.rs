@@ -55,6 +55,9 @@ pub enum PartitionError {
         /// Epoch known.
         current: i16,
     },
+    /// `acks` is not -1, 0 or 1.
+    #[error("acks={0} is not one of -1 (all), 0 and 1")]
+    InvalidRequiredAcks(i16),
     /// Transactional batches need the transactions issue.
     #[error("transactional produce is not supported yet")]
     TransactionsUnsupported,
@@ -99,6 +102,7 @@ impl PartitionError {
             Self::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
             Self::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
             Self::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+            Self::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             Self::TransactionsUnsupported => ResponseError::InvalidTxnState,
             Self::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             Self::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,

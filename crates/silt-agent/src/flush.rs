@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use silt_common::config::FlushSettings;
-use silt_meta::layout::{agents, index};
 use silt_meta::layout::index::{IndexEntry, ProducerBatch};
+use silt_meta::layout::{agents, index};
 use silt_meta::{MetaKv, Txn};
 use silt_storage::object::ObjectBuilder;
 use silt_storage::{paths, Storage};
@@ -151,10 +151,11 @@ impl Flusher {
         timeout: Duration,
     ) -> Result<OwnedSemaphorePermit, PartitionError> {
         let n = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
-        match tokio::time::timeout(timeout, self.inner.budget.clone().acquire_many_owned(n)).await
-        {
+        match tokio::time::timeout(timeout, self.inner.budget.clone().acquire_many_owned(n)).await {
             Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(PartitionError::NotLeader("the agent is shutting down".into())),
+            Ok(Err(_)) => Err(PartitionError::NotLeader(
+                "the agent is shutting down".into(),
+            )),
             Err(_) => Err(PartitionError::Timeout(timeout.as_millis() as i32)),
         }
     }
@@ -302,7 +303,10 @@ impl Flusher {
         }
 
         let txn = Txn {
-            compares: vec![agents::still_registered(self.inner.node_id, &self.inner.session)],
+            compares: vec![agents::still_registered(
+                self.inner.node_id,
+                &self.inner.session,
+            )],
             success: groups
                 .iter()
                 .zip(&entries)

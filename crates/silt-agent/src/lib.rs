@@ -7,6 +7,7 @@
 //! and object-store traits, never on a backend.
 #![warn(missing_docs)]
 
+pub mod admin_http;
 pub mod agent;
 pub mod append;
 pub mod broker;

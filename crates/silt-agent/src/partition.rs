@@ -107,7 +107,10 @@ impl PartitionState {
 
     /// Segments whose max timestamp is at least `ts`, from the first such one.
     pub fn first_segment_at_or_after(&self, ts: i64) -> Option<IndexEntry> {
-        self.segments.iter().find(|s| s.max_timestamp >= ts).cloned()
+        self.segments
+            .iter()
+            .find(|s| s.max_timestamp >= ts)
+            .cloned()
     }
 
     /// The segment holding the largest timestamp (the last one on ties).

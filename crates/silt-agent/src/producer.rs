@@ -164,13 +164,22 @@ mod tests {
         s.record(7, 0, seen(0, 4, 100));
         assert_eq!(s.check(7, 0, 5, 9).unwrap(), Verdict::Append);
         s.record(7, 0, seen(5, 9, 105));
-        assert_eq!(s.check(7, 0, 0, 4).unwrap(), Verdict::Duplicate(seen(0, 4, 100)));
+        assert_eq!(
+            s.check(7, 0, 0, 4).unwrap(),
+            Verdict::Duplicate(seen(0, 4, 100))
+        );
         assert!(matches!(
             s.check(7, 0, 11, 12),
             Err(PartitionError::OutOfOrderSequence { expected: 10, .. })
         ));
-        assert!(matches!(s.check(7, -1, 10, 10), Err(PartitionError::InvalidProducerEpoch { .. })));
-        assert!(matches!(s.check(7, 1, 3, 3), Err(PartitionError::OutOfOrderSequence { .. })));
+        assert!(matches!(
+            s.check(7, -1, 10, 10),
+            Err(PartitionError::InvalidProducerEpoch { .. })
+        ));
+        assert!(matches!(
+            s.check(7, 1, 3, 3),
+            Err(PartitionError::OutOfOrderSequence { .. })
+        ));
         assert_eq!(s.check(7, 1, 0, 0).unwrap(), Verdict::Append);
     }
 
@@ -189,8 +198,14 @@ mod tests {
             });
         }
         assert!(a.check(1, 0, 0, 1).is_err(), "oldest batches are forgotten");
-        assert_eq!(a.check(1, 0, 4, 5).unwrap(), Verdict::Duplicate(seen(4, 5, 4)));
-        assert_eq!(b.check(1, 0, 4, 5).unwrap(), Verdict::Duplicate(seen(4, 5, 4)));
+        assert_eq!(
+            a.check(1, 0, 4, 5).unwrap(),
+            Verdict::Duplicate(seen(4, 5, 4))
+        );
+        assert_eq!(
+            b.check(1, 0, 4, 5).unwrap(),
+            Verdict::Duplicate(seen(4, 5, 4))
+        );
         assert_eq!(b.check(1, 0, 14, 14).unwrap(), Verdict::Append);
     }
 }

@@ -150,7 +150,9 @@ pub fn validate(name: &str, value: &str) -> Result<(), TopicError> {
             "unknown topic config {name:?}"
         )));
     };
-    let bad = |what: String| TopicError::InvalidConfig(format!("invalid value {value:?} for {name}: {what}"));
+    let bad = |what: String| {
+        TopicError::InvalidConfig(format!("invalid value {value:?} for {name}: {what}"))
+    };
     match d.kind {
         ConfigType::Boolean => {
             if !value.eq_ignore_ascii_case("true") && !value.eq_ignore_ascii_case("false") {
@@ -159,16 +161,26 @@ pub fn validate(name: &str, value: &str) -> Result<(), TopicError> {
         }
         ConfigType::Int | ConfigType::Long => {
             let n: i64 = if d.kind == ConfigType::Int {
-                value.trim().parse::<i32>().map(i64::from).map_err(|_| bad("expected a 32-bit integer".into()))?
+                value
+                    .trim()
+                    .parse::<i32>()
+                    .map(i64::from)
+                    .map_err(|_| bad("expected a 32-bit integer".into()))?
             } else {
-                value.trim().parse::<i64>().map_err(|_| bad("expected a 64-bit integer".into()))?
+                value
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| bad("expected a 64-bit integer".into()))?
             };
             if n < d.min {
                 return Err(bad(format!("must be at least {}", d.min)));
             }
         }
         ConfigType::Double => {
-            value.trim().parse::<f64>().map_err(|_| bad("expected a number".into()))?;
+            value
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| bad("expected a number".into()))?;
         }
         ConfigType::String => {
             if !d.allowed.is_empty() && !d.allowed.contains(&value) {
@@ -207,7 +219,9 @@ impl Resolved {
                 .unwrap_or_else(|| default_value(name, d))
         };
         Self {
-            max_message_bytes: get("max.message.bytes").parse().unwrap_or(d.max_message_bytes as usize),
+            max_message_bytes: get("max.message.bytes")
+                .parse()
+                .unwrap_or(d.max_message_bytes as usize),
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             retention_ms: get("retention.ms").parse().unwrap_or(d.retention_ms),
         }

@@ -29,7 +29,9 @@ pub struct Topic {
 impl Topic {
     /// A partition by index.
     pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
-        usize::try_from(index).ok().and_then(|i| self.partitions.get(i))
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
     }
 }
 
@@ -215,9 +217,9 @@ impl Topics {
             .await
         {
             Ok(t) => Ok(t),
-            Err(TopicError::AlreadyExists(_)) => {
-                self.get(name).ok_or_else(|| TopicError::Unknown(name.to_owned()))
-            }
+            Err(TopicError::AlreadyExists(_)) => self
+                .get(name)
+                .ok_or_else(|| TopicError::Unknown(name.to_owned())),
             Err(e) => Err(e),
         }
     }

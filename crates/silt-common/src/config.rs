@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// Address the Kafka listener binds, `host:port`.
     pub listen: String,
+    /// Address of the admin HTTP port (`/metrics`, `/healthz`, `/readyz`); empty to disable.
+    pub admin_listen: Option<String>,
     /// Host advertised to clients in Metadata; defaults to the listen host.
     pub advertised_host: Option<String>,
     /// Port advertised to clients; defaults to the bound port.
@@ -40,6 +42,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9092".into(),
+            admin_listen: Some("127.0.0.1:9644".into()),
             advertised_host: None,
             advertised_port: None,
             node_id: 0,
@@ -189,7 +192,7 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("SILT_").split("__"));
+        fig = fig.merge(Env::prefixed("SILT_").ignore(&["LOG"]).split("__"));
         let settings: Settings = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;

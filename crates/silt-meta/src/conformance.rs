@@ -52,7 +52,10 @@ pub async fn compare_and_swap(kv: &dyn MetaKv) {
     assert!(kv.txn(create("first")).await.unwrap().succeeded);
     assert!(!kv.txn(create("second")).await.unwrap().succeeded);
     assert_eq!(kv.get(b"/c/cas/k").await.unwrap().unwrap().value, b"first");
-    assert_eq!(kv.get(b"/c/cas/lost").await.unwrap().unwrap().value, b"second");
+    assert_eq!(
+        kv.get(b"/c/cas/lost").await.unwrap().unwrap().value,
+        b"second"
+    );
 
     let cur = kv.get(b"/c/cas/k").await.unwrap().unwrap();
     let swap = |rev| Txn {
@@ -107,7 +110,9 @@ pub async fn ranges(kv: &dyn MetaKv) {
     let all = kv.range(RangeRequest::prefix("/c/range/")).await.unwrap();
     assert_eq!(
         keys(all),
-        (0..5).map(|i| format!("/c/range/{i:03}")).collect::<Vec<_>>()
+        (0..5)
+            .map(|i| format!("/c/range/{i:03}"))
+            .collect::<Vec<_>>()
     );
     let last = kv
         .range(RangeRequest {
@@ -156,7 +161,10 @@ pub async fn delete_prefix(kv: &dyn MetaKv) {
         .unwrap()
         .is_empty());
     assert_eq!(
-        kv.range(RangeRequest::prefix("/c/del/")).await.unwrap().len(),
+        kv.range(RangeRequest::prefix("/c/del/"))
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -216,7 +224,9 @@ pub async fn watches(kv: &dyn MetaKv) {
     .await
     .unwrap();
     match recv(&mut rx).await {
-        WatchEvent::Put(kv) => assert_eq!((kv.key, kv.value), (b"/c/watch/a".to_vec(), b"1".to_vec())),
+        WatchEvent::Put(kv) => {
+            assert_eq!((kv.key, kv.value), (b"/c/watch/a".to_vec(), b"1".to_vec()))
+        }
         other => panic!("expected put, got {other:?}"),
     }
     match recv(&mut rx).await {

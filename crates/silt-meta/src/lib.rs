@@ -12,6 +12,6 @@ pub mod layout;
 
 pub use embedded::EmbeddedKv;
 pub use kv::{
-    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, MetaError, MetaKv, Op, RangeRequest,
-    Txn, TxnResponse, WatchEvent,
+    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, MetaError, MetaKv, Op, RangeRequest, Txn,
+    TxnResponse, WatchEvent,
 };

@@ -116,8 +116,11 @@ pub fn read_footer(object: &[u8]) -> Result<Vec<FooterEntry>, FooterError> {
     if object.len() < 12 || &object[object.len() - 8..] != MAGIC {
         return Err(err("missing magic trailer"));
     }
-    let footer_len =
-        u32::from_be_bytes(object[object.len() - 12..object.len() - 8].try_into().unwrap()) as usize;
+    let footer_len = u32::from_be_bytes(
+        object[object.len() - 12..object.len() - 8]
+            .try_into()
+            .unwrap(),
+    ) as usize;
     let start = object
         .len()
         .checked_sub(12 + footer_len)
@@ -167,7 +170,14 @@ mod tests {
     fn footer_round_trips_and_locates_data() {
         let t = Uuid::new_v4();
         let mut b = ObjectBuilder::new();
-        let e0 = b.add(t, 0, &[Bytes::from_static(b"aaaa"), Bytes::from_static(b"bb")], 0, 9, 5);
+        let e0 = b.add(
+            t,
+            0,
+            &[Bytes::from_static(b"aaaa"), Bytes::from_static(b"bb")],
+            0,
+            9,
+            5,
+        );
         let e1 = b.add(t, 3, &[Bytes::from_static(b"ccc")], 100, 100, 7);
         let obj = b.finish();
         let entries = read_footer(&obj).unwrap();

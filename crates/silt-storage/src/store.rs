@@ -249,12 +249,17 @@ mod tests {
     async fn injected_put_failures_are_retried_then_surface() {
         let s = Storage::in_memory();
         s.faults().fail_puts.store(2, Ordering::SeqCst);
-        s.put(&Path::from("x"), Bytes::from_static(b"1")).await.unwrap();
+        s.put(&Path::from("x"), Bytes::from_static(b"1"))
+            .await
+            .unwrap();
         assert_eq!(s.stats().errors.load(Ordering::Relaxed), 2);
 
         let s = Storage::in_memory().with_max_attempts(2);
         s.faults().fail_puts.store(5, Ordering::SeqCst);
-        let err = s.put(&Path::from("y"), Bytes::from_static(b"1")).await.unwrap_err();
+        let err = s
+            .put(&Path::from("y"), Bytes::from_static(b"1"))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("after 2 attempts"), "{err}");
     }
 
@@ -262,9 +267,13 @@ mod tests {
     async fn local_store_writes_files() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::local(dir.path()).unwrap();
-        s.put(&Path::from("flush/0/s/1.silt"), Bytes::from_static(b"abc")).await.unwrap();
+        s.put(&Path::from("flush/0/s/1.silt"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
         assert!(dir.path().join("flush/0/s/1.silt").exists());
         // A retried PUT of an object that already landed is not an error.
-        s.put(&Path::from("flush/0/s/1.silt"), Bytes::from_static(b"abc")).await.unwrap();
+        s.put(&Path::from("flush/0/s/1.silt"), Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
     }
 }

@@ -253,14 +253,23 @@ pub(crate) mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert!(matches!(validate_single(&bad), Err(BatchError::Corrupt(_))));
-        assert!(matches!(validate_single(&b[..b.len() - 1]), Err(BatchError::Corrupt(_))));
+        assert!(matches!(
+            validate_single(&b[..b.len() - 1]),
+            Err(BatchError::Corrupt(_))
+        ));
         let mut two = b.to_vec();
         two.extend_from_slice(&b);
         assert!(matches!(validate_single(&two), Err(BatchError::Invalid(_))));
         let mut magic1 = b.to_vec();
         magic1[16] = 1;
-        assert!(matches!(validate_single(&magic1), Err(BatchError::Invalid(_))));
-        assert!(matches!(validate_single(&[0u8; 5]), Err(BatchError::Corrupt(_))));
+        assert!(matches!(
+            validate_single(&magic1),
+            Err(BatchError::Invalid(_))
+        ));
+        assert!(matches!(
+            validate_single(&[0u8; 5]),
+            Err(BatchError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -351,7 +360,11 @@ pub fn max_timestamp_offset(batch: &[u8], h: &BatchHeader) -> i64 {
         return h.base_offset;
     }
     record_times(batch, h)
-        .and_then(|t| t.into_iter().find(|(_, ts)| *ts == h.max_timestamp).map(|(o, _)| o))
+        .and_then(|t| {
+            t.into_iter()
+                .find(|(_, ts)| *ts == h.max_timestamp)
+                .map(|(o, _)| o)
+        })
         .unwrap_or(last)
 }
 

@@ -76,10 +76,19 @@ mod tests {
         assert!(read_frame(&mut ok, 10).await.unwrap().is_none());
 
         let mut big: &[u8] = &[0, 0, 1, 0];
-        assert!(matches!(read_frame(&mut big, 10).await, Err(FrameError::TooLarge { size: 256, .. })));
+        assert!(matches!(
+            read_frame(&mut big, 10).await,
+            Err(FrameError::TooLarge { size: 256, .. })
+        ));
         let mut neg: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(read_frame(&mut neg, 10).await, Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            read_frame(&mut neg, 10).await,
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut short: &[u8] = &[0, 0, 0, 5, 1, 2];
-        assert!(matches!(read_frame(&mut short, 10).await, Err(FrameError::Truncated { got: 2, want: 5 })));
+        assert!(matches!(
+            read_frame(&mut short, 10).await,
+            Err(FrameError::Truncated { got: 2, want: 5 })
+        ));
     }
 }

@@ -79,17 +79,15 @@ pub fn parse_header(frame: Bytes) -> Result<RawRequest, RequestError> {
         correlation_id,
         reason,
     };
-    let header_version = if api_key == ApiKey::ApiVersions
-        && version > ApiKey::ApiVersions.valid_versions().max
-    {
-        // KIP-511: a client newer than us still sends a header we can read (v2).
-        2
-    } else {
-        api_key.request_header_version(version)
-    };
+    let header_version =
+        if api_key == ApiKey::ApiVersions && version > ApiKey::ApiVersions.valid_versions().max {
+            // KIP-511: a client newer than us still sends a header we can read (v2).
+            2
+        } else {
+            api_key.request_header_version(version)
+        };
     let mut body = frame;
-    let header = guarded(|| RequestHeader::decode(&mut body, header_version))
-        .map_err(malformed)?;
+    let header = guarded(|| RequestHeader::decode(&mut body, header_version)).map_err(malformed)?;
     Ok(RawRequest {
         api_key,
         version,
@@ -146,7 +144,16 @@ mod tests {
         // Metadata v1: topics array with i32::MAX elements and no bytes behind it.
         let req = parse_header(frame(3, 1, &[0x7f, 0xff, 0xff, 0xff])).unwrap();
         let err = decode_body(&req).unwrap_err();
-        assert!(matches!(err, RequestError::Malformed { correlation_id: 77, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RequestError::Malformed {
+                    correlation_id: 77,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // Flexible Metadata v12: compact array with u32::MAX-1 elements.
         let mut rest = vec![0u8]; // empty header tagged fields
         rest.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
@@ -164,7 +171,10 @@ mod tests {
     fn unknown_key_and_short_frames_are_named() {
         assert!(matches!(
             parse_header(frame(999, 0, &[])),
-            Err(RequestError::UnknownApiKey { api_key: 999, correlation_id: 77 })
+            Err(RequestError::UnknownApiKey {
+                api_key: 999,
+                correlation_id: 77
+            })
         ));
         assert!(matches!(
             parse_header(Bytes::from_static(&[0, 3, 0])),

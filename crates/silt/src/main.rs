@@ -97,7 +97,13 @@ async fn run_agent(settings: Settings) -> anyhow::Result<()> {
         },
     )
     .await?;
-    eprintln!("silt agent listening on {}", agent.local_addr());
+    match agent.admin_addr() {
+        Some(a) => eprintln!(
+            "silt agent listening on {} (admin http on {a})",
+            agent.local_addr()
+        ),
+        None => eprintln!("silt agent listening on {}", agent.local_addr()),
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: flushing buffered writes");
     agent.shutdown().await;

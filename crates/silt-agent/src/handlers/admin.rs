@@ -3,15 +3,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
     DescribeConfigsResponse,
 };
 use kafka_protocol::ResponseError;
@@ -29,7 +31,11 @@ const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
 /// Handles CreateTopics.
-pub async fn create_topics(b: &Arc<Broker>, req: CreateTopicsRequest, v: i16) -> CreateTopicsResponse {
+pub async fn create_topics(
+    b: &Arc<Broker>,
+    req: CreateTopicsRequest,
+    v: i16,
+) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.name.0.to_string();
@@ -40,7 +46,12 @@ pub async fn create_topics(b: &Arc<Broker>, req: CreateTopicsRequest, v: i16) ->
                 Some(v) => {
                     configs.insert(c.name.to_string(), v.to_string());
                 }
-                None => bad = Some(TopicError::InvalidConfig(format!("config {} has a null value", c.name.as_str()))),
+                None => {
+                    bad = Some(TopicError::InvalidConfig(format!(
+                        "config {} has a null value",
+                        c.name.as_str()
+                    )))
+                }
             }
         }
         let new = NewTopic {
@@ -64,16 +75,27 @@ pub async fn create_topics(b: &Arc<Broker>, req: CreateTopicsRequest, v: i16) ->
         results.push(match res {
             Ok(_) if v < 5 => r,
             Ok(record) => r
-                .with_topic_id(if req.validate_only || v < 7 { uuid::Uuid::nil() } else { record.id })
+                .with_topic_id(if req.validate_only || v < 7 {
+                    uuid::Uuid::nil()
+                } else {
+                    record.id
+                })
                 .with_num_partitions(record.partitions)
-                .with_replication_factor(if t.replication_factor == -1 { 1 } else { t.replication_factor })
+                .with_replication_factor(if t.replication_factor == -1 {
+                    1
+                } else {
+                    t.replication_factor
+                })
                 .with_configs(Some(
                     topic_config::DEFS
                         .iter()
                         .map(|d| {
                             let (value, source) = match record.configs.get(d.name) {
                                 Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
-                                None => (topic_config::default_value(d.name, b.topics.defaults()), SOURCE_DEFAULT),
+                                None => (
+                                    topic_config::default_value(d.name, b.topics.defaults()),
+                                    SOURCE_DEFAULT,
+                                ),
                             };
                             CreatableTopicConfigs::default()
                                 .with_name(str_bytes(d.name))
@@ -93,10 +115,21 @@ pub async fn create_topics(b: &Arc<Broker>, req: CreateTopicsRequest, v: i16) ->
 }
 
 /// Handles DeleteTopics (by name, or by id in v6+).
-pub async fn delete_topics(b: &Arc<Broker>, req: DeleteTopicsRequest, v: i16) -> DeleteTopicsResponse {
-    let mut targets: Vec<(Option<String>, uuid::Uuid)> =
-        req.topic_names.into_iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect();
-    targets.extend(req.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)));
+pub async fn delete_topics(
+    b: &Arc<Broker>,
+    req: DeleteTopicsRequest,
+    v: i16,
+) -> DeleteTopicsResponse {
+    let mut targets: Vec<(Option<String>, uuid::Uuid)> = req
+        .topic_names
+        .into_iter()
+        .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+        .collect();
+    targets.extend(
+        req.topics
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)),
+    );
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
         let resolved = match (&name, id.is_nil()) {
@@ -114,9 +147,11 @@ pub async fn delete_topics(b: &Arc<Broker>, req: DeleteTopicsRequest, v: i16) ->
         };
         let r = DeletableTopicResult::default();
         responses.push(match res {
-            Ok((n, id)) => r
-                .with_name(Some(topic_name(&n)))
-                .with_topic_id(if v >= 6 { id } else { uuid::Uuid::nil() }),
+            Ok((n, id)) => r.with_name(Some(topic_name(&n))).with_topic_id(if v >= 6 {
+                id
+            } else {
+                uuid::Uuid::nil()
+            }),
             Err(e) => r
                 .with_name(Some(topic_name(name.as_deref().unwrap_or_default())))
                 .with_topic_id(if v >= 6 { id } else { uuid::Uuid::nil() })
@@ -151,7 +186,11 @@ fn config_entry(
 }
 
 /// Handles DescribeConfigs for topics (every known config) and brokers (the agent's own).
-pub fn describe_configs(b: &Arc<Broker>, req: DescribeConfigsRequest, v: i16) -> DescribeConfigsResponse {
+pub fn describe_configs(
+    b: &Arc<Broker>,
+    req: DescribeConfigsRequest,
+    v: i16,
+) -> DescribeConfigsResponse {
     let results = req
         .resources
         .into_iter()
@@ -169,7 +208,9 @@ pub fn describe_configs(b: &Arc<Broker>, req: DescribeConfigsRequest, v: i16) ->
                 RESOURCE_TOPIC => match b.topics.get(&name) {
                     None => r
                         .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                        .with_error_message(Some(str_bytes(format!("topic {name} does not exist")))),
+                        .with_error_message(Some(str_bytes(format!(
+                            "topic {name} does not exist"
+                        )))),
                     Some(t) => r.with_configs(
                         topic_config::DEFS
                             .iter()
@@ -177,7 +218,10 @@ pub fn describe_configs(b: &Arc<Broker>, req: DescribeConfigsRequest, v: i16) ->
                             .map(|d| {
                                 let (value, source) = match t.record.configs.get(d.name) {
                                     Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
-                                    None => (topic_config::default_value(d.name, b.topics.defaults()), SOURCE_DEFAULT),
+                                    None => (
+                                        topic_config::default_value(d.name, b.topics.defaults()),
+                                        SOURCE_DEFAULT,
+                                    ),
                                 };
                                 config_entry(d.name, value, source, d.kind, req.include_synonyms, v)
                             })
@@ -187,18 +231,47 @@ pub fn describe_configs(b: &Arc<Broker>, req: DescribeConfigsRequest, v: i16) ->
                 RESOURCE_BROKER => {
                     let s = &b.settings;
                     let entries = [
-                        ("auto.create.topics.enable", s.topics.auto_create.to_string(), ConfigType::Boolean),
-                        ("num.partitions", s.topics.num_partitions.to_string(), ConfigType::Int),
-                        ("log.retention.ms", s.topics.retention_ms.to_string(), ConfigType::Long),
-                        ("message.max.bytes", s.topics.max_message_bytes.to_string(), ConfigType::Int),
-                        ("socket.request.max.bytes", s.max_frame_bytes.to_string(), ConfigType::Int),
+                        (
+                            "auto.create.topics.enable",
+                            s.topics.auto_create.to_string(),
+                            ConfigType::Boolean,
+                        ),
+                        (
+                            "num.partitions",
+                            s.topics.num_partitions.to_string(),
+                            ConfigType::Int,
+                        ),
+                        (
+                            "log.retention.ms",
+                            s.topics.retention_ms.to_string(),
+                            ConfigType::Long,
+                        ),
+                        (
+                            "message.max.bytes",
+                            s.topics.max_message_bytes.to_string(),
+                            ConfigType::Int,
+                        ),
+                        (
+                            "socket.request.max.bytes",
+                            s.max_frame_bytes.to_string(),
+                            ConfigType::Int,
+                        ),
                         ("broker.id", s.node_id.to_string(), ConfigType::Int),
                     ];
                     r.with_configs(
                         entries
                             .into_iter()
                             .filter(|(k, _, _)| wanted(k))
-                            .map(|(k, val, kind)| config_entry(k, val, SOURCE_STATIC_BROKER, kind, req.include_synonyms, v))
+                            .map(|(k, val, kind)| {
+                                config_entry(
+                                    k,
+                                    val,
+                                    SOURCE_STATIC_BROKER,
+                                    kind,
+                                    req.include_synonyms,
+                                    v,
+                                )
+                            })
                             .collect(),
                     )
                 }

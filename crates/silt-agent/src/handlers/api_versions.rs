@@ -60,7 +60,10 @@ mod tests {
     fn served_ranges_are_within_what_the_codec_knows() {
         for (k, min, max) in SUPPORTED {
             let known = k.valid_versions();
-            assert!(*min >= known.min && *max <= known.max, "{k:?} {min}..{max} vs {known:?}");
+            assert!(
+                *min >= known.min && *max <= known.max,
+                "{k:?} {min}..{max} vs {known:?}"
+            );
         }
     }
 }

@@ -42,7 +42,11 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
 /// One pass over the request; returns the response, the record bytes in it, and whether any
 /// partition had an error (which answers the fetch at once, as Kafka does).
 async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
-    let max_total = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
+    let max_total = if req.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    };
     let mut used = 0usize;
     let mut errors = false;
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -56,7 +60,9 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
         for fp in &ft.partitions {
             let pd = PartitionData::default().with_partition_index(fp.partition);
             let res = match topic.as_ref().and_then(|t| t.partition(fp.partition)) {
-                None if version >= 13 && topic.is_none() => Err(PartitionError::UnknownTopicId(ft.topic_id)),
+                None if version >= 13 && topic.is_none() => {
+                    Err(PartitionError::UnknownTopicId(ft.topic_id))
+                }
                 None => Err(PartitionError::UnknownTopicOrPartition {
                     topic: ft.topic.0.to_string(),
                     partition: fp.partition,
@@ -68,10 +74,12 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                     } else if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < epoch {
                         Err(PartitionError::FencedLeaderEpoch(fp.current_leader_epoch))
                     } else if used >= max_total {
-                        read::check_offset(p, fp.fetch_offset).map(|(log_start, hw)| read::ReadResult {
-                            records: None,
-                            high_watermark: hw,
-                            log_start,
+                        read::check_offset(p, fp.fetch_offset).map(|(log_start, hw)| {
+                            read::ReadResult {
+                                records: None,
+                                high_watermark: hw,
+                                log_start,
+                            }
                         })
                     } else {
                         let limit = (fp.partition_max_bytes.max(0) as usize).min(max_total - used);
@@ -99,10 +107,18 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
         }
         topics.push(
             FetchableTopicResponse::default()
-                .with_topic(if version < 13 { ft.topic.clone() } else { topic_name("") })
+                .with_topic(if version < 13 {
+                    ft.topic.clone()
+                } else {
+                    topic_name("")
+                })
                 .with_topic_id(ft.topic_id)
                 .with_partitions(parts),
         );
     }
-    (FetchResponse::default().with_responses(topics), used, errors)
+    (
+        FetchResponse::default().with_responses(topics),
+        used,
+        errors,
+    )
 }

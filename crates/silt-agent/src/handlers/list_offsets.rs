@@ -42,15 +42,21 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> L
         let topic = b.topics.get(&t.name.0);
         let mut parts = Vec::with_capacity(t.partitions.len());
         for lp in t.partitions {
-            let r = ListOffsetsPartitionResponse::default().with_partition_index(lp.partition_index);
-            let res = match topic.as_ref().and_then(|tp| tp.partition(lp.partition_index)) {
+            let r =
+                ListOffsetsPartitionResponse::default().with_partition_index(lp.partition_index);
+            let res = match topic
+                .as_ref()
+                .and_then(|tp| tp.partition(lp.partition_index))
+            {
                 None => Err(PartitionError::UnknownTopicOrPartition {
                     topic: t.name.0.to_string(),
                     partition: lp.partition_index,
                 }),
                 Some(p) => match check_epoch(p, lp.current_leader_epoch) {
                     Err(e) => Err(e),
-                    Ok(epoch) => lookup(b, p, lp.timestamp).await.map(|(o, ts)| (o, ts, epoch)),
+                    Ok(epoch) => lookup(b, p, lp.timestamp)
+                        .await
+                        .map(|(o, ts)| (o, ts, epoch)),
                 },
             };
             parts.push(match res {
@@ -58,10 +64,17 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> L
                     .with_offset(offset)
                     .with_timestamp(ts)
                     .with_leader_epoch(if version >= 4 { epoch } else { -1 }),
-                Err(e) => r.with_error_code(e.code().code()).with_offset(-1).with_timestamp(-1),
+                Err(e) => r
+                    .with_error_code(e.code().code())
+                    .with_offset(-1)
+                    .with_timestamp(-1),
             });
         }
-        topics.push(ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(parts));
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(parts),
+        );
     }
     ListOffsetsResponse::default().with_topics(topics)
 }
@@ -90,7 +103,11 @@ async fn lookup(b: &Broker, p: &Partition, target: i64) -> Result<(i64, i64), Pa
         ts if ts >= 0 => {
             let segs: Vec<_> = {
                 let st = p.lock();
-                st.segments.iter().filter(|s| s.max_timestamp >= ts).cloned().collect()
+                st.segments
+                    .iter()
+                    .filter(|s| s.max_timestamp >= ts)
+                    .cloned()
+                    .collect()
             };
             for seg in segs {
                 let data = segment_bytes(b, &seg).await?;
@@ -113,9 +130,11 @@ async fn segment_bytes(
     if let Some(d) = b.cache.get(&seg.object, seg.pos, seg.len) {
         return Ok(d);
     }
-    Ok(b
-        .storage
-        .get(&Path::from(seg.object.as_str()), Some(seg.pos..seg.pos + seg.len))
+    Ok(b.storage
+        .get(
+            &Path::from(seg.object.as_str()),
+            Some(seg.pos..seg.pos + seg.len),
+        )
         .await?)
 }
 

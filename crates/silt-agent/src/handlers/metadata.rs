@@ -27,12 +27,24 @@ pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, version: i16) -> Meta
         Some(t) => t.is_empty() && version == 0,
     };
     let topics = if all {
-        b.topics.all().iter().map(|t| describe(t, b, version)).collect()
+        b.topics
+            .all()
+            .iter()
+            .map(|t| describe(t, b, version))
+            .collect()
     } else {
         let mut out = Vec::new();
         for t in req.topics.unwrap_or_default() {
             out.push(match (t.name, t.topic_id.is_nil()) {
-                (Some(name), _) => by_name(b, &name.0, req.allow_auto_topic_creation || version < 4, version).await,
+                (Some(name), _) => {
+                    by_name(
+                        b,
+                        &name.0,
+                        req.allow_auto_topic_creation || version < 4,
+                        version,
+                    )
+                    .await
+                }
                 (None, false) => match b.topics.get_by_id(&t.topic_id) {
                     Some(topic) => describe(&topic, b, version),
                     None => MetadataResponseTopic::default()
@@ -52,7 +64,12 @@ pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, version: i16) -> Meta
         .with_topics(topics)
 }
 
-async fn by_name(b: &Arc<Broker>, name: &str, client_allows: bool, version: i16) -> MetadataResponseTopic {
+async fn by_name(
+    b: &Arc<Broker>,
+    name: &str,
+    client_allows: bool,
+    version: i16,
+) -> MetadataResponseTopic {
     let error = |e: TopicError| {
         MetadataResponseTopic::default()
             .with_name(Some(topic_name(name)))
@@ -85,13 +102,21 @@ fn describe(t: &Topic, b: &Broker, version: i16) -> MetadataResponseTopic {
             MetadataResponsePartition::default()
                 .with_partition_index(p.index)
                 .with_leader_id(id)
-                .with_leader_epoch(if version >= 7 { p.lock().leader_epoch } else { -1 })
+                .with_leader_epoch(if version >= 7 {
+                    p.lock().leader_epoch
+                } else {
+                    -1
+                })
                 .with_replica_nodes(vec![id])
                 .with_isr_nodes(vec![id])
         })
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&t.record.name)))
-        .with_topic_id(if version >= 10 { t.record.id } else { uuid::Uuid::nil() })
+        .with_topic_id(if version >= 10 {
+            t.record.id
+        } else {
+            uuid::Uuid::nil()
+        })
         .with_partitions(partitions)
 }

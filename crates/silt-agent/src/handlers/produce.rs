@@ -35,18 +35,30 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
         let mut parts = Vec::with_capacity(td.partition_data.len());
         for pd in td.partition_data {
             let slot = if !matches!(acks, -1..=1) {
-                Slot::Failed(PartitionError::InvalidRecord(format!("acks={acks} is not one of -1, 0, 1")))
+                Slot::Failed(PartitionError::InvalidRequiredAcks(acks))
             } else if req.transactional_id.is_some() {
                 Slot::Failed(PartitionError::TransactionsUnsupported)
             } else {
-                match topic.as_ref().and_then(|t| t.partition(pd.index).map(|p| (t, p))) {
+                match topic
+                    .as_ref()
+                    .and_then(|t| t.partition(pd.index).map(|p| (t, p)))
+                {
                     None => Slot::Failed(PartitionError::UnknownTopicOrPartition {
                         topic: name.clone(),
                         partition: pd.index,
                     }),
                     Some((t, p)) => {
                         let lat = t.config.log_append_time.then(|| b.clock.now_ms());
-                        match produce_one(b, p, pd.records, t.config.max_message_bytes, lat, timeout).await {
+                        match produce_one(
+                            b,
+                            p,
+                            pd.records,
+                            t.config.max_message_bytes,
+                            lat,
+                            timeout,
+                        )
+                        .await
+                        {
                             Ok(appended) => Slot::Appended {
                                 partition: p.clone(),
                                 appended,
@@ -109,7 +121,12 @@ async fn produce_one(
 }
 
 async fn wait_durable(b: &Broker, slot: Slot, timeout: Duration) -> Slot {
-    let Slot::Appended { partition, appended, .. } = &slot else {
+    let Slot::Appended {
+        partition,
+        appended,
+        ..
+    } = &slot
+    else {
         return slot;
     };
     let waited = tokio::time::timeout(timeout, async {
@@ -160,7 +177,11 @@ fn respond(slots: Vec<(String, Vec<(i32, Slot)>)>, version: i16) -> ProduceRespo
                             };
                             r.with_base_offset(base)
                                 .with_log_append_time_ms(log_append_time.unwrap_or(-1))
-                                .with_log_start_offset(if version >= 5 { partition.lock().log_start } else { -1 })
+                                .with_log_start_offset(if version >= 5 {
+                                    partition.lock().log_start
+                                } else {
+                                    -1
+                                })
                         }
                     }
                 })

@@ -89,7 +89,9 @@ impl LogFile {
         }
         std::fs::rename(&tmp, Self::path(&self.dir))?;
         File::open(&self.dir)?.sync_all()?;
-        self.file = OpenOptions::new().append(true).open(Self::path(&self.dir))?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(Self::path(&self.dir))?;
         self.len = frame.len() as u64;
         Ok(())
     }

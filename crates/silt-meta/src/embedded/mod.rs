@@ -295,7 +295,9 @@ mod tests {
             .await
             .unwrap();
         }
-        let len = std::fs::metadata(EmbeddedKv::log_path(dir.path())).unwrap().len();
+        let len = std::fs::metadata(EmbeddedKv::log_path(dir.path()))
+            .unwrap()
+            .len();
         assert!(len < 400 * 64 * 1024, "log was not compacted: {len} bytes");
         drop(kv);
         let kv = EmbeddedKv::open(dir.path(), clock).unwrap();

@@ -59,7 +59,11 @@ impl State {
             .range(start..)
             .take_while(|(k, _)| k.starts_with(&req.prefix))
             .map(|(_, v)| v);
-        let limit = if req.limit == 0 { usize::MAX } else { req.limit };
+        let limit = if req.limit == 0 {
+            usize::MAX
+        } else {
+            req.limit
+        };
         if req.descending {
             let all: Vec<_> = iter.collect();
             all.into_iter().rev().take(limit).cloned().collect()
@@ -92,12 +96,11 @@ impl State {
     pub fn plan(&self, ops: &[Op]) -> Record {
         let revision = self.revision + 1;
         let mut overlay: BTreeMap<Vec<u8>, Option<KeyValue>> = BTreeMap::new();
-        let current = |overlay: &BTreeMap<Vec<u8>, Option<KeyValue>>, key: &[u8]| match overlay
-            .get(key)
-        {
-            Some(v) => v.clone(),
-            None => self.kvs.get(key).cloned(),
-        };
+        let current =
+            |overlay: &BTreeMap<Vec<u8>, Option<KeyValue>>, key: &[u8]| match overlay.get(key) {
+                Some(v) => v.clone(),
+                None => self.kvs.get(key).cloned(),
+            };
         for op in ops {
             match op {
                 Op::Put { key, value, lease } => {

@@ -66,7 +66,9 @@ pub async fn delete(kv: &dyn MetaKv, name: &str) -> Result<Option<TopicRecord>, 
         .txn(Txn {
             compares: vec![Compare::mod_revision(k.clone(), cur.mod_revision)],
             success: vec![
-                Op::Delete { key: k.into_bytes() },
+                Op::Delete {
+                    key: k.into_bytes(),
+                },
                 Op::DeletePrefix {
                     prefix: index::topic_prefix(&topic.id).into_bytes(),
                 },

@@ -15,9 +15,12 @@ pub async fn get_or_create(kv: &dyn MetaKv, proposal: &str) -> Result<String, Me
         failure: vec![],
     })
     .await?;
-    let got = kv.get(k.as_bytes()).await?.ok_or_else(|| MetaError::Corrupt {
-        key: k.clone(),
-        reason: "cluster id missing right after it was created".into(),
-    })?;
+    let got = kv
+        .get(k.as_bytes())
+        .await?
+        .ok_or_else(|| MetaError::Corrupt {
+            key: k.clone(),
+            reason: "cluster id missing right after it was created".into(),
+        })?;
     Ok(String::from_utf8_lossy(&got.value).into_owned())
 }

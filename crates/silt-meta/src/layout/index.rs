@@ -65,7 +65,10 @@ pub fn key(topic_id: &Uuid, partition: i32, base_offset: i64) -> String {
 
 /// The put that records `entry`.
 pub fn put_op(topic_id: &Uuid, partition: i32, entry: &IndexEntry) -> Op {
-    Op::put(key(topic_id, partition, entry.base_offset), encode_json(entry))
+    Op::put(
+        key(topic_id, partition, entry.base_offset),
+        encode_json(entry),
+    )
 }
 
 /// Every entry of a partition, in offset order.
@@ -82,7 +85,11 @@ pub async fn load_partition(
 }
 
 /// Number of index keys a partition holds (reported as a metric; bounded by compaction later).
-pub async fn key_count(kv: &dyn MetaKv, topic_id: &Uuid, partition: i32) -> Result<usize, MetaError> {
+pub async fn key_count(
+    kv: &dyn MetaKv,
+    topic_id: &Uuid,
+    partition: i32,
+) -> Result<usize, MetaError> {
     Ok(kv
         .range(RangeRequest::prefix(partition_prefix(topic_id, partition)))
         .await?

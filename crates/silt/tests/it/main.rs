@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `silt` binary driven by librdkafka and raw Kafka frames.
+
+mod clients;
+mod durability;
+mod harness;
+mod kafka;
+mod protocol;
+mod write_path;

@@ -1,0 +1,354 @@
+"""End-to-end tests with confluent-kafka (librdkafka) against a real silt agent."""
+
+import os
+import time
+
+import pytest
+from confluent_kafka import (
+    TIMESTAMP_CREATE_TIME,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import ConfigResource, ConfigSource, NewTopic, OffsetSpec, ResourceType
+
+from conftest import wait_until
+from helpers import CONSUMER_BASE, admin, consume_all, create_topic, kafka_error, produce_all, watermarks
+
+N_COMPRESSED = 200
+
+
+def _record(i, base_ts):
+    """Record i of the compression round-trip: every shape a record can take."""
+    if i % 17 == 0:
+        key = None
+    elif i == 1:
+        key = b""
+    else:
+        key = f"key-{i}".encode()
+    if i == 5:
+        value = None
+    elif i == 6:
+        value = b""
+    elif i % 2:
+        value = (f"value {i} " * (1 + i % 7)).encode()  # compressible text
+    else:
+        value = bytes((i * 7 + j) % 256 for j in range(64 + i))  # binary, every byte value
+    if i % 3 == 0:
+        headers = None
+    else:
+        headers = [
+            ("dup", b"first"),
+            ("bin", bytes([0, 255, i % 256, 10, 13])),
+            ("dup", b"second"),
+            ("empty", b""),
+            ("null", None),
+            ("h\u00e9ader", f"{i}".encode()),
+            ("dup", b"third"),
+        ]
+    return {"key": key, "value": value, "headers": headers, "timestamp": base_ts + i}
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_roundtrip_every_record_shape_with_compression(agent, topic_name, compression):
+    base_ts = int(time.time() * 1000) - 3_600_000
+    records = [_record(i, base_ts) for i in range(N_COMPRESSED)]
+    reports = produce_all(
+        agent.bootstrap,
+        topic_name,
+        records,
+        conf={"compression.type": compression, "linger.ms": 20, "batch.num.messages": 64},
+    )
+    errors = [(i, r[0]) for i, r in enumerate(reports) if r[0] is not None]
+    assert not errors, f"delivery errors: {errors[:5]}"
+    assert [(p, o) for _, p, o in reports] == [(0, i) for i in range(N_COMPRESSED)]
+
+    msgs = consume_all(agent.bootstrap, topic_name, [0], N_COMPRESSED)
+    assert [m.offset() for m in msgs] == list(range(N_COMPRESSED))
+    for i, (m, r) in enumerate(zip(msgs, records)):
+        assert m.partition() == 0
+        assert m.key() == r["key"], f"record {i}: key"
+        assert m.value() == r["value"], f"record {i}: value"
+        assert m.headers() == r["headers"], f"record {i}: headers"
+        assert m.timestamp() == (TIMESTAMP_CREATE_TIME, r["timestamp"]), f"record {i}: timestamp"
+    assert watermarks(agent.bootstrap, topic_name, 0) == (0, N_COMPRESSED)
+
+
+def test_idempotent_producer_exactly_once_in_order(agent, topic_name):
+    n = 1000
+    records = [{"key": str(i % 10).encode(), "value": f"idem-{i}".encode()} for i in range(n)]
+    reports = produce_all(
+        agent.bootstrap,
+        topic_name,
+        records,
+        conf={"enable.idempotence": True, "linger.ms": 2, "batch.num.messages": 50},
+    )
+    assert all(r[0] is None for r in reports), [r for r in reports if r[0] is not None][:5]
+    assert [o for _, _, o in reports] == list(range(n))
+
+    msgs = consume_all(agent.bootstrap, topic_name, [0], n)
+    assert [m.offset() for m in msgs] == list(range(n))
+    assert [m.value() for m in msgs] == [r["value"] for r in records]
+    assert [m.key() for m in msgs] == [r["key"] for r in records]
+
+
+def test_one_mebibyte_value_roundtrips(agent, topic_name):
+    create_topic(agent.bootstrap, topic_name, config={"max.message.bytes": "2097152"})
+    big = os.urandom(1048576)
+    reports = produce_all(
+        agent.bootstrap,
+        topic_name,
+        [{"key": b"big", "value": big}, {"key": b"small", "value": b"after"}],
+        conf={"message.max.bytes": 3000000, "linger.ms": 0},
+    )
+    assert [r[0] for r in reports] == [None, None], reports
+    assert [r[2] for r in reports] == [0, 1]
+
+    msgs = consume_all(agent.bootstrap, topic_name, [0], 2)
+    assert [m.offset() for m in msgs] == [0, 1]
+    assert msgs[0].key() == b"big"
+    assert len(msgs[0].value()) == 1048576
+    assert msgs[0].value() == big
+    assert msgs[1].value() == b"after"
+
+
+def test_hundred_partitions_every_record_once(agent, topic_name):
+    parts = 100
+    per = 3
+    create_topic(agent.bootstrap, topic_name, partitions=parts)
+    md = admin(agent.bootstrap).list_topics(timeout=10)
+    assert len(md.topics[topic_name].partitions) == parts
+
+    records = [{"partition": p, "value": f"{p}/{j}".encode()} for j in range(per) for p in range(parts)]
+    reports = produce_all(agent.bootstrap, topic_name, records, conf={"linger.ms": 10})
+    assert all(r[0] is None for r in reports), [r for r in reports if r[0] is not None][:5]
+    assert sorted((p, o) for _, p, o in reports) == [(p, o) for p in range(parts) for o in range(per)]
+
+    msgs = consume_all(agent.bootstrap, topic_name, list(range(parts)), parts * per, timeout=90)
+    assert len(msgs) == parts * per
+    by_part = {}
+    for m in msgs:
+        by_part.setdefault(m.partition(), []).append((m.offset(), m.value()))
+    assert sorted(by_part) == list(range(parts))
+    for p in range(parts):
+        assert by_part[p] == [(j, f"{p}/{j}".encode()) for j in range(per)], f"partition {p}"
+
+
+def test_record_larger_than_topic_max_message_bytes_is_refused(agent, topic_name):
+    create_topic(agent.bootstrap, topic_name, config={"max.message.bytes": "1000"})
+    reports = produce_all(
+        agent.bootstrap,
+        topic_name,
+        [{"value": b"x" * 5000}],
+        conf={"linger.ms": 0, "retries": 0},
+    )
+    err = reports[0][0]
+    assert err is not None, f"a 5000-byte record into a topic with max.message.bytes=1000 was accepted: {reports}"
+    assert err.code() == KafkaError.MSG_SIZE_TOO_LARGE, f"got {err.name()} ({err.code()}): {err.str()}"
+
+    # The topic still takes records that fit, starting at offset 0 (nothing was appended).
+    reports = produce_all(agent.bootstrap, topic_name, [{"value": b"y" * 100}], conf={"linger.ms": 0})
+    assert reports[0][0] is None and reports[0][2] == 0, reports
+
+
+def test_admin_create_describe_delete(agent, topic_name):
+    a = admin(agent.bootstrap)
+    configs = {"retention.ms": "3600000", "max.message.bytes": "65536"}
+
+    fs = a.create_topics([NewTopic(topic_name, num_partitions=3, replication_factor=1, config=configs)], request_timeout=20)
+    assert fs[topic_name].result(timeout=30) is None
+
+    md = a.list_topics(timeout=10)
+    assert topic_name in md.topics
+    t = md.topics[topic_name]
+    assert t.error is None
+    assert sorted(t.partitions) == [0, 1, 2]
+    for p in t.partitions.values():
+        assert p.leader == 0
+        assert p.replicas == [0]
+        assert p.isrs == [0]
+
+    res = ConfigResource(ResourceType.TOPIC, topic_name)
+    desc = a.describe_configs([res], request_timeout=20)[res].result(timeout=30)
+    assert desc["retention.ms"].value == "3600000"
+    assert desc["max.message.bytes"].value == "65536"
+    assert desc["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert desc["cleanup.policy"].value == "delete"
+    assert desc["cleanup.policy"].source == ConfigSource.DEFAULT_CONFIG.value
+    assert desc["compression.type"].value == "producer"
+    assert desc["min.insync.replicas"].value == "1"
+
+    # Again: TOPIC_ALREADY_EXISTS, and the existing topic is unchanged.
+    fs = a.create_topics([NewTopic(topic_name, num_partitions=5, replication_factor=1)], request_timeout=20)
+    with pytest.raises(KafkaException) as ei:
+        fs[topic_name].result(timeout=30)
+    assert kafka_error(ei.value).code() == KafkaError.TOPIC_ALREADY_EXISTS, kafka_error(ei.value)
+    assert len(a.list_topics(timeout=10).topics[topic_name].partitions) == 3
+
+    # validate_only: accepted, but nothing is created.
+    dry = topic_name + "-dry"
+    fs = a.create_topics([NewTopic(dry, num_partitions=2, replication_factor=1)], validate_only=True, request_timeout=20)
+    assert fs[dry].result(timeout=30) is None
+    assert dry not in a.list_topics(timeout=10).topics
+
+    # validate_only of an existing topic reports it exists.
+    fs = a.create_topics([NewTopic(topic_name, num_partitions=3, replication_factor=1)], validate_only=True, request_timeout=20)
+    with pytest.raises(KafkaException) as ei:
+        fs[topic_name].result(timeout=30)
+    assert kafka_error(ei.value).code() == KafkaError.TOPIC_ALREADY_EXISTS
+
+    # Invalid topic name.
+    fs = a.create_topics([NewTopic("bad name!", num_partitions=1, replication_factor=1)], request_timeout=20)
+    with pytest.raises(KafkaException) as ei:
+        fs["bad name!"].result(timeout=30)
+    assert kafka_error(ei.value).code() == KafkaError.TOPIC_EXCEPTION, kafka_error(ei.value)
+
+    # Unknown config name.
+    odd = topic_name + "-odd"
+    fs = a.create_topics([NewTopic(odd, num_partitions=1, replication_factor=1, config={"no.such.config": "1"})], request_timeout=20)
+    with pytest.raises(KafkaException) as ei:
+        fs[odd].result(timeout=30)
+    assert kafka_error(ei.value).code() == KafkaError.INVALID_CONFIG, kafka_error(ei.value)
+    assert odd not in a.list_topics(timeout=10).topics
+
+    # Delete, then delete again.
+    fs = a.delete_topics([topic_name], request_timeout=20)
+    assert fs[topic_name].result(timeout=30) is None
+    wait_until(lambda: topic_name not in a.list_topics(timeout=10).topics, timeout=15, what="topic to disappear from metadata")
+    fs = a.delete_topics([topic_name], request_timeout=20)
+    with pytest.raises(KafkaException) as ei:
+        fs[topic_name].result(timeout=30)
+    assert kafka_error(ei.value).code() == KafkaError.UNKNOWN_TOPIC_OR_PART, kafka_error(ei.value)
+
+    res = ConfigResource(ResourceType.TOPIC, topic_name)
+    with pytest.raises(KafkaException) as ei:
+        a.describe_configs([res], request_timeout=20)[res].result(timeout=30)
+    assert kafka_error(ei.value).code() == KafkaError.UNKNOWN_TOPIC_OR_PART, kafka_error(ei.value)
+
+
+@pytest.mark.parametrize("batching", ["batch-per-record", "one-batch"])
+def test_watermarks_and_offsets_for_times(agent, topic_name, batching):
+    # Timestamps far in the past: keep retention from deleting them.
+    create_topic(agent.bootstrap, topic_name, config={"retention.ms": "-1"})
+    n = 10
+    records = [{"value": f"ts-{i}".encode(), "timestamp": 1000 * (i + 1)} for i in range(n)]
+    if batching == "one-batch":
+        conf = {"linger.ms": 200, "batch.num.messages": n}
+    else:
+        conf = {"linger.ms": 0, "max.in.flight": 1}
+    reports = produce_all(agent.bootstrap, topic_name, records, conf=conf)
+    assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(n)]
+
+    c = Consumer({"bootstrap.servers": agent.bootstrap, **CONSUMER_BASE})
+    try:
+        assert c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10, cached=False) == (0, n)
+
+        def lookup(ts):
+            (tp,) = c.offsets_for_times([TopicPartition(topic_name, 0, ts)], timeout=10)
+            assert tp.error is None, tp.error
+            return tp.offset
+
+        assert lookup(2500) == 2  # the record with timestamp 3000
+        assert lookup(3000) == 2
+        assert lookup(0) == 0
+        assert lookup(10000) == n - 1
+        assert lookup(10001) == -1  # nothing at or after: OFFSET_END
+    finally:
+        c.close()
+
+    msgs = consume_all(agent.bootstrap, topic_name, [0], n)
+    assert [m.timestamp() for m in msgs] == [(TIMESTAMP_CREATE_TIME, 1000 * (i + 1)) for i in range(n)]
+
+
+def test_admin_list_offsets_earliest_latest_max_timestamp(agent, topic_name):
+    create_topic(agent.bootstrap, topic_name, config={"retention.ms": "-1"})
+    stamps = [5000, 9000, 7000, 8000]  # the largest timestamp is not the last record
+    records = [{"value": f"m{i}".encode(), "timestamp": ts} for i, ts in enumerate(stamps)]
+    reports = produce_all(agent.bootstrap, topic_name, records, conf={"linger.ms": 0, "max.in.flight": 1})
+    assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(len(stamps))]
+
+    a = admin(agent.bootstrap)
+    tp = TopicPartition(topic_name, 0)
+
+    def one(spec):
+        res = a.list_offsets({tp: spec}, request_timeout=20)
+        (f,) = res.values()
+        return f.result(timeout=30)
+
+    assert one(OffsetSpec.earliest()).offset == 0
+    assert one(OffsetSpec.latest()).offset == len(stamps)
+    mx = one(OffsetSpec.max_timestamp())
+    assert (mx.offset, mx.timestamp) == (1, 9000)
+    at = one(OffsetSpec.for_timestamp(6000))
+    assert (at.offset, at.timestamp) == (1, 9000)  # first record with timestamp >= 6000
+    at = one(OffsetSpec.for_timestamp(5000))
+    assert (at.offset, at.timestamp) == (0, 5000)
+
+
+def test_consume_from_the_middle_of_compressed_batches(agent, topic_name):
+    n = 200
+    records = [{"key": f"{i}".encode(), "value": f"middle {i} ".encode() * 5} for i in range(n)]
+    reports = produce_all(
+        agent.bootstrap, topic_name, records, conf={"compression.type": "zstd", "linger.ms": 50, "batch.num.messages": 64}
+    )
+    assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(n)]
+    c = Consumer({"bootstrap.servers": agent.bootstrap, **CONSUMER_BASE})
+    try:
+        for start in (1, 63, 64, 65, 150, 199):
+            c.assign([TopicPartition(topic_name, 0, start)])
+            got = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                m = c.poll(0.2)
+                if m is None:
+                    continue
+                if m.error() is not None:
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        break
+                    raise AssertionError(f"consumer error: {m.error()}")
+                got.append((m.offset(), m.key()))
+            else:
+                raise AssertionError(f"no EOF consuming from {start}: got {len(got)} records")
+            assert got == [(i, f"{i}".encode()) for i in range(start, n)], f"from offset {start}"
+    finally:
+        c.close()
+
+
+def test_fetch_beyond_the_end_is_out_of_range(agent, topic_name):
+    reports = produce_all(agent.bootstrap, topic_name, [{"value": f"{i}".encode()} for i in range(5)])
+    assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(5)]
+    c = Consumer({"bootstrap.servers": agent.bootstrap, **CONSUMER_BASE, "auto.offset.reset": "error"})
+    try:
+        c.assign([TopicPartition(topic_name, 0, 100)])
+        deadline = time.monotonic() + 30
+        err = None
+        while time.monotonic() < deadline and err is None:
+            m = c.poll(0.2)
+            if m is None:
+                continue
+            assert m.error() is not None, f"got a record at offset {m.offset()} when asking for offset 100 of 5"
+            if m.error().code() != KafkaError._PARTITION_EOF:
+                err = m.error()
+        assert err is not None, "no error for an out-of-range fetch offset"
+        assert err.code() == KafkaError._AUTO_OFFSET_RESET, err
+        assert "OFFSET_OUT_OF_RANGE" in err.str() or "out of range" in err.str().lower(), err.str()
+    finally:
+        c.close()
+
+
+def test_deleted_topic_recreated_starts_empty(agent, topic_name):
+    reports = produce_all(agent.bootstrap, topic_name, [{"value": f"old-{i}".encode()} for i in range(10)])
+    assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(10)]
+    a = admin(agent.bootstrap)
+    assert a.delete_topics([topic_name], request_timeout=20)[topic_name].result(timeout=30) is None
+    wait_until(lambda: topic_name not in a.list_topics(timeout=10).topics, timeout=15, what="topic deletion")
+
+    create_topic(agent.bootstrap, topic_name, partitions=2)
+    assert sorted(a.list_topics(timeout=10).topics[topic_name].partitions) == [0, 1]
+    assert watermarks(agent.bootstrap, topic_name, 0) == (0, 0)
+    reports = produce_all(agent.bootstrap, topic_name, [{"value": b"new", "partition": 0}])
+    assert (reports[0][0], reports[0][2]) == (None, 0)
+    msgs = consume_all(agent.bootstrap, topic_name, [0, 1], 1)
+    assert [(m.partition(), m.offset(), m.value()) for m in msgs] == [(0, 0, b"new")]

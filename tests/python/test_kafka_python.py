@@ -1,0 +1,112 @@
+"""End-to-end tests with kafka-python (a pure Python client; it opens with ApiVersions v4)."""
+
+import time
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+from conftest import wait_until
+
+N = 100
+
+
+def _consume(bootstrap, topic, partitions, expected, timeout=60.0):
+    """Manual assignment from the beginning; returns ConsumerRecords once `expected` arrived and
+    the position reached the end offsets (so nothing beyond them is waiting)."""
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+        fetch_max_wait_ms=100,
+        request_timeout_ms=20000,
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        c.assign(tps)
+        c.seek_to_beginning()
+        got = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                got.extend(recs)
+            if len(got) >= expected:
+                end = c.end_offsets(tps)
+                if all(c.position(tp) >= end[tp] for tp in tps):
+                    return got
+        raise AssertionError(f"timed out consuming {topic}: got {len(got)} of {expected} records")
+    finally:
+        c.close()
+
+
+def _record(i):
+    key = None if i % 11 == 0 else f"k{i}".encode()
+    value = None if i == 7 else (b"" if i == 8 else f"kafka-python value {i} ".encode() * (1 + i % 5))
+    headers = [] if i % 4 == 0 else [("dup", b"a"), ("bin", bytes([0, 1, 255, i % 256])), ("dup", b"b")]
+    return key, value, headers, 1_700_000_000_000 + i
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "snappy", "lz4", "zstd"])
+def test_produce_consume_with_compression(agent, topic_name, compression):
+    p = KafkaProducer(
+        bootstrap_servers=agent.bootstrap,
+        acks="all",
+        compression_type=compression,
+        linger_ms=10,
+        request_timeout_ms=20000,
+    )
+    try:
+        records = [_record(i) for i in range(N)]
+        futures = [
+            p.send(topic_name, key=k, value=v, headers=h, timestamp_ms=ts) for k, v, h, ts in records
+        ]
+        p.flush(timeout=60)
+        metas = [f.get(timeout=30) for f in futures]
+    finally:
+        p.close(timeout=10)
+    assert [(m.topic, m.partition, m.offset) for m in metas] == [(topic_name, 0, i) for i in range(N)]
+
+    got = _consume(agent.bootstrap, topic_name, [0], N)
+    assert [r.offset for r in got] == list(range(N))
+    for i, (r, (k, v, h, ts)) in enumerate(zip(got, records)):
+        assert r.key == k, f"record {i}: key"
+        assert r.value == v, f"record {i}: value"
+        assert list(r.headers) == h, f"record {i}: headers"
+        assert r.timestamp == ts, f"record {i}: timestamp"
+        assert r.timestamp_type == 0, f"record {i}: timestamp type (0 = CreateTime)"
+
+
+def test_admin_create_list_describe_delete(agent, topic_name):
+    a = KafkaAdminClient(bootstrap_servers=agent.bootstrap, request_timeout_ms=20000)
+    try:
+        res = a.create_topics(
+            {topic_name: {"num_partitions": 2, "replication_factor": 1, "configs": {"retention.ms": "7200000"}}}
+        )
+        assert [(t["name"], t["error_code"]) for t in res["topics"]] == [(topic_name, 0)]
+
+        assert topic_name in a.list_topics()
+        (desc,) = a.describe_topics([topic_name])
+        assert desc["error_code"] == 0
+        assert sorted(p["partition_index"] for p in desc["partitions"]) == [0, 1]
+        assert all(p["leader_id"] == 0 for p in desc["partitions"])
+
+        cr = ConfigResource(ConfigResourceType.TOPIC, topic_name)
+        modified = a.describe_configs([cr])["topic"][topic_name]
+        assert modified["retention.ms"]["value"] == "7200000"
+        assert "cleanup.policy" not in modified, "only non-default configs are reported as modified"
+        every = a.describe_configs([cr], config_filter="all")["topic"][topic_name]
+        assert every["retention.ms"]["value"] == "7200000"
+        assert every["cleanup.policy"]["value"] == "delete"
+
+        with pytest.raises(TopicAlreadyExistsError):
+            a.create_topics({topic_name: {"num_partitions": 1, "replication_factor": 1}})
+
+        res = a.delete_topics([topic_name])
+        assert [(t["name"], t["error_code"]) for t in res["topics"]] == [(topic_name, 0)]
+        wait_until(lambda: topic_name not in a.list_topics(), timeout=15, what="topic to disappear")
+        with pytest.raises(UnknownTopicOrPartitionError):
+            a.delete_topics([topic_name])
+    finally:
+        a.close()
