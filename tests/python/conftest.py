@@ -5,6 +5,7 @@ its own agent on a free 127.0.0.1 port with a fresh data directory; the agent's 
 `<tmp>/agent.log`, and the tail of that log is attached to the report of a failing test.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -33,6 +34,15 @@ def _silt_bin() -> str:
     return path
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL the agent if the test process dies (Linux only)."""
+    try:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +61,10 @@ class AgentStartError(Exception):
     pass
 
 
+# Agent builds (by path) found to predate the admin HTTP listener setting.
+_NO_ADMIN_HTTP = set()
+
+
 class Agent:
     """One `silt agent` process; restartable on the same data directory and port."""
 
@@ -64,6 +78,7 @@ class Agent:
         self.port = None
         self.proc = None
         self.starts = 0
+        self.admin_http = binary not in _NO_ADMIN_HTTP  # older builds have no admin listener
 
     @property
     def bootstrap(self) -> str:
@@ -89,6 +104,10 @@ class Agent:
                 "NO_COLOR": "1",
             }
         )
+        if self.admin_http:
+            # The admin HTTP listener defaults to a fixed port; agents running side by side
+            # would collide on it, so every agent gets an ephemeral one.
+            env["SILT_ADMIN_LISTEN"] = "127.0.0.1:0"
         env.update(self.extra_env)
         self.starts += 1
         log = open(self.log_path, "ab")
@@ -103,6 +122,7 @@ class Agent:
                 stdout=log,
                 stderr=log,
                 cwd=self.base_dir,
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
@@ -131,9 +151,13 @@ class Agent:
             try:
                 self._spawn_once()
                 return self
-            except AgentStartError as e:  # most likely the port was taken in between
+            except AgentStartError as e:
                 last = e
-                if "Address already in use" not in str(e):
+                if "admin_listen" in str(e) and self.admin_http:
+                    self.admin_http = False  # an older build without the admin listener
+                    _NO_ADMIN_HTTP.add(self.binary)
+                    continue
+                if "Address already in use" not in str(e):  # else the port was taken in between
                     break
         pytest.fail(f"could not start the silt agent: {last}", pytrace=False)
 
@@ -216,6 +240,9 @@ def agent_factory(request, tmp_path):
     yield make
     for a in started:
         a._hard_kill()
+    panics = [a.log_path for a in started if "panicked at" in a.log_text()]
+    if panics:
+        pytest.fail(f"the agent panicked; see {', '.join(map(str, panics))}", pytrace=False)
 
 
 @pytest.fixture

@@ -112,3 +112,106 @@ def produce_all(bootstrap, topic, records, conf=None, flush_timeout=60.0):
     missing = [i for i, r in enumerate(reports) if r is None]
     assert not missing, f"no delivery report for records {missing[:10]}"
     return reports
+
+
+# -- raw protocol (non-flexible request versions, encoded by hand) -------------------------------
+
+import socket as _socket
+import struct as _struct
+
+
+def _kstr(s):
+    b = s.encode()
+    return _struct.pack(">h", len(b)) + b
+
+
+def raw_request(bootstrap, api_key, api_version, body, timeout=10.0):
+    """Sends one request with header v1 and returns the response body (after the correlation
+    id). Only for non-flexible versions (no tagged fields)."""
+    host, port = bootstrap.rsplit(":", 1)
+    header = _struct.pack(">hhi", api_key, api_version, 7) + _kstr("silt-py-raw")
+    frame = header + body
+    with _socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(_struct.pack(">i", len(frame)) + frame)
+        size = _struct.unpack(">i", _recv_exact(s, 4))[0]
+        resp = _recv_exact(s, size)
+    corr = _struct.unpack(">i", resp[:4])[0]
+    assert corr == 7, f"correlation id {corr} != 7"
+    return resp[4:]
+
+
+def _recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        assert chunk, f"connection closed after {len(buf)} of {n} bytes"
+        buf += chunk
+    return buf
+
+
+def api_versions_v0(bootstrap):
+    """ApiVersions v0: {api_key: (min, max)}; asserts error_code 0."""
+    r = raw_request(bootstrap, 18, 0, b"")
+    err, n = _struct.unpack(">hi", r[:6])
+    assert err == 0, f"ApiVersions error {err}"
+    out = {}
+    for i in range(n):
+        k, lo, hi = _struct.unpack(">hhh", r[6 + 6 * i : 12 + 6 * i])
+        out[k] = (lo, hi)
+    return out
+
+
+def fetch_batches(bootstrap, topic, partition=0, offset=0, max_bytes=50_000_000, version=10):
+    """Fetch (v4 or v10) of one partition; returns (error_code, high_watermark, batches), where
+    batches are (base_offset, last_offset, attributes, record_count) of each complete batch."""
+    assert version in (4, 10)
+    body = _struct.pack(">iiiib", -1, 100, 1, max_bytes, 0)
+    if version >= 7:
+        body += _struct.pack(">ii", 0, -1)  # no fetch session
+    body += _struct.pack(">i", 1) + _kstr(topic) + _struct.pack(">i", 1)
+    if version >= 9:
+        body += _struct.pack(">iiqqi", partition, -1, offset, -1, max_bytes)
+    else:
+        body += _struct.pack(">iqi", partition, offset, max_bytes)
+    if version >= 7:
+        body += _struct.pack(">i", 0)  # forgotten topics
+    r = raw_request(bootstrap, 1, version, body)
+    pos = 4  # throttle_time_ms
+    if version >= 7:
+        (top_err,) = _struct.unpack(">h", r[pos : pos + 2])
+        assert top_err == 0, f"Fetch v{version} top-level error {top_err}"
+        pos += 6  # error_code, session_id
+    (ntopics,) = _struct.unpack(">i", r[pos : pos + 4])
+    pos += 4
+    assert ntopics == 1, ntopics
+    (tlen,) = _struct.unpack(">h", r[pos : pos + 2])
+    pos += 2
+    assert r[pos : pos + tlen].decode() == topic
+    pos += tlen
+    (nparts,) = _struct.unpack(">i", r[pos : pos + 4])
+    pos += 4
+    assert nparts == 1, nparts
+    p, err, hw, _lso = _struct.unpack(">ihqq", r[pos : pos + 22])
+    pos += 22
+    if version >= 5:
+        pos += 8  # log_start_offset
+    assert p == partition
+    (naborted,) = _struct.unpack(">i", r[pos : pos + 4])
+    pos += 4 + 16 * max(naborted, 0)
+    (rlen,) = _struct.unpack(">i", r[pos : pos + 4])
+    pos += 4
+    records = r[pos : pos + max(rlen, 0)]
+    batches = []
+    i = 0
+    while i + 61 <= len(records):
+        base, blen = _struct.unpack(">qi", records[i : i + 12])
+        if i + 12 + blen > len(records):
+            break  # a partial batch at the end is allowed
+        magic = records[i + 16]
+        assert magic == 2, f"batch at {base} has magic {magic}"
+        (attrs,) = _struct.unpack(">h", records[i + 21 : i + 23])
+        (last_delta,) = _struct.unpack(">i", records[i + 23 : i + 27])
+        (count,) = _struct.unpack(">i", records[i + 57 : i + 61])
+        batches.append((base, base + last_delta, attrs, count))
+        i += 12 + blen
+    return err, hw, batches

@@ -6,6 +6,7 @@ import time
 import pytest
 from confluent_kafka import (
     TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
     KafkaException,
@@ -15,7 +16,17 @@ from confluent_kafka import (
 from confluent_kafka.admin import ConfigResource, ConfigSource, NewTopic, OffsetSpec, ResourceType
 
 from conftest import wait_until
-from helpers import CONSUMER_BASE, admin, consume_all, create_topic, kafka_error, produce_all, watermarks
+from helpers import (
+    CONSUMER_BASE,
+    admin,
+    api_versions_v0,
+    consume_all,
+    create_topic,
+    fetch_batches,
+    kafka_error,
+    produce_all,
+    watermarks,
+)
 
 N_COMPRESSED = 200
 
@@ -74,6 +85,44 @@ def test_roundtrip_every_record_shape_with_compression(agent, topic_name, compre
         assert m.headers() == r["headers"], f"record {i}: headers"
         assert m.timestamp() == (TIMESTAMP_CREATE_TIME, r["timestamp"]), f"record {i}: timestamp"
     assert watermarks(agent.bootstrap, topic_name, 0) == (0, N_COMPRESSED)
+
+
+CODEC_IDS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+@pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])
+def test_producer_compression_reaches_the_log(agent, topic_name, compression):
+    # librdkafka silently sends a batch uncompressed when it believes the broker cannot take the
+    # codec (it derives that from ApiVersions); Silt must advertise what makes every codec usable.
+    records = [{"key": f"{i}".encode(), "value": f"compressible {i % 3} ".encode() * 40} for i in range(50)]
+    reports = produce_all(agent.bootstrap, topic_name, records, conf={"compression.type": compression, "linger.ms": 50})
+    assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(50)]
+    err, hw, batches = fetch_batches(agent.bootstrap, topic_name)
+    assert (err, hw) == (0, 50)
+    assert batches and batches[0][0] == 0 and batches[-1][1] == 49
+    codecs = {attrs & 7 for _, _, attrs, _ in batches}
+    assert codecs == {CODEC_IDS[compression]}, (
+        f"asked librdkafka for {compression} (codec {CODEC_IDS[compression]}); the log holds batches with codecs "
+        f"{sorted(codecs)}: {batches}"
+    )
+    msgs = consume_all(agent.bootstrap, topic_name, [0], 50)
+    assert [m.value() for m in msgs] == [r["value"] for r in records]
+
+
+def test_api_versions_advertises_the_documented_ranges(agent):
+    assert api_versions_v0(agent.bootstrap) == {
+        0: (3, 11),  # Produce
+        1: (4, 16),  # Fetch
+        2: (1, 8),  # ListOffsets
+        3: (0, 13),  # Metadata
+        18: (0, 4),  # ApiVersions
+        19: (2, 7),  # CreateTopics
+        20: (1, 6),  # DeleteTopics
+        22: (0, 4),  # InitProducerId
+        23: (2, 4),  # OffsetForLeaderEpoch
+        32: (1, 4),  # DescribeConfigs
+        60: (0, 1),  # DescribeCluster
+    }
 
 
 def test_idempotent_producer_exactly_once_in_order(agent, topic_name):
@@ -228,18 +277,45 @@ def test_admin_create_describe_delete(agent, topic_name):
     assert kafka_error(ei.value).code() == KafkaError.UNKNOWN_TOPIC_OR_PART, kafka_error(ei.value)
 
 
-@pytest.mark.parametrize("batching", ["batch-per-record", "one-batch"])
-def test_watermarks_and_offsets_for_times(agent, topic_name, batching):
+def _stored_batches(bootstrap, topic, compression, n):
+    """The partition's batches as served (base, last, attributes, count); checks they cover
+    0..n-1 and carry the producer's codec."""
+    err, hw, batches = fetch_batches(bootstrap, topic)
+    assert (err, hw) == (0, n)
+    assert [b[0] for b in batches][:1] == [0] and batches[-1][1] == n - 1, batches
+    assert {b[2] & 7 for b in batches} == {CODEC_IDS[compression]}, batches
+    return batches
+
+
+def _batch_of(batches, offset):
+    (b,) = [b for b in batches if b[0] <= offset <= b[1]]
+    return b
+
+
+def _lookup_answer(batches, exact):
+    """What ListOffsets by timestamp answers when the exact answer is `exact`: the exact offset in
+    an uncompressed batch, the batch's first offset in a compressed one."""
+    b = _batch_of(batches, exact)
+    return b[0] if b[2] & 7 else exact
+
+
+@pytest.mark.parametrize(
+    "batching,compression",
+    [("batch-per-record", "none"), ("one-batch", "none"), ("one-batch", "gzip"), ("one-batch", "zstd")],
+)
+def test_watermarks_and_offsets_for_times(agent, topic_name, batching, compression):
     # Timestamps far in the past: keep retention from deleting them.
     create_topic(agent.bootstrap, topic_name, config={"retention.ms": "-1"})
     n = 10
-    records = [{"value": f"ts-{i}".encode(), "timestamp": 1000 * (i + 1)} for i in range(n)]
+    records = [{"value": f"ts-{i} ".encode() * 50, "timestamp": 1000 * (i + 1)} for i in range(n)]
     if batching == "one-batch":
         conf = {"linger.ms": 200, "batch.num.messages": n}
     else:
         conf = {"linger.ms": 0, "max.in.flight": 1}
+    conf["compression.type"] = compression
     reports = produce_all(agent.bootstrap, topic_name, records, conf=conf)
     assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(n)]
+    batches = _stored_batches(agent.bootstrap, topic_name, compression, n)
 
     c = Consumer({"bootstrap.servers": agent.bootstrap, **CONSUMER_BASE})
     try:
@@ -250,10 +326,13 @@ def test_watermarks_and_offsets_for_times(agent, topic_name, batching):
             assert tp.error is None, tp.error
             return tp.offset
 
-        assert lookup(2500) == 2  # the record with timestamp 3000
-        assert lookup(3000) == 2
+        # Kafka answers with the first record whose timestamp is at or after the target. Silt
+        # does the same for uncompressed batches; for a compressed batch it answers with the
+        # batch's first offset (docs/compatibility.md, "Timestamp lookups").
+        assert lookup(2500) == _lookup_answer(batches, 2)  # the record with timestamp 3000
+        assert lookup(3000) == _lookup_answer(batches, 2)
         assert lookup(0) == 0
-        assert lookup(10000) == n - 1
+        assert lookup(10000) == _lookup_answer(batches, n - 1)
         assert lookup(10001) == -1  # nothing at or after: OFFSET_END
     finally:
         c.close()
@@ -262,12 +341,22 @@ def test_watermarks_and_offsets_for_times(agent, topic_name, batching):
     assert [m.timestamp() for m in msgs] == [(TIMESTAMP_CREATE_TIME, 1000 * (i + 1)) for i in range(n)]
 
 
-def test_admin_list_offsets_earliest_latest_max_timestamp(agent, topic_name):
+@pytest.mark.parametrize(
+    "batching,compression", [("batch-per-record", "none"), ("one-batch", "none"), ("one-batch", "gzip")]
+)
+def test_admin_list_offsets_earliest_latest_max_timestamp(agent, topic_name, batching, compression):
     create_topic(agent.bootstrap, topic_name, config={"retention.ms": "-1"})
     stamps = [5000, 9000, 7000, 8000]  # the largest timestamp is not the last record
-    records = [{"value": f"m{i}".encode(), "timestamp": ts} for i, ts in enumerate(stamps)]
-    reports = produce_all(agent.bootstrap, topic_name, records, conf={"linger.ms": 0, "max.in.flight": 1})
+    # Compressible values: librdkafka sends a batch uncompressed when compression does not help.
+    records = [{"value": f"m{i} ".encode() * 50, "timestamp": ts} for i, ts in enumerate(stamps)]
+    if batching == "one-batch":
+        conf = {"linger.ms": 200, "batch.num.messages": len(stamps)}
+    else:
+        conf = {"linger.ms": 0, "max.in.flight": 1}
+    conf["compression.type"] = compression
+    reports = produce_all(agent.bootstrap, topic_name, records, conf=conf)
     assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(len(stamps))]
+    batches = _stored_batches(agent.bootstrap, topic_name, compression, len(stamps))
 
     a = admin(agent.bootstrap)
     tp = TopicPartition(topic_name, 0)
@@ -279,12 +368,17 @@ def test_admin_list_offsets_earliest_latest_max_timestamp(agent, topic_name):
 
     assert one(OffsetSpec.earliest()).offset == 0
     assert one(OffsetSpec.latest()).offset == len(stamps)
+    # Max timestamp: the record holding it (offset 1); for a compressed batch Silt answers with
+    # the batch's last offset (docs/compatibility.md, "Timestamp lookups").
     mx = one(OffsetSpec.max_timestamp())
-    assert (mx.offset, mx.timestamp) == (1, 9000)
-    at = one(OffsetSpec.for_timestamp(6000))
-    assert (at.offset, at.timestamp) == (1, 9000)  # first record with timestamp >= 6000
+    b = _batch_of(batches, 1)
+    assert (mx.offset, mx.timestamp) == (b[1] if b[2] & 7 else 1, 9000)
+    at = one(OffsetSpec.for_timestamp(6000))  # first record with timestamp >= 6000: offset 1
+    assert at.offset == _lookup_answer(batches, 1)
+    if not b[2] & 7:
+        assert at.timestamp == 9000
     at = one(OffsetSpec.for_timestamp(5000))
-    assert (at.offset, at.timestamp) == (0, 5000)
+    assert at.offset == 0
 
 
 def test_consume_from_the_middle_of_compressed_batches(agent, topic_name):
@@ -352,3 +446,59 @@ def test_deleted_topic_recreated_starts_empty(agent, topic_name):
     assert (reports[0][0], reports[0][2]) == (None, 0)
     msgs = consume_all(agent.bootstrap, topic_name, [0, 1], 1)
     assert [(m.partition(), m.offset(), m.value()) for m in msgs] == [(0, 0, b"new")]
+
+
+def test_log_append_time_topic_stamps_records_with_broker_time(agent, topic_name):
+    create_topic(agent.bootstrap, topic_name, config={"message.timestamp.type": "LogAppendTime"})
+    before = int(time.time() * 1000)
+    reports = []
+    p = Producer({"bootstrap.servers": agent.bootstrap, "acks": "all", "linger.ms": 5})
+    for i in range(5):
+        p.produce(
+            topic_name,
+            value=f"lat-{i}".encode(),
+            timestamp=1000 + i,
+            on_delivery=lambda err, msg: reports.append((err, msg.offset(), msg.timestamp())),
+        )
+    assert p.flush(30) == 0
+    after = int(time.time() * 1000)
+    assert [(e, o) for e, o, _ in sorted(reports, key=lambda r: r[1])] == [(None, i) for i in range(5)]
+    for _, _, (kind, ts) in reports:
+        assert kind == TIMESTAMP_LOG_APPEND_TIME, reports
+        assert before - 1000 <= ts <= after + 1000, (ts, before, after)
+
+    msgs = consume_all(agent.bootstrap, topic_name, [0], 5)
+    for m in msgs:
+        kind, ts = m.timestamp()
+        assert kind == TIMESTAMP_LOG_APPEND_TIME
+        assert before - 1000 <= ts <= after + 1000, (ts, before, after)
+    assert [m.value() for m in msgs] == [f"lat-{i}".encode() for i in range(5)]
+
+
+def test_timestamps_outside_the_topic_bounds_are_refused(agent, topic_name):
+    # Kafka refuses CreateTime records further than message.timestamp.before.max.ms in the past
+    # or message.timestamp.after.max.ms in the future with INVALID_TIMESTAMP (KIP-937).
+    create_topic(
+        agent.bootstrap,
+        topic_name,
+        config={"message.timestamp.before.max.ms": "3600000", "message.timestamp.after.max.ms": "3600000"},
+    )
+    now = int(time.time() * 1000)
+    reports = produce_all(
+        agent.bootstrap,
+        topic_name,
+        [{"value": b"too old", "timestamp": now - 7_200_000}],
+        conf={"linger.ms": 0, "retries": 0},
+    )
+    assert reports[0][0] is not None, f"a record 2 h old was accepted at offset {reports[0][2]}"
+    assert reports[0][0].code() == KafkaError.INVALID_TIMESTAMP, reports[0][0]
+    reports = produce_all(
+        agent.bootstrap,
+        topic_name,
+        [{"value": b"too new", "timestamp": now + 7_200_000}],
+        conf={"linger.ms": 0, "retries": 0},
+    )
+    assert reports[0][0] is not None, f"a record 2 h in the future was accepted at offset {reports[0][2]}"
+    assert reports[0][0].code() == KafkaError.INVALID_TIMESTAMP, reports[0][0]
+    reports = produce_all(agent.bootstrap, topic_name, [{"value": b"now", "timestamp": now}], conf={"linger.ms": 0})
+    assert (reports[0][0], reports[0][2]) == (None, 0)

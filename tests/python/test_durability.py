@@ -144,3 +144,21 @@ def test_topic_catalog_survives_sigkill(agent, topic_name):
     assert desc["retention.ms"].value == "123456789"
     msgs = consume_all(agent.bootstrap, keep, [0, 1, 2, 3], 4)
     assert sorted((m.partition(), m.offset(), m.value()) for m in msgs) == [(p, 0, f"p{p}".encode()) for p in range(4)]
+
+
+def test_sigterm_flushes_buffered_acks1_writes(agent_factory, topic_name):
+    # acks=1 is answered once a record is buffered. With a flush interval far longer than the
+    # test, nothing reaches storage before SIGTERM, so the shutdown itself has to flush it.
+    agent = agent_factory(SILT_FLUSH__INTERVAL_MS="600000")
+    create_topic(agent.bootstrap, topic_name)
+    n = 500
+    records = [{"value": f"buffered-{i}".encode()} for i in range(n)]
+    reports = produce_all(agent.bootstrap, topic_name, records, conf={"acks": "1", "linger.ms": 5})
+    assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(n)]
+
+    agent.stop()  # asserts exit code 0
+    agent.restart()
+
+    assert watermarks(agent.bootstrap, topic_name, 0) == (0, n)
+    msgs = consume_all(agent.bootstrap, topic_name, [0], n)
+    assert [(m.offset(), m.value()) for m in msgs] == [(i, r["value"]) for i, r in enumerate(records)]

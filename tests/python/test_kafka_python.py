@@ -8,6 +8,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from conftest import wait_until
+from helpers import fetch_batches
 
 N = 100
 
@@ -77,6 +78,13 @@ def test_produce_consume_with_compression(agent, topic_name, compression):
         assert r.timestamp == ts, f"record {i}: timestamp"
         assert r.timestamp_type == 0, f"record {i}: timestamp type (0 = CreateTime)"
 
+    # The batches are stored and served with the codec the producer used.
+    err, hw, batches = fetch_batches(agent.bootstrap, topic_name)
+    assert (err, hw) == (0, N)
+    want = {None: 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}[compression]
+    assert {attrs & 7 for _, _, attrs, _ in batches} == {want}, batches
+    assert sum(count for _, _, _, count in batches) == N
+
 
 def test_admin_create_list_describe_delete(agent, topic_name):
     a = KafkaAdminClient(bootstrap_servers=agent.bootstrap, request_timeout_ms=20000)
@@ -110,3 +118,78 @@ def test_admin_create_list_describe_delete(agent, topic_name):
             a.delete_topics([topic_name])
     finally:
         a.close()
+
+
+@pytest.mark.parametrize("api_version", [(0, 11), (1, 1), (2, 1)], ids=lambda v: "kafka-%d.%d" % v)
+def test_older_protocol_versions(agent, topic_name, api_version):
+    # Pinning api_version makes kafka-python skip ApiVersions and use that broker's request
+    # versions (0.11: Produce v3, Fetch v5, ListOffsets v2), the oldest ones Silt accepts.
+    p = KafkaProducer(
+        bootstrap_servers=agent.bootstrap,
+        api_version=api_version,
+        acks="all",
+        compression_type="gzip",
+        enable_idempotence=False,
+        linger_ms=5,
+    )
+    try:
+        futures = [
+            p.send(topic_name, key=f"k{i}".encode(), value=f"v{i}".encode(), headers=[("n", f"{i}".encode())], timestamp_ms=10_000 + i)
+            for i in range(30)
+        ]
+        p.flush(timeout=60)
+        assert [f.get(timeout=30).offset for f in futures] == list(range(30))
+    finally:
+        p.close(timeout=10)
+
+    c = KafkaConsumer(
+        bootstrap_servers=agent.bootstrap, api_version=api_version, group_id=None, enable_auto_commit=False,
+        consumer_timeout_ms=1000, fetch_max_wait_ms=100,
+    )
+    try:
+        tp = TopicPartition(topic_name, 0)
+        c.assign([tp])
+        assert c.beginning_offsets([tp]) == {tp: 0}
+        assert c.end_offsets([tp]) == {tp: 30}
+        assert c.offsets_for_times({tp: 99_999})[tp] is None
+        c.seek_to_beginning()
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 30 and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                got.extend(recs)
+        assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in got] == [
+            (i, f"k{i}".encode(), f"v{i}".encode(), [("n", f"{i}".encode())], 10_000 + i) for i in range(30)
+        ]
+    finally:
+        c.close()
+
+
+def test_tiny_fetch_limits_still_make_progress(agent, topic_name):
+    # Every fetch response may hold at most ~1 KiB; batches are larger than that, and the broker
+    # must still return the first batch whole so the consumer makes progress (KIP-74).
+    n = 600
+    p = KafkaProducer(bootstrap_servers=agent.bootstrap, acks="all", linger_ms=20, batch_size=4096)
+    try:
+        futures = [p.send(topic_name, value=f"small record {i:04d} ".encode() * 4) for i in range(n)]
+        p.flush(timeout=60)
+        assert [f.get(timeout=30).offset for f in futures] == list(range(n))
+    finally:
+        p.close(timeout=10)
+    c = KafkaConsumer(
+        bootstrap_servers=agent.bootstrap, group_id=None, enable_auto_commit=False,
+        fetch_max_bytes=1024, max_partition_fetch_bytes=1024, fetch_max_wait_ms=50,
+    )
+    try:
+        tp = TopicPartition(topic_name, 0)
+        c.assign([tp])
+        c.seek_to_beginning()
+        got = []
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                got.extend(recs)
+        assert [r.offset for r in got] == list(range(n))
+        assert [r.value for r in got] == [f"small record {i:04d} ".encode() * 4 for i in range(n)]
+    finally:
+        c.close()

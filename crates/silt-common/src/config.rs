@@ -312,3 +312,16 @@ mod tests {
         assert!(err.contains("kind") && err.contains("s4"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// `config/silt.toml` documents every key with its default; keep it true.
+    #[test]
+    fn example_config_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/silt.toml");
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s, Settings::default());
+    }
+}
