@@ -1,6 +1,6 @@
 """Fixtures that run the real `silt agent` binary for the Python end-to-end tests.
 
-The binary comes from SILT_BIN (see scripts/test). Every test that uses the `agent` fixture gets
+The binary comes from TEST_SILT_BIN (see scripts/test). Every test that uses the `agent` fixture gets
 its own agent on a free 127.0.0.1 port with a fresh data directory; the agent's stderr goes to
 `<tmp>/agent.log`, and the tail of that log is attached to the report of a failing test.
 """
@@ -22,25 +22,29 @@ LOG_TAIL_LINES = 400
 
 
 def _silt_bin() -> str:
-    path = os.environ.get("SILT_BIN")
+    path = os.environ.get("TEST_SILT_BIN")
     if not path:
         pytest.fail(
-            "SILT_BIN is not set: point it at the silt binary, e.g. "
-            "SILT_BIN=$PWD/target/debug/silt .venv/bin/python -m pytest -q tests/python",
+            "TEST_SILT_BIN is not set: point it at the silt binary, e.g. "
+            "TEST_SILT_BIN=$PWD/target/debug/silt .venv/bin/python -m pytest -q tests/python",
             pytrace=False,
         )
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"SILT_BIN={path!r} is not an executable file (build it with cargo build)", pytrace=False)
+        pytest.fail(f"TEST_SILT_BIN={path!r} is not an executable file (build it with cargo build)", pytrace=False)
     return path
+
+
+try:  # resolved here: the child of a fork must not dlopen (other threads may hold its lock)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
 
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL the agent if the test process dies (Linux only)."""
-    try:
+    if _prctl is not None:
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:
-        pass
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _free_port() -> int:
@@ -84,9 +88,12 @@ class Agent:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def log_text(self) -> str:
+    def log_text(self, start: int = 0) -> str:
+        """The agent log (every run), from byte `start` on."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(start)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -94,7 +101,7 @@ class Agent:
 
     def _spawn_once(self) -> None:
         # Every SILT_* variable is an agent setting and unknown ones stop start-up, so the
-        # harness's own (SILT_BIN) must not leak into the agent's environment.
+        # harness's own (TEST_SILT_BIN) must not leak into the agent's environment.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SILT_")}
         env.update(
             {
@@ -131,16 +138,16 @@ class Agent:
         while time.monotonic() < deadline:
             rc = self.proc.poll()
             if rc is not None:
-                text = self.log_text()[offset:]
+                text = self.log_text(offset)
                 self.proc = None
                 raise AgentStartError(f"agent exited with code {rc} during start-up:\n{text[-4000:]}")
-            if ready_line in self.log_text()[offset:] and _accepts(self.port):
+            if ready_line in self.log_text(offset) and _accepts(self.port):
                 return
             time.sleep(0.02)
         self._hard_kill()
         raise AgentStartError(
             f"agent did not accept connections on {self.bootstrap} within {READY_DEADLINE_S}s:\n"
-            f"{self.log_text()[offset:][-4000:]}"
+            f"{self.log_text(offset)[-4000:]}"
         )
 
     def start(self) -> "Agent":

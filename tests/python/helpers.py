@@ -1,9 +1,11 @@
 """Client helpers shared by the Python end-to-end tests."""
 
+import socket
+import struct
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 # Consumer groups are not implemented by Silt: consumers use manual assignment only. librdkafka
 # requires a group.id even then; it is never joined and offsets are never committed.
@@ -24,8 +26,6 @@ def admin(bootstrap, **extra):
 
 
 def create_topic(bootstrap, name, partitions=1, config=None, timeout=30):
-    from confluent_kafka.admin import NewTopic
-
     a = admin(bootstrap)  # must outlive the future: destroying it fails the request
     fs = a.create_topics(
         [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
@@ -88,8 +88,6 @@ def produce_all(bootstrap, topic, records, conf=None, flush_timeout=60.0):
     """Produces records (dicts of Producer.produce keyword arguments) with a confluent-kafka
     Producer and waits for every delivery report. Returns one (error, partition, offset) per
     record, in the order given."""
-    from confluent_kafka import Producer
-
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, **(conf or {})})
     reports = [None] * len(records)
 
@@ -116,26 +114,23 @@ def produce_all(bootstrap, topic, records, conf=None, flush_timeout=60.0):
 
 # -- raw protocol (non-flexible request versions, encoded by hand) -------------------------------
 
-import socket as _socket
-import struct as _struct
-
 
 def _kstr(s):
     b = s.encode()
-    return _struct.pack(">h", len(b)) + b
+    return struct.pack(">h", len(b)) + b
 
 
 def raw_request(bootstrap, api_key, api_version, body, timeout=10.0):
     """Sends one request with header v1 and returns the response body (after the correlation
     id). Only for non-flexible versions (no tagged fields)."""
     host, port = bootstrap.rsplit(":", 1)
-    header = _struct.pack(">hhi", api_key, api_version, 7) + _kstr("silt-py-raw")
+    header = struct.pack(">hhi", api_key, api_version, 7) + _kstr("silt-py-raw")
     frame = header + body
-    with _socket.create_connection((host, int(port)), timeout=timeout) as s:
-        s.sendall(_struct.pack(">i", len(frame)) + frame)
-        size = _struct.unpack(">i", _recv_exact(s, 4))[0]
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(struct.pack(">i", len(frame)) + frame)
+        size = struct.unpack(">i", _recv_exact(s, 4))[0]
         resp = _recv_exact(s, size)
-    corr = _struct.unpack(">i", resp[:4])[0]
+    corr = struct.unpack(">i", resp[:4])[0]
     assert corr == 7, f"correlation id {corr} != 7"
     return resp[4:]
 
@@ -152,11 +147,11 @@ def _recv_exact(s, n):
 def api_versions_v0(bootstrap):
     """ApiVersions v0: {api_key: (min, max)}; asserts error_code 0."""
     r = raw_request(bootstrap, 18, 0, b"")
-    err, n = _struct.unpack(">hi", r[:6])
+    err, n = struct.unpack(">hi", r[:6])
     assert err == 0, f"ApiVersions error {err}"
     out = {}
     for i in range(n):
-        k, lo, hi = _struct.unpack(">hhh", r[6 + 6 * i : 12 + 6 * i])
+        k, lo, hi = struct.unpack(">hhh", r[6 + 6 * i : 12 + 6 * i])
         out[k] = (lo, hi)
     return out
 
@@ -165,53 +160,59 @@ def fetch_batches(bootstrap, topic, partition=0, offset=0, max_bytes=50_000_000,
     """Fetch (v4 or v10) of one partition; returns (error_code, high_watermark, batches), where
     batches are (base_offset, last_offset, attributes, record_count) of each complete batch."""
     assert version in (4, 10)
-    body = _struct.pack(">iiiib", -1, 100, 1, max_bytes, 0)
+    body = struct.pack(">iiiib", -1, 100, 1, max_bytes, 0)
     if version >= 7:
-        body += _struct.pack(">ii", 0, -1)  # no fetch session
-    body += _struct.pack(">i", 1) + _kstr(topic) + _struct.pack(">i", 1)
+        body += struct.pack(">ii", 0, -1)  # no fetch session
+    body += struct.pack(">i", 1) + _kstr(topic) + struct.pack(">i", 1)
     if version >= 9:
-        body += _struct.pack(">iiqqi", partition, -1, offset, -1, max_bytes)
+        body += struct.pack(">iiqqi", partition, -1, offset, -1, max_bytes)
     else:
-        body += _struct.pack(">iqi", partition, offset, max_bytes)
+        body += struct.pack(">iqi", partition, offset, max_bytes)
     if version >= 7:
-        body += _struct.pack(">i", 0)  # forgotten topics
+        body += struct.pack(">i", 0)  # forgotten topics
     r = raw_request(bootstrap, 1, version, body)
     pos = 4  # throttle_time_ms
     if version >= 7:
-        (top_err,) = _struct.unpack(">h", r[pos : pos + 2])
+        (top_err,) = struct.unpack(">h", r[pos : pos + 2])
         assert top_err == 0, f"Fetch v{version} top-level error {top_err}"
         pos += 6  # error_code, session_id
-    (ntopics,) = _struct.unpack(">i", r[pos : pos + 4])
+    (ntopics,) = struct.unpack(">i", r[pos : pos + 4])
     pos += 4
     assert ntopics == 1, ntopics
-    (tlen,) = _struct.unpack(">h", r[pos : pos + 2])
+    (tlen,) = struct.unpack(">h", r[pos : pos + 2])
     pos += 2
     assert r[pos : pos + tlen].decode() == topic
     pos += tlen
-    (nparts,) = _struct.unpack(">i", r[pos : pos + 4])
+    (nparts,) = struct.unpack(">i", r[pos : pos + 4])
     pos += 4
     assert nparts == 1, nparts
-    p, err, hw, _lso = _struct.unpack(">ihqq", r[pos : pos + 22])
+    p, err, hw, _lso = struct.unpack(">ihqq", r[pos : pos + 22])
     pos += 22
     if version >= 5:
         pos += 8  # log_start_offset
     assert p == partition
-    (naborted,) = _struct.unpack(">i", r[pos : pos + 4])
+    (naborted,) = struct.unpack(">i", r[pos : pos + 4])
     pos += 4 + 16 * max(naborted, 0)
-    (rlen,) = _struct.unpack(">i", r[pos : pos + 4])
+    (rlen,) = struct.unpack(">i", r[pos : pos + 4])
     pos += 4
     records = r[pos : pos + max(rlen, 0)]
     batches = []
     i = 0
     while i + 61 <= len(records):
-        base, blen = _struct.unpack(">qi", records[i : i + 12])
+        base, blen = struct.unpack(">qi", records[i : i + 12])
         if i + 12 + blen > len(records):
             break  # a partial batch at the end is allowed
         magic = records[i + 16]
         assert magic == 2, f"batch at {base} has magic {magic}"
-        (attrs,) = _struct.unpack(">h", records[i + 21 : i + 23])
-        (last_delta,) = _struct.unpack(">i", records[i + 23 : i + 27])
-        (count,) = _struct.unpack(">i", records[i + 57 : i + 61])
+        (attrs,) = struct.unpack(">h", records[i + 21 : i + 23])
+        (last_delta,) = struct.unpack(">i", records[i + 23 : i + 27])
+        (count,) = struct.unpack(">i", records[i + 57 : i + 61])
         batches.append((base, base + last_delta, attrs, count))
         i += 12 + blen
     return err, hw, batches
+
+
+def result_of(futures, key, timeout=30):
+    """The result of one admin future; the dict holding them stays referenced while waiting
+    (confluent-kafka can drop a request whose futures dict was garbage collected)."""
+    return futures[key].result(timeout=timeout)

@@ -24,6 +24,7 @@ from helpers import (
     create_topic,
     fetch_batches,
     kafka_error,
+    result_of,
     produce_all,
     watermarks,
 )
@@ -115,6 +116,7 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         1: (4, 16),  # Fetch
         2: (1, 8),  # ListOffsets
         3: (0, 13),  # Metadata
+        10: (0, 4),  # FindCoordinator (answers COORDINATOR_NOT_AVAILABLE until consumer groups)
         18: (0, 4),  # ApiVersions
         19: (2, 7),  # CreateTopics
         20: (1, 6),  # DeleteTopics
@@ -220,7 +222,7 @@ def test_admin_create_describe_delete(agent, topic_name):
         assert p.isrs == [0]
 
     res = ConfigResource(ResourceType.TOPIC, topic_name)
-    desc = a.describe_configs([res], request_timeout=20)[res].result(timeout=30)
+    desc = result_of(a.describe_configs([res], request_timeout=20), res)
     assert desc["retention.ms"].value == "3600000"
     assert desc["max.message.bytes"].value == "65536"
     assert desc["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
@@ -273,7 +275,7 @@ def test_admin_create_describe_delete(agent, topic_name):
 
     res = ConfigResource(ResourceType.TOPIC, topic_name)
     with pytest.raises(KafkaException) as ei:
-        a.describe_configs([res], request_timeout=20)[res].result(timeout=30)
+        result_of(a.describe_configs([res], request_timeout=20), res)
     assert kafka_error(ei.value).code() == KafkaError.UNKNOWN_TOPIC_OR_PART, kafka_error(ei.value)
 
 
@@ -436,7 +438,7 @@ def test_deleted_topic_recreated_starts_empty(agent, topic_name):
     reports = produce_all(agent.bootstrap, topic_name, [{"value": f"old-{i}".encode()} for i in range(10)])
     assert [(r[0], r[2]) for r in reports] == [(None, i) for i in range(10)]
     a = admin(agent.bootstrap)
-    assert a.delete_topics([topic_name], request_timeout=20)[topic_name].result(timeout=30) is None
+    assert result_of(a.delete_topics([topic_name], request_timeout=20), topic_name) is None
     wait_until(lambda: topic_name not in a.list_topics(timeout=10).topics, timeout=15, what="topic deletion")
 
     create_topic(agent.bootstrap, topic_name, partitions=2)

@@ -42,11 +42,11 @@ def _consume(bootstrap, topic, partitions, expected, timeout=60.0):
         c.close()
 
 
-def _record(i):
+def _record(i, base_ts):
     key = None if i % 11 == 0 else f"k{i}".encode()
     value = None if i == 7 else (b"" if i == 8 else f"kafka-python value {i} ".encode() * (1 + i % 5))
     headers = [] if i % 4 == 0 else [("dup", b"a"), ("bin", bytes([0, 1, 255, i % 256])), ("dup", b"b")]
-    return key, value, headers, 1_700_000_000_000 + i
+    return key, value, headers, base_ts + i
 
 
 @pytest.mark.parametrize("compression", [None, "gzip", "snappy", "lz4", "zstd"])
@@ -59,7 +59,8 @@ def test_produce_consume_with_compression(agent, topic_name, compression):
         request_timeout_ms=20000,
     )
     try:
-        records = [_record(i) for i in range(N)]
+        base_ts = int(time.time() * 1000) - 3_600_000
+        records = [_record(i, base_ts) for i in range(N)]
         futures = [
             p.send(topic_name, key=k, value=v, headers=h, timestamp_ms=ts) for k, v, h, ts in records
         ]
@@ -122,8 +123,9 @@ def test_admin_create_list_describe_delete(agent, topic_name):
 
 @pytest.mark.parametrize("api_version", [(0, 11), (1, 1), (2, 1)], ids=lambda v: "kafka-%d.%d" % v)
 def test_older_protocol_versions(agent, topic_name, api_version):
-    # Pinning api_version makes kafka-python skip ApiVersions and use that broker's request
-    # versions (0.11: Produce v3, Fetch v5, ListOffsets v2), the oldest ones Silt accepts.
+    # Pinning api_version makes kafka-python use that broker's request versions instead of the
+    # newest both sides support (0.11: Produce v3, Fetch v5, ListOffsets v2, Metadata v4).
+    base_ts = int(time.time() * 1000) - 3_600_000
     p = KafkaProducer(
         bootstrap_servers=agent.bootstrap,
         api_version=api_version,
@@ -134,7 +136,7 @@ def test_older_protocol_versions(agent, topic_name, api_version):
     )
     try:
         futures = [
-            p.send(topic_name, key=f"k{i}".encode(), value=f"v{i}".encode(), headers=[("n", f"{i}".encode())], timestamp_ms=10_000 + i)
+            p.send(topic_name, key=f"k{i}".encode(), value=f"v{i}".encode(), headers=[("n", f"{i}".encode())], timestamp_ms=base_ts + i)
             for i in range(30)
         ]
         p.flush(timeout=60)
@@ -151,7 +153,7 @@ def test_older_protocol_versions(agent, topic_name, api_version):
         c.assign([tp])
         assert c.beginning_offsets([tp]) == {tp: 0}
         assert c.end_offsets([tp]) == {tp: 30}
-        assert c.offsets_for_times({tp: 99_999})[tp] is None
+        assert c.offsets_for_times({tp: base_ts + 3_600_000})[tp] is None  # nothing that late
         c.seek_to_beginning()
         got = []
         deadline = time.monotonic() + 30
@@ -159,7 +161,7 @@ def test_older_protocol_versions(agent, topic_name, api_version):
             for recs in c.poll(timeout_ms=200).values():
                 got.extend(recs)
         assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in got] == [
-            (i, f"k{i}".encode(), f"v{i}".encode(), [("n", f"{i}".encode())], 10_000 + i) for i in range(30)
+            (i, f"k{i}".encode(), f"v{i}".encode(), [("n", f"{i}".encode())], base_ts + i) for i in range(30)
         ]
     finally:
         c.close()

@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from helpers import fetch_batches
+
 KCAT = shutil.which("kcat") or "/usr/bin/kcat"
 
 
@@ -71,6 +73,9 @@ def test_zstd_produce_reads_back(agent, topic_name):
         "-X", "linger.ms=20",
         input=("\n".join(lines) + "\n").encode(),
     )
+    err, hw, batches = fetch_batches(agent.bootstrap, topic_name)
+    assert (err, hw) == (0, n)
+    assert {attrs & 7 for _, _, attrs, _ in batches} == {4}, f"not stored as zstd batches: {batches}"
     out = kcat("-C", "-b", agent.bootstrap, "-t", topic_name, "-o", "beginning", "-e", "-q", "-J")
     msgs = [json.loads(l) for l in out.decode().splitlines()]
     assert [m["offset"] for m in msgs] == list(range(n))

@@ -22,8 +22,11 @@ use tokio::task::JoinHandle;
 use crate::broker::Broker;
 use crate::handlers::{self, Reply};
 
-/// Responses in flight per connection before the agent stops reading more requests.
-const MAX_IN_FLIGHT: usize = 64;
+/// Responses in flight per connection before the agent stops reading more requests. Produce
+/// responses wait for a flush (~`flush.interval_ms`), and librdkafka sends one request per
+/// partition per linger period, so this must cover hundreds; the bytes they carry are bounded
+/// by the flush buffer budget, not by this count.
+const MAX_IN_FLIGHT: usize = 1024;
 
 enum Outgoing {
     Ready(Bytes),

@@ -55,6 +55,16 @@ pub enum PartitionError {
         /// Epoch known.
         current: i16,
     },
+    /// A record timestamp is outside the topic's accepted window.
+    #[error("timestamp {timestamp} is outside the topic's accepted range [{min}, {max}] (message.timestamp.before.max.ms / after.max.ms)")]
+    InvalidTimestamp {
+        /// The offending timestamp.
+        timestamp: i64,
+        /// Earliest accepted.
+        min: i64,
+        /// Latest accepted.
+        max: i64,
+    },
     /// `acks` is not -1, 0 or 1.
     #[error("acks={0} is not one of -1 (all), 0 and 1")]
     InvalidRequiredAcks(i16),
@@ -102,6 +112,7 @@ impl PartitionError {
             Self::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
             Self::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
             Self::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+            Self::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
             Self::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             Self::TransactionsUnsupported => ResponseError::InvalidTxnState,
             Self::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,

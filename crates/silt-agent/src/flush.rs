@@ -9,7 +9,8 @@
 //!    registration, so a replaced agent can never make its data visible;
 //! 3. only then the high watermarks advance and `acks=all` producers are answered.
 //!
-//! Flushes are strictly sequential, so offsets become visible in order. A failed PUT or commit
+//! Several flushes' PUTs may run at once (`flush.max_in_flight`), but commits are strictly
+//! sequential in flush order, so offsets become visible in order. A failed PUT or commit
 //! is retried (with backoff) until it succeeds; meanwhile the bounded buffer fills and producers
 //! wait for room (backpressure). The buffer's byte budget is released only when a flush commits.
 
@@ -25,7 +26,8 @@ use silt_meta::layout::{agents, index};
 use silt_meta::{MetaKv, Txn};
 use silt_storage::object::ObjectBuilder;
 use silt_storage::{paths, Storage};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cache::ObjectCache;
@@ -211,8 +213,13 @@ impl Flusher {
     }
 
     /// The flush loop. Returns when closed and drained, or when fenced.
+    ///
+    /// Up to `flush.max_in_flight` flushes have their objects PUT concurrently; a committer
+    /// task commits them strictly in generation order, so offsets become visible in order.
     pub async fn run(self) {
         let interval = Duration::from_millis(self.inner.settings.interval_ms);
+        let (tx, rx) = mpsc::channel(self.inner.settings.max_in_flight.max(1));
+        let committer = tokio::spawn(self.clone().commit_loop(rx));
         loop {
             let (deadline, full, closed, empty) = {
                 let b = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,17 +256,42 @@ impl Flusher {
                 b.first_at = None;
                 (gen, std::mem::take(&mut b.items))
             };
-            if let Err(e) = self.flush(gen, items).await {
-                tracing::error!(error = %e, "flush pipeline stopped: {e}");
-                break;
+            let prepared = self.prepare(gen, items);
+            let put = tokio::spawn(put_until_written(
+                self.inner.storage.clone(),
+                prepared.path.clone(),
+                prepared.object.clone(),
+            ));
+            if tx.send((prepared, put)).await.is_err() {
+                break; // the committer stopped: fenced
             }
-            self.inner.progress.send_modify(|p| p.committed = gen);
         }
+        drop(tx);
+        let _ = committer.await;
         self.inner.progress.send_modify(|p| p.stopped = true);
         self.inner.budget.close();
     }
 
-    async fn flush(&self, gen: u64, items: Vec<Pending>) -> Result<(), FlushError> {
+    async fn commit_loop(self, mut rx: mpsc::Receiver<(Prepared, JoinHandle<()>)>) {
+        while let Some((prepared, put)) = rx.recv().await {
+            if put.await.is_err() {
+                tracing::error!("object PUT task failed; stopping the flush pipeline");
+                break;
+            }
+            let gen = prepared.gen;
+            if let Err(e) = self.commit(prepared).await {
+                tracing::error!(error = %e, "flush pipeline stopped: {e}");
+                // Take no more writes, and let the builder loop see it.
+                self.inner.progress.send_modify(|p| p.stopped = true);
+                self.close();
+                break;
+            }
+            self.inner.progress.send_modify(|p| p.committed = gen);
+        }
+    }
+
+    /// Groups a generation's batches by partition and builds its object.
+    fn prepare(&self, gen: u64, items: Vec<Pending>) -> Prepared {
         let started = Instant::now();
         // Group by partition, keeping each partition's batches in offset order.
         let mut groups: Vec<(Arc<Partition>, Vec<&Pending>)> = Vec::new();
@@ -292,25 +324,32 @@ impl Flusher {
             });
         }
         let data_bytes = builder.data_len() as u64;
-        let object = builder.finish();
-
-        let mut attempt = 0u32;
-        while let Err(e) = self.inner.storage.put(&path, object.clone()).await {
-            attempt += 1;
-            tracing::error!(%path, attempt, error = %e,
-                "flush object could not be written; producers are held back until object storage accepts it");
-            tokio::time::sleep(backoff(attempt)).await;
+        let partitions = groups.into_iter().map(|(p, _)| p).collect();
+        Prepared {
+            gen,
+            path,
+            object: builder.finish(),
+            partitions,
+            entries,
+            items,
+            data_bytes,
+            started,
         }
+    }
 
+    /// Commits a written flush: one fenced transaction, then visibility.
+    async fn commit(&self, f: Prepared) -> Result<(), FlushError> {
+        let put_ms = f.started.elapsed().as_millis() as u64;
         let txn = Txn {
             compares: vec![agents::still_registered(
                 self.inner.node_id,
                 &self.inner.session,
             )],
-            success: groups
+            success: f
+                .partitions
                 .iter()
-                .zip(&entries)
-                .map(|((p, _), e)| index::put_op(&p.topic_id, p.index, e))
+                .zip(&f.entries)
+                .map(|(p, e)| index::put_op(&p.topic_id, p.index, e))
                 .collect(),
             failure: vec![],
         };
@@ -332,18 +371,44 @@ impl Flusher {
             }
         }
         self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.inner.cache.insert(path.as_ref(), object);
-        for ((p, _), e) in groups.iter().zip(entries) {
+        self.inner.cache.insert(f.path.as_ref(), f.object);
+        let partitions = f.partitions.len();
+        for (p, e) in f.partitions.iter().zip(f.entries) {
             p.lock().on_commit(e);
         }
         let s = &self.inner.stats;
         s.flushes.fetch_add(1, Ordering::Relaxed);
-        s.batches.fetch_add(items.len() as u64, Ordering::Relaxed);
-        s.bytes.fetch_add(data_bytes, Ordering::Relaxed);
-        tracing::debug!(generation = gen, %path, partitions = groups.len(), batches = items.len(),
-            bytes = data_bytes, elapsed_ms = started.elapsed().as_millis() as u64, "flush committed");
-        drop(items); // releases the buffer budget
+        s.batches.fetch_add(f.items.len() as u64, Ordering::Relaxed);
+        s.bytes.fetch_add(f.data_bytes, Ordering::Relaxed);
+        tracing::debug!(generation = f.gen, path = %f.path, partitions, batches = f.items.len(),
+            bytes = f.data_bytes, put_ms, elapsed_ms = f.started.elapsed().as_millis() as u64, "flush committed");
+        drop(f.items); // releases the buffer budget
         Ok(())
+    }
+}
+
+/// A flush whose object is built and being written.
+struct Prepared {
+    gen: u64,
+    path: object_store::path::Path,
+    object: Bytes,
+    partitions: Vec<Arc<Partition>>,
+    entries: Vec<IndexEntry>,
+    /// Held until the commit: their permits are the buffer budget.
+    items: Vec<Pending>,
+    data_bytes: u64,
+    started: Instant,
+}
+
+/// Writes an object, retrying until object storage accepts it; meanwhile producers are held
+/// back by the buffer budget.
+async fn put_until_written(storage: Storage, path: object_store::path::Path, object: Bytes) {
+    let mut attempt = 0u32;
+    while let Err(e) = storage.put(&path, object.clone()).await {
+        attempt += 1;
+        tracing::error!(%path, attempt, error = %e,
+            "flush object could not be written; producers are held back until object storage accepts it");
+        tokio::time::sleep(backoff(attempt)).await;
     }
 }
 
@@ -360,4 +425,122 @@ pub enum FlushError {
         /// The node id.
         node_id: i32,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use silt_common::ManualClock;
+    use silt_meta::layout::index::load_partition;
+    use silt_meta::EmbeddedKv;
+
+    fn settings() -> FlushSettings {
+        FlushSettings {
+            interval_ms: 5,
+            max_bytes: 1 << 20,
+            max_in_flight: 4,
+            max_buffered_bytes: 16 << 20,
+            tail_cache_bytes: 1 << 20,
+        }
+    }
+
+    async fn setup(session: &str) -> (Flusher, Arc<dyn MetaKv>, Storage, Arc<Partition>) {
+        let meta: Arc<dyn MetaKv> = Arc::new(EmbeddedKv::in_memory(ManualClock::new(0)));
+        agents::register(meta.as_ref(), 7, session).await.unwrap();
+        let storage = Storage::in_memory().with_max_attempts(1);
+        let f = Flusher::new(
+            settings(),
+            storage.clone(),
+            meta.clone(),
+            Arc::new(ObjectCache::new(1 << 20)),
+            7,
+            session.into(),
+        );
+        let p = Arc::new(Partition::new("t", uuid::Uuid::new_v4(), 0));
+        (f, meta, storage, p)
+    }
+
+    async fn push(f: &Flusher, p: &Arc<Partition>, base: i64, n: i64) -> u64 {
+        let permit = f.reserve(100, Duration::from_secs(5)).await.unwrap();
+        f.push(Pending {
+            partition: p.clone(),
+            base_offset: base,
+            last_offset: base + n - 1,
+            max_timestamp: base,
+            data: Bytes::from(vec![base as u8; 100]),
+            producer: None,
+            permit,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn failed_puts_are_retried_and_commits_stay_in_order() {
+        let (f, meta, storage, p) = setup("s1").await;
+        storage.faults().fail_puts.store(3, Ordering::SeqCst);
+        let run = tokio::spawn(f.clone().run());
+        let mut last = 0;
+        for i in 0..20 {
+            last = push(&f, &p, i * 2, 2).await;
+            if i % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(7)).await;
+            }
+        }
+        f.wait_committed(last).await.unwrap();
+        assert_eq!(p.lock().high_watermark, 40);
+        let entries = load_partition(meta.as_ref(), &p.topic_id, 0).await.unwrap();
+        let mut next = 0;
+        for e in &entries {
+            assert_eq!(
+                e.base_offset, next,
+                "index entries are contiguous and ordered"
+            );
+            next = e.last_offset + 1;
+        }
+        assert_eq!(next, 40);
+        assert!(
+            storage.stats().errors.load(Ordering::Relaxed) >= 3,
+            "the injected failures happened"
+        );
+        assert_eq!(
+            f.stats().flushes.load(Ordering::Relaxed),
+            storage.stats().puts.load(Ordering::Relaxed)
+        );
+        f.close();
+        run.await.unwrap();
+        assert_eq!(f.buffered_bytes(), 0, "every permit was released");
+    }
+
+    #[tokio::test]
+    async fn a_fenced_agent_never_commits() {
+        let (f, meta, _storage, p) = setup("old").await;
+        let run = tokio::spawn(f.clone().run());
+        let g = push(&f, &p, 0, 1).await;
+        f.wait_committed(g).await.unwrap();
+        // Another agent takes over the node id.
+        agents::register(meta.as_ref(), 7, "new").await.unwrap();
+        let g = push(&f, &p, 1, 1).await;
+        assert!(
+            f.wait_committed(g).await.is_err(),
+            "waiters learn the write failed"
+        );
+        run.await.unwrap();
+        let entries = load_partition(meta.as_ref(), &p.topic_id, 0).await.unwrap();
+        assert_eq!(entries.len(), 1, "no commit after fencing");
+        assert_eq!(p.lock().high_watermark, 1);
+        assert!(f.subscribe().borrow().stopped);
+        let refused = f.push(Pending {
+            partition: p.clone(),
+            base_offset: 2,
+            last_offset: 2,
+            max_timestamp: 0,
+            data: Bytes::new(),
+            producer: None,
+            permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        });
+        assert!(
+            matches!(refused, Err(PartitionError::NotLeader(_))),
+            "a fenced agent takes no writes"
+        );
+    }
 }

@@ -207,6 +207,12 @@ pub struct Resolved {
     pub log_append_time: bool,
     /// `retention.ms`.
     pub retention_ms: i64,
+    /// Records may be at most this much older than the broker's clock
+    /// (`message.timestamp.before.max.ms`, or the older `message.timestamp.difference.max.ms`).
+    pub timestamp_before_max_ms: i64,
+    /// Records may be at most this much newer than the broker's clock
+    /// (`message.timestamp.after.max.ms`, or `message.timestamp.difference.max.ms`).
+    pub timestamp_after_max_ms: i64,
 }
 
 impl Resolved {
@@ -218,12 +224,18 @@ impl Resolved {
                 .cloned()
                 .unwrap_or_else(|| default_value(name, d))
         };
+        let difference: i64 = get("message.timestamp.difference.max.ms")
+            .parse()
+            .unwrap_or(i64::MAX);
+        let bound = |name: &str| get(name).parse::<i64>().unwrap_or(i64::MAX).min(difference);
         Self {
             max_message_bytes: get("max.message.bytes")
                 .parse()
                 .unwrap_or(d.max_message_bytes as usize),
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             retention_ms: get("retention.ms").parse().unwrap_or(d.retention_ms),
+            timestamp_before_max_ms: bound("message.timestamp.before.max.ms"),
+            timestamp_after_max_ms: bound("message.timestamp.after.max.ms"),
         }
     }
 }

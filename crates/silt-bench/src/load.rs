@@ -95,7 +95,11 @@ async fn ensure_topic(a: &ProduceArgs) {
     };
     let t = NewTopic::new(&a.topic, a.partitions, TopicReplication::Fixed(1));
     // The sink does not implement CreateTopics; an error here is fine (the topic may exist).
-    let _ = tokio::time::timeout(Duration::from_secs(5), admin.create_topics(&[t], &AdminOptions::new())).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        admin.create_topics(&[t], &AdminOptions::new()),
+    )
+    .await;
 }
 
 fn producer(a: &ProduceArgs) -> anyhow::Result<FutureProducer> {
@@ -110,7 +114,10 @@ fn producer(a: &ProduceArgs) -> anyhow::Result<FutureProducer> {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
 }
 
 /// Runs the producer side; `stamp` puts the send time into the first 8 bytes of each value.
@@ -119,7 +126,8 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
     let p = producer(a)?;
     let lat = Arc::new(Mutex::new(Latencies::default()));
     let errors = Arc::new(Mutex::new(0u64));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, bool, rdkafka::producer::DeliveryFuture)>(100_000);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(Instant, bool, rdkafka::producer::DeliveryFuture)>(100_000);
     let collector = {
         let lat = lat.clone();
         let errors = errors.clone();
@@ -161,7 +169,10 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
             value[..8].copy_from_slice(&now_us().to_be_bytes());
         }
         let part = (sent % a.partitions as u64) as i32;
-        let mut rec = FutureRecord::to(&a.topic).partition(part).key("k").payload(&value[..]);
+        let mut rec = FutureRecord::to(&a.topic)
+            .partition(part)
+            .key("k")
+            .payload(&value[..]);
         let fut = loop {
             match p.send_result(rec) {
                 Ok(f) => break f,

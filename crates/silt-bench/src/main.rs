@@ -42,7 +42,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match Cli::parse().cmd {
         Cmd::Sink { listen, partitions } => rt.block_on(sink::run(&listen, partitions)),
         Cmd::Produce(a) => rt.block_on(load::produce(a)).map(|r| println!("{r}")),

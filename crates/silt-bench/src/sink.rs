@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -36,14 +38,30 @@ async fn serve(s: TcpStream, port: u16, partitions: i32, offsets: Offsets) -> an
         let req = parse_header(frame)?;
         let (key, v, corr) = (req.api_key, req.version, req.correlation_id());
         let resp = match decode_body(&req)? {
-            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(ApiVersionsResponse::default().with_api_keys(
-                [(ApiKey::Produce, 3, 9), (ApiKey::Metadata, 0, 12), (ApiKey::ApiVersions, 0, 3)]
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(
+                ApiVersionsResponse::default().with_api_keys(
+                    [
+                        (ApiKey::Produce, 3, 9),
+                        (ApiKey::Metadata, 0, 12),
+                        (ApiKey::ApiVersions, 0, 3),
+                    ]
                     .into_iter()
-                    .map(|(k, a, b)| ApiVersion::default().with_api_key(k as i16).with_min_version(a).with_max_version(b))
+                    .map(|(k, a, b)| {
+                        ApiVersion::default()
+                            .with_api_key(k as i16)
+                            .with_min_version(a)
+                            .with_max_version(b)
+                    })
                     .collect(),
-            )),
+                ),
+            ),
             RequestKind::Metadata(m) => {
-                let names: Vec<TopicName> = m.topics.unwrap_or_default().into_iter().filter_map(|t| t.name).collect();
+                let names: Vec<TopicName> = m
+                    .topics
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|t| t.name)
+                    .collect();
                 ResponseKind::Metadata(
                     MetadataResponse::default()
                         .with_brokers(vec![MetadataResponseBroker::default()
@@ -55,17 +73,19 @@ async fn serve(s: TcpStream, port: u16, partitions: i32, offsets: Offsets) -> an
                             names
                                 .into_iter()
                                 .map(|n| {
-                                    MetadataResponseTopic::default().with_name(Some(n)).with_partitions(
-                                        (0..partitions)
-                                            .map(|p| {
-                                                MetadataResponsePartition::default()
-                                                    .with_partition_index(p)
-                                                    .with_leader_id(BrokerId(0))
-                                                    .with_replica_nodes(vec![BrokerId(0)])
-                                                    .with_isr_nodes(vec![BrokerId(0)])
-                                            })
-                                            .collect(),
-                                    )
+                                    MetadataResponseTopic::default()
+                                        .with_name(Some(n))
+                                        .with_partitions(
+                                            (0..partitions)
+                                                .map(|p| {
+                                                    MetadataResponsePartition::default()
+                                                        .with_partition_index(p)
+                                                        .with_leader_id(BrokerId(0))
+                                                        .with_replica_nodes(vec![BrokerId(0)])
+                                                        .with_isr_nodes(vec![BrokerId(0)])
+                                                })
+                                                .collect(),
+                                        )
                                 })
                                 .collect(),
                         ),
@@ -81,15 +101,23 @@ async fn serve(s: TcpStream, port: u16, partitions: i32, offsets: Offsets) -> an
                             .partition_data
                             .into_iter()
                             .map(|pd| {
-                                let n = pd.records.as_ref().and_then(|r| silt_wire::batch::parse_header(r).ok()).map_or(0, |h| h.record_count as i64);
+                                let n = pd
+                                    .records
+                                    .as_ref()
+                                    .and_then(|r| silt_wire::batch::parse_header(r).ok())
+                                    .map_or(0, |h| h.record_count as i64);
                                 let mut o = offsets.lock().unwrap();
                                 let e = o.entry((t.name.0.to_string(), pd.index)).or_insert(0);
                                 let base = *e;
                                 *e += n;
-                                PartitionProduceResponse::default().with_index(pd.index).with_base_offset(base)
+                                PartitionProduceResponse::default()
+                                    .with_index(pd.index)
+                                    .with_base_offset(base)
                             })
                             .collect();
-                        TopicProduceResponse::default().with_name(t.name).with_partition_responses(parts)
+                        TopicProduceResponse::default()
+                            .with_name(t.name)
+                            .with_partition_responses(parts)
                     })
                     .collect();
                 if acks == 0 {

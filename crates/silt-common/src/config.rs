@@ -124,6 +124,8 @@ pub struct FlushSettings {
     pub interval_ms: u64,
     /// A flush starts as soon as this many bytes are buffered.
     pub max_bytes: usize,
+    /// Flushes whose objects may be written concurrently (commits stay in order).
+    pub max_in_flight: usize,
     /// Most bytes buffered or in flight before producers are slowed down (backpressure).
     pub max_buffered_bytes: usize,
     /// Bytes of recently written objects kept in memory to serve tail reads.
@@ -134,7 +136,8 @@ impl Default for FlushSettings {
     fn default() -> Self {
         Self {
             interval_ms: 100,
-            max_bytes: 8 * 1024 * 1024,
+            max_bytes: 4 * 1024 * 1024,
+            max_in_flight: 4,
             max_buffered_bytes: 64 * 1024 * 1024,
             tail_cache_bytes: 256 * 1024 * 1024,
         }
@@ -204,6 +207,9 @@ impl Settings {
         let bad = |what: &str, why: &str| Err(ConfigError::Invalid(format!("{what}: {why}")));
         if self.flush.interval_ms == 0 {
             return bad("flush.interval_ms = 0", "must be at least 1");
+        }
+        if self.flush.max_in_flight == 0 {
+            return bad("flush.max_in_flight = 0", "must be at least 1");
         }
         if self.flush.max_bytes == 0 {
             return bad("flush.max_bytes = 0", "must be at least 1");

@@ -209,15 +209,21 @@ mod mutation_tests {
         let topic = TopicName(StrBytes::from_static_str("t"));
         let mut out = Vec::new();
         for v in [3i16, 7, 9, 11] {
-            let p = ProduceRequest::default().with_acks(-1).with_timeout_ms(1000).with_topic_data(vec![
-                produce_request::TopicProduceData::default().with_name(topic.clone()).with_partition_data(vec![
-                    produce_request::PartitionProduceData::default().with_index(0).with_records(Some(Bytes::from_static(&[0u8; 70]))),
-                ]),
-            ]);
+            let p = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![produce_request::TopicProduceData::default()
+                    .with_name(topic.clone())
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(Bytes::from_static(&[0u8; 70]))),
+                    ])]);
             out.push(frame(ApiKey::Produce, v, &RequestKind::Produce(p)));
         }
         for v in [4i16, 11, 12, 13, 16] {
-            let mut t = fetch_request::FetchTopic::default().with_partitions(vec![fetch_request::FetchPartition::default()]);
+            let mut t = fetch_request::FetchTopic::default()
+                .with_partitions(vec![fetch_request::FetchPartition::default()]);
             if v < 13 {
                 t = t.with_topic(topic.clone());
             }
@@ -225,19 +231,31 @@ mod mutation_tests {
             out.push(frame(ApiKey::Fetch, v, &RequestKind::Fetch(f)));
         }
         for v in [0i16, 1, 4, 9, 12, 13] {
-            let m = MetadataRequest::default().with_topics(Some(vec![
-                metadata_request::MetadataRequestTopic::default().with_name(Some(topic.clone())),
-            ]));
+            let m =
+                MetadataRequest::default()
+                    .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                    )
+                    .with_name(Some(topic.clone()))]));
             out.push(frame(ApiKey::Metadata, v, &RequestKind::Metadata(m)));
         }
         for v in [0i16, 3, 4] {
-            out.push(frame(ApiKey::ApiVersions, v, &RequestKind::ApiVersions(ApiVersionsRequest::default())));
+            out.push(frame(
+                ApiKey::ApiVersions,
+                v,
+                &RequestKind::ApiVersions(ApiVersionsRequest::default()),
+            ));
         }
         for v in [2i16, 5, 7] {
-            let c = CreateTopicsRequest::default().with_topics(vec![create_topics_request::CreatableTopic::default()
-                .with_name(topic.clone())
-                .with_configs(vec![create_topics_request::CreatableTopicConfig::default()])]);
-            out.push(frame(ApiKey::CreateTopics, v, &RequestKind::CreateTopics(c)));
+            let c = CreateTopicsRequest::default().with_topics(vec![
+                create_topics_request::CreatableTopic::default()
+                    .with_name(topic.clone())
+                    .with_configs(vec![create_topics_request::CreatableTopicConfig::default()]),
+            ]);
+            out.push(frame(
+                ApiKey::CreateTopics,
+                v,
+                &RequestKind::CreateTopics(c),
+            ));
         }
         out
     }
@@ -276,7 +294,10 @@ mod mutation_tests {
                 Err(_) => rejected += 1,
             }
         }
-        assert!(decoded > 100 && rejected > 1000, "mutations exercise both outcomes ({decoded} decoded, {rejected} rejected)");
+        assert!(
+            decoded > 100 && rejected > 1000,
+            "mutations exercise both outcomes ({decoded} decoded, {rejected} rejected)"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod admin;
 mod api_versions;
+mod coordinator;
 mod fetch;
 mod list_offsets;
 mod metadata;
@@ -63,6 +64,9 @@ pub async fn dispatch(
         R::DescribeCluster(r) => Reply::Now(ResponseKind::DescribeCluster(
             admin::describe_cluster(broker, r),
         )),
+        R::FindCoordinator(r) => {
+            Reply::Now(ResponseKind::FindCoordinator(coordinator::handle(r, v)))
+        }
         R::InitProducerId(r) => Reply::Now(ResponseKind::InitProducerId(
             producer_id::handle(broker, r).await,
         )),

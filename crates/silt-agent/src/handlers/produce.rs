@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
-use silt_wire::batch::{self, BatchError};
+use silt_wire::batch::{self, BatchError, BatchHeader};
 
 use super::{str_bytes, topic_name, Reply};
 use crate::append::{append, Appended};
 use crate::broker::Broker;
 use crate::error::PartitionError;
 use crate::partition::Partition;
+use crate::topic_config::Resolved;
 
 /// Where one partition of the request stands.
 enum Slot {
@@ -49,16 +50,7 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                     }),
                     Some((t, p)) => {
                         let lat = t.config.log_append_time.then(|| b.clock.now_ms());
-                        match produce_one(
-                            b,
-                            p,
-                            pd.records,
-                            t.config.max_message_bytes,
-                            lat,
-                            timeout,
-                        )
-                        .await
-                        {
+                        match produce_one(b, p, pd.records, &t.config, lat, timeout).await {
                             Ok(appended) => Slot::Appended {
                                 partition: p.clone(),
                                 appended,
@@ -100,10 +92,11 @@ async fn produce_one(
     b: &Broker,
     p: &Arc<Partition>,
     records: Option<bytes::Bytes>,
-    max_message_bytes: usize,
+    config: &Resolved,
     log_append_time: Option<i64>,
     timeout: Duration,
 ) -> Result<Appended, PartitionError> {
+    let max_message_bytes = config.max_message_bytes;
     let data = records.unwrap_or_default();
     let header = batch::validate_single(&data).map_err(|e| match e {
         BatchError::Corrupt(m) => PartitionError::CorruptMessage(m),
@@ -116,8 +109,28 @@ async fn produce_one(
             max: limit,
         });
     }
+    if log_append_time.is_none() {
+        check_timestamps(&header, config, b.clock.now_ms())?;
+    }
     let permit = b.flusher.reserve(header.size, timeout).await?;
     append(&b.flusher, p, &data, &header, log_append_time, permit)
+}
+
+/// Kafka checks every record's timestamp against the topic's window; Silt never decompresses,
+/// so it checks the batch's first (base) and largest timestamps.
+fn check_timestamps(h: &BatchHeader, config: &Resolved, now: i64) -> Result<(), PartitionError> {
+    let min = now.saturating_sub(config.timestamp_before_max_ms);
+    let max = now.saturating_add(config.timestamp_after_max_ms);
+    for ts in [h.base_timestamp, h.max_timestamp] {
+        if ts >= 0 && (ts < min || ts > max) {
+            return Err(PartitionError::InvalidTimestamp {
+                timestamp: ts,
+                min,
+                max,
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn wait_durable(b: &Broker, slot: Slot, timeout: Duration) -> Slot {
