@@ -165,7 +165,7 @@ impl Topics {
         validate_name(&t.name)?;
         let partitions = match t.partitions {
             -1 => self.defaults.num_partitions,
-            n if n >= 1 && n <= 100_000 => n,
+            n if (1..=100_000).contains(&n) => n,
             n => return Err(TopicError::InvalidPartitions(n)),
         };
         if t.replication_factor == 0 || t.replication_factor < -1 {

@@ -27,7 +27,7 @@ pub enum Reply {
     /// Nothing (acks=0 produce).
     None,
     /// A response ready now.
-    Now(ResponseKind),
+    Now(Box<ResponseKind>),
     /// A response that waits (durability, long-poll); answered in request order.
     Later(BoxFuture<'static, ResponseKind>),
 }
@@ -42,32 +42,30 @@ pub async fn dispatch(
     use kafka_protocol::messages::RequestKind as R;
     let v = req.version;
     match body {
-        R::ApiVersions(_) => Reply::Now(ResponseKind::ApiVersions(api_versions::handle(v))),
-        R::Metadata(r) => Reply::Now(ResponseKind::Metadata(metadata::handle(broker, r, v).await)),
+        R::ApiVersions(_) => now(ResponseKind::ApiVersions(api_versions::handle(v))),
+        R::Metadata(r) => now(ResponseKind::Metadata(metadata::handle(broker, r, v).await)),
         R::Produce(r) => produce::handle(broker, r, v).await,
         R::Fetch(r) => fetch::handle(broker, r, v),
-        R::ListOffsets(r) => Reply::Now(ResponseKind::ListOffsets(
+        R::ListOffsets(r) => now(ResponseKind::ListOffsets(
             list_offsets::handle(broker, r, v).await,
         )),
-        R::OffsetForLeaderEpoch(r) => Reply::Now(ResponseKind::OffsetForLeaderEpoch(
+        R::OffsetForLeaderEpoch(r) => now(ResponseKind::OffsetForLeaderEpoch(
             list_offsets::offset_for_leader_epoch(broker, r),
         )),
-        R::CreateTopics(r) => Reply::Now(ResponseKind::CreateTopics(
+        R::CreateTopics(r) => now(ResponseKind::CreateTopics(
             admin::create_topics(broker, r, v).await,
         )),
-        R::DeleteTopics(r) => Reply::Now(ResponseKind::DeleteTopics(
+        R::DeleteTopics(r) => now(ResponseKind::DeleteTopics(
             admin::delete_topics(broker, r, v).await,
         )),
-        R::DescribeConfigs(r) => Reply::Now(ResponseKind::DescribeConfigs(
-            admin::describe_configs(broker, r, v),
-        )),
-        R::DescribeCluster(r) => Reply::Now(ResponseKind::DescribeCluster(
-            admin::describe_cluster(broker, r),
-        )),
-        R::FindCoordinator(r) => {
-            Reply::Now(ResponseKind::FindCoordinator(coordinator::handle(r, v)))
-        }
-        R::InitProducerId(r) => Reply::Now(ResponseKind::InitProducerId(
+        R::DescribeConfigs(r) => now(ResponseKind::DescribeConfigs(admin::describe_configs(
+            broker, r, v,
+        ))),
+        R::DescribeCluster(r) => now(ResponseKind::DescribeCluster(admin::describe_cluster(
+            broker, r,
+        ))),
+        R::FindCoordinator(r) => now(ResponseKind::FindCoordinator(coordinator::handle(r, v))),
+        R::InitProducerId(r) => now(ResponseKind::InitProducerId(
             producer_id::handle(broker, r).await,
         )),
         other => {
@@ -84,4 +82,8 @@ pub(crate) fn topic_name(s: &str) -> TopicName {
 
 pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
+}
+
+fn now(r: ResponseKind) -> Reply {
+    Reply::Now(Box::new(r))
 }

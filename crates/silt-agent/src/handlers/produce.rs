@@ -70,7 +70,7 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
     }
     match acks {
         0 => Reply::None,
-        1 => Reply::Now(ResponseKind::Produce(respond(slots, version))),
+        1 => super::now(ResponseKind::Produce(respond(slots, version))),
         _ => {
             let b = b.clone();
             Reply::Later(Box::pin(async move {
