@@ -504,3 +504,13 @@ def test_timestamps_outside_the_topic_bounds_are_refused(agent, topic_name):
     assert reports[0][0].code() == KafkaError.INVALID_TIMESTAMP, reports[0][0]
     reports = produce_all(agent.bootstrap, topic_name, [{"value": b"now", "timestamp": now}], conf={"linger.ms": 0})
     assert (reports[0][0], reports[0][2]) == (None, 0)
+
+
+def test_describe_cluster_names_this_agent(agent):
+    client = admin(agent.bootstrap)  # keep the handle alive until the future resolves
+    d = client.describe_cluster(request_timeout=10).result()
+    assert d.cluster_id, "a cluster id is reported"
+    assert [n.id for n in d.nodes] == [0]
+    assert d.controller.id == 0, "the controller must be a live agent (admin clients send CreateTopics there)"
+    host, port = agent.bootstrap.split(":")
+    assert (d.nodes[0].host, d.nodes[0].port) == (host, int(port))
