@@ -124,85 +124,24 @@ impl Storage {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
-    /// Writes a new object. Writing the same path twice with the same bytes (a retry after a lost
-    /// response) is treated as success.
-    pub async fn put(&self, path: &Path, data: Bytes) -> Result<(), StorageError> {
-        let mut attempt = 0;
+    /// Runs `attempt` until it succeeds, fails permanently, or `max_attempts` is reached,
+    /// backing off with full jitter between attempts.
+    async fn retry<T, F, Fut>(
+        &self,
+        op: &'static str,
+        path: &Path,
+        mut attempt: F,
+    ) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, object_store::Error>>,
+    {
+        let mut n = 0;
         loop {
-            attempt += 1;
+            n += 1;
             self.delay().await;
-            let injected = self
-                .faults
-                .fail_puts
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            let res = if injected {
-                Err(object_store::Error::Generic {
-                    store: "fault-injection",
-                    source: "injected PUT failure".into(),
-                })
-            } else {
-                let opts = PutOptions {
-                    mode: PutMode::Create,
-                    ..Default::default()
-                };
-                self.inner
-                    .put_opts(path, PutPayload::from_bytes(data.clone()), opts)
-                    .await
-                    .map(|_| ())
-            };
-            // Paths are unique per agent session, so an existing object is our own earlier
-            // attempt whose response was lost.
-            let res = match res {
-                Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-                other => other,
-            };
-            match res {
-                Ok(()) => {
-                    self.stats.puts.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .put_bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if attempt >= self.max_attempts {
-                        return Err(StorageError::Failed {
-                            op: "PUT",
-                            path: path.to_string(),
-                            attempts: attempt,
-                            source: e,
-                        });
-                    }
-                    tracing::warn!(%path, attempt, error = %e, "object PUT failed; retrying");
-                    self.backoff(attempt).await;
-                }
-            }
-        }
-    }
-
-    /// Reads `range` of an object (the whole object if `None`).
-    pub async fn get(&self, path: &Path, range: Option<Range<u64>>) -> Result<Bytes, StorageError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            self.delay().await;
-            let res = match &range {
-                Some(r) => self.inner.get_range(path, r.clone()).await,
-                None => match self.inner.get(path).await {
-                    Ok(g) => g.bytes().await,
-                    Err(e) => Err(e),
-                },
-            };
-            match res {
-                Ok(b) => {
-                    self.stats.gets.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .get_bytes
-                        .fetch_add(b.len() as u64, Ordering::Relaxed);
-                    return Ok(b);
-                }
+            match attempt().await {
+                Ok(v) => return Ok(v),
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(StorageError::NotFound {
                         path: path.to_string(),
@@ -210,19 +149,74 @@ impl Storage {
                 }
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if attempt >= self.max_attempts {
+                    if n >= self.max_attempts {
                         return Err(StorageError::Failed {
-                            op: "GET",
+                            op,
                             path: path.to_string(),
-                            attempts: attempt,
+                            attempts: n,
                             source: e,
                         });
                     }
-                    tracing::warn!(%path, attempt, error = %e, "object GET failed; retrying");
-                    self.backoff(attempt).await;
+                    tracing::warn!(%path, attempt = n, error = %e, "object {op} failed; retrying");
+                    self.backoff(n).await;
                 }
             }
         }
+    }
+
+    /// Writes a new object. Writing the same path twice with the same bytes (a retry after a lost
+    /// response) is treated as success.
+    pub async fn put(&self, path: &Path, data: Bytes) -> Result<(), StorageError> {
+        self.retry("PUT", path, || async {
+            if self
+                .faults
+                .fail_puts
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(object_store::Error::Generic {
+                    store: "fault-injection",
+                    source: "injected PUT failure".into(),
+                });
+            }
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self
+                .inner
+                .put_opts(path, PutPayload::from_bytes(data.clone()), opts)
+                .await
+            {
+                // Paths are unique per agent session, so an existing object is our own earlier
+                // attempt whose response was lost.
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+        self.stats.puts.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .put_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads `range` of an object (the whole object if `None`).
+    pub async fn get(&self, path: &Path, range: Option<Range<u64>>) -> Result<Bytes, StorageError> {
+        let b = self
+            .retry("GET", path, || async {
+                match &range {
+                    Some(r) => self.inner.get_range(path, r.clone()).await,
+                    None => self.inner.get(path).await?.bytes().await,
+                }
+            })
+            .await?;
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .get_bytes
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
+        Ok(b)
     }
 }
 

@@ -90,13 +90,7 @@ pub async fn create_topics(
                     topic_config::DEFS
                         .iter()
                         .map(|d| {
-                            let (value, source) = match record.configs.get(d.name) {
-                                Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
-                                None => (
-                                    topic_config::default_value(d.name, b.topics.defaults()),
-                                    SOURCE_DEFAULT,
-                                ),
-                            };
+                            let (value, source) = effective(&record.configs, d.name, b);
                             CreatableTopicConfigs::default()
                                 .with_name(str_bytes(d.name))
                                 .with_value(Some(str_bytes(value)))
@@ -162,6 +156,17 @@ pub async fn delete_topics(
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
+/// A topic config's value and where it comes from (set on the topic, or the default).
+fn effective(configs: &BTreeMap<String, String>, name: &str, b: &Broker) -> (String, i8) {
+    match configs.get(name) {
+        Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
+        None => (
+            topic_config::default_value(name, b.topics.defaults()),
+            SOURCE_DEFAULT,
+        ),
+    }
+}
+
 fn config_entry(
     name: &str,
     value: String,
@@ -216,13 +221,7 @@ pub fn describe_configs(
                             .iter()
                             .filter(|d| wanted(d.name))
                             .map(|d| {
-                                let (value, source) = match t.record.configs.get(d.name) {
-                                    Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
-                                    None => (
-                                        topic_config::default_value(d.name, b.topics.defaults()),
-                                        SOURCE_DEFAULT,
-                                    ),
-                                };
+                                let (value, source) = effective(&t.record.configs, d.name, b);
                                 config_entry(d.name, value, source, d.kind, req.include_synonyms, v)
                             })
                             .collect(),
