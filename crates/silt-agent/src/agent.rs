@@ -17,6 +17,8 @@ use crate::broker::{Broker, Node};
 use crate::cache::ObjectCache;
 use crate::error::TopicError;
 use crate::flush::Flusher;
+use crate::groups::group::GroupLimits;
+use crate::groups::GroupCoordinator;
 use crate::producer_ids::ProducerIds;
 use crate::topics::Topics;
 
@@ -64,6 +66,7 @@ pub struct Agent {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     admin: Option<JoinHandle<()>>,
+    group_ticker: JoinHandle<()>,
     stop_accepting: watch::Sender<bool>,
     accept: JoinHandle<()>,
     flush: JoinHandle<()>,
@@ -113,6 +116,26 @@ impl Agent {
             source,
         })?;
         let topics = Topics::load(c.meta.clone(), c.clock.clone(), settings.topics.clone()).await?;
+        let g = &settings.groups;
+        let groups = Arc::new(
+            GroupCoordinator::load(
+                c.meta.clone(),
+                c.clock.clone(),
+                GroupLimits {
+                    min_session_timeout_ms: g.min_session_timeout_ms,
+                    max_session_timeout_ms: g.max_session_timeout_ms,
+                    initial_rebalance_delay_ms: g.initial_rebalance_delay_ms,
+                    max_size: g.max_size,
+                    max_assignment_bytes: g.max_assignment_bytes,
+                },
+            )
+            .await
+            .map_err(|source| StartError::Meta {
+                doing: "loading consumer groups' committed offsets",
+                source,
+            })?,
+        );
+        let group_ticker = groups.spawn_ticker(std::time::Duration::from_millis(100));
         let cache = Arc::new(ObjectCache::new(settings.flush.tail_cache_bytes));
         let flusher = Flusher::new(
             settings.flush.clone(),
@@ -138,6 +161,7 @@ impl Agent {
         };
         let broker = Arc::new(Broker {
             producer_ids: ProducerIds::new(c.meta.clone()),
+            groups,
             node,
             cluster_id,
             meta: c.meta,
@@ -176,6 +200,7 @@ impl Agent {
             addr,
             admin_addr,
             admin,
+            group_ticker,
             stop_accepting,
             accept,
             flush,
@@ -206,6 +231,7 @@ impl Agent {
         if let Some(a) = self.admin {
             a.abort();
         }
+        self.group_ticker.abort();
         tracing::info!("agent stopped; every acknowledged write is committed");
     }
 }

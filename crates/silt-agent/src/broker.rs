@@ -8,6 +8,7 @@ use silt_storage::Storage;
 
 use crate::cache::ObjectCache;
 use crate::flush::Flusher;
+use crate::groups::GroupCoordinator;
 use crate::producer_ids::ProducerIds;
 use crate::topics::Topics;
 
@@ -45,4 +46,6 @@ pub struct Broker {
     pub cache: Arc<ObjectCache>,
     /// Producer id allocation.
     pub producer_ids: ProducerIds,
+    /// Consumer groups coordinated here.
+    pub groups: Arc<GroupCoordinator>,
 }

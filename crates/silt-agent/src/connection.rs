@@ -89,7 +89,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                 break;
             }
         };
-        let out = match handlers::dispatch(&broker, &req, body).await {
+        let out = match handlers::dispatch(&broker, &req, body, peer).await {
             Reply::None => continue,
             Reply::Now(resp) => match encode_response(correlation_id, api, version, &resp) {
                 Ok(b) => Outgoing::Ready(b),

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod connection;
 pub mod error;
 pub mod flush;
+pub mod groups;
 pub mod handlers;
 pub mod partition;
 pub mod producer;

@@ -36,6 +36,8 @@ pub struct Settings {
     pub flush: FlushSettings,
     /// Defaults for topics.
     pub topics: TopicDefaults,
+    /// Consumer groups.
+    pub groups: GroupSettings,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             metadata: MetadataSettings::default(),
             flush: FlushSettings::default(),
             topics: TopicDefaults::default(),
+            groups: GroupSettings::default(),
         }
     }
 }
@@ -169,6 +172,34 @@ impl Default for TopicDefaults {
     }
 }
 
+/// Consumer-group coordination (Kafka's `group.*` broker settings).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupSettings {
+    /// Smallest session timeout a member may ask for (`group.min.session.timeout.ms`).
+    pub min_session_timeout_ms: i32,
+    /// Largest session timeout a member may ask for (`group.max.session.timeout.ms`).
+    pub max_session_timeout_ms: i32,
+    /// Delay of an empty group's first rebalance (`group.initial.rebalance.delay.ms`).
+    pub initial_rebalance_delay_ms: i32,
+    /// Most members per group (`group.max.size`).
+    pub max_size: usize,
+    /// Most bytes of assignments a leader may send in one SyncGroup.
+    pub max_assignment_bytes: usize,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            initial_rebalance_delay_ms: 3_000,
+            max_size: 1_000,
+            max_assignment_bytes: 1024 * 1024,
+        }
+    }
+}
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -224,6 +255,15 @@ impl Settings {
             return bad(
                 &format!("topics.num_partitions = {}", self.topics.num_partitions),
                 "must be at least 1",
+            );
+        }
+        if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms {
+            return bad(
+                &format!(
+                    "groups.min_session_timeout_ms = {} > groups.max_session_timeout_ms = {}",
+                    self.groups.min_session_timeout_ms, self.groups.max_session_timeout_ms
+                ),
+                "the minimum must not exceed the maximum",
             );
         }
         if self.max_frame_bytes < 1024 {

@@ -6,8 +6,10 @@ mod admin;
 mod api_versions;
 mod coordinator;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
+mod offsets;
 mod produce;
 mod producer_id;
 
@@ -38,7 +40,9 @@ pub async fn dispatch(
     broker: &Arc<Broker>,
     req: &RawRequest,
     body: kafka_protocol::messages::RequestKind,
+    peer: std::net::SocketAddr,
 ) -> Reply {
+    let client_id = req.header.client_id.as_deref().unwrap_or("");
     use kafka_protocol::messages::RequestKind as R;
     let v = req.version;
     match body {
@@ -64,7 +68,21 @@ pub async fn dispatch(
         R::DescribeCluster(r) => now(ResponseKind::DescribeCluster(admin::describe_cluster(
             broker, r,
         ))),
-        R::FindCoordinator(r) => now(ResponseKind::FindCoordinator(coordinator::handle(r, v))),
+        R::FindCoordinator(r) => now(ResponseKind::FindCoordinator(coordinator::handle(
+            broker, r, v,
+        ))),
+        R::JoinGroup(r) => groups::join(broker, r, v, client_id, peer),
+        R::SyncGroup(r) => groups::sync(broker, r, v),
+        R::Heartbeat(r) => now(ResponseKind::Heartbeat(groups::heartbeat(broker, r))),
+        R::LeaveGroup(r) => now(ResponseKind::LeaveGroup(groups::leave(broker, r, v))),
+        R::DescribeGroups(r) => now(ResponseKind::DescribeGroups(groups::describe(broker, r, v))),
+        R::ListGroups(r) => now(ResponseKind::ListGroups(groups::list(broker, r, v))),
+        R::DeleteGroups(r) => now(ResponseKind::DeleteGroups(groups::delete(broker, r).await)),
+        R::OffsetCommit(r) => now(ResponseKind::OffsetCommit(
+            offsets::commit(broker, r, v).await,
+        )),
+        R::OffsetFetch(r) => now(ResponseKind::OffsetFetch(offsets::fetch(broker, r, v))),
+        R::OffsetDelete(r) => now(ResponseKind::OffsetDelete(offsets::delete(broker, r).await)),
         R::InitProducerId(r) => now(ResponseKind::InitProducerId(
             producer_id::handle(broker, r).await,
         )),

@@ -8,11 +8,13 @@
 //! /silt/topics/{name}                                TopicRecord
 //! /silt/index/{topic_id}/{partition:010}/{base:020}  IndexEntry: where an offset range lives
 //! /silt/producer-ids/next                            next unallocated producer id (i64)
+//! /silt/groups/{group}/offsets/{topic}/{p:010}       Committed: a group's committed offset
 //! ```
 
 pub mod agents;
 pub mod catalog;
 pub mod cluster;
+pub mod group_offsets;
 pub mod index;
 pub mod producer_ids;
 

@@ -1,0 +1,240 @@
+//! Committed offsets: OffsetCommit, OffsetFetch (one group, or several in v8+) and OffsetDelete.
+//! A commit of any number of partitions is one metadata transaction.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::ResponseError;
+use silt_meta::layout::group_offsets::Committed;
+
+use super::{str_bytes, topic_name};
+use crate::broker::Broker;
+use crate::groups::CommitError;
+
+/// Kafka's `offset.metadata.max.bytes`.
+const MAX_METADATA: usize = 4096;
+
+fn partition_exists(b: &Broker, topic: &str, partition: i32) -> bool {
+    b.topics
+        .get(topic)
+        .is_some_and(|t| t.partition(partition).is_some())
+}
+
+/// OffsetCommit.
+pub async fn commit(b: &Arc<Broker>, req: OffsetCommitRequest, v: i16) -> OffsetCommitResponse {
+    let group = req.group_id.0.to_string();
+    // (topic, partition, error code or None if it is to be written)
+    let mut slots: Vec<(String, i32, Option<i16>)> = Vec::new();
+    let mut writes = Vec::new();
+    let now = b.clock.now_ms();
+    for t in &req.topics {
+        for p in &t.partitions {
+            let topic = t.name.0.to_string();
+            let meta = p.committed_metadata.as_ref().map(|m| m.to_string());
+            let err = if group.is_empty() {
+                Some(ResponseError::InvalidGroupId.code())
+            } else if !partition_exists(b, &topic, p.partition_index) {
+                Some(ResponseError::UnknownTopicOrPartition.code())
+            } else if meta.as_ref().is_some_and(|m| m.len() > MAX_METADATA) {
+                Some(ResponseError::OffsetMetadataTooLarge.code())
+            } else {
+                writes.push((
+                    topic.clone(),
+                    p.partition_index,
+                    Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: if v >= 6 { p.committed_leader_epoch } else { -1 },
+                        metadata: meta,
+                        commit_ms: now,
+                    },
+                ));
+                None
+            };
+            slots.push((topic, p.partition_index, err));
+        }
+    }
+    let outcome = if writes.is_empty() {
+        0
+    } else {
+        match b
+            .groups
+            .commit(
+                &group,
+                &req.member_id,
+                req.group_instance_id.as_deref(),
+                req.generation_id_or_member_epoch,
+                writes,
+            )
+            .await
+        {
+            Ok(()) => 0,
+            Err(CommitError::Refused(c)) => c,
+            Err(CommitError::Meta(e)) => {
+                tracing::error!(group = %group, error = %e, "offset commit failed in the metadata store");
+                ResponseError::CoordinatorNotAvailable.code()
+            }
+        }
+    };
+    let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
+    for (topic, partition, err) in slots {
+        let p = OffsetCommitResponsePartition::default()
+            .with_partition_index(partition)
+            .with_error_code(err.unwrap_or(outcome));
+        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+            Some(t) => t.partitions.push(p),
+            None => topics.push(
+                OffsetCommitResponseTopic::default()
+                    .with_name(topic_name(&topic))
+                    .with_partitions(vec![p]),
+            ),
+        }
+    }
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+fn fetch_group(
+    b: &Broker,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Vec<(String, Vec<(i32, i64, i32, Option<String>)>)> {
+    let wanted: Option<Vec<(String, i32)>> = topics.map(|ts| {
+        ts.into_iter()
+            .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+            .collect()
+    });
+    let mut out: Vec<(String, Vec<(i32, i64, i32, Option<String>)>)> = Vec::new();
+    for (t, p, c) in b.groups.committed(group, wanted.as_deref()) {
+        let row = match c {
+            Some(c) => (
+                p,
+                c.offset,
+                c.leader_epoch,
+                Some(c.metadata.unwrap_or_default()),
+            ),
+            None => (p, -1, -1, Some(String::new())),
+        };
+        match out.iter_mut().find(|(name, _)| *name == t) {
+            Some((_, rows)) => rows.push(row),
+            None => out.push((t, vec![row])),
+        }
+    }
+    out
+}
+
+/// OffsetFetch.
+pub fn fetch(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchResponse {
+    if v >= 8 {
+        let groups = req
+            .groups
+            .into_iter()
+            .map(|g| {
+                let topics = g.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                        .collect()
+                });
+                let rows = fetch_group(b, &g.group_id.0, topics);
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id)
+                    .with_topics(
+                        rows.into_iter()
+                            .map(|(t, ps)| {
+                                OffsetFetchResponseTopics::default()
+                                    .with_name(topic_name(&t))
+                                    .with_partitions(
+                                        ps.into_iter()
+                                            .map(|(p, o, e, m)| {
+                                                OffsetFetchResponsePartitions::default()
+                                                    .with_partition_index(p)
+                                                    .with_committed_offset(o)
+                                                    .with_committed_leader_epoch(e)
+                                                    .with_metadata(m.map(str_bytes))
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let topics = req.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect()
+    });
+    let rows = fetch_group(b, &req.group_id.0, topics);
+    OffsetFetchResponse::default().with_topics(
+        rows.into_iter()
+            .map(|(t, ps)| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(topic_name(&t))
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|(p, o, e, m)| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(o)
+                                    .with_committed_leader_epoch(if v >= 5 { e } else { -1 })
+                                    .with_metadata(m.map(str_bytes))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
+/// OffsetDelete.
+pub async fn delete(b: &Arc<Broker>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let group = req.group_id.0.to_string();
+    let mut known = Vec::new();
+    let mut rows: Vec<(String, i32, Option<i16>)> = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            let topic = t.name.0.to_string();
+            if partition_exists(b, &topic, p.partition_index) {
+                known.push((topic.clone(), p.partition_index));
+                rows.push((topic, p.partition_index, None));
+            } else {
+                rows.push((
+                    topic,
+                    p.partition_index,
+                    Some(ResponseError::UnknownTopicOrPartition.code()),
+                ));
+            }
+        }
+    }
+    let codes = match b.groups.delete_offsets(&group, &known).await {
+        Ok(c) => c,
+        Err(group_error) => return OffsetDeleteResponse::default().with_error_code(group_error),
+    };
+    let mut codes = codes.into_iter();
+    let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
+    for (topic, partition, err) in rows {
+        let code = err.unwrap_or_else(|| codes.next().unwrap_or(0));
+        let p = OffsetDeleteResponsePartition::default()
+            .with_partition_index(partition)
+            .with_error_code(code);
+        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+            Some(t) => t.partitions.push(p),
+            None => topics.push(
+                OffsetDeleteResponseTopic::default()
+                    .with_name(topic_name(&topic))
+                    .with_partitions(vec![p]),
+            ),
+        }
+    }
+    OffsetDeleteResponse::default().with_topics(topics)
+}

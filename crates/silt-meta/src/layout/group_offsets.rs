@@ -1,0 +1,186 @@
+//! `/silt/groups/{group}/offsets/{topic}/{partition:010}`: a consumer group's committed offsets,
+//! one key per partition. A commit of many partitions is one transaction (one metadata write);
+//! deleting a group is one prefix delete. Persisted: field names are stable.
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode_json, encode_json};
+use crate::kv::{MetaError, MetaKv, Op, RangeRequest, Txn};
+
+/// A committed offset. Persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The next offset the group will consume.
+    pub offset: i64,
+    /// Leader epoch of the committed record, -1 if unknown.
+    #[serde(default = "minus_one")]
+    pub leader_epoch: i32,
+    /// Client metadata string.
+    #[serde(default)]
+    pub metadata: Option<String>,
+    /// Commit time, ms since the epoch.
+    pub commit_ms: i64,
+}
+
+fn minus_one() -> i32 {
+    -1
+}
+
+/// Prefix of every group's keys.
+pub fn all_prefix() -> String {
+    format!("{}/groups/", super::ROOT)
+}
+
+/// Prefix of one group's committed offsets. Group ids may contain any character but `/` would
+/// make prefixes ambiguous, so ids are percent-encoded.
+pub fn group_prefix(group: &str) -> String {
+    format!("{}{}/offsets/", all_prefix(), escape(group))
+}
+
+fn key(group: &str, topic: &str, partition: i32) -> String {
+    format!("{}{topic}/{partition:010}", group_prefix(group))
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes committed offsets for several partitions in one transaction.
+pub async fn commit(
+    kv: &dyn MetaKv,
+    group: &str,
+    offsets: &[(String, i32, Committed)],
+) -> Result<(), MetaError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    kv.txn(Txn {
+        success: offsets
+            .iter()
+            .map(|(t, p, c)| Op::put(key(group, t, *p), encode_json(c)))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Deletes some partitions' committed offsets in one transaction.
+pub async fn delete(
+    kv: &dyn MetaKv,
+    group: &str,
+    partitions: &[(String, i32)],
+) -> Result<(), MetaError> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    kv.txn(Txn {
+        success: partitions
+            .iter()
+            .map(|(t, p)| Op::Delete {
+                key: key(group, t, *p).into_bytes(),
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Deletes every committed offset of a group.
+pub async fn delete_group(kv: &dyn MetaKv, group: &str) -> Result<(), MetaError> {
+    kv.txn(Txn {
+        success: vec![Op::DeletePrefix {
+            prefix: group_prefix(group).into_bytes(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Every group's committed offsets: (group, topic, partition, committed).
+pub async fn load_all(kv: &dyn MetaKv) -> Result<Vec<(String, String, i32, Committed)>, MetaError> {
+    let prefix = all_prefix();
+    let mut out = Vec::new();
+    for item in kv.range(RangeRequest::prefix(prefix.clone())).await? {
+        let k = String::from_utf8_lossy(&item.key).into_owned();
+        let rest = &k[prefix.len()..];
+        let mut parts = rest.splitn(3, '/');
+        let (Some(group), Some("offsets"), Some(tp)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Some((topic, partition)) = tp.rsplit_once('/') else {
+            continue;
+        };
+        let Ok(partition) = partition.parse::<i32>() else {
+            continue;
+        };
+        let c: Committed = decode_json(&item.key, &item.value)?;
+        out.push((unescape(group), topic.to_string(), partition, c));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmbeddedKv;
+    use silt_common::ManualClock;
+
+    #[tokio::test]
+    async fn commit_load_delete_with_odd_group_names() {
+        let kv = EmbeddedKv::in_memory(ManualClock::new(0));
+        let c = |o| Committed {
+            offset: o,
+            leader_epoch: -1,
+            metadata: Some("m".into()),
+            commit_ms: 1,
+        };
+        commit(
+            &kv,
+            "g/1 %x",
+            &[("t".into(), 0, c(5)), ("t".into(), 1, c(7))],
+        )
+        .await
+        .unwrap();
+        commit(&kv, "g", &[("t".into(), 0, c(9))]).await.unwrap();
+        let mut all = load_all(&kv).await.unwrap();
+        all.sort_by(|a, b| (a.0.clone(), a.2).cmp(&(b.0.clone(), b.2)));
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1].0, "g/1 %x");
+        assert_eq!(all[1].3.offset, 5);
+        delete(&kv, "g/1 %x", &[("t".into(), 1)]).await.unwrap();
+        delete_group(&kv, "g").await.unwrap();
+        let all = load_all(&kv).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].0.as_str(), all[0].2), ("g/1 %x", 0));
+    }
+}
