@@ -942,3 +942,315 @@ pub fn consumer_subscription(meta: &[u8]) -> Vec<String> {
     };
     parse().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven with explicit times: no sleeping, no clock.
+    use super::*;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    fn lim() -> GroupLimits {
+        GroupLimits {
+            min_session_timeout_ms: 1_000,
+            max_session_timeout_ms: 60_000,
+            initial_rebalance_delay_ms: 0,
+            max_size: 10,
+            max_assignment_bytes: 1024,
+        }
+    }
+
+    fn req(member: &str, instance: Option<&str>) -> Join {
+        Join {
+            member_id: member.into(),
+            instance_id: instance.map(String::from),
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 20_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            require_known_member_id: true,
+        }
+    }
+
+    fn join(g: &mut Group, j: Join, now: i64) -> oneshot::Receiver<JoinResult> {
+        let (tx, rx) = oneshot::channel();
+        g.join(j, now, &lim(), tx);
+        rx
+    }
+
+    fn sync(
+        g: &mut Group,
+        id: &str,
+        gen: i32,
+        assign: Vec<(&str, &'static [u8])>,
+        now: i64,
+    ) -> oneshot::Receiver<SyncResult> {
+        let (tx, rx) = oneshot::channel();
+        let a = assign
+            .into_iter()
+            .map(|(m, b)| (m.to_string(), Bytes::from_static(b)))
+            .collect();
+        g.sync(id, None, gen, None, None, a, now, &lim(), tx);
+        rx
+    }
+
+    /// A new member learns its id, joins, and (alone) leads generation 1.
+    fn first_member(g: &mut Group) -> String {
+        let r = join(g, req("", None), 0).try_recv().unwrap();
+        assert_eq!(r.error, ResponseError::MemberIdRequired.code());
+        let id = r.member_id;
+        let r = join(g, req(&id, None), 0).try_recv().unwrap();
+        assert_eq!(
+            (r.error, r.generation, r.leader.as_str()),
+            (0, 1, id.as_str())
+        );
+        assert_eq!(r.members.len(), 1, "the leader sees every member");
+        let s = sync(g, &id, 1, vec![(id.as_str(), b"A")], 0)
+            .try_recv()
+            .unwrap();
+        assert_eq!((s.error, &s.assignment[..]), (0, &b"A"[..]));
+        assert_eq!(g.state(), State::Stable);
+        id
+    }
+
+    /// Adds a second member and completes the rebalance; returns its id.
+    fn second_member(g: &mut Group, a: &str, now: i64) -> String {
+        let r = join(g, req("", None), now).try_recv().unwrap();
+        let b = r.member_id;
+        let mut rb = join(g, req(&b, None), now);
+        assert_eq!(g.state(), State::PreparingRebalance);
+        assert!(
+            matches!(rb.try_recv(), Err(TryRecvError::Empty)),
+            "waits for the others"
+        );
+        assert_eq!(
+            g.heartbeat(a, None, 1, now),
+            ResponseError::RebalanceInProgress.code()
+        );
+        let ra = join(g, req(a, None), now).try_recv().unwrap();
+        let rb = rb.try_recv().unwrap();
+        assert_eq!((ra.generation, rb.generation), (2, 2));
+        assert_eq!(ra.leader, a, "the leader stays the leader");
+        assert_eq!(ra.members.len(), 2);
+        assert!(rb.members.is_empty(), "followers do not see members");
+        let mut sb = sync(g, &b, 2, vec![], now);
+        assert!(
+            matches!(sb.try_recv(), Err(TryRecvError::Empty)),
+            "followers wait for the leader"
+        );
+        let sa = sync(g, a, 2, vec![(a, b"A2"), (b.as_str(), b"B2")], now)
+            .try_recv()
+            .unwrap();
+        assert_eq!(&sa.assignment[..], b"A2");
+        assert_eq!(&sb.try_recv().unwrap().assignment[..], b"B2");
+        b
+    }
+
+    #[test]
+    fn members_join_sync_and_rebalance() {
+        let mut g = Group::new();
+        let a = first_member(&mut g);
+        let b = second_member(&mut g, &a, 1_000);
+        assert_eq!(g.state(), State::Stable);
+        assert_eq!(g.generation(), 2);
+        assert_eq!(g.heartbeat(&b, None, 2, 1_100), 0);
+        // Leaving triggers a rebalance that the remaining member completes alone.
+        assert_eq!(g.leave(&b, None, 1_200, &lim()), 0);
+        let r = join(&mut g, req(&a, None), 1_300).try_recv().unwrap();
+        assert_eq!((r.generation, r.members.len()), (3, 1));
+    }
+
+    #[test]
+    fn kafka_error_codes_for_bad_requests() {
+        let mut g = Group::new();
+        let a = first_member(&mut g);
+        assert_eq!(
+            g.heartbeat("nobody", None, 1, 0),
+            ResponseError::UnknownMemberId.code()
+        );
+        assert_eq!(
+            g.heartbeat(&a, None, 7, 0),
+            ResponseError::IllegalGeneration.code()
+        );
+        let s = sync(&mut g, &a, 9, vec![], 0).try_recv().unwrap();
+        assert_eq!(s.error, ResponseError::IllegalGeneration.code());
+        let mut other = req("", None);
+        other.protocol_type = "connect".into();
+        assert_eq!(
+            join(&mut g, other, 0).try_recv().unwrap().error,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+        let mut short = req("", None);
+        short.session_timeout_ms = 10;
+        assert_eq!(
+            join(&mut g, short, 0).try_recv().unwrap().error,
+            ResponseError::InvalidSessionTimeout.code()
+        );
+        let mut no_common = req("", None);
+        no_common.protocols = vec![("roundrobin".into(), Bytes::new())];
+        no_common.require_known_member_id = false;
+        assert_eq!(
+            join(&mut g, no_common, 0).try_recv().unwrap().error,
+            ResponseError::InconsistentGroupProtocol.code()
+        );
+        assert_eq!(
+            g.leave("nobody", None, 0, &lim()),
+            ResponseError::UnknownMemberId.code()
+        );
+        assert_eq!(g.check_commit(&a, None, 1), Ok(()));
+        assert_eq!(
+            g.check_commit(&a, None, 0),
+            Err(ResponseError::IllegalGeneration.code())
+        );
+        assert_eq!(
+            g.check_commit("", None, -1),
+            Err(ResponseError::UnknownMemberId.code()),
+            "simple commits only to empty groups"
+        );
+        assert_eq!(Group::new().check_commit("", None, -1), Ok(()));
+    }
+
+    #[test]
+    fn expired_sessions_are_removed_and_a_rebalance_follows() {
+        let mut g = Group::new();
+        let a = first_member(&mut g);
+        let b = second_member(&mut g, &a, 0);
+        // a keeps heartbeating; b goes silent for longer than its 10 s session.
+        for t in (1_000..=9_000).step_by(1_000) {
+            assert_eq!(g.heartbeat(&a, None, 2, t), 0);
+            g.tick(t, &lim());
+            assert!(g.has_member(&b), "b is within its session at {t}");
+        }
+        g.tick(10_000, &lim());
+        assert!(!g.has_member(&b), "b's session expired");
+        assert_eq!(g.state(), State::PreparingRebalance);
+        assert_eq!(
+            g.heartbeat(&b, None, 2, 12_000),
+            ResponseError::UnknownMemberId.code()
+        );
+        let r = join(&mut g, req(&a, None), 12_100).try_recv().unwrap();
+        assert_eq!((r.generation, r.members.len()), (3, 1));
+    }
+
+    #[test]
+    fn members_that_do_not_rejoin_are_dropped_at_the_rebalance_timeout() {
+        let mut g = Group::new();
+        let a = first_member(&mut g);
+        let b = second_member(&mut g, &a, 0);
+        // A third member joins; b never rejoins, a does.
+        let c = join(&mut g, req("", None), 100)
+            .try_recv()
+            .unwrap()
+            .member_id;
+        let mut rc = join(&mut g, req(&c, None), 100);
+        let mut ra = join(&mut g, req(&a, None), 200);
+        // b heartbeats (and is told to rejoin) but never does.
+        for t in [5_000, 10_000, 15_000, 20_000] {
+            assert_eq!(
+                g.heartbeat(&b, None, 2, t),
+                ResponseError::RebalanceInProgress.code()
+            );
+            g.tick(t, &lim());
+        }
+        assert!(
+            matches!(ra.try_recv(), Err(TryRecvError::Empty)),
+            "still within the rebalance timeout"
+        );
+        g.tick(20_101, &lim());
+        let ra = ra.try_recv().unwrap();
+        assert_eq!(ra.generation, 3);
+        assert_eq!(ra.members.len(), 2);
+        assert_eq!(rc.try_recv().unwrap().generation, 3);
+        assert!(!g.has_member(&b));
+    }
+
+    #[test]
+    fn static_member_returns_without_a_rebalance_and_fences_its_old_self() {
+        let mut g = Group::new();
+        let r = join(&mut g, req("", Some("i1")), 0).try_recv().unwrap();
+        assert_eq!(r.error, 0, "static members get their id at once");
+        let old = r.member_id;
+        sync(&mut g, &old, 1, vec![(old.as_str(), b"P0")], 0)
+            .try_recv()
+            .unwrap();
+        let gen = g.generation();
+        let r = join(&mut g, req("", Some("i1")), 5_000).try_recv().unwrap();
+        assert_eq!(
+            (r.error, r.generation),
+            (0, gen),
+            "same generation: no rebalance"
+        );
+        assert_ne!(r.member_id, old);
+        assert_eq!(g.state(), State::Stable);
+        let s = sync(&mut g, &r.member_id, gen, vec![], 5_000)
+            .try_recv()
+            .unwrap();
+        assert_eq!(&s.assignment[..], b"P0", "the assignment is kept");
+        assert_eq!(
+            g.heartbeat(&old, Some("i1"), gen, 5_000),
+            ResponseError::FencedInstanceId.code()
+        );
+        assert_eq!(g.leave("", Some("i1"), 6_000, &lim()), 0);
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn size_and_assignment_limits() {
+        let mut g = Group::new();
+        let mut small = lim();
+        small.max_size = 2;
+        for i in 0..2 {
+            let (tx, rx) = oneshot::channel();
+            g.join(req("", None), i, &small, tx);
+            assert_eq!(
+                rx.blocking_recv().unwrap().error,
+                ResponseError::MemberIdRequired.code()
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        g.join(req("", None), 3, &small, tx);
+        assert_eq!(
+            rx.blocking_recv().unwrap().error,
+            ResponseError::GroupMaxSizeReached.code()
+        );
+        // Pending ids expire after the session timeout, freeing room.
+        g.tick(20_000, &small);
+        let (tx, rx) = oneshot::channel();
+        g.join(req("", None), 20_001, &small, tx);
+        assert_eq!(
+            rx.blocking_recv().unwrap().error,
+            ResponseError::MemberIdRequired.code()
+        );
+
+        let mut g = Group::new();
+        let r = join(&mut g, req("", None), 0).try_recv().unwrap();
+        let id = r.member_id;
+        join(&mut g, req(&id, None), 0).try_recv().unwrap();
+        let huge: &'static [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
+        let s = sync(&mut g, &id, 1, vec![(id.as_str(), huge)], 0)
+            .try_recv()
+            .unwrap();
+        assert_eq!(
+            s.error,
+            ResponseError::UnknownServerError.code(),
+            "as Kafka answers when it cannot store the group"
+        );
+        assert_eq!(g.state(), State::CompletingRebalance);
+    }
+
+    #[test]
+    fn subscription_topics_are_read_from_consumer_metadata() {
+        let mut m = vec![0u8, 1, 0, 0, 0, 2];
+        for t in ["orders", "audit"] {
+            m.extend_from_slice(&(t.len() as i16).to_be_bytes());
+            m.extend_from_slice(t.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(consumer_subscription(&m), vec!["orders", "audit"]);
+        assert!(
+            consumer_subscription(&[0, 1, 0x7f, 0xff, 0xff, 0xff]).is_empty(),
+            "truncated metadata is no subscription"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 mod clients;
 mod durability;
+mod groups;
 mod harness;
 mod kafka;
 mod protocol;
