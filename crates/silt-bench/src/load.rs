@@ -60,6 +60,8 @@ pub struct Report {
     pub p99_ms: f64,
     pub errors: u64,
     pub consumed: Option<(u64, f64)>,
+    /// Records acknowledged over the whole run, warm-up included.
+    pub records_total: u64,
 }
 
 impl fmt::Display for Report {
@@ -132,18 +134,19 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
         let lat = lat.clone();
         let errors = errors.clone();
         tokio::spawn(async move {
-            let mut done = 0u64;
+            let (mut all, mut done) = (0u64, 0u64);
             while let Some((sent, measured, fut)) = rx.recv().await {
                 match fut.await {
                     Ok(Ok(_)) if measured => {
                         lat.lock().unwrap().record(sent.elapsed());
                         done += 1;
+                        all += 1;
                     }
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => all += 1,
                     _ => *errors.lock().unwrap() += 1,
                 }
             }
-            done
+            (all, done)
         })
     };
     let warmup = Duration::from_secs(2);
@@ -191,7 +194,8 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
         }
     }
     drop(tx);
-    let acked = collector.await?;
+    let acked_total = collector.await?;
+    let acked = acked_total.1;
     let elapsed = measure_start.map_or(Duration::ZERO, |s| s.elapsed());
     let mut l = lat.lock().unwrap();
     let errors = *errors.lock().unwrap();
@@ -204,6 +208,7 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
         p99_ms: l.quantile_ms(0.99),
         errors,
         consumed: None,
+        records_total: acked_total.0,
     })
 }
 

@@ -3,6 +3,7 @@
 //! acknowledges produces without storing them — the best this machine and client can do, so a
 //! run can report Silt as a ratio of it.
 
+mod group;
 mod load;
 mod sink;
 mod stats;
@@ -33,6 +34,8 @@ enum Cmd {
     Produce(load::ProduceArgs),
     /// Produce at a fixed rate while consuming; report consume throughput and end-to-end latency.
     E2e(load::E2eArgs),
+    /// Produce a backlog, then drain it with a consumer group; report consume throughput.
+    Group(group::GroupArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Sink { listen, partitions } => rt.block_on(sink::run(&listen, partitions)),
         Cmd::Produce(a) => rt.block_on(load::produce(a)).map(|r| println!("{r}")),
         Cmd::E2e(a) => rt.block_on(load::e2e(a)).map(|r| println!("{r}")),
+        Cmd::Group(a) => rt.block_on(group::run(a)).map(|r| println!("{r}")),
     }
 }
 
