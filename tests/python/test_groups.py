@@ -1,0 +1,870 @@
+"""End-to-end tests of consumer groups (classic rebalance protocol) with confluent-kafka
+(librdkafka) and kafka-python against a real silt agent: assignment and rebalances, session
+expiry of a killed member, committed offsets (also across an agent SIGKILL), static membership
+and the group admin APIs.
+
+Every agent here runs with a short initial rebalance delay and a low minimum session timeout so
+rebalances take a fraction of a second instead of Kafka's default 3 s."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, OffsetAndMetadata
+from kafka import TopicPartition as KTopicPartition
+from kafka.errors import GroupSubscribedToTopicError, NoError
+
+from conftest import wait_until
+from helpers import admin, create_topic, produce_all, result_of
+
+GROUP_ENV = {
+    "SILT_GROUPS__INITIAL_REBALANCE_DELAY_MS": "200",
+    "SILT_GROUPS__MIN_SESSION_TIMEOUT_MS": "1000",
+}
+
+
+@pytest.fixture
+def gagent(agent_factory):
+    """An agent tuned for fast rebalances (200 ms initial delay, 1 s minimum session timeout)."""
+    return agent_factory(**GROUP_ENV)
+
+
+@pytest.fixture
+def group_name(request):
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    return f"g-{base}-{uuid.uuid4().hex[:8]}"
+
+
+# -- confluent-kafka members ---------------------------------------------------------------------
+
+
+class Member:
+    """One confluent-kafka group member, polled by the test thread. Records every delivered
+    record, every assign/revoke/lost callback, and (by default) commits its consumed positions
+    synchronously when partitions are revoked, so the next owner continues exactly there."""
+
+    def __init__(self, bootstrap, group, topics, name, assignor="range", commit_on_revoke=True, **extra):
+        self.name = name
+        self.topics = list(topics)
+        self.commit_on_revoke = commit_on_revoke
+        self.records = []  # (topic, partition, offset, value)
+        self.assigned = []  # partitions passed to each on_assign
+        self.revoked = []  # partitions passed to each on_revoke
+        self.lost = []
+        self.commit_errors = []
+        self.closed = False
+        conf = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "client.id": name,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+            "max.poll.interval.ms": 60000,
+            "partition.assignment.strategy": assignor,
+            "fetch.wait.max.ms": 50,
+            "socket.timeout.ms": 10000,
+            "topic.metadata.refresh.interval.ms": 1000,
+        }
+        conf.update(extra)
+        self.c = Consumer(conf)
+        self.c.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _on_assign(self, c, parts):
+        self.assigned.append(sorted((tp.topic, tp.partition) for tp in parts))
+
+    def _on_revoke(self, c, parts):
+        self.revoked.append(sorted((tp.topic, tp.partition) for tp in parts))
+        if self.commit_on_revoke and parts:
+            try:
+                c.commit(asynchronous=False)
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError._NO_OFFSET:
+                    self.commit_errors.append(str(e))
+
+    def _on_lost(self, c, parts):
+        self.lost.append(sorted((tp.topic, tp.partition) for tp in parts))
+
+    def poll(self, timeout=0.02):
+        m = self.c.poll(timeout)
+        if m is None:
+            return None
+        err = m.error()
+        if err is not None:
+            raise AssertionError(f"{self.name}: consumer error {err}")
+        self.records.append((m.topic(), m.partition(), m.offset(), m.value()))
+        return m
+
+    def parts(self):
+        """The current assignment as a set of (topic, partition)."""
+        return frozenset((tp.topic, tp.partition) for tp in self.c.assignment())
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.c.close()
+
+
+def pump(members, cond=None, timeout=30.0, what="condition", poll=0.02):
+    """Polls every open member round-robin until cond() is true (or, without cond, for
+    `timeout` seconds). Fails with `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for m in members:
+            if not m.closed:
+                m.poll(poll)
+        if cond is not None and cond():
+            return
+        if time.monotonic() >= deadline:
+            if cond is None:
+                return
+            state = {m.name: sorted(m.parts()) for m in members if not m.closed}
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; assignments: {state}")
+
+
+def disjoint_cover(members, topic, n):
+    """True when the open members' assignments are non-empty, disjoint and cover topic[0..n)."""
+    sets = [m.parts() for m in members if not m.closed]
+    union = frozenset().union(*sets)
+    return all(sets) and sum(len(s) for s in sets) == n and union == {(topic, p) for p in range(n)}
+
+
+def close_all(members):
+    for m in members:
+        try:
+            m.close()
+        except Exception:  # noqa: BLE001 - best effort in cleanup
+            pass
+
+
+def produce_spread(bootstrap, topic, partitions, start, count):
+    """Produces values v<start>..v<start+count-1>, record i to partition i % partitions.
+    Returns {(topic, partition, offset): value}."""
+    recs = [{"value": f"v{i}".encode(), "partition": i % partitions} for i in range(start, start + count)]
+    reports = produce_all(bootstrap, topic, recs)
+    out = {}
+    for r, (err, p, off) in zip(recs, reports):
+        assert err is None, f"delivery failed: {err}"
+        out[(topic, p, off)] = r["value"]
+    return out
+
+
+def delivered(members):
+    """Every record delivered to any of `members`, as a list of (topic, partition, offset, value)."""
+    return [r for m in members for r in m.records]
+
+
+def assert_exactly_once(members, expected):
+    """Every expected (topic, partition, offset) was delivered exactly once, with its value, and
+    nothing else was delivered."""
+    got = delivered(members)
+    seen = {}
+    dups = []
+    for t, p, off, v in got:
+        if (t, p, off) in seen:
+            dups.append((t, p, off))
+        seen[(t, p, off)] = v
+    errors = {m.name: m.commit_errors for m in members if m.commit_errors}
+    assert not dups, f"{len(dups)} records delivered more than once, e.g. {dups[:10]}; commit errors: {errors}"
+    missing = sorted(set(expected) - set(seen))
+    extra = sorted(set(seen) - set(expected))
+    assert not missing, f"{len(missing)} records never delivered, e.g. {missing[:10]}"
+    assert not extra, f"unexpected records delivered: {extra[:10]}"
+    wrong = [k for k, v in seen.items() if expected[k] != v]
+    assert not wrong, f"records with the wrong value: {wrong[:10]}"
+
+
+def describe_group(bootstrap, group):
+    a = admin(bootstrap)
+    fs = a.describe_consumer_groups([group], request_timeout=15)
+    return result_of(fs, group)
+
+
+# -- 1. three (then four, then three) confluent-kafka members --------------------------------------
+
+
+@pytest.mark.parametrize("assignor", ["range", "roundrobin", "cooperative-sticky"])
+def test_members_share_partitions_and_rebalance_exactly_once(gagent, topic_name, group_name, assignor):
+    n = 6
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+    expected = produce_spread(gagent.bootstrap, topic_name, n, 0, 300)  # before anyone consumes
+
+    members = [Member(gagent.bootstrap, group_name, [topic_name], f"m{i}", assignor) for i in range(3)]
+    try:
+        pump(members, lambda: disjoint_cover(members, topic_name, n), what="3 members to cover 6 partitions")
+        assert sorted(len(m.parts()) for m in members) == [2, 2, 2], {m.name: m.parts() for m in members}
+
+        # Records produced while the group consumes.
+        during = {}
+        t = threading.Thread(
+            target=lambda: during.update(produce_spread(gagent.bootstrap, topic_name, n, 300, 300))
+        )
+        t.start()
+        try:
+            pump(members, lambda: not t.is_alive() and len(delivered(members)) >= 600, what="600 records")
+        finally:
+            t.join()
+        expected.update(during)
+        pump(members, timeout=0.5)  # anything duplicated would arrive now
+        assert_exactly_once(members, expected)
+
+        # A fourth member joins: all four end with a disjoint assignment covering the topic.
+        members.append(Member(gagent.bootstrap, group_name, [topic_name], "m3", assignor))
+        pump(members, lambda: disjoint_cover(members, topic_name, n), what="4 members to cover 6 partitions")
+        expected.update(produce_spread(gagent.bootstrap, topic_name, n, 600, 120))
+        pump(members, lambda: len(delivered(members)) >= len(expected), what=f"{len(expected)} records")
+
+        # One member leaves: the other three take over its partitions.
+        members[0].close()
+        pump(members, lambda: disjoint_cover(members, topic_name, n), what="3 remaining members to cover 6")
+        expected.update(produce_spread(gagent.bootstrap, topic_name, n, 720, 120))
+        pump(members, lambda: len(delivered(members)) >= len(expected), what=f"{len(expected)} records")
+        pump(members, timeout=0.5)
+        assert_exactly_once(members, expected)
+        for m in members:
+            assert not m.lost, f"{m.name} lost its partitions: {m.lost}"
+    finally:
+        close_all(members)
+
+
+# -- 2. kafka-python members -----------------------------------------------------------------------
+
+
+class KPMember(threading.Thread):
+    """A kafka-python KafkaConsumer in its own thread (KafkaConsumer is not thread-safe): polls,
+    records what it got and its assignment, commits consumed positions when partitions are
+    revoked and, when stopped, commits and closes."""
+
+    def __init__(self, bootstrap, group, topic, name):
+        super().__init__(name=name, daemon=True)
+        self.bootstrap, self.group, self.topic = bootstrap, group, topic
+        self.lock = threading.Lock()
+        self.records = []
+        self.assignment = frozenset()
+        self.revokes = 0
+        self.error = None
+        self.commit_errors = []
+        self.committed_at_stop = None
+        self._stop_evt = threading.Event()
+
+    def run(self):
+        c = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group,
+            client_id=self.name,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+            max_poll_interval_ms=30000,
+            fetch_max_wait_ms=100,
+            request_timeout_ms=20000,
+        )
+        me = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                me.revokes += 1
+                if revoked:
+                    try:
+                        c.commit()
+                    except Exception as e:  # noqa: BLE001 - reported by the test
+                        me.commit_errors.append(repr(e))
+
+            def on_partitions_assigned(self, assigned):
+                pass
+
+        try:
+            c.subscribe([self.topic], listener=Listener())
+            while not self._stop_evt.is_set():
+                batch = c.poll(timeout_ms=100)
+                with self.lock:
+                    for recs in batch.values():
+                        self.records.extend((r.topic, r.partition, r.offset, r.value) for r in recs)
+                    self.assignment = frozenset(tp.partition for tp in c.assignment())
+            c.commit()
+            self.committed_at_stop = {tp: c.position(tp) for tp in c.assignment()}
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+        finally:
+            c.close()
+
+    def stop(self):
+        self._stop_evt.set()
+        self.join(timeout=30)
+        assert not self.is_alive(), f"{self.name} did not stop"
+        assert self.error is None, f"{self.name} failed: {self.error!r}"
+
+    def snapshot(self):
+        with self.lock:
+            return self.assignment, list(self.records)
+
+
+def test_kafka_python_members_share_partitions_and_resume_from_commits(gagent, topic_name, group_name):
+    n = 6
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+    expected = produce_spread(gagent.bootstrap, topic_name, n, 0, 150)
+    members = [KPMember(gagent.bootstrap, group_name, topic_name, f"kp{i}") for i in range(3)]
+    for m in members:
+        m.start()
+    try:
+
+        def covered():
+            sets = [m.snapshot()[0] for m in members]
+            return all(sets) and sum(map(len, sets)) == n and frozenset().union(*sets) == set(range(n))
+
+        wait_until(covered, timeout=40, what="3 kafka-python members to cover 6 partitions")
+        expected.update(produce_spread(gagent.bootstrap, topic_name, n, 150, 150))
+
+        def total():
+            return sum(len(m.snapshot()[1]) for m in members)
+
+        wait_until(lambda: total() >= len(expected), timeout=40, what=f"{len(expected)} records")
+        time.sleep(0.3)  # anything duplicated would arrive now
+        assert all(m.snapshot()[0] for m in members) and covered(), "the assignment changed while consuming"
+        assert_exactly_once(members, expected)
+    finally:
+        for m in members:
+            m._stop_evt.set()
+        for m in members:
+            m.stop()  # each commits its positions, then leaves
+
+    # The commits are the end of each partition.
+    ends = {}
+    for t, p, off in expected:
+        ends[p] = max(ends.get(p, 0), off + 1)
+    probe = KafkaConsumer(bootstrap_servers=gagent.bootstrap, group_id=group_name, enable_auto_commit=False)
+    try:
+        committed = {p: probe.committed(KTopicPartition(topic_name, p)) for p in range(n)}
+    finally:
+        probe.close()
+    assert committed == ends
+
+    # A new member of the group resumes from there: it gets exactly the newer records.
+    newer = produce_spread(gagent.bootstrap, topic_name, n, 300, 60)
+    c = KafkaConsumer(
+        bootstrap_servers=gagent.bootstrap,
+        group_id=group_name,
+        client_id="kp-resume",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+        fetch_max_wait_ms=100,
+    )
+    try:
+        c.subscribe([topic_name])
+        got = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and len(got) < len(newer):
+            for recs in c.poll(timeout_ms=200).values():
+                got.extend((r.topic, r.partition, r.offset, r.value) for r in recs)
+        for _ in range(3):
+            for recs in c.poll(timeout_ms=100).values():
+                got.extend((r.topic, r.partition, r.offset, r.value) for r in recs)
+    finally:
+        c.close()
+    assert sorted(got) == sorted((t, p, o, v) for (t, p, o), v in newer.items())
+
+
+# -- 3. a member killed without leaving ------------------------------------------------------------
+
+CHILD = r"""
+import sys
+from confluent_kafka import Consumer
+bootstrap, group, topic = sys.argv[1:4]
+c = Consumer({
+    "bootstrap.servers": bootstrap, "group.id": group, "client.id": "doomed",
+    "session.timeout.ms": 3000, "heartbeat.interval.ms": 500,
+    "auto.offset.reset": "earliest", "enable.auto.commit": False,
+    "partition.assignment.strategy": "range", "fetch.wait.max.ms": 50,
+})
+c.subscribe([topic])
+last = None
+while True:
+    m = c.poll(0.05)
+    if m is not None and not m.error():
+        print("RECORD", m.partition(), m.offset(), flush=True)
+    now = sorted(tp.partition for tp in c.assignment())
+    if now != last:
+        last = now
+        print("ASSIGNED", " ".join(map(str, now)), flush=True)
+"""
+
+
+def test_killed_member_is_expired_after_its_session_timeout(gagent, topic_name, group_name):
+    n = 6
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+    produce_spread(gagent.bootstrap, topic_name, n, 0, 60)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, gagent.bootstrap, group_name, topic_name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    child_assignment = []
+    records = []
+
+    def read():
+        for line in child.stdout:
+            if line.startswith("ASSIGNED"):
+                child_assignment.append([int(x) for x in line.split()[1:]])
+            elif line.startswith("RECORD"):
+                records.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    m = Member(gagent.bootstrap, group_name, [topic_name], "survivor")
+    try:
+        pump(
+            [m],
+            lambda: len(m.parts()) == 3 and child_assignment and len(child_assignment[-1]) == 3,
+            what="the survivor and the subprocess to hold 3 partitions each",
+        )
+        assert {p for _, p in m.parts()} | set(child_assignment[-1]) == set(range(n))
+        pump([m], lambda: records, timeout=15, what="the subprocess to consume")
+
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        killed = time.monotonic()
+        pump([m], lambda: len(m.parts()) == n, timeout=3 + 6, what="the survivor to get all 6 partitions")
+        took = time.monotonic() - killed
+        # The dead member keeps its partitions until its 3 s session expires (a closed
+        # connection is not a leave), then the survivor gets them all.
+        assert took >= 2.0, f"the killed member was dropped after {took:.1f}s, before its session timed out"
+        desc = describe_group(gagent.bootstrap, group_name)
+        assert [x.client_id for x in desc.members] == ["survivor"]
+        assert desc.state == ConsumerGroupState.STABLE
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        m.close()
+
+
+# -- 4. commits ------------------------------------------------------------------------------------
+
+
+def test_commit_metadata_and_explicit_lower_offset(gagent, topic_name, group_name):
+    create_topic(gagent.bootstrap, topic_name, partitions=2)
+    produce_spread(gagent.bootstrap, topic_name, 2, 0, 100)
+    m = Member(gagent.bootstrap, group_name, [topic_name], "committer")
+    probe = Consumer({"bootstrap.servers": gagent.bootstrap, "group.id": group_name, "enable.auto.commit": False})
+
+    def committed(c=probe):
+        got = c.committed([TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)], timeout=10)
+        return [(tp.partition, tp.offset, tp.metadata, tp.error) for tp in got]
+
+    try:
+        pump([m], lambda: len(m.parts()) == 2, what="the member to own both partitions")
+        res = m.c.commit(
+            offsets=[TopicPartition(topic_name, 0, 50, metadata="m1"), TopicPartition(topic_name, 1, 7, metadata="m2")],
+            asynchronous=False,
+        )
+        assert [(tp.partition, tp.offset, tp.error) for tp in res] == [(0, 50, None), (1, 7, None)]
+        assert committed(m.c) == [(0, 50, "m1", None), (1, 7, "m2", None)]
+        assert committed() == [(0, 50, "m1", None), (1, 7, "m2", None)]  # any client sees them
+
+        # Committing another partition, consuming and heartbeating leave partition 0 alone.
+        m.c.commit(offsets=[TopicPartition(topic_name, 1, 9, metadata="")], asynchronous=False)
+        pump([m], timeout=1.0)
+        assert len(m.records) == 100  # consumption did not commit anything (auto commit is off)
+        assert committed() == [(0, 50, "m1", None), (1, 9, "", None)]
+
+        # An explicitly committed lower offset is taken as is.
+        m.c.commit(offsets=[TopicPartition(topic_name, 0, 40, metadata="m3")], asynchronous=False)
+        assert committed() == [(0, 40, "m3", None), (1, 9, "", None)]
+    finally:
+        probe.close()
+        m.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "auto"])
+def test_new_member_resumes_where_the_last_commit_left_off(gagent, topic_name, group_name, mode):
+    """The first member consumes 25 of 60 records and commits them (synchronously,
+    asynchronously or by auto-commit); after it closes, a new member of the group gets exactly
+    the rest, including records produced after the first member closed."""
+    create_topic(gagent.bootstrap, topic_name, partitions=2)
+    expected = produce_spread(gagent.bootstrap, topic_name, 2, 0, 60)
+    k = 25
+    commits = []
+    extra = {"enable.auto.offset.store": False, "on_commit": lambda err, parts: commits.append((err, parts))}
+    if mode == "auto":
+        extra.update({"enable.auto.commit": True, "auto.commit.interval.ms": 200})
+    a = Member(gagent.bootstrap, group_name, [topic_name], "first", commit_on_revoke=False, **extra)
+    try:
+        while len(a.records) < k:
+            pump([a], lambda: len(a.records) > 0, what="a record")
+            # Only the first k are stored: later deliveries are not committed.
+            for t, p, off, _ in a.records[:k]:
+                a.c.store_offsets(offsets=[TopicPartition(t, p, off + 1)])
+        first = a.records[:k]
+        want = {}
+        for t, p, off, _ in first:
+            want[p] = max(want.get(p, OFFSET_INVALID), off + 1)
+        want_list = [(p, want.get(p, OFFSET_INVALID)) for p in (0, 1)]
+
+        def committed():
+            got = a.c.committed([TopicPartition(topic_name, 0), TopicPartition(topic_name, 1)], timeout=10)
+            return [(tp.partition, tp.offset) for tp in got]
+
+        if mode == "sync":
+            res = a.c.commit(asynchronous=False)
+            assert sorted((tp.partition, tp.offset) for tp in res if tp.error is None) == sorted(want.items())
+        elif mode == "async":
+            assert a.c.commit(asynchronous=True) is None
+            pump([a], lambda: commits, timeout=10, what="the async commit's callback")
+            err, parts = commits[0]
+            assert err is None, err
+            assert sorted((tp.partition, tp.offset) for tp in parts if tp.offset >= 0) == sorted(want.items())
+        else:
+            pump([a], lambda: committed() == want_list, timeout=10, what=f"auto-commit of {want_list}")
+            assert all(err is None for err, _ in commits), commits
+        assert committed() == want_list
+    finally:
+        a.close()
+
+    expected.update(produce_spread(gagent.bootstrap, topic_name, 2, 60, 20))
+    rest = {key: v for key, v in expected.items() if (key[0], key[1], key[2]) not in {r[:3] for r in first}}
+    b = Member(gagent.bootstrap, group_name, [topic_name], "second")
+    try:
+        pump([b], lambda: len(b.records) >= len(rest), what=f"the {len(rest)} remaining records")
+        pump([b], timeout=0.5)
+        assert_exactly_once([b], rest)
+    finally:
+        b.close()
+
+
+# -- 5. committed offsets survive an agent SIGKILL ---------------------------------------------------
+
+
+def test_committed_offsets_survive_agent_sigkill(gagent, topic_name, group_name):
+    n = 3
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+    expected = produce_spread(gagent.bootstrap, topic_name, n, 0, 90)
+    k = 40
+    a = Member(gagent.bootstrap, group_name, [topic_name], "before-kill", commit_on_revoke=False)
+    survivor_group = group_name + "-live"
+    live = Member(gagent.bootstrap, survivor_group, [topic_name], "live", commit_on_revoke=False)
+    try:
+        pump([a, live], lambda: len(a.records) >= k and len(live.parts()) == n, what=f"{k} records")
+        first = a.records[:k]
+        pos = {}
+        for t, p, off, _ in first:
+            pos[p] = max(pos.get(p, 0), off + 1)
+        offsets = [TopicPartition(topic_name, p, pos.get(p, 0), metadata=f"meta-{p}") for p in range(n)]
+        res = a.c.commit(offsets=offsets, asynchronous=False)
+        assert all(tp.error is None for tp in res), res
+        a.close()
+        want = [(p, pos.get(p, 0), f"meta-{p}") for p in range(n)]
+
+        gagent.kill()
+        gagent.restart()
+
+        probe = Consumer({"bootstrap.servers": gagent.bootstrap, "group.id": group_name, "enable.auto.commit": False})
+        try:
+            got = probe.committed([TopicPartition(topic_name, p) for p in range(n)], timeout=15)
+        finally:
+            probe.close()
+        assert [(tp.partition, tp.offset, tp.metadata) for tp in got] == want
+
+        # The member that stayed connected through the restart lost its membership with the
+        # agent's memory; it rejoins and owns the partitions again.
+        live.lost.clear()
+        deadline = time.monotonic() + 30
+
+        def live_member_back():
+            try:
+                d = describe_group(gagent.bootstrap, survivor_group)
+            except KafkaException:
+                return False
+            return d.state == ConsumerGroupState.STABLE and [x.client_id for x in d.members] == ["live"]
+
+        while not (live_member_back() and len(live.parts()) == n):
+            assert time.monotonic() < deadline, "the live member did not rejoin after the restart"
+            for _ in range(10):
+                try:
+                    live.poll(0.05)
+                except AssertionError:
+                    pass  # transport errors while the agent was down
+    finally:
+        a.close()
+        live.close()
+
+    # A member rejoining the group resumes from the committed offsets.
+    rest = {key: v for key, v in expected.items() if key[2] >= pos.get(key[1], 0)}
+    b = Member(gagent.bootstrap, group_name, [topic_name], "after-restart")
+    try:
+        pump([b], lambda: len(b.records) >= len(rest), what=f"the {len(rest)} remaining records")
+        pump([b], timeout=0.5)
+        assert_exactly_once([b], rest)
+    finally:
+        b.close()
+
+
+# -- 6. static membership --------------------------------------------------------------------------
+
+
+def test_static_member_restart_keeps_its_partitions_without_rebalance(gagent, topic_name, group_name):
+    n = 4
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+    def member(i):
+        conf = {"group.instance.id": f"inst-{i}", "session.timeout.ms": 10000}
+        return Member(gagent.bootstrap, group_name, [topic_name], f"static-{i}", **conf)
+
+    a, b = member(1), member(2)
+    a2 = None
+    try:
+        pump([a, b], lambda: disjoint_cover([a, b], topic_name, n), what="2 static members to cover 4")
+        a_parts, b_parts = a.parts(), b.parts()
+        pump([a, b], timeout=1.0)  # settled: nothing changes any more
+        assert (a.parts(), b.parts()) == (a_parts, b_parts)
+        b_assigns, b_revokes = len(b.assigned), len(b.revoked)
+        desc = describe_group(gagent.bootstrap, group_name)
+        before = {x.group_instance_id: x.member_id for x in desc.members}
+        assert set(before) == {"inst-1", "inst-2"}
+
+        # A static member's close() sends no LeaveGroup: the group still lists it.
+        a.close()
+        desc = describe_group(gagent.bootstrap, group_name)
+        assert {x.group_instance_id: x.member_id for x in desc.members} == before
+        assert desc.state == ConsumerGroupState.STABLE
+
+        # Back within its session timeout with the same instance id: same partitions, no rebalance.
+        a2 = member(1)
+        pump([a2, b], lambda: a2.parts(), timeout=15, what="the restarted static member's assignment")
+        assert a2.parts() == a_parts
+        pump([a2, b], timeout=2.0)  # several heartbeats: a rebalance would show now
+        assert a2.parts() == a_parts
+        assert b.parts() == b_parts
+        assert (len(b.assigned), len(b.revoked)) == (b_assigns, b_revokes), (
+            f"the other member went through a rebalance: assigned {b.assigned}, revoked {b.revoked}"
+        )
+        desc = describe_group(gagent.bootstrap, group_name)
+        after = {x.group_instance_id: x.member_id for x in desc.members}
+        assert set(after) == {"inst-1", "inst-2"} and after["inst-2"] == before["inst-2"]
+        assert desc.state == ConsumerGroupState.STABLE
+    finally:
+        close_all([x for x in (a, b, a2) if x is not None])
+
+
+# -- 7. AdminClient (confluent-kafka) ------------------------------------------------------------------
+
+
+def _groups_listed(a, states=None):
+    kw = {"request_timeout": 15}
+    if states is not None:
+        kw["states"] = states
+    res = a.list_consumer_groups(**kw).result(timeout=20)
+    assert not res.errors, res.errors
+    return {g.group_id: g.state for g in res.valid}
+
+
+def test_admin_client_groups_offsets_lag_and_deletion(gagent, topic_name, group_name):
+    topic_a, topic_b = topic_name + "-a", topic_name + "-b"
+    create_topic(gagent.bootstrap, topic_a, partitions=3)
+    create_topic(gagent.bootstrap, topic_b, partitions=2)
+    produce_spread(gagent.bootstrap, topic_a, 3, 0, 30)  # 10 per partition
+    produce_spread(gagent.bootstrap, topic_b, 2, 0, 20)
+    g_active, g_moved = group_name + "-active", group_name + "-moved"
+    a = admin(gagent.bootstrap)
+    members = []
+    try:
+        # g_moved consumed topic B, committed, and has no members any more.
+        old = Member(gagent.bootstrap, g_moved, [topic_b], "old")
+        pump([old], lambda: len(old.records) == 20, what="topic B")
+        old.c.commit(asynchronous=False)
+        old.close()
+
+        # g_active: two members on topic A with known commits.
+        members = [Member(gagent.bootstrap, g_active, [topic_a], f"admin-{i}") for i in range(2)]
+        pump(members, lambda: disjoint_cover(members, topic_a, 3), what="2 members to cover topic A")
+        res = members[0].c.commit(
+            offsets=[TopicPartition(topic_a, 0, 4), TopicPartition(topic_a, 1, 7), TopicPartition(topic_a, 2, 10)],
+            asynchronous=False,
+        )
+        assert all(tp.error is None for tp in res), res
+
+        # ListGroups, with and without the state filter.
+        listed = _groups_listed(a)
+        assert listed.get(g_active) == ConsumerGroupState.STABLE
+        assert listed.get(g_moved) == ConsumerGroupState.EMPTY
+        stable = _groups_listed(a, {ConsumerGroupState.STABLE})
+        assert g_active in stable and g_moved not in stable
+        empty = _groups_listed(a, {ConsumerGroupState.EMPTY})
+        assert g_moved in empty and g_active not in empty
+        assert set(stable.values()) == {ConsumerGroupState.STABLE}
+        assert set(empty.values()) == {ConsumerGroupState.EMPTY}
+
+        # DescribeGroups.
+        fs = a.describe_consumer_groups([g_active, g_moved], request_timeout=15)
+        d = result_of(fs, g_active)
+        assert d.group_id == g_active
+        assert d.state == ConsumerGroupState.STABLE
+        assert d.is_simple_consumer_group is False
+        assert d.partition_assignor == "range"
+        assert d.coordinator.id == 0
+        assert sorted(x.client_id for x in d.members) == ["admin-0", "admin-1"]
+        assert all(x.member_id and x.host for x in d.members)
+        by_client = {x.client_id: {(tp.topic, tp.partition) for tp in x.assignment.topic_partitions} for x in d.members}
+        assert by_client == {m.name: set(m.parts()) for m in members}
+        d2 = result_of(fs, g_moved)
+        assert d2.state == ConsumerGroupState.EMPTY
+        assert d2.members == []
+
+        # Committed offsets against the high watermarks: the lag.
+        fs = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g_active)], request_timeout=15)
+        offs = result_of(fs, g_active)
+        assert offs.group_id == g_active
+        committed = {(tp.topic, tp.partition): tp.offset for tp in offs.topic_partitions}
+        assert committed == {(topic_a, 0): 4, (topic_a, 1): 7, (topic_a, 2): 10}
+        lag = {}
+        for (t, p), off in committed.items():
+            low, high = members[0].c.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)
+            assert (low, high) == (0, 10)
+            lag[p] = high - off
+        assert lag == {0: 6, 1: 3, 2: 0}
+        fs = a.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(g_moved, [TopicPartition(topic_b, 0), TopicPartition(topic_b, 1)])],
+            request_timeout=15,
+        )
+        moved = result_of(fs, g_moved)
+        assert [(tp.topic, tp.partition, tp.offset) for tp in moved.topic_partitions] == [
+            (topic_b, 0, 10),
+            (topic_b, 1, 10),
+        ]
+
+        # OffsetDelete (confluent-kafka's Python AdminClient has no call for it; kafka-python's
+        # KafkaAdminClient sends it): fine for a topic the group does not subscribe to, refused
+        # for one an active member subscribes to.
+        kp = KafkaAdminClient(bootstrap_servers=gagent.bootstrap, request_timeout_ms=15000)
+        try:
+            r = kp.delete_group_offsets(g_moved, [KTopicPartition(topic_b, 0)])
+            assert r == {KTopicPartition(topic_b, 0): NoError}
+            r = kp.delete_group_offsets(g_active, [KTopicPartition(topic_a, 1)])
+            assert r == {KTopicPartition(topic_a, 1): GroupSubscribedToTopicError}
+        finally:
+            kp.close()
+        fs = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g_moved)], request_timeout=15)
+        assert [(tp.topic, tp.partition, tp.offset) for tp in result_of(fs, g_moved).topic_partitions] == [
+            (topic_b, 1, 10)
+        ]
+        fs = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g_active)], request_timeout=15)
+        assert {(tp.topic, tp.partition): tp.offset for tp in result_of(fs, g_active).topic_partitions} == committed
+
+        # DeleteGroups: refused while the group has members, done once it is empty.
+        fs = a.delete_consumer_groups([g_active], request_timeout=15)
+        with pytest.raises(KafkaException) as ei:
+            result_of(fs, g_active)
+        err = ei.value.args[0]
+        assert err.code() == KafkaError.NON_EMPTY_GROUP and err.name() == "NON_EMPTY_GROUP", err
+        assert g_active in _groups_listed(a)
+
+        fs = a.delete_consumer_groups([g_moved], request_timeout=15)
+        assert result_of(fs, g_moved) is None
+        assert g_moved not in _groups_listed(a)
+        fs = a.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(g_moved, [TopicPartition(topic_b, 1)])], request_timeout=15
+        )
+        assert [tp.offset for tp in result_of(fs, g_moved).topic_partitions] == [OFFSET_INVALID]
+
+        fs = a.delete_consumer_groups([group_name + "-never-existed"], request_timeout=15)
+        with pytest.raises(KafkaException) as ei:
+            result_of(fs, group_name + "-never-existed")
+        assert ei.value.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND, ei.value.args[0]
+
+        # Once the active group's members left, it can be deleted too, with its offsets.
+        close_all(members)
+        wait_until(
+            lambda: _groups_listed(a).get(g_active) == ConsumerGroupState.EMPTY, timeout=10, what="g_active empty"
+        )
+        fs = a.delete_consumer_groups([g_active], request_timeout=15)
+        assert result_of(fs, g_active) is None
+        fs = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g_active)], request_timeout=15)
+        assert result_of(fs, g_active).topic_partitions == []
+    finally:
+        close_all(members)
+
+
+# -- 8. KafkaAdminClient (kafka-python) ----------------------------------------------------------------
+
+
+def test_kafka_python_admin_lists_describes_and_fetches_offsets(gagent, topic_name, group_name):
+    n = 2
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+    produce_spread(gagent.bootstrap, topic_name, n, 0, 20)
+    m = KafkaConsumer(
+        bootstrap_servers=gagent.bootstrap,
+        group_id=group_name,
+        client_id="kp-admin-member",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+        fetch_max_wait_ms=100,
+    )
+    kp = KafkaAdminClient(bootstrap_servers=gagent.bootstrap, request_timeout_ms=15000)
+    try:
+        m.subscribe([topic_name])
+        got = 0
+        deadline = time.monotonic() + 30
+        while got < 20:
+            assert time.monotonic() < deadline, f"consumed {got} of 20"
+            got += sum(len(r) for r in m.poll(timeout_ms=200).values())
+        m.commit(
+            {
+                KTopicPartition(topic_name, 0): OffsetAndMetadata(6, "six", -1),
+                KTopicPartition(topic_name, 1): OffsetAndMetadata(10, "", -1),
+            }
+        )
+
+        groups = {g["group_id"]: g for g in kp.list_groups()}
+        assert groups[group_name]["protocol_type"] == "consumer"
+        stable = [g["group_id"] for g in kp.list_groups(states_filter=["Stable"])]
+        assert group_name in stable
+        assert group_name not in [g["group_id"] for g in kp.list_groups(states_filter=["Empty"])]
+
+        d = kp.describe_groups([group_name])[group_name]
+        assert d["error"] is None
+        assert d["group_state"] == "Stable"
+        assert d["protocol_type"] == "consumer"
+        assert d["protocol_data"] in ("range", "roundrobin", "sticky", "cooperative-sticky")
+        assert len(d["members"]) == 1
+        member = d["members"][0]
+        assert member["client_id"] == "kp-admin-member"
+        assert member["client_host"] == "/127.0.0.1"
+        assert list(member["member_metadata"]["topics"]) == [topic_name]
+        assigned = {
+            (t["topic"], p) for t in member["member_assignment"]["assigned_partitions"] for p in t["partitions"]
+        }
+        assert assigned == {(topic_name, 0), (topic_name, 1)}
+
+        offs = kp.list_group_offsets(group_name)[group_name]
+        assert {tp.partition: (o.offset, o.metadata) for tp, o in offs.items()} == {0: (6, "six"), 1: (10, "")}
+    finally:
+        m.close()
+    try:
+        wait_until(
+            lambda: group_name in [g["group_id"] for g in kp.list_groups(states_filter=["Empty"])],
+            timeout=10,
+            what="the group to be empty after its member closed",
+        )
+        d = kp.describe_groups([group_name])[group_name]
+        assert d["group_state"] == "Empty" and d["members"] == []
+    finally:
+        kp.close()
