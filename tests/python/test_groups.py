@@ -26,7 +26,8 @@ from confluent_kafka import (
 )
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, OffsetAndMetadata
 from kafka import TopicPartition as KTopicPartition
-from kafka.errors import GroupSubscribedToTopicError, NoError
+from kafka.admin import MemberToRemove
+from kafka.errors import GroupSubscribedToTopicError, NoError, UnknownMemberIdError
 
 from conftest import wait_until
 from helpers import admin, create_topic, produce_all, result_of
@@ -206,8 +207,11 @@ def test_members_share_partitions_and_rebalance_exactly_once(gagent, topic_name,
 
     members = [Member(gagent.bootstrap, group_name, [topic_name], f"m{i}", assignor) for i in range(3)]
     try:
-        pump(members, lambda: disjoint_cover(members, topic_name, n), what="3 members to cover 6 partitions")
-        assert sorted(len(m.parts()) for m in members) == [2, 2, 2], {m.name: m.parts() for m in members}
+        pump(
+            members,
+            lambda: disjoint_cover(members, topic_name, n) and all(len(m.parts()) == 2 for m in members),
+            what="3 members to own 2 partitions each",
+        )
 
         # Records produced while the group consumes.
         during = {}
@@ -238,6 +242,8 @@ def test_members_share_partitions_and_rebalance_exactly_once(gagent, topic_name,
         assert_exactly_once(members, expected)
         for m in members:
             assert not m.lost, f"{m.name} lost its partitions: {m.lost}"
+            assert not m.commit_errors, f"{m.name}: commits on revoke failed: {m.commit_errors}"
+            assert m.records, f"{m.name} consumed nothing"
     finally:
         close_all(members)
 
@@ -525,7 +531,8 @@ def test_new_member_resumes_where_the_last_commit_left_off(gagent, topic_name, g
 
         if mode == "sync":
             res = a.c.commit(asynchronous=False)
-            assert sorted((tp.partition, tp.offset) for tp in res if tp.error is None) == sorted(want.items())
+            assert all(tp.error is None for tp in res), res
+            assert sorted((tp.partition, tp.offset) for tp in res if tp.offset >= 0) == sorted(want.items())
         elif mode == "async":
             assert a.c.commit(asynchronous=True) is None
             pump([a], lambda: commits, timeout=10, what="the async commit's callback")
@@ -620,14 +627,20 @@ def test_committed_offsets_survive_agent_sigkill(gagent, topic_name, group_name)
 # -- 6. static membership --------------------------------------------------------------------------
 
 
-def test_static_member_restart_keeps_its_partitions_without_rebalance(gagent, topic_name, group_name):
+@pytest.mark.parametrize("restarted", ["leader", "follower"])
+def test_static_member_restart_keeps_its_partitions_without_rebalance(gagent, topic_name, group_name, restarted):
     n = 4
     create_topic(gagent.bootstrap, topic_name, partitions=n)
+
     def member(i):
         conf = {"group.instance.id": f"inst-{i}", "session.timeout.ms": 10000}
         return Member(gagent.bootstrap, group_name, [topic_name], f"static-{i}", **conf)
 
-    a, b = member(1), member(2)
+    # Silt's leader is the member with the smallest member id, and member ids start with the
+    # client id: static-1 leads.
+    x, y = member(1), member(2)
+    a, b = (x, y) if restarted == "leader" else (y, x)
+    inst_a, inst_b = ("inst-1", "inst-2") if restarted == "leader" else ("inst-2", "inst-1")
     a2 = None
     try:
         pump([a, b], lambda: disjoint_cover([a, b], topic_name, n), what="2 static members to cover 4")
@@ -636,17 +649,18 @@ def test_static_member_restart_keeps_its_partitions_without_rebalance(gagent, to
         assert (a.parts(), b.parts()) == (a_parts, b_parts)
         b_assigns, b_revokes = len(b.assigned), len(b.revoked)
         desc = describe_group(gagent.bootstrap, group_name)
-        before = {x.group_instance_id: x.member_id for x in desc.members}
+        before = {m.group_instance_id: m.member_id for m in desc.members}
         assert set(before) == {"inst-1", "inst-2"}
+        assert before["inst-1"] < before["inst-2"]
 
         # A static member's close() sends no LeaveGroup: the group still lists it.
         a.close()
         desc = describe_group(gagent.bootstrap, group_name)
-        assert {x.group_instance_id: x.member_id for x in desc.members} == before
+        assert {m.group_instance_id: m.member_id for m in desc.members} == before
         assert desc.state == ConsumerGroupState.STABLE
 
         # Back within its session timeout with the same instance id: same partitions, no rebalance.
-        a2 = member(1)
+        a2 = member(int(inst_a[-1]))
         pump([a2, b], lambda: a2.parts(), timeout=15, what="the restarted static member's assignment")
         assert a2.parts() == a_parts
         pump([a2, b], timeout=2.0)  # several heartbeats: a rebalance would show now
@@ -656,11 +670,126 @@ def test_static_member_restart_keeps_its_partitions_without_rebalance(gagent, to
             f"the other member went through a rebalance: assigned {b.assigned}, revoked {b.revoked}"
         )
         desc = describe_group(gagent.bootstrap, group_name)
-        after = {x.group_instance_id: x.member_id for x in desc.members}
-        assert set(after) == {"inst-1", "inst-2"} and after["inst-2"] == before["inst-2"]
+        after = {m.group_instance_id: m.member_id for m in desc.members}
+        assert set(after) == {"inst-1", "inst-2"} and after[inst_b] == before[inst_b]
+        assert after[inst_a] != before[inst_a], "the restarted static member got no new member id"
         assert desc.state == ConsumerGroupState.STABLE
     finally:
-        close_all([x for x in (a, b, a2) if x is not None])
+        close_all([m for m in (a, b, a2) if m is not None])
+
+
+def test_admin_removes_a_departed_static_member_by_instance_id(gagent, topic_name, group_name):
+    """A static member that closed (no LeaveGroup) is removed by an admin LeaveGroup (v3+, by
+    group.instance.id, as kafka-consumer-groups --delete-members does): the other member gets
+    its partitions at once instead of after the 30 s session timeout."""
+    n = 4
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+
+    def member(i):
+        conf = {"group.instance.id": f"inst-{i}", "session.timeout.ms": 30000}
+        return Member(gagent.bootstrap, group_name, [topic_name], f"static-{i}", **conf)
+
+    a, b = member(1), member(2)
+    kp = KafkaAdminClient(bootstrap_servers=gagent.bootstrap, request_timeout_ms=15000)
+    try:
+        pump([a, b], lambda: disjoint_cover([a, b], topic_name, n), what="2 static members to cover 4")
+        a.close()
+        pump([b], timeout=0.5)
+        assert len(b.parts()) == 2  # still waiting for the departed member
+
+        r = kp.remove_group_members(
+            group_name, [MemberToRemove(group_instance_id="inst-1"), MemberToRemove(group_instance_id="inst-9")]
+        )
+        assert r == {"inst-1": NoError, "inst-9": UnknownMemberIdError}
+        started = time.monotonic()
+        pump([b], lambda: len(b.parts()) == n, timeout=10, what="the remaining member to get all 4 partitions")
+        assert time.monotonic() - started < 10
+        desc = describe_group(gagent.bootstrap, group_name)
+        assert [m.group_instance_id for m in desc.members] == ["inst-2"]
+    finally:
+        kp.close()
+        close_all([a, b])
+
+
+def test_session_timeout_outside_the_agent_limits_is_refused(agent, gagent, topic_name):
+    """JoinGroup with a session timeout below groups.min_session_timeout_ms (6 s by default)
+    fails with INVALID_SESSION_TIMEOUT; an agent with a 1 s minimum accepts the same member."""
+    for a in (agent, gagent):
+        create_topic(a.bootstrap, topic_name, partitions=1)
+    m = Member(agent.bootstrap, "short-session", [topic_name], "short", **{"session.timeout.ms": 3000})
+    try:
+        deadline = time.monotonic() + 15
+        err = None
+        while err is None:
+            assert time.monotonic() < deadline, "no error for a 3 s session timeout"
+            msg = m.c.poll(0.1)
+            if msg is not None and msg.error() is not None:
+                err = msg.error()
+        assert err.code() == KafkaError.INVALID_SESSION_TIMEOUT, err
+        assert not m.parts()
+    finally:
+        m.close()
+    ok = Member(gagent.bootstrap, "short-session", [topic_name], "short", **{"session.timeout.ms": 3000})
+    try:
+        pump([ok], lambda: ok.parts() == {(topic_name, 0)}, timeout=15, what="the 3 s session member's assignment")
+    finally:
+        ok.close()
+
+
+def test_subscription_change_rebalances_the_group(gagent, topic_name, group_name):
+    """A member that subscribes to another topic as well rejoins with new metadata: the group
+    rebalances and the partitions of both topics are shared."""
+    t1, t2 = topic_name + "-1", topic_name + "-2"
+    create_topic(gagent.bootstrap, t1, partitions=2)
+    create_topic(gagent.bootstrap, t2, partitions=2)
+    members = [Member(gagent.bootstrap, group_name, [t1], f"sub-{i}") for i in range(2)]
+    try:
+        pump(members, lambda: disjoint_cover(members, t1, 2), what="2 members to cover topic 1")
+        for m in members:
+            m.c.subscribe([t1, t2], on_assign=m._on_assign, on_revoke=m._on_revoke, on_lost=m._on_lost)
+        want = {(t, p) for t in (t1, t2) for p in range(2)}
+
+        def both_topics():
+            sets = [m.parts() for m in members]
+            return sum(map(len, sets)) == 4 and frozenset().union(*sets) == want
+
+        pump(members, both_topics, timeout=20, what="the 4 partitions of both topics to be shared")
+        desc = describe_group(gagent.bootstrap, group_name)
+        assert desc.state == ConsumerGroupState.STABLE
+        got = {(tp.topic, tp.partition) for m in desc.members for tp in m.assignment.topic_partitions}
+        assert got == want
+    finally:
+        close_all(members)
+
+
+def test_simple_group_with_only_commits_is_listed_as_simple_and_empty(gagent, topic_name, group_name):
+    """A group that never had members, only offsets committed by a consumer using assign()
+    (generation -1), is a "simple" consumer group: ListGroups and DescribeGroups report it
+    Empty with an empty protocol type, as Kafka does."""
+    create_topic(gagent.bootstrap, topic_name, partitions=1)
+    produce_spread(gagent.bootstrap, topic_name, 1, 0, 10)
+    c = Consumer({"bootstrap.servers": gagent.bootstrap, "group.id": group_name, "enable.auto.commit": False})
+    try:
+        c.assign([TopicPartition(topic_name, 0, 0)])
+        res = c.commit(offsets=[TopicPartition(topic_name, 0, 3, metadata="manual")], asynchronous=False)
+        assert [(tp.offset, tp.error) for tp in res] == [(3, None)]
+        got = c.committed([TopicPartition(topic_name, 0)], timeout=10)
+        assert [(tp.offset, tp.metadata) for tp in got] == [(3, "manual")]
+    finally:
+        c.close()
+    a = admin(gagent.bootstrap)
+    d = describe_group(gagent.bootstrap, group_name)
+    assert d.state == ConsumerGroupState.EMPTY and d.members == []
+    assert d.is_simple_consumer_group is True
+    listed = {g.group_id: g for g in a.list_consumer_groups(request_timeout=15).result(timeout=20).valid}
+    assert listed[group_name].state == ConsumerGroupState.EMPTY
+    assert listed[group_name].is_simple_consumer_group is True, "ListGroups gave the simple group a protocol type"
+    kp = KafkaAdminClient(bootstrap_servers=gagent.bootstrap, request_timeout_ms=15000)
+    try:
+        groups = {g["group_id"]: g for g in kp.list_groups()}
+        assert groups[group_name]["protocol_type"] == ""
+    finally:
+        kp.close()
 
 
 # -- 7. AdminClient (confluent-kafka) ------------------------------------------------------------------
@@ -856,6 +985,19 @@ def test_kafka_python_admin_lists_describes_and_fetches_offsets(gagent, topic_na
 
         offs = kp.list_group_offsets(group_name)[group_name]
         assert {tp.partition: (o.offset, o.metadata) for tp, o in offs.items()} == {0: (6, "six"), 1: (10, "")}
+
+        # Offsets of a second group, committed by the admin client (no membership), then both
+        # groups' offsets in one OffsetFetch (v8+ carries several groups).
+        other = group_name + "-other"
+        r = kp.alter_group_offsets(other, {KTopicPartition(topic_name, 1): OffsetAndMetadata(2, "two", -1)})
+        assert r == {KTopicPartition(topic_name, 1): NoError}
+        both = kp.list_group_offsets([group_name, other])
+        assert {g: {tp.partition: (o.offset, o.metadata) for tp, o in v.items()} for g, v in both.items()} == {
+            group_name: {0: (6, "six"), 1: (10, "")},
+            other: {1: (2, "two")},
+        }
+        only = kp.list_group_offsets({other: [KTopicPartition(topic_name, 0), KTopicPartition(topic_name, 1)]})
+        assert {tp.partition: o.offset for tp, o in only[other].items()} == {0: -1, 1: 2}
     finally:
         m.close()
     try:

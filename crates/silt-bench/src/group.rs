@@ -33,36 +33,50 @@ pub async fn run(a: GroupArgs) -> anyhow::Result<String> {
     let expect = backlog.records_total;
     for _ in 0..a.members {
         let (recs, bytes) = (total_records.clone(), total_bytes.clone());
-        let (bootstrap, topic, group) = (a.produce.bootstrap.clone(), a.produce.topic.clone(), group.clone());
-        threads.push(std::thread::spawn(move || -> anyhow::Result<Option<Instant>> {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("group.id", &group)
-                .set("auto.offset.reset", "earliest")
-                .set("enable.auto.commit", "true")
-                .set("fetch.wait.max.ms", "100")
-                .set("log_level", "3")
-                .create()?;
-            c.subscribe(&[&topic])?;
-            let deadline = Instant::now() + Duration::from_secs(300);
-            let mut first = None;
-            while recs.load(Ordering::Relaxed) < expect && Instant::now() < deadline {
-                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                    first.get_or_insert_with(Instant::now);
-                    recs.fetch_add(1, Ordering::Relaxed);
-                    bytes.fetch_add(m.payload().map_or(0, |p| p.len()) as u64, Ordering::Relaxed);
+        let (bootstrap, topic, group) = (
+            a.produce.bootstrap.clone(),
+            a.produce.topic.clone(),
+            group.clone(),
+        );
+        threads.push(std::thread::spawn(
+            move || -> anyhow::Result<Option<Instant>> {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("group.id", &group)
+                    .set("auto.offset.reset", "earliest")
+                    .set("enable.auto.commit", "true")
+                    .set("fetch.wait.max.ms", "100")
+                    .set("log_level", "3")
+                    .create()?;
+                c.subscribe(&[&topic])?;
+                let deadline = Instant::now() + Duration::from_secs(300);
+                let mut first = None;
+                while recs.load(Ordering::Relaxed) < expect && Instant::now() < deadline {
+                    if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                        first.get_or_insert_with(Instant::now);
+                        recs.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(
+                            m.payload().map_or(0, |p| p.len()) as u64,
+                            Ordering::Relaxed,
+                        );
+                    }
                 }
-            }
-            Ok(first)
-        }));
+                Ok(first)
+            },
+        ));
     }
     let mut first: Option<Instant> = None;
     for t in threads {
-        if let Some(f) = t.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?? {
+        if let Some(f) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("consumer thread panicked"))??
+        {
             first = Some(first.map_or(f, |x: Instant| x.min(f)));
         }
     }
-    let span = first.map_or(started.elapsed(), |f| f.elapsed()).as_secs_f64();
+    let span = first
+        .map_or(started.elapsed(), |f| f.elapsed())
+        .as_secs_f64();
     let recs = total_records.load(Ordering::Relaxed);
     let bytes = total_bytes.load(Ordering::Relaxed);
     Ok(format!(

@@ -198,10 +198,11 @@ pub async fn leases(kv: &dyn MetaKv, advance: Advance<'_>) {
         kv.get(b"/c/lease/2").await.unwrap().is_some(),
         "kept-alive lease's key must stay"
     );
-    assert!(matches!(
-        kv.keep_alive(l1).await,
-        Err(MetaError::LeaseNotFound(_))
-    ));
+    let renewed = kv.keep_alive(l1).await;
+    assert!(
+        matches!(renewed, Err(MetaError::LeaseNotFound(_))),
+        "renewing an expired lease: {renewed:?}"
+    );
     assert!(matches!(
         kv.txn(put_leased("/c/lease/3", l1)).await,
         Err(MetaError::LeaseNotFound(_))
