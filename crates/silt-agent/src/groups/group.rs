@@ -384,7 +384,7 @@ impl Group {
         match self.state {
             State::PreparingRebalance => self.maybe_complete_join(now),
             State::CompletingRebalance | State::Stable
-                if !changed && !(is_leader && self.state == State::Stable) =>
+                if !(changed || is_leader && self.state == State::Stable) =>
             {
                 // Nothing changed: answer with the current generation without a rebalance.
                 let tx = self

@@ -102,17 +102,20 @@ pub async fn commit(b: &Arc<Broker>, req: OffsetCommitRequest, v: i16) -> Offset
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// (partition, committed offset, leader epoch, metadata) of one topic.
+type Rows = Vec<(i32, i64, i32, Option<String>)>;
+
 fn fetch_group(
     b: &Broker,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
-) -> Vec<(String, Vec<(i32, i64, i32, Option<String>)>)> {
+) -> Vec<(String, Rows)> {
     let wanted: Option<Vec<(String, i32)>> = topics.map(|ts| {
         ts.into_iter()
             .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
             .collect()
     });
-    let mut out: Vec<(String, Vec<(i32, i64, i32, Option<String>)>)> = Vec::new();
+    let mut out: Vec<(String, Rows)> = Vec::new();
     for (t, p, c) in b.groups.committed(group, wanted.as_deref()) {
         let row = match c {
             Some(c) => (
