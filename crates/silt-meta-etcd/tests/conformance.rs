@@ -61,7 +61,7 @@ async fn etcd_backend_passes_the_conformance_suite() {
     let etcd = start_etcd();
     let deadline = Instant::now() + Duration::from_secs(30);
     let kv = loop {
-        match EtcdKv::connect(&[etcd.url.clone()], Duration::from_secs(2)).await {
+        match EtcdKv::connect(std::slice::from_ref(&etcd.url), Duration::from_secs(2)).await {
             Ok(kv) => break kv,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
