@@ -173,7 +173,7 @@ mod tests {
         .unwrap();
         commit(&kv, "g", &[("t".into(), 0, c(9))]).await.unwrap();
         let mut all = load_all(&kv).await.unwrap();
-        all.sort_by(|a, b| (a.0.clone(), a.2).cmp(&(b.0.clone(), b.2)));
+        all.sort_by_key(|a| (a.0.clone(), a.2));
         assert_eq!(all.len(), 3);
         assert_eq!(all[1].0, "g/1 %x");
         assert_eq!(all[1].3.offset, 5);
