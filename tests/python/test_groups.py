@@ -8,6 +8,7 @@ rebalances take a fraction of a second instead of Kafka's default 3 s."""
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -30,7 +31,7 @@ from kafka.admin import MemberToRemove
 from kafka.errors import GroupSubscribedToTopicError, NoError, UnknownMemberIdError
 
 from conftest import wait_until
-from helpers import admin, create_topic, produce_all, result_of
+from helpers import admin, create_topic, produce_all, raw_request, result_of
 
 GROUP_ENV = {
     "SILT_GROUPS__INITIAL_REBALANCE_DELAY_MS": "200",
@@ -790,6 +791,262 @@ def test_simple_group_with_only_commits_is_listed_as_simple_and_empty(gagent, to
         assert groups[group_name]["protocol_type"] == ""
     finally:
         kp.close()
+
+
+# -- the coordinator's protocol, by hand ------------------------------------------------------------
+
+
+def _i16(v):
+    return struct.pack(">h", v)
+
+
+def _i32(v):
+    return struct.pack(">i", v)
+
+
+def _str(v):
+    if v is None:
+        return _i16(-1)
+    b = v.encode()
+    return _i16(len(b)) + b
+
+
+def _bytes(v):
+    return _i32(len(v)) + v
+
+
+class _Reader:
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def _take(self, fmt):
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return v
+
+    def i16(self):
+        return self._take(">h")
+
+    def i32(self):
+        return self._take(">i")
+
+    def i64(self):
+        return self._take(">q")
+
+    def str(self):
+        n = self.i16()
+        if n < 0:
+            return None
+        v = self.buf[self.pos : self.pos + n].decode()
+        self.pos += n
+        return v
+
+    def bytes(self):
+        n = self.i32()
+        v = self.buf[self.pos : self.pos + max(n, 0)]
+        self.pos += max(n, 0)
+        return v
+
+    def array(self, item):
+        return [item() for _ in range(self.i32())]
+
+
+class RawGroup:
+    """JoinGroup v4, SyncGroup v2, Heartbeat v2, LeaveGroup v2, OffsetCommit v3, OffsetFetch v3
+    and DescribeGroups v0, each on its own connection (header v1, client id "silt-py-raw")."""
+
+    def __init__(self, bootstrap, group):
+        self.bootstrap, self.group = bootstrap, group
+
+    def join(self, member_id="", protocols=(("range", b"meta"),), ptype="consumer", session=10000):
+        body = _str(self.group) + _i32(session) + _i32(10000) + _str(member_id) + _str(ptype)
+        body += _i32(len(protocols)) + b"".join(_str(n) + _bytes(m) for n, m in protocols)
+        r = _Reader(raw_request(self.bootstrap, 11, 4, body, timeout=30))
+        r.i32()
+        err, gen, proto, leader, mid = r.i16(), r.i32(), r.str(), r.str(), r.str()
+        members = r.array(lambda: (r.str(), r.bytes()))
+        return {"error": err, "generation": gen, "protocol": proto, "leader": leader, "member_id": mid,
+                "members": members}
+
+    def join_new(self, **kw):
+        """The two-step join of a new member (MEMBER_ID_REQUIRED, then with that id)."""
+        first = self.join("", **kw)
+        assert first["error"] == 79 and first["member_id"], first  # MEMBER_ID_REQUIRED
+        return self.join(first["member_id"], **kw)
+
+    def sync(self, member_id, generation, assignments=()):
+        body = _str(self.group) + _i32(generation) + _str(member_id)
+        body += _i32(len(assignments)) + b"".join(_str(m) + _bytes(a) for m, a in assignments)
+        r = _Reader(raw_request(self.bootstrap, 14, 2, body, timeout=30))
+        r.i32()
+        return r.i16(), r.bytes()
+
+    def heartbeat(self, member_id, generation):
+        r = _Reader(raw_request(self.bootstrap, 12, 2, _str(self.group) + _i32(generation) + _str(member_id)))
+        r.i32()
+        return r.i16()
+
+    def leave(self, member_id):
+        r = _Reader(raw_request(self.bootstrap, 13, 2, _str(self.group) + _str(member_id)))
+        r.i32()
+        return r.i16()
+
+    def commit(self, member_id, generation, offsets):
+        """offsets: [(topic, partition, offset, metadata)]; returns {(topic, partition): error}."""
+        body = _str(self.group) + _i32(generation) + _str(member_id) + struct.pack(">q", -1)
+        by_topic = {}
+        for t, p, o, m in offsets:
+            by_topic.setdefault(t, []).append((p, o, m))
+        body += _i32(len(by_topic))
+        for t, ps in by_topic.items():
+            body += _str(t) + _i32(len(ps)) + b"".join(_i32(p) + struct.pack(">q", o) + _str(m) for p, o, m in ps)
+        r = _Reader(raw_request(self.bootstrap, 8, 3, body))
+        r.i32()
+        out = {}
+        for t, ps in r.array(lambda: (r.str(), r.array(lambda: (r.i32(), r.i16())))):
+            for p, e in ps:
+                out[(t, p)] = e
+        return out
+
+    def fetch(self, topic, partitions):
+        """{partition: (offset, metadata, error)} and the top-level error."""
+        body = _str(self.group) + _i32(1) + _str(topic) + _i32(len(partitions)) + b"".join(map(_i32, partitions))
+        r = _Reader(raw_request(self.bootstrap, 9, 3, body))
+        r.i32()
+        out = {}
+        for _t, ps in r.array(lambda: (r.str(), r.array(lambda: (r.i32(), r.i64(), r.str(), r.i16())))):
+            for p, o, m, e in ps:
+                out[p] = (o, m, e)
+        return out, r.i16()
+
+    def describe(self):
+        r = _Reader(raw_request(self.bootstrap, 15, 0, _i32(1) + _str(self.group)))
+        groups = r.array(
+            lambda: {
+                "error": r.i16(),
+                "group": r.str(),
+                "state": r.str(),
+                "protocol_type": r.str(),
+                "protocol": r.str(),
+                "members": r.array(lambda: (r.str(), r.str(), r.str(), r.bytes(), r.bytes())),
+            }
+        )
+        assert len(groups) == 1 and groups[0]["group"] == self.group, groups
+        return groups[0]
+
+
+def _in_thread(fn, *args, **kw):
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args, **kw)
+        except BaseException as e:  # noqa: BLE001 - re-raised by the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    class Pending:
+        def done(self):
+            return not t.is_alive()
+
+        def __call__(self, timeout=30):
+            t.join(timeout)
+            assert not t.is_alive(), f"{fn.__name__} did not return within {timeout}s"
+            if "error" in box:
+                raise box["error"]
+            return box["result"]
+
+    return Pending()
+
+
+def test_raw_protocol_join_sync_heartbeat_commit_and_their_errors(gagent, topic_name, group_name):
+    """The coordinator's answers, request by request, including every error a client relies on
+    to recover: MEMBER_ID_REQUIRED, ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID,
+    REBALANCE_IN_PROGRESS, INCONSISTENT_GROUP_PROTOCOL, INVALID_GROUP_ID and the per-partition
+    OffsetCommit errors."""
+    create_topic(gagent.bootstrap, topic_name, partitions=2)
+    g = RawGroup(gagent.bootstrap, group_name)
+    assert RawGroup(gagent.bootstrap, "").join()["error"] == 24  # INVALID_GROUP_ID
+
+    # A first member: MEMBER_ID_REQUIRED, then generation 1 with itself as leader.
+    a = g.join_new(protocols=(("range", b"meta-a"), ("roundrobin", b"rr-a")))
+    assert a["error"] == 0, a
+    ma, gen = a["member_id"], a["generation"]
+    assert gen == 1 and a["leader"] == ma and a["protocol"] == "range"
+    assert a["members"] == [(ma, b"meta-a")]
+    assert g.sync(ma, gen + 1, [(ma, b"x")]) == (22, b"")  # ILLEGAL_GENERATION
+    assert g.sync("nobody", gen, []) == (25, b"")  # UNKNOWN_MEMBER_ID
+    assert g.sync(ma, gen, [(ma, b"assign-a1")]) == (0, b"assign-a1")
+    assert g.heartbeat(ma, gen) == 0
+    assert g.heartbeat(ma, gen + 1) == 22
+    assert g.heartbeat("nobody", gen) == 25
+    assert g.join(a["member_id"] + "-made-up")["error"] == 25
+
+    # OffsetCommit: generation and member checks, per-partition errors.
+    assert g.commit(ma, gen, [(topic_name, 0, 5, "five"), (topic_name, 1, 6, None)]) == {
+        (topic_name, 0): 0,
+        (topic_name, 1): 0,
+    }
+    assert g.commit(ma, gen - 1, [(topic_name, 0, 1, "")]) == {(topic_name, 0): 22}
+    assert g.commit("nobody", gen, [(topic_name, 0, 1, "")]) == {(topic_name, 0): 25}
+    assert g.commit(ma, gen, [(topic_name, 7, 1, "")]) == {(topic_name, 7): 3}  # UNKNOWN_TOPIC_OR_PARTITION
+    assert g.commit(ma, gen, [(topic_name, 0, 1, "m" * 5000)]) == {(topic_name, 0): 12}  # too large
+    fetched, err = g.fetch(topic_name, [0, 1, 5])
+    assert err == 0
+    assert fetched[0] == (5, "five", 0) and fetched[1][:1] == (6,) and fetched[1][2] == 0
+    assert fetched[5][0] == -1
+
+    # Different protocol type, or no protocol in common: INCONSISTENT_GROUP_PROTOCOL.
+    assert g.join(ptype="connect")["error"] == 23
+    assert g.join(protocols=(("sticky", b""),))["error"] == 23
+
+    # A second member: the group rebalances; the first learns it from its heartbeat.
+    b_join = _in_thread(g.join_new, protocols=(("roundrobin", b"rr-b"), ("range", b"meta-b")))
+    wait_until(lambda: g.heartbeat(ma, gen) == 27, timeout=10, what="REBALANCE_IN_PROGRESS for the first member")
+    a2 = g.join(ma, protocols=(("range", b"meta-a"), ("roundrobin", b"rr-a")))
+    b = b_join()
+    assert a2["error"] == 0 and b["error"] == 0, (a2, b)
+    mb, gen2 = b["member_id"], a2["generation"]
+    assert gen2 == gen + 1 and b["generation"] == gen2
+    assert a2["leader"] == ma and b["leader"] == ma
+    # One vote each for range and roundrobin: either may win, the same for everyone, and the
+    # leader gets each member's metadata for that protocol.
+    proto = a2["protocol"]
+    assert proto in ("range", "roundrobin") and b["protocol"] == proto
+    meta = {"range": (b"meta-a", b"meta-b"), "roundrobin": (b"rr-a", b"rr-b")}[proto]
+    assert sorted(a2["members"]) == sorted([(ma, meta[0]), (mb, meta[1])])
+    assert b["members"] == []  # only the leader gets the members
+
+    # The follower's SyncGroup waits for the leader's assignment.
+    b_sync = _in_thread(g.sync, mb, gen2)
+    time.sleep(0.3)
+    assert not b_sync.done(), f"the follower's SyncGroup was answered before the leader's: {b_sync()}"
+    assert g.sync(ma, gen2, [(ma, b"assign-a2"), (mb, b"assign-b2")]) == (0, b"assign-a2")
+    assert b_sync() == (0, b"assign-b2")
+    assert g.commit(ma, gen, [(topic_name, 0, 9, "")]) == {(topic_name, 0): 22}  # the old generation
+
+    d = g.describe()
+    assert (d["error"], d["state"], d["protocol_type"], d["protocol"]) == (0, "Stable", "consumer", proto)
+    assert sorted(d["members"]) == sorted(
+        [
+            (ma, "silt-py-raw", "/127.0.0.1", meta[0], b"assign-a2"),
+            (mb, "silt-py-raw", "/127.0.0.1", meta[1], b"assign-b2"),
+        ]
+    )
+
+    # Leaving: unknown member refused; the second member's leave starts a rebalance.
+    assert g.leave("nobody") == 25
+    assert g.leave(mb) == 0
+    assert g.heartbeat(ma, gen2) == 27
+    a3 = g.join(ma, protocols=(("range", b"meta-a"),))
+    assert (a3["error"], a3["generation"], a3["members"]) == (0, gen2 + 1, [(ma, b"meta-a")])
+    assert g.sync(ma, a3["generation"], [(ma, b"alone")]) == (0, b"alone")
+    assert g.leave(ma) == 0
+    d = g.describe()
+    assert (d["state"], d["members"]) == ("Empty", [])
+    assert RawGroup(gagent.bootstrap, group_name + "-unknown").describe()["state"] == "Dead"
 
 
 # -- 7. AdminClient (confluent-kafka) ------------------------------------------------------------------

@@ -276,6 +276,8 @@ impl Flusher {
         while let Some((prepared, put)) = rx.recv().await {
             if put.await.is_err() {
                 tracing::error!("object PUT task failed; stopping the flush pipeline");
+                self.inner.progress.send_modify(|p| p.stopped = true);
+                self.close();
                 break;
             }
             let gen = prepared.gen;
@@ -362,12 +364,13 @@ impl Flusher {
                         node_id: self.inner.node_id,
                     })
                 }
-                Err(e) => {
+                Err(e @ silt_meta::MetaError::Unavailable { .. }) => {
                     attempt += 1;
                     tracing::error!(attempt, error = %e,
                         "flush commit failed; retrying (the object is written, its offsets are not yet visible)");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
+                Err(e) => return Err(FlushError::Meta(e)),
             }
         }
         self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -419,6 +422,9 @@ fn backoff(attempt: u32) -> Duration {
 /// Why the flush pipeline stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
+    /// The metadata store refused the commit for a reason retrying cannot fix.
+    #[error("the metadata store refused a flush commit: {0}")]
+    Meta(silt_meta::MetaError),
     /// Another agent registered this node id; this one must not write again.
     #[error("another agent took over node id {node_id}; this agent's commits are fenced and it stops writing")]
     Fenced {

@@ -329,7 +329,12 @@ fn record_times(batch: &[u8], h: &BatchHeader) -> Option<Vec<(i64, i64)>> {
         let mut r = record.get(1..)?; // skip attributes
         let ts_delta = varint(&mut r)?;
         let off_delta = varint(&mut r)?;
-        out.push((h.base_offset + off_delta, h.base_timestamp + ts_delta));
+        // The offset comes from the record's position (clamped to the batch), never from its
+        // unvalidated delta.
+        let _ = off_delta;
+        let last = h.base_offset.saturating_add(h.last_offset_delta as i64);
+        let offset = h.base_offset.saturating_add(out.len() as i64).min(last);
+        out.push((offset, h.base_timestamp.saturating_add(ts_delta)));
     }
     Some(out)
 }

@@ -16,7 +16,12 @@ pub fn encode_response(
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header.encode(&mut buf, api_key.response_header_version(version))?;
     body.encode(&mut buf, version)?;
-    let len = (buf.len() - 4) as i32;
+    let len = i32::try_from(buf.len() - 4).map_err(|_| {
+        anyhow::anyhow!(
+            "response of {} bytes exceeds the protocol's 2 GiB frame limit",
+            buf.len()
+        )
+    })?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
 }

@@ -56,7 +56,12 @@ pub async fn create_topics(
         }
         let new = NewTopic {
             name: name.clone(),
-            partitions: t.num_partitions,
+            // A manual assignment (num_partitions = -1) names the partitions to create.
+            partitions: if t.num_partitions == -1 && !t.assignments.is_empty() {
+                t.assignments.len() as i32
+            } else {
+                t.num_partitions
+            },
             replication_factor: t.replication_factor,
             configs,
         };

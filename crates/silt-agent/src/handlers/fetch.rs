@@ -14,6 +14,10 @@ use crate::broker::Broker;
 use crate::error::PartitionError;
 use crate::read;
 
+/// Kafka's default `fetch.max.bytes`: the most record bytes one Fetch response carries (one
+/// batch may overshoot, as in Kafka).
+const FETCH_MAX_BYTES: usize = 57_671_680;
+
 /// Handles Fetch.
 pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     let b = b.clone();
@@ -42,10 +46,11 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
 /// One pass over the request; returns the response, the record bytes in it, and whether any
 /// partition had an error (which answers the fetch at once, as Kafka does).
 async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+    // Kafka caps a response at the broker's fetch.max.bytes (55 MiB) whatever the client asks.
     let max_total = if req.max_bytes <= 0 {
-        usize::MAX
+        FETCH_MAX_BYTES
     } else {
-        req.max_bytes as usize
+        (req.max_bytes as usize).min(FETCH_MAX_BYTES)
     };
     let mut used = 0usize;
     let mut errors = false;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use silt_wire::batch::{self, BatchError, BatchHeader};
@@ -28,7 +30,9 @@ enum Slot {
 /// Handles Produce.
 pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
     let acks = req.acks;
+    // One deadline for the whole request, as Kafka's delayed produce has.
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let deadline = Instant::now() + timeout;
     let mut slots: Vec<(String, Vec<(i32, Slot)>)> = Vec::with_capacity(req.topic_data.len());
     for td in req.topic_data {
         let name = td.name.0.to_string();
@@ -50,7 +54,7 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                     }),
                     Some((t, p)) => {
                         let lat = t.config.log_append_time.then(|| b.clock.now_ms());
-                        match produce_one(b, p, pd.records, &t.config, lat, timeout).await {
+                        match produce_one(b, p, pd.records, &t.config, lat, deadline).await {
                             Ok(appended) => Slot::Appended {
                                 partition: p.clone(),
                                 appended,
@@ -78,7 +82,7 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                 for (name, parts) in slots {
                     let mut out = Vec::with_capacity(parts.len());
                     for (idx, slot) in parts {
-                        out.push((idx, wait_durable(&b, slot, timeout).await));
+                        out.push((idx, wait_durable(&b, slot, deadline, timeout).await));
                     }
                     waited.push((name, out));
                 }
@@ -94,7 +98,7 @@ async fn produce_one(
     records: Option<bytes::Bytes>,
     config: &Resolved,
     log_append_time: Option<i64>,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<Appended, PartitionError> {
     let max_message_bytes = config.max_message_bytes;
     let data = records.unwrap_or_default();
@@ -112,7 +116,13 @@ async fn produce_one(
     if log_append_time.is_none() {
         check_timestamps(&header, config, b.clock.now_ms())?;
     }
-    let permit = b.flusher.reserve(header.size, timeout).await?;
+    let permit = b
+        .flusher
+        .reserve(
+            header.size,
+            deadline.saturating_duration_since(Instant::now()),
+        )
+        .await?;
     append(&b.flusher, p, &data, &header, log_append_time, permit)
 }
 
@@ -133,7 +143,7 @@ fn check_timestamps(h: &BatchHeader, config: &Resolved, now: i64) -> Result<(), 
     Ok(())
 }
 
-async fn wait_durable(b: &Broker, slot: Slot, timeout: Duration) -> Slot {
+async fn wait_durable(b: &Broker, slot: Slot, deadline: Instant, timeout: Duration) -> Slot {
     let Slot::Appended {
         partition,
         appended,
@@ -142,7 +152,7 @@ async fn wait_durable(b: &Broker, slot: Slot, timeout: Duration) -> Slot {
     else {
         return slot;
     };
-    let waited = tokio::time::timeout(timeout, async {
+    let waited = tokio::time::timeout_at(deadline, async {
         match appended {
             Appended::Buffered { generation, .. } => b.flusher.wait_committed(*generation).await,
             Appended::Duplicate(seen) => {

@@ -30,7 +30,15 @@ pub(super) struct LogFile {
     dir: PathBuf,
     file: File,
     len: u64,
+    /// Set when a write or fsync failed in a way that leaves the file's state unknown; every
+    /// later append fails until the store is reopened (which recovers from the file).
+    poisoned: bool,
+    /// Held for the life of the store: one process per metadata directory.
+    _lock: File,
 }
+
+/// Frames larger than this are never written (the length prefix is a u32).
+const MAX_FRAME: usize = u32::MAX as usize;
 
 impl LogFile {
     pub fn path(dir: &Path) -> PathBuf {
@@ -39,12 +47,26 @@ impl LogFile {
 
     pub fn open(dir: &Path) -> io::Result<(Self, Vec<Record>)> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        if lock.try_lock().is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another process (another silt agent?); each agent needs its own data_dir",
+                    dir.display()
+                ),
+            ));
+        }
         let path = Self::path(dir);
         let mut data = Vec::new();
         if path.exists() {
             File::open(&path)?.read_to_end(&mut data)?;
         }
-        let (records, good) = decode_all(&data);
+        let (records, good) = decode_all(&data)?;
         if (good as usize) < data.len() {
             tracing::warn!(path = %path.display(), kept = good, dropped = data.len() as u64 - good,
                 "metadata log ends in an incomplete frame (a crash during a write); cutting it off");
@@ -62,15 +84,38 @@ impl LogFile {
                 dir: dir.to_owned(),
                 file,
                 len: good,
+                poisoned: false,
+                _lock: lock,
             },
             records,
         ))
     }
 
+    /// Appends and fsyncs one frame. On failure the file is cut back to its last good length;
+    /// if that, or the fsync, fails, the log refuses further writes (a retried fsync can report
+    /// success for data that never reached the disk).
     pub fn append(&mut self, rec: &Record) -> io::Result<()> {
-        let frame = encode_frame(rec);
-        self.file.write_all(&frame)?;
-        self.file.sync_data()?;
+        if self.poisoned {
+            return Err(io::Error::other(
+                "the metadata log stopped taking writes after a failed write or fsync; restart the agent to recover it",
+            ));
+        }
+        let frame = encode_frame(rec)?;
+        if let Err(e) = self.file.write_all(&frame) {
+            if self
+                .file
+                .set_len(self.len)
+                .and_then(|_| self.file.sync_all())
+                .is_err()
+            {
+                self.poisoned = true;
+            }
+            return Err(e);
+        }
+        if let Err(e) = self.file.sync_data() {
+            self.poisoned = true;
+            return Err(e);
+        }
         self.len += frame.len() as u64;
         Ok(())
     }
@@ -79,25 +124,32 @@ impl LogFile {
         self.len > COMPACT_MIN_BYTES && self.len > 4 * live_bytes as u64
     }
 
+    /// Replaces the log with one snapshot frame. A failure before the rename leaves the old log
+    /// in place; after the rename the new file is used at once.
     pub fn rewrite(&mut self, snapshot: &Record) -> io::Result<()> {
         let tmp = self.dir.join("meta.log.tmp");
-        let frame = encode_frame(snapshot);
+        let frame = encode_frame(snapshot)?;
         {
             let mut f = File::create(&tmp)?;
             f.write_all(&frame)?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, Self::path(&self.dir))?;
-        File::open(&self.dir)?.sync_all()?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(Self::path(&self.dir))?;
-        self.len = frame.len() as u64;
-        Ok(())
+        match OpenOptions::new().append(true).open(Self::path(&self.dir)) {
+            Ok(f) => {
+                self.file = f;
+                self.len = frame.len() as u64;
+            }
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        }
+        File::open(&self.dir)?.sync_all()
     }
 }
 
-fn encode_frame(rec: &Record) -> Vec<u8> {
+fn encode_frame(rec: &Record) -> io::Result<Vec<u8>> {
     let mut p = Vec::with_capacity(64);
     p.extend_from_slice(&rec.revision.to_be_bytes());
     p.extend_from_slice(&(rec.changes.len() as u32).to_be_bytes());
@@ -117,11 +169,17 @@ fn encode_frame(rec: &Record) -> Vec<u8> {
             }
         }
     }
+    if p.len() > MAX_FRAME {
+        return Err(io::Error::other(format!(
+            "a metadata log frame of {} bytes exceeds the format's 4 GiB limit",
+            p.len()
+        )));
+    }
     let mut frame = Vec::with_capacity(p.len() + 8);
     frame.extend_from_slice(&(p.len() as u32).to_be_bytes());
     frame.extend_from_slice(&crc32c::crc32c(&p).to_be_bytes());
     frame.extend_from_slice(&p);
-    frame
+    Ok(frame)
 }
 
 fn put_bytes(p: &mut Vec<u8>, b: &[u8]) {
@@ -129,26 +187,38 @@ fn put_bytes(p: &mut Vec<u8>, b: &[u8]) {
     p.extend_from_slice(b);
 }
 
-/// Decodes frames until the first bad one; returns them and the length of the good prefix.
-fn decode_all(data: &[u8]) -> (Vec<Record>, u64) {
+/// Decodes frames; returns them and the length of the good prefix. A bad frame at the end of
+/// the file is a torn write (cut off); a bad frame followed by more data is corruption, and
+/// opening fails rather than silently dropping what follows it.
+fn decode_all(data: &[u8]) -> io::Result<(Vec<Record>, u64)> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while data.len() - pos >= 8 {
         let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
         let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().unwrap());
-        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-            break;
+        let end = pos + 8 + len;
+        let Some(payload) = data.get(pos + 8..end) else {
+            break; // incomplete last frame: a torn write
         };
-        if crc32c::crc32c(payload) != crc {
-            break;
-        }
-        let Some(rec) = decode_payload(payload) else {
+        let rec = (crc32c::crc32c(payload) == crc)
+            .then(|| decode_payload(payload))
+            .flatten();
+        let Some(rec) = rec else {
+            if end < data.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "metadata log is corrupt at byte {pos} and has {} bytes after the bad frame; refusing to drop them. Restore the metadata directory from a backup",
+                        data.len() - end
+                    ),
+                ));
+            }
             break;
         };
         out.push(rec);
-        pos += 8 + len;
+        pos = end;
     }
-    (out, pos as u64)
+    Ok((out, pos as u64))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -220,15 +290,31 @@ mod tests {
                 Change::Delete(b"gone".to_vec()),
             ],
         };
-        let mut data = encode_frame(&rec);
-        data.extend(encode_frame(&rec));
-        let (recs, good) = decode_all(&data);
+        let mut data = encode_frame(&rec).unwrap();
+        data.extend(encode_frame(&rec).unwrap());
+        let (recs, good) = decode_all(&data).unwrap();
         assert_eq!(recs, vec![rec.clone(), rec.clone()]);
         assert_eq!(good as usize, data.len());
-        let last = data.len() - 1;
-        data[last] ^= 0xff;
-        let (recs, good) = decode_all(&data);
-        assert_eq!(recs.len(), 1);
-        assert_eq!(good as usize, data.len() / 2);
+        let mut torn = data.clone();
+        let last = torn.len() - 1;
+        torn[last] ^= 0xff;
+        let (recs, good) = decode_all(&torn).unwrap();
+        assert_eq!(recs.len(), 1, "a bad last frame is a torn write");
+        assert_eq!(good as usize, torn.len() / 2);
+        let mut middle = data.clone();
+        middle[10] ^= 0xff;
+        let err = decode_all(&middle).unwrap_err().to_string();
+        assert!(
+            err.contains("corrupt"),
+            "a bad frame followed by data is corruption: {err}"
+        );
+    }
+
+    #[test]
+    fn one_process_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, _) = LogFile::open(dir.path()).unwrap();
+        let err = LogFile::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("in use by another process"), "{err}");
     }
 }
