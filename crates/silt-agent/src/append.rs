@@ -35,6 +35,7 @@ pub fn append(
     data: &Bytes,
     header: &BatchHeader,
     log_append_time: Option<i64>,
+    now_ms: i64,
     permit: OwnedSemaphorePermit,
 ) -> Result<Appended, PartitionError> {
     if header.is_transactional() || header.is_control() {
@@ -83,6 +84,7 @@ pub fn append(
                 base_offset,
                 last_offset,
             },
+            now_ms,
         );
     }
     Ok(Appended::Buffered {

@@ -27,6 +27,8 @@ pub struct SeenBatch {
 struct Entry {
     epoch: i16,
     batches: VecDeque<SeenBatch>,
+    /// When the producer last wrote here (agent clock, ms); 0 for state replayed at start.
+    last_write_ms: i64,
 }
 
 /// What to do with an incoming idempotent batch.
@@ -38,10 +40,15 @@ pub enum Verdict {
     Duplicate(SeenBatch),
 }
 
+/// Producers idle this long are forgotten (Kafka's `producer.id.expiration.ms` default, 1 day);
+/// a forgotten producer that comes back is accepted as new, as in Kafka.
+pub const EXPIRATION_MS: i64 = 24 * 3600 * 1000;
+
 /// The state of every producer that wrote to a partition.
 #[derive(Debug, Clone, Default)]
 pub struct ProducerStates {
     entries: HashMap<i64, Entry>,
+    records_since_sweep: usize,
 }
 
 fn next_seq(s: i32) -> i32 {
@@ -101,17 +108,35 @@ impl ProducerStates {
         Ok(Verdict::Append)
     }
 
-    /// Records an appended batch.
-    pub fn record(&mut self, pid: i64, epoch: i16, b: SeenBatch) {
+    /// Records an appended batch at `now_ms`.
+    pub fn record(&mut self, pid: i64, epoch: i16, b: SeenBatch, now_ms: i64) {
         let e = self.entries.entry(pid).or_default();
         if epoch != e.epoch {
             e.epoch = epoch;
             e.batches.clear();
         }
         e.batches.push_back(b);
+        e.last_write_ms = now_ms;
         while e.batches.len() > KEEP {
             e.batches.pop_front();
         }
+        self.records_since_sweep += 1;
+        if self.records_since_sweep >= 1024 {
+            self.records_since_sweep = 0;
+            self.expire(now_ms);
+        }
+    }
+
+    /// Forgets producers idle for longer than [`EXPIRATION_MS`]. State replayed at start counts
+    /// as written at the first sweep after it.
+    pub fn expire(&mut self, now_ms: i64) {
+        for e in self.entries.values_mut() {
+            if e.last_write_ms == 0 {
+                e.last_write_ms = now_ms;
+            }
+        }
+        self.entries
+            .retain(|_, e| now_ms - e.last_write_ms < EXPIRATION_MS);
     }
 
     /// Replays a batch from the offset index.
@@ -130,6 +155,7 @@ impl ProducerStates {
                 base_offset: p.base_offset,
                 last_offset: p.base_offset + span,
             },
+            0,
         );
     }
 
@@ -161,9 +187,9 @@ mod tests {
     fn sequences_must_follow_and_duplicates_are_recognised() {
         let mut s = ProducerStates::default();
         assert_eq!(s.check(7, 0, 0, 4).unwrap(), Verdict::Append);
-        s.record(7, 0, seen(0, 4, 100));
+        s.record(7, 0, seen(0, 4, 100), 1);
         assert_eq!(s.check(7, 0, 5, 9).unwrap(), Verdict::Append);
-        s.record(7, 0, seen(5, 9, 105));
+        s.record(7, 0, seen(5, 9, 105), 1);
         assert_eq!(
             s.check(7, 0, 0, 4).unwrap(),
             Verdict::Duplicate(seen(0, 4, 100))
@@ -188,7 +214,7 @@ mod tests {
         let mut a = ProducerStates::default();
         let mut b = ProducerStates::default();
         for i in 0..7 {
-            a.record(1, 0, seen(i * 2, i * 2 + 1, i as i64 * 2));
+            a.record(1, 0, seen(i * 2, i * 2 + 1, i as i64 * 2), 1);
             b.replay(&ProducerBatch {
                 pid: 1,
                 epoch: 0,
@@ -207,5 +233,23 @@ mod tests {
             Verdict::Duplicate(seen(4, 5, 4))
         );
         assert_eq!(b.check(1, 0, 14, 14).unwrap(), Verdict::Append);
+    }
+
+    #[test]
+    fn idle_producers_are_forgotten() {
+        let mut s = ProducerStates::default();
+        s.record(1, 0, seen(0, 0, 0), 1_000);
+        s.record(2, 0, seen(0, 0, 1), 1_000 + EXPIRATION_MS - 10);
+        s.expire(1_000 + EXPIRATION_MS);
+        assert_eq!(s.len(), 1, "only the idle producer is dropped");
+        assert_eq!(
+            s.check(1, 0, 7, 7).unwrap(),
+            Verdict::Append,
+            "a forgotten producer starts afresh"
+        );
+        assert!(
+            s.check(2, 0, 7, 7).is_err(),
+            "a live producer keeps its sequence"
+        );
     }
 }

@@ -123,7 +123,15 @@ async fn produce_one(
             deadline.saturating_duration_since(Instant::now()),
         )
         .await?;
-    append(&b.flusher, p, &data, &header, log_append_time, permit)
+    append(
+        &b.flusher,
+        p,
+        &data,
+        &header,
+        log_append_time,
+        b.clock.now_ms(),
+        permit,
+    )
 }
 
 /// Kafka checks every record's timestamp against the topic's window; Silt never decompresses,
