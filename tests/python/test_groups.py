@@ -21,6 +21,7 @@ from confluent_kafka import (
     Consumer,
     ConsumerGroupState,
     ConsumerGroupTopicPartitions,
+    ConsumerGroupType,
     KafkaError,
     KafkaException,
     TopicPartition,
@@ -257,9 +258,10 @@ class KPMember(threading.Thread):
     records what it got and its assignment, commits consumed positions when partitions are
     revoked and, when stopped, commits and closes."""
 
-    def __init__(self, bootstrap, group, topic, name):
+    def __init__(self, bootstrap, group, topic, name, **extra):
         super().__init__(name=name, daemon=True)
         self.bootstrap, self.group, self.topic = bootstrap, group, topic
+        self.extra = extra
         self.lock = threading.Lock()
         self.records = []
         self.assignment = frozenset()
@@ -281,6 +283,7 @@ class KPMember(threading.Thread):
             max_poll_interval_ms=30000,
             fetch_max_wait_ms=100,
             request_timeout_ms=20000,
+            **self.extra,
         )
         me = self
 
@@ -387,6 +390,42 @@ def test_kafka_python_members_share_partitions_and_resume_from_commits(gagent, t
     finally:
         c.close()
     assert sorted(got) == sorted((t, p, o, v) for (t, p, o), v in newer.items())
+
+
+@pytest.mark.parametrize("api_version", [(0, 11), (1, 1), (2, 1)], ids=lambda v: "kafka-%d.%d" % v)
+def test_kafka_python_group_with_older_protocol_versions(gagent, topic_name, group_name, api_version):
+    """Pinned to an older broker version, kafka-python uses older group requests (0.11:
+    FindCoordinator v1, JoinGroup v2, SyncGroup v1, Heartbeat v1, LeaveGroup v1,
+    OffsetCommit v3, OffsetFetch v3; 1.1 and 2.1: newer ones, but all before flexible
+    versions)."""
+    n = 4
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+    expected = produce_spread(gagent.bootstrap, topic_name, n, 0, 80)
+    members = [KPMember(gagent.bootstrap, group_name, topic_name, f"old{i}", api_version=api_version) for i in range(2)]
+    for m in members:
+        m.start()
+    try:
+
+        def covered():
+            sets = [m.snapshot()[0] for m in members]
+            return all(sets) and sum(map(len, sets)) == n and frozenset().union(*sets) == set(range(n))
+
+        wait_until(covered, timeout=40, what="2 kafka-python members to cover 4 partitions")
+        wait_until(lambda: sum(len(m.snapshot()[1]) for m in members) >= len(expected), timeout=40, what="80 records")
+        time.sleep(0.3)
+        assert_exactly_once(members, expected)
+    finally:
+        for m in members:
+            m._stop_evt.set()
+        for m in members:
+            m.stop()
+    probe = KafkaConsumer(
+        bootstrap_servers=gagent.bootstrap, group_id=group_name, enable_auto_commit=False, api_version=api_version
+    )
+    try:
+        assert {p: probe.committed(KTopicPartition(topic_name, p)) for p in range(n)} == {p: 20 for p in range(n)}
+    finally:
+        probe.close()
 
 
 # -- 3. a member killed without leaving ------------------------------------------------------------
@@ -576,13 +615,46 @@ def test_committed_offsets_survive_agent_sigkill(gagent, topic_name, group_name)
         for t, p, off, _ in first:
             pos[p] = max(pos.get(p, 0), off + 1)
         offsets = [TopicPartition(topic_name, p, pos.get(p, 0), metadata=f"meta-{p}") for p in range(n)]
+        # Partition 0 first gets a higher offset, then the real one: the last commit counts.
+        res = a.c.commit(offsets=[TopicPartition(topic_name, 0, 77, metadata="too-far")], asynchronous=False)
+        assert all(tp.error is None for tp in res), res
         res = a.c.commit(offsets=offsets, asynchronous=False)
         assert all(tp.error is None for tp in res), res
         a.close()
         want = [(p, pos.get(p, 0), f"meta-{p}") for p in range(n)]
 
+        # Deletions must be as durable as commits: one group deleted, one partition's offset
+        # deleted (OffsetDelete) in another.
+        doomed, trimmed = group_name + "-deleted", group_name + "-trimmed"
+        kp = KafkaAdminClient(bootstrap_servers=gagent.bootstrap, request_timeout_ms=15000)
+        try:
+            for g in (doomed, trimmed):
+                r = kp.alter_group_offsets(g, {KTopicPartition(topic_name, p): OffsetAndMetadata(3, "", -1) for p in range(n)})
+                assert set(r.values()) == {NoError}, r
+            assert kp.delete_groups([doomed]) == {doomed: "OK"}
+            assert kp.delete_group_offsets(trimmed, [KTopicPartition(topic_name, 1)]) == {
+                KTopicPartition(topic_name, 1): NoError
+            }
+        finally:
+            kp.close()
+
         gagent.kill()
         gagent.restart()
+
+        kp = KafkaAdminClient(bootstrap_servers=gagent.bootstrap, request_timeout_ms=15000)
+        try:
+            after = kp.list_group_offsets([group_name, doomed, trimmed])
+            listed = {g["group_id"]: g.get("group_state") for g in kp.list_groups()}
+        finally:
+            kp.close()
+        # confluent-kafka-python sends a metadata string with its terminating NUL (the length
+        # librdkafka is given includes it), and kafka-python shows the bytes as sent.
+        assert {tp.partition: (o.offset, o.metadata.rstrip("\0")) for tp, o in after[group_name].items()} == {
+            p: (off, m) for p, off, m in want
+        }
+        assert after[doomed] == {}, "a deleted group's offsets came back after the restart"
+        assert {tp.partition: o.offset for tp, o in after[trimmed].items()} == {0: 3, 2: 3}
+        assert listed.get(group_name) == "Empty" and doomed not in listed
 
         probe = Consumer({"bootstrap.servers": gagent.bootstrap, "group.id": group_name, "enable.auto.commit": False})
         try:
@@ -677,6 +749,54 @@ def test_static_member_restart_keeps_its_partitions_without_rebalance(gagent, to
         assert desc.state == ConsumerGroupState.STABLE
     finally:
         close_all([m for m in (a, b, a2) if m is not None])
+
+
+def test_static_member_that_stays_away_expires_after_its_session_timeout(gagent, topic_name, group_name):
+    n = 4
+    create_topic(gagent.bootstrap, topic_name, partitions=n)
+
+    def member(i):
+        conf = {"group.instance.id": f"inst-{i}", "session.timeout.ms": 2500}
+        return Member(gagent.bootstrap, group_name, [topic_name], f"static-{i}", **conf)
+
+    a, b = member(1), member(2)
+    try:
+        pump([a, b], lambda: disjoint_cover([a, b], topic_name, n), what="2 static members to cover 4")
+        a.close()  # no LeaveGroup
+        closed = time.monotonic()
+        pump([b], lambda: len(b.parts()) == n, timeout=2.5 + 6, what="the remaining member to get all 4")
+        took = time.monotonic() - closed
+        assert took >= 1.5, f"the departed static member was dropped after {took:.1f}s, within its session"
+        desc = describe_group(gagent.bootstrap, group_name)
+        assert [m.group_instance_id for m in desc.members] == ["inst-2"]
+    finally:
+        close_all([a, b])
+
+
+def test_second_instance_with_the_same_static_id_fences_the_first(gagent, topic_name, group_name):
+    """KIP-345: a new member with a group.instance.id already in use takes over; the old one is
+    fenced (FENCED_INSTANCE_ID, fatal for librdkafka)."""
+    create_topic(gagent.bootstrap, topic_name, partitions=2)
+    conf = {"group.instance.id": "the-one", "session.timeout.ms": 6000, "heartbeat.interval.ms": 300}
+    first = Member(gagent.bootstrap, group_name, [topic_name], "first", **conf)
+    second = None
+    try:
+        pump([first], lambda: len(first.parts()) == 2, what="the first instance's assignment")
+        second = Member(gagent.bootstrap, group_name, [topic_name], "second", **conf)
+        errors = []
+        deadline = time.monotonic() + 15
+        while not (errors and len(second.parts()) == 2):
+            assert time.monotonic() < deadline, f"no fencing: errors {errors}, second owns {second.parts()}"
+            msg = first.c.poll(0.05)
+            if msg is not None and msg.error() is not None:
+                errors.append(msg.error())
+            second.poll(0.05)
+        assert errors[0].code() == KafkaError._FATAL, errors
+        assert "fenced" in errors[0].str().lower(), errors
+        desc = describe_group(gagent.bootstrap, group_name)
+        assert [(m.client_id, m.group_instance_id) for m in desc.members] == [("second", "the-one")]
+    finally:
+        close_all([x for x in (first, second) if x is not None])
 
 
 def test_admin_removes_a_departed_static_member_by_instance_id(gagent, topic_name, group_name):
@@ -891,8 +1011,9 @@ class RawGroup:
         r.i32()
         return r.i16()
 
-    def commit(self, member_id, generation, offsets):
-        """offsets: [(topic, partition, offset, metadata)]; returns {(topic, partition): error}."""
+    def commit(self, member_id, generation, offsets, version=3):
+        """offsets: [(topic, partition, offset, metadata)]; returns {(topic, partition): error}.
+        Version 2 or 3 (the same request; v3 answers with a throttle time)."""
         body = _str(self.group) + _i32(generation) + _str(member_id) + struct.pack(">q", -1)
         by_topic = {}
         for t, p, o, m in offsets:
@@ -900,24 +1021,29 @@ class RawGroup:
         body += _i32(len(by_topic))
         for t, ps in by_topic.items():
             body += _str(t) + _i32(len(ps)) + b"".join(_i32(p) + struct.pack(">q", o) + _str(m) for p, o, m in ps)
-        r = _Reader(raw_request(self.bootstrap, 8, 3, body))
-        r.i32()
+        r = _Reader(raw_request(self.bootstrap, 8, version, body))
+        if version >= 3:
+            r.i32()
         out = {}
         for t, ps in r.array(lambda: (r.str(), r.array(lambda: (r.i32(), r.i16())))):
             for p, e in ps:
                 out[(t, p)] = e
         return out
 
-    def fetch(self, topic, partitions):
-        """{partition: (offset, metadata, error)} and the top-level error."""
+    def fetch(self, topic, partitions, version=3):
+        """{partition: (offset, metadata, error)} and the top-level error (v1 has none: 0).
+        Version 1 or 3 (the same request; v2+ adds the top-level error, v3 a throttle time)."""
         body = _str(self.group) + _i32(1) + _str(topic) + _i32(len(partitions)) + b"".join(map(_i32, partitions))
-        r = _Reader(raw_request(self.bootstrap, 9, 3, body))
-        r.i32()
+        r = _Reader(raw_request(self.bootstrap, 9, version, body))
+        if version >= 3:
+            r.i32()
         out = {}
         for _t, ps in r.array(lambda: (r.str(), r.array(lambda: (r.i32(), r.i64(), r.str(), r.i16())))):
             for p, o, m, e in ps:
                 out[p] = (o, m, e)
-        return out, r.i16()
+        top = r.i16() if version >= 2 else 0
+        assert r.pos == len(r.buf), f"OffsetFetch v{version}: {len(r.buf) - r.pos} bytes left over"
+        return out, top
 
     def describe(self):
         r = _Reader(raw_request(self.bootstrap, 15, 0, _i32(1) + _str(self.group)))
@@ -1048,14 +1174,23 @@ def test_raw_protocol_join_sync_heartbeat_commit_and_their_errors(gagent, topic_
     assert (d["state"], d["members"]) == ("Empty", [])
     assert RawGroup(gagent.bootstrap, group_name + "-unknown").describe()["state"] == "Dead"
 
+    # The oldest versions: OffsetCommit v2 without membership (generation -1), OffsetFetch v1.
+    simple = RawGroup(gagent.bootstrap, group_name + "-v2")
+    assert simple.commit("", -1, [(topic_name, 0, 11, "eleven")], version=2) == {(topic_name, 0): 0}
+    assert simple.fetch(topic_name, [0, 1], version=1) == ({0: (11, "eleven", 0), 1: (-1, "", 0)}, 0)
+    assert simple.commit("", -1, [(topic_name, 0, 12, None)], version=2) == {(topic_name, 0): 0}
+    assert simple.fetch(topic_name, [0], version=1)[0][0][:2] in ((12, ""), (12, None))
+
 
 # -- 7. AdminClient (confluent-kafka) ------------------------------------------------------------------
 
 
-def _groups_listed(a, states=None):
+def _groups_listed(a, states=None, types=None):
     kw = {"request_timeout": 15}
     if states is not None:
         kw["states"] = states
+    if types is not None:
+        kw["types"] = types
     res = a.list_consumer_groups(**kw).result(timeout=20)
     assert not res.errors, res.errors
     return {g.group_id: g.state for g in res.valid}
@@ -1096,6 +1231,15 @@ def test_admin_client_groups_offsets_lag_and_deletion(gagent, topic_name, group_
         assert g_moved in empty and g_active not in empty
         assert set(stable.values()) == {ConsumerGroupState.STABLE}
         assert set(empty.values()) == {ConsumerGroupState.EMPTY}
+        # ListGroups v5 type filter: these are classic groups, not KIP-848 "consumer" groups.
+        classic = _groups_listed(a, types={ConsumerGroupType.CLASSIC})
+        assert {g_active, g_moved} <= set(classic)
+        assert not {g_active, g_moved} & set(_groups_listed(a, types={ConsumerGroupType.CONSUMER}))
+        res = a.list_consumer_groups(request_timeout=15).result(timeout=20)
+        assert {g.group_id: g.type for g in res.valid if g.group_id in (g_active, g_moved)} == {
+            g_active: ConsumerGroupType.CLASSIC,
+            g_moved: ConsumerGroupType.CLASSIC,
+        }
 
         # DescribeGroups.
         fs = a.describe_consumer_groups([g_active, g_moved], request_timeout=15)

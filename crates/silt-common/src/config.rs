@@ -70,6 +70,29 @@ pub struct ObjectStoreSettings {
     /// Extra latency added to every object-store call, in milliseconds (fault injection for
     /// tests and demonstrations of backpressure; 0 in production).
     pub inject_latency_ms: u64,
+    /// The bucket and endpoint for `kind = "s3"`.
+    pub s3: S3Settings,
+}
+
+/// An S3-compatible bucket (AWS S3, MinIO, SeaweedFS). Credentials and region left unset here
+/// come from the standard `AWS_*` environment variables.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    /// Bucket name (must exist).
+    pub bucket: String,
+    /// Endpoint URL for S3-compatible servers, e.g. `http://127.0.0.1:9000`; unset for AWS.
+    pub endpoint: Option<String>,
+    /// Region; defaults to `AWS_REGION` or `us-east-1`.
+    pub region: Option<String>,
+    /// Access key id; defaults to `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// Secret access key; defaults to `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<String>,
+    /// Allow plain `http://` endpoints (local MinIO or SeaweedFS).
+    pub allow_http: bool,
+    /// Address buckets as `bucket.host` instead of `host/bucket` (path style, the default).
+    pub virtual_hosted_style: bool,
 }
 
 impl Default for ObjectStoreSettings {
@@ -78,6 +101,7 @@ impl Default for ObjectStoreSettings {
             kind: ObjectStoreKind::Local,
             path: None,
             inject_latency_ms: 0,
+            s3: S3Settings::default(),
         }
     }
 }
@@ -90,16 +114,25 @@ pub enum ObjectStoreKind {
     Local,
     /// In process memory; everything is lost on exit.
     Memory,
+    /// An S3-compatible bucket (`object_store.s3`).
+    S3,
 }
 
 /// Which metadata store holds the catalog and the offset index.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataSettings {
-    /// `embedded` (in process, durable in a local file).
+    /// `embedded` (in process, durable in a local file) or `etcd`.
     pub kind: MetadataKind,
     /// Directory of the embedded store; defaults to `<data_dir>/meta`.
     pub path: Option<PathBuf>,
+    /// Endpoints of the etcd cluster for `kind = "etcd"`.
+    pub etcd_endpoints: Vec<String>,
+    /// How long to wait for etcd when connecting, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// TTL of the agent's registration lease: an agent that stops renewing it loses the right to
+    /// write this long after its last renewal.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for MetadataSettings {
@@ -107,6 +140,9 @@ impl Default for MetadataSettings {
         Self {
             kind: MetadataKind::Embedded,
             path: None,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            connect_timeout_ms: 5_000,
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -117,6 +153,8 @@ impl Default for MetadataSettings {
 pub enum MetadataKind {
     /// In process, durable in `<path>/meta.log`.
     Embedded,
+    /// An etcd cluster (`metadata.etcd_endpoints`).
+    Etcd,
 }
 
 /// When buffered batches are written to object storage.
@@ -264,6 +302,21 @@ impl Settings {
                     self.groups.min_session_timeout_ms, self.groups.max_session_timeout_ms
                 ),
                 "the minimum must not exceed the maximum",
+            );
+        }
+        if self.object_store.kind == ObjectStoreKind::S3 && self.object_store.s3.bucket.is_empty() {
+            return bad(
+                "object_store.kind = \"s3\"",
+                "set object_store.s3.bucket (and endpoint for MinIO or SeaweedFS)",
+            );
+        }
+        if self.metadata.kind == MetadataKind::Etcd && self.metadata.etcd_endpoints.is_empty() {
+            return bad("metadata.kind = \"etcd\"", "set metadata.etcd_endpoints");
+        }
+        if self.metadata.lease_ttl_ms < 2_000 {
+            return bad(
+                &format!("metadata.lease_ttl_ms = {}", self.metadata.lease_ttl_ms),
+                "must be at least 2000",
             );
         }
         if self.max_frame_bytes < 1024 {

@@ -95,6 +95,63 @@ impl Storage {
         Ok(Self::new(Arc::new(fs)))
     }
 
+    /// A store in an S3-compatible bucket. Settings left unset come from the `AWS_*`
+    /// environment variables. Writes use conditional create (`If-None-Match`).
+    pub fn s3(s: &silt_common::config::S3Settings) -> Result<Self, StorageError> {
+        let mut b = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(&s.bucket)
+            .with_allow_http(s.allow_http)
+            .with_virtual_hosted_style_request(s.virtual_hosted_style);
+        if let Some(e) = &s.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(r) = &s.region {
+            b = b.with_region(r);
+        }
+        if let Some(k) = &s.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(k) = &s.secret_access_key {
+            b = b.with_secret_access_key(k);
+        }
+        let store = b.build().map_err(|source| StorageError::Failed {
+            op: "configure",
+            path: format!("s3://{}", s.bucket),
+            attempts: 0,
+            source,
+        })?;
+        Ok(Self::new(Arc::new(store)))
+    }
+
+    /// Proves the store accepts writes, reads and deletes: writes, reads back and deletes a
+    /// small object under `_silt/probe/`.
+    pub async fn probe(&self, id: &str) -> Result<(), StorageError> {
+        let path = Path::from(format!("_silt/probe/{id}"));
+        let data = Bytes::from(format!("silt probe {id}"));
+        self.put(&path, data.clone()).await?;
+        let got = self.get(&path, None).await?;
+        if got != data {
+            return Err(StorageError::Failed {
+                op: "GET",
+                path: path.to_string(),
+                attempts: 1,
+                source: object_store::Error::Generic {
+                    store: "probe",
+                    source: "the probe object read back different bytes".into(),
+                },
+            });
+        }
+        self.delete(&path).await
+    }
+
+    /// Deletes an object (a missing object is not an error).
+    pub async fn delete(&self, path: &Path) -> Result<(), StorageError> {
+        match self.retry("DELETE", path, || self.inner.delete(path)).await {
+            Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The counters.
     pub fn stats(&self) -> &Arc<StorageStats> {
         &self.stats
