@@ -54,6 +54,12 @@ pub enum StartError {
         #[source]
         source: MetaError,
     },
+    /// Another agent writes to this metadata store.
+    #[error("another agent ({holder}, as node:session) is writing to this metadata store. Until partition leadership arrives, one agent writes per store: stop it, or give this agent its own store")]
+    AnotherWriter {
+        /// The current writer.
+        holder: String,
+    },
     /// Loading topics failed.
     #[error("could not load topics: {0}")]
     Topics(#[from] TopicError),
@@ -67,6 +73,8 @@ pub struct Agent {
     admin_addr: Option<SocketAddr>,
     admin: Option<JoinHandle<()>>,
     group_ticker: JoinHandle<()>,
+    keepalive: JoinHandle<()>,
+    lease: silt_meta::LeaseId,
     stop_accepting: watch::Sender<bool>,
     accept: JoinHandle<()>,
     flush: JoinHandle<()>,
@@ -100,12 +108,23 @@ impl Agent {
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let session = uuid::Uuid::new_v4().simple().to_string();
-        agents::register(c.meta.as_ref(), settings.node_id, &session)
+        let ttl = std::time::Duration::from_millis(settings.metadata.lease_ttl_ms);
+        let meta_err = |doing: &'static str| move |source| StartError::Meta { doing, source };
+        let lease = c
+            .meta
+            .grant_lease(ttl)
             .await
-            .map_err(|source| StartError::Meta {
-                doing: "registering this agent",
-                source,
-            })?;
+            .map_err(meta_err("granting this agent's lease"))?;
+        agents::register(c.meta.as_ref(), settings.node_id, &session, lease)
+            .await
+            .map_err(meta_err("registering this agent"))?;
+        if let Err(holder) =
+            agents::claim_writer(c.meta.as_ref(), settings.node_id, &session, lease)
+                .await
+                .map_err(meta_err("claiming the right to write"))?
+        {
+            return Err(StartError::AnotherWriter { holder });
+        }
         let cluster_id = cluster::get_or_create(
             c.meta.as_ref(),
             &uuid::Uuid::new_v4().simple().to_string()[..22],
@@ -173,6 +192,7 @@ impl Agent {
             settings,
         });
         let flush = tokio::spawn(flusher.run());
+        let keepalive = tokio::spawn(keep_lease(broker.clone(), lease, ttl));
         let admin =
             admin_listener.map(|l| tokio::spawn(crate::admin_http::serve(l, broker.clone())));
         let (stop_accepting, mut stop_rx) = watch::channel(false);
@@ -201,6 +221,8 @@ impl Agent {
             admin_addr,
             admin,
             group_ticker,
+            keepalive,
+            lease,
             stop_accepting,
             accept,
             flush,
@@ -232,6 +254,31 @@ impl Agent {
             a.abort();
         }
         self.group_ticker.abort();
+        self.keepalive.abort();
+        // Give up the right to write at once rather than at the lease's expiry.
+        if let Err(e) = self.broker.meta.revoke_lease(self.lease).await {
+            tracing::warn!(error = %e, "could not revoke this agent's lease; it expires on its own");
+        }
         tracing::info!("agent stopped; every acknowledged write is committed");
+    }
+}
+
+/// Renews the agent's lease every third of its TTL. If the lease is gone (this agent stalled
+/// longer than the TTL and was replaced), the agent stops taking writes: its commits would be
+/// refused anyway.
+async fn keep_lease(broker: Arc<Broker>, lease: silt_meta::LeaseId, ttl: std::time::Duration) {
+    let mut iv = tokio::time::interval(ttl / 3);
+    iv.tick().await;
+    loop {
+        iv.tick().await;
+        match broker.meta.keep_alive(lease).await {
+            Ok(()) => {}
+            Err(silt_meta::MetaError::LeaseNotFound(_)) => {
+                tracing::error!("this agent's lease expired (it was unreachable or stalled for longer than metadata.lease_ttl_ms); it stops taking writes");
+                broker.flusher.close();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing this agent's lease failed; retrying"),
+        }
     }
 }

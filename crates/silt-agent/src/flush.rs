@@ -343,7 +343,7 @@ impl Flusher {
     async fn commit(&self, f: Prepared) -> Result<(), FlushError> {
         let put_ms = f.started.elapsed().as_millis() as u64;
         let txn = Txn {
-            compares: vec![agents::still_registered(
+            compares: vec![agents::still_writer(
                 self.inner.node_id,
                 &self.inner.session,
             )],
@@ -452,7 +452,13 @@ mod tests {
 
     async fn setup(session: &str) -> (Flusher, Arc<dyn MetaKv>, Storage, Arc<Partition>) {
         let meta: Arc<dyn MetaKv> = Arc::new(EmbeddedKv::in_memory(ManualClock::new(0)));
-        agents::register(meta.as_ref(), 7, session).await.unwrap();
+        let lease = meta.grant_lease(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(
+            agents::claim_writer(meta.as_ref(), 7, session, lease)
+                .await
+                .unwrap(),
+            Ok(())
+        );
         let storage = Storage::in_memory().with_max_attempts(1);
         let f = Flusher::new(
             settings(),
@@ -523,8 +529,14 @@ mod tests {
         let run = tokio::spawn(f.clone().run());
         let g = push(&f, &p, 0, 1).await;
         f.wait_committed(g).await.unwrap();
-        // Another agent takes over the node id.
-        agents::register(meta.as_ref(), 7, "new").await.unwrap();
+        // The node restarts: its new session takes over and fences the old one.
+        let lease = meta.grant_lease(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(
+            agents::claim_writer(meta.as_ref(), 7, "new", lease)
+                .await
+                .unwrap(),
+            Ok(())
+        );
         let g = push(&f, &p, 1, 1).await;
         assert!(
             f.wait_committed(g).await.is_err(),

@@ -130,7 +130,7 @@ async fn flush_objects_round_trip_through_s3_and_a_missing_bucket_is_named() {
     let t = uuid::Uuid::new_v4();
     let mut b = ObjectBuilder::new();
     let big = Bytes::from(vec![7u8; 8 << 20]);
-    let e0 = b.add(t, 0, &[big.clone()], 0, 99, 1);
+    let e0 = b.add(t, 0, std::slice::from_ref(&big), 0, 99, 1);
     let e1 = b.add(t, 1, &[Bytes::from_static(b"tail")], 5, 5, 2);
     let obj = b.finish();
     let path = Path::from("flush/0/s/000000000001.silt");

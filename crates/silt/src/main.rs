@@ -6,9 +6,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use silt_agent::{Agent, Components};
-use silt_common::config::ObjectStoreKind;
-use silt_common::{Settings, SystemClock};
-use silt_meta::EmbeddedKv;
+use std::time::Duration;
+
+use silt_common::config::{MetadataKind, ObjectStoreKind};
+use silt_common::{Clock, Settings, SystemClock};
+use silt_meta::{EmbeddedKv, MetaKv};
+use silt_meta_etcd::EtcdKv;
 use silt_storage::Storage;
 
 #[global_allocator]
@@ -56,13 +59,24 @@ fn main() -> anyhow::Result<()> {
 
 async fn run_agent(settings: Settings) -> anyhow::Result<()> {
     let clock = Arc::new(SystemClock);
-    let meta_dir = settings.metadata_path();
-    let meta = EmbeddedKv::open(&meta_dir, clock.clone()).with_context(|| {
-        format!(
-            "opening the embedded metadata store in {} (is the directory writable?)",
-            meta_dir.display()
-        )
-    })?;
+    let meta: Arc<dyn MetaKv> = match settings.metadata.kind {
+        MetadataKind::Embedded => {
+            let dir = settings.metadata_path();
+            Arc::new(EmbeddedKv::open(&dir, clock.clone()).with_context(|| {
+                format!("opening the embedded metadata store in {}", dir.display())
+            })?)
+        }
+        MetadataKind::Etcd => {
+            let endpoints = settings.metadata.etcd_endpoints.clone();
+            let timeout = Duration::from_millis(settings.metadata.connect_timeout_ms);
+            Arc::new(EtcdKv::connect(&endpoints, timeout).await.with_context(|| {
+                format!(
+                    "connecting to etcd at {} (metadata.etcd_endpoints); is etcd running and reachable from here?",
+                    endpoints.join(", ")
+                )
+            })?)
+        }
+    };
     let storage = match settings.object_store.kind {
         ObjectStoreKind::Local => {
             let dir = settings.object_store_path();
@@ -76,6 +90,20 @@ async fn run_agent(settings: Settings) -> anyhow::Result<()> {
         ObjectStoreKind::Memory => {
             tracing::warn!("object_store.kind = memory: data is lost when the agent exits");
             Storage::in_memory()
+        }
+        ObjectStoreKind::S3 => {
+            let s3 = &settings.object_store.s3;
+            let where_ = format!(
+                "bucket {} at {}",
+                s3.bucket,
+                s3.endpoint.as_deref().unwrap_or("AWS S3")
+            );
+            let storage = Storage::s3(s3).with_context(|| format!("configuring {where_}"))?;
+            let probe = format!("{}-{}", std::process::id(), clock.now_ms());
+            storage.probe(&probe).await.with_context(|| {
+                format!("writing, reading and deleting a probe object in {where_}: does the bucket exist, and may these credentials write to it?")
+            })?;
+            storage
         }
     };
     if settings.object_store.inject_latency_ms > 0 {
@@ -91,7 +119,7 @@ async fn run_agent(settings: Settings) -> anyhow::Result<()> {
     let agent = Agent::start(
         settings,
         Components {
-            meta: Arc::new(meta),
+            meta,
             storage,
             clock,
         },
