@@ -25,7 +25,7 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, OffsetAndMetadata
+from kafka import KafkaAdminClient, KafkaConsumer, OffsetAndMetadata
 from kafka import TopicPartition as KTopicPartition
 from kafka.admin import MemberToRemove
 from kafka.errors import GroupSubscribedToTopicError, NoError, UnknownMemberIdError
@@ -258,8 +258,11 @@ def test_members_share_partitions_and_rebalance_exactly_once(gagent, topic_name,
 
 class KPMember(threading.Thread):
     """A kafka-python KafkaConsumer in its own thread (KafkaConsumer is not thread-safe): polls,
-    records what it got and its assignment, commits consumed positions when partitions are
-    revoked and, when stopped, commits and closes."""
+    records what it got and its assignment and, when stopped, commits and closes.
+
+    kafka-python commits the consumed positions before it rejoins for a rebalance when
+    auto-commit is on (a blocking commit() inside a plain ConsumerRebalanceListener is refused
+    by kafka-python 3); the interval is long so that is the only automatic commit."""
 
     def __init__(self, bootstrap, group, topic, name, **extra):
         super().__init__(name=name, daemon=True)
@@ -269,7 +272,6 @@ class KPMember(threading.Thread):
         self.records = []
         self.assignment = frozenset()
         self.error = None
-        self.commit_errors = []
         self._stop_evt = threading.Event()
 
     def run(self):
@@ -278,7 +280,8 @@ class KPMember(threading.Thread):
             group_id=self.group,
             client_id=self.name,
             auto_offset_reset="earliest",
-            enable_auto_commit=False,
+            enable_auto_commit=True,
+            auto_commit_interval_ms=600_000,
             session_timeout_ms=6000,
             heartbeat_interval_ms=500,
             max_poll_interval_ms=30000,
@@ -286,21 +289,8 @@ class KPMember(threading.Thread):
             request_timeout_ms=20000,
             **self.extra,
         )
-        me = self
-
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
-                if revoked:
-                    try:
-                        c.commit()
-                    except Exception as e:  # noqa: BLE001 - reported by the test
-                        me.commit_errors.append(repr(e))
-
-            def on_partitions_assigned(self, assigned):
-                pass
-
         try:
-            c.subscribe([self.topic], listener=Listener())
+            c.subscribe([self.topic])
             while not self._stop_evt.is_set():
                 batch = c.poll(timeout_ms=100)
                 with self.lock:
@@ -311,14 +301,13 @@ class KPMember(threading.Thread):
         except Exception as e:  # noqa: BLE001 - reported by the test
             self.error = e
         finally:
-            c.close()
+            c.close(autocommit=False)
 
     def stop(self):
         self._stop_evt.set()
         self.join(timeout=30)
         assert not self.is_alive(), f"{self.name} did not stop"
         assert self.error is None, f"{self.name} failed: {self.error!r}"
-        assert not self.commit_errors, f"{self.name}: commits on revoke failed: {self.commit_errors}"
 
     def snapshot(self):
         with self.lock:

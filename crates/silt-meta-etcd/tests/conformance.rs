@@ -1,64 +1,14 @@
 //! The metadata-store conformance suite against a real etcd (Debian's `etcd-server`), started
 //! for the test on free loopback ports.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use silt_meta_etcd::EtcdKv;
-
-struct Etcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_etcd() -> Etcd {
-    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new(&bin)
-        .args([
-            "--name", "silt-test",
-            "--data-dir", dir.path().to_str().unwrap(),
-            "--listen-client-urls", &url,
-            "--advertise-client-urls", &url,
-            "--listen-peer-urls", &peer_url,
-            "--initial-advertise-peer-urls", &peer_url,
-            "--initial-cluster", &format!("silt-test={peer_url}"),
-            "--log-level", "error",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start `{bin}` ({e}); install Debian's etcd-server (scripts/test does) or set ETCD_BIN"));
-    Etcd {
-        child,
-        _dir: dir,
-        url,
-    }
-}
+use silt_testkit::{free_port_below, Etcd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_backend_passes_the_conformance_suite() {
-    let etcd = start_etcd();
+    let etcd = Etcd::start();
     let deadline = Instant::now() + Duration::from_secs(30);
     let kv = loop {
         match EtcdKv::connect(std::slice::from_ref(&etcd.url), Duration::from_secs(2)).await {
@@ -78,7 +28,7 @@ async fn etcd_backend_passes_the_conformance_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_etcd_is_a_clear_error() {
-    let port = free_port();
+    let port = free_port_below(u16::MAX);
     let err = EtcdKv::connect(
         &[format!("http://127.0.0.1:{port}")],
         Duration::from_millis(500),

