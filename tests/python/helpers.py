@@ -7,8 +7,8 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-# Consumer groups are not implemented by Silt: consumers use manual assignment only. librdkafka
-# requires a group.id even then; it is never joined and offsets are never committed.
+# Settings for consumers that use manual assignment (assign()). librdkafka requires a group.id
+# even then; these consumers never join the group and never commit.
 CONSUMER_BASE = {
     "group.id": "silt-python-e2e-unused",
     "enable.auto.commit": False,

@@ -116,13 +116,23 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         1: (4, 16),  # Fetch
         2: (1, 8),  # ListOffsets
         3: (0, 13),  # Metadata
-        10: (0, 4),  # FindCoordinator (answers COORDINATOR_NOT_AVAILABLE until consumer groups)
+        8: (2, 9),  # OffsetCommit
+        9: (1, 9),  # OffsetFetch
+        10: (0, 4),  # FindCoordinator
+        11: (0, 9),  # JoinGroup
+        12: (0, 4),  # Heartbeat
+        13: (0, 5),  # LeaveGroup
+        14: (0, 5),  # SyncGroup
+        15: (0, 5),  # DescribeGroups
+        16: (0, 5),  # ListGroups
         18: (0, 4),  # ApiVersions
         19: (2, 7),  # CreateTopics
         20: (1, 6),  # DeleteTopics
         22: (0, 4),  # InitProducerId
         23: (2, 4),  # OffsetForLeaderEpoch
         32: (1, 4),  # DescribeConfigs
+        42: (0, 2),  # DeleteGroups
+        47: (0, 0),  # OffsetDelete
         60: (0, 1),  # DescribeCluster
     }
 

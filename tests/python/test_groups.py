@@ -185,7 +185,7 @@ def assert_exactly_once(members, expected):
         if (t, p, off) in seen:
             dups.append((t, p, off))
         seen[(t, p, off)] = v
-    errors = {m.name: m.commit_errors for m in members if m.commit_errors}
+    errors = {m.name: m.commit_errors for m in members if getattr(m, "commit_errors", None)}
     assert not dups, f"{len(dups)} records delivered more than once, e.g. {dups[:10]}; commit errors: {errors}"
     missing = sorted(set(expected) - set(seen))
     extra = sorted(set(seen) - set(expected))
@@ -258,7 +258,7 @@ def test_members_share_partitions_and_rebalance_exactly_once(gagent, topic_name,
 
 class KPMember(threading.Thread):
     """A kafka-python KafkaConsumer in its own thread (KafkaConsumer is not thread-safe): polls,
-    records what it got and its assignment and, when stopped, commits and closes.
+    records what it got and its assignment, commits when asked to, and closes when stopped.
 
     kafka-python commits the consumed positions before it rejoins for a rebalance when
     auto-commit is on (a blocking commit() inside a plain ConsumerRebalanceListener is refused
@@ -272,6 +272,8 @@ class KPMember(threading.Thread):
         self.records = []
         self.assignment = frozenset()
         self.error = None
+        self._commit_evt = threading.Event()
+        self.committed = threading.Event()
         self._stop_evt = threading.Event()
 
     def run(self):
@@ -297,11 +299,19 @@ class KPMember(threading.Thread):
                     for recs in batch.values():
                         self.records.extend((r.topic, r.partition, r.offset, r.value) for r in recs)
                     self.assignment = frozenset(tp.partition for tp in c.assignment())
-            c.commit()
+                if self._commit_evt.is_set() and not self.committed.is_set():
+                    c.commit()
+                    self.committed.set()
         except Exception as e:  # noqa: BLE001 - reported by the test
             self.error = e
         finally:
             c.close(autocommit=False)
+
+    def commit(self):
+        """Has the thread commit its consumed positions; waits for it."""
+        self._commit_evt.set()
+        wait_until(lambda: self.committed.is_set() or not self.is_alive(), timeout=30, what=f"{self.name}'s commit")
+        assert self.error is None, f"{self.name} failed: {self.error!r}"
 
     def stop(self):
         self._stop_evt.set()
@@ -319,9 +329,14 @@ def test_kafka_python_members_share_partitions_and_resume_from_commits(gagent, t
     create_topic(gagent.bootstrap, topic_name, partitions=n)
     expected = produce_spread(gagent.bootstrap, topic_name, n, 0, 150)
     members = [KPMember(gagent.bootstrap, group_name, topic_name, f"kp{i}") for i in range(3)]
-    for m in members:
-        m.start()
     try:
+        # The first member alone consumes everything there is; when the others join, the
+        # partitions it hands over must continue after what it consumed (its commit before
+        # rejoining), not start over.
+        members[0].start()
+        wait_until(lambda: len(members[0].snapshot()[1]) == 150, timeout=40, what="the first member's 150 records")
+        for m in members[1:]:
+            m.start()
 
         def covered():
             sets = [m.snapshot()[0] for m in members]
@@ -337,11 +352,14 @@ def test_kafka_python_members_share_partitions_and_resume_from_commits(gagent, t
         time.sleep(0.3)  # anything duplicated would arrive now
         assert all(m.snapshot()[0] for m in members) and covered(), "the assignment changed while consuming"
         assert_exactly_once(members, expected)
+        for m in members:  # all commit while the group is stable, then all leave
+            m.commit()
     finally:
         for m in members:
             m._stop_evt.set()
         for m in members:
-            m.stop()  # each commits its positions, then leaves
+            if m.ident is not None:
+                m.stop()
 
     # The commits are the end of each partition.
     ends = {}
@@ -403,6 +421,8 @@ def test_kafka_python_group_with_older_protocol_versions(gagent, topic_name, gro
         wait_until(lambda: sum(len(m.snapshot()[1]) for m in members) >= len(expected), timeout=40, what="80 records")
         time.sleep(0.3)
         assert_exactly_once(members, expected)
+        for m in members:
+            m.commit()
     finally:
         for m in members:
             m._stop_evt.set()

@@ -245,7 +245,12 @@ impl Group {
                 instance_id: m.instance_id.clone(),
                 client_id: m.client_id.clone(),
                 client_host: m.client_host.clone(),
-                metadata: m.metadata_for(&protocol),
+                // As Kafka: metadata and assignment only once the group is Stable.
+                metadata: if self.state == State::Stable {
+                    m.metadata_for(&protocol)
+                } else {
+                    Bytes::new()
+                },
                 assignment: if self.state == State::Stable {
                     m.assignment.clone()
                 } else {
@@ -531,7 +536,7 @@ impl Group {
     fn max_rebalance_timeout(&self) -> i32 {
         self.members
             .values()
-            .map(|m| m.rebalance_timeout_ms.max(m.session_timeout_ms))
+            .map(|m| m.rebalance_timeout_ms)
             .max()
             .unwrap_or(0)
     }

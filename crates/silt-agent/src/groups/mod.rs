@@ -24,6 +24,8 @@ use group::{Group, GroupLimits, Join, JoinResult, MemberInfo, State, SyncResult}
 struct Entry {
     group: Group,
     offsets: BTreeMap<(String, i32), Committed>,
+    /// The protocol type recorded with the group's offsets ("" for a simple group).
+    stored_protocol_type: Option<String>,
     /// Serialises this group's offset writes so they land in request order.
     writes: Arc<tokio::sync::Mutex<()>>,
 }
@@ -33,6 +35,7 @@ impl Entry {
         Self {
             group: Group::new(),
             offsets: BTreeMap::new(),
+            stored_protocol_type: None,
             writes: Arc::default(),
         }
     }
@@ -79,12 +82,19 @@ impl GroupCoordinator {
         limits: GroupLimits,
     ) -> Result<Self, MetaError> {
         let mut groups: HashMap<String, Entry> = HashMap::new();
-        for (g, t, p, c) in group_offsets::load_all(meta.as_ref()).await? {
+        let stored = group_offsets::load_all(meta.as_ref()).await?;
+        for (g, t, p, c) in stored.offsets {
             groups
                 .entry(g)
                 .or_insert_with(Entry::new)
                 .offsets
                 .insert((t, p), c);
+        }
+        for (g, pt) in stored.protocol_types {
+            groups
+                .entry(g)
+                .or_insert_with(Entry::new)
+                .stored_protocol_type = Some(pt);
         }
         Ok(Self {
             meta,
@@ -224,16 +234,33 @@ impl GroupCoordinator {
             e.group
                 .check_commit(member_id, instance_id, generation)
                 .map_err(CommitError::Refused)?;
-            e.writes.clone()
+            // Record the protocol type the first time a member's commit lands, so the group is
+            // listed as it was after a restart.
+            let record = e
+                .group
+                .protocol_type()
+                .filter(|pt| e.stored_protocol_type.as_deref() != Some(*pt))
+                .map(String::from);
+            (e.writes.clone(), record)
         };
+        let (writes, record_type) = writes;
         let _ordered = writes.lock().await;
-        group_offsets::commit(self.meta.as_ref(), group_id, &offsets).await?;
+        group_offsets::commit(
+            self.meta.as_ref(),
+            group_id,
+            &offsets,
+            record_type.as_deref(),
+        )
+        .await?;
         let mut groups = self.lock();
         let e = groups
             .entry(group_id.to_string())
             .or_insert_with(Entry::new);
         for (t, p, c) in offsets {
             e.offsets.insert((t, p), c);
+        }
+        if record_type.is_some() {
+            e.stored_protocol_type = record_type;
         }
         Ok(())
     }
@@ -273,7 +300,12 @@ impl GroupCoordinator {
         let e = groups.get(group_id)?;
         Some(Described {
             state: e.group.state(),
-            protocol_type: e.group.protocol_type().unwrap_or_default().to_string(),
+            protocol_type: e
+                .group
+                .protocol_type()
+                .or(e.stored_protocol_type.as_deref())
+                .unwrap_or_default()
+                .to_string(),
             protocol: if e.group.state() == State::Stable
                 || e.group.state() == State::CompletingRebalance
             {
@@ -291,11 +323,13 @@ impl GroupCoordinator {
             .lock()
             .iter()
             .map(|(id, e)| {
-                (
-                    id.clone(),
-                    e.group.protocol_type().unwrap_or("consumer").to_string(),
-                    e.group.state(),
-                )
+                // A group that never had members ("simple", offsets only) has no protocol type.
+                let pt = e
+                    .group
+                    .protocol_type()
+                    .or(e.stored_protocol_type.as_deref())
+                    .unwrap_or("");
+                (id.clone(), pt.to_string(), e.group.state())
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));

@@ -1,6 +1,8 @@
 //! `/silt/groups/{group}/offsets/{topic}/{partition:010}`: a consumer group's committed offsets,
-//! one key per partition. A commit of many partitions is one transaction (one metadata write);
-//! deleting a group is one prefix delete. Persisted: field names are stable.
+//! one key per partition, and `/silt/groups/{group}/protocol-type`: the protocol type of a group
+//! that had members (absent for "simple" groups that only commit). A commit of many partitions is
+//! one transaction (one metadata write); deleting a group is one prefix delete. Persisted: field
+//! names are stable.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,14 +33,18 @@ pub fn all_prefix() -> String {
     format!("{}/groups/", super::ROOT)
 }
 
-/// Prefix of one group's committed offsets. Group ids may contain any character but `/` would
-/// make prefixes ambiguous, so ids are percent-encoded.
+/// Prefix of every key of one group. Group ids may contain any character but `/` would make
+/// prefixes ambiguous, so ids are percent-encoded.
 pub fn group_prefix(group: &str) -> String {
-    format!("{}{}/offsets/", all_prefix(), escape(group))
+    format!("{}{}/", all_prefix(), escape(group))
+}
+
+fn protocol_type_key(group: &str) -> String {
+    format!("{}protocol-type", group_prefix(group))
 }
 
 fn key(group: &str, topic: &str, partition: i32) -> String {
-    format!("{}{topic}/{partition:010}", group_prefix(group))
+    format!("{}offsets/{topic}/{partition:010}", group_prefix(group))
 }
 
 fn escape(s: &str) -> String {
@@ -71,20 +77,26 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Writes committed offsets for several partitions in one transaction.
+/// Writes committed offsets for several partitions in one transaction, recording the group's
+/// protocol type with them when `protocol_type` is given.
 pub async fn commit(
     kv: &dyn MetaKv,
     group: &str,
     offsets: &[(String, i32, Committed)],
+    protocol_type: Option<&str>,
 ) -> Result<(), MetaError> {
     if offsets.is_empty() {
         return Ok(());
     }
+    let mut ops: Vec<Op> = offsets
+        .iter()
+        .map(|(t, p, c)| Op::put(key(group, t, *p), encode_json(c)))
+        .collect();
+    if let Some(pt) = protocol_type {
+        ops.push(Op::put(protocol_type_key(group), pt));
+    }
     kv.txn(Txn {
-        success: offsets
-            .iter()
-            .map(|(t, p, c)| Op::put(key(group, t, *p), encode_json(c)))
-            .collect(),
+        success: ops,
         ..Default::default()
     })
     .await
@@ -125,13 +137,29 @@ pub async fn delete_group(kv: &dyn MetaKv, group: &str) -> Result<(), MetaError>
     .map(|_| ())
 }
 
-/// Every group's committed offsets: (group, topic, partition, committed).
-pub async fn load_all(kv: &dyn MetaKv) -> Result<Vec<(String, String, i32, Committed)>, MetaError> {
+/// What is stored for every group.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// (group, topic, partition, committed).
+    pub offsets: Vec<(String, String, i32, Committed)>,
+    /// (group, protocol type) of groups that had members.
+    pub protocol_types: Vec<(String, String)>,
+}
+
+/// Everything stored for every group.
+pub async fn load_all(kv: &dyn MetaKv) -> Result<Stored, MetaError> {
     let prefix = all_prefix();
-    let mut out = Vec::new();
+    let mut out = Stored::default();
     for item in kv.range(RangeRequest::prefix(prefix.clone())).await? {
         let k = String::from_utf8_lossy(&item.key).into_owned();
         let rest = &k[prefix.len()..];
+        if let Some(group) = rest.strip_suffix("/protocol-type") {
+            out.protocol_types.push((
+                unescape(group),
+                String::from_utf8_lossy(&item.value).into_owned(),
+            ));
+            continue;
+        }
         let mut parts = rest.splitn(3, '/');
         let (Some(group), Some("offsets"), Some(tp)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -144,7 +172,8 @@ pub async fn load_all(kv: &dyn MetaKv) -> Result<Vec<(String, String, i32, Commi
             continue;
         };
         let c: Committed = decode_json(&item.key, &item.value)?;
-        out.push((unescape(group), topic.to_string(), partition, c));
+        out.offsets
+            .push((unescape(group), topic.to_string(), partition, c));
     }
     Ok(out)
 }
@@ -164,22 +193,28 @@ mod tests {
             metadata: Some("m".into()),
             commit_ms: 1,
         };
-        commit(
-            &kv,
-            "g/1 %x",
-            &[("t".into(), 0, c(5)), ("t".into(), 1, c(7))],
-        )
-        .await
-        .unwrap();
-        commit(&kv, "g", &[("t".into(), 0, c(9))]).await.unwrap();
-        let mut all = load_all(&kv).await.unwrap();
+        let two = [("t".into(), 0, c(5)), ("t".into(), 1, c(7))];
+        commit(&kv, "g/1 %x", &two, Some("consumer")).await.unwrap();
+        commit(&kv, "g", &[("t".into(), 0, c(9))], None)
+            .await
+            .unwrap();
+        let stored = load_all(&kv).await.unwrap();
+        assert_eq!(
+            stored.protocol_types,
+            vec![("g/1 %x".to_string(), "consumer".to_string())],
+            "only groups that had members record a protocol type"
+        );
+        let mut all = stored.offsets;
         all.sort_by_key(|a| (a.0.clone(), a.2));
         assert_eq!(all.len(), 3);
         assert_eq!(all[1].0, "g/1 %x");
         assert_eq!(all[1].3.offset, 5);
         delete(&kv, "g/1 %x", &[("t".into(), 1)]).await.unwrap();
         delete_group(&kv, "g").await.unwrap();
-        let all = load_all(&kv).await.unwrap();
+        let all = load_all(&kv).await.unwrap().offsets;
+        // Deleting a group removes its protocol type too.
+        delete_group(&kv, "g/1 %x").await.unwrap();
+        assert!(load_all(&kv).await.unwrap().protocol_types.is_empty());
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].0.as_str(), all[0].2), ("g/1 %x", 0));
     }
