@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! /silt/cluster/id                                   cluster id (string)
-//! /silt/agents/{node_id}                             the agent session that may write (fencing)
+//! /silt/agents/{node_id}                             the agent session registered as a node (leased)
+//! /silt/writer                                       node:session allowed to commit (leased)
 //! /silt/topics/{name}                                TopicRecord
 //! /silt/index/{topic_id}/{partition:010}/{base:020}  IndexEntry: where an offset range lives
 //! /silt/producer-ids/next                            next unallocated producer id (i64)
 //! /silt/groups/{group}/offsets/{topic}/{p:010}       Committed: a group's committed offset
+//! /silt/groups/{group}/protocol-type                 protocol type of a group that had members
 //! ```
 
 pub mod agents;
