@@ -85,21 +85,32 @@ pub async fn commit(b: &Arc<Broker>, req: OffsetCommitRequest, v: i16) -> Offset
             }
         }
     };
-    let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
-    for (topic, partition, err) in slots {
+    let topics = by_topic(slots.into_iter().map(|(topic, partition, err)| {
         let p = OffsetCommitResponsePartition::default()
             .with_partition_index(partition)
             .with_error_code(err.unwrap_or(outcome));
-        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
-            Some(t) => t.partitions.push(p),
-            None => topics.push(
-                OffsetCommitResponseTopic::default()
-                    .with_name(topic_name(&topic))
-                    .with_partitions(vec![p]),
-            ),
+        (topic, p)
+    }))
+    .into_iter()
+    .map(|(t, ps)| {
+        OffsetCommitResponseTopic::default()
+            .with_name(topic_name(&t))
+            .with_partitions(ps)
+    })
+    .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// Groups per-partition results by topic, keeping the request's order.
+fn by_topic<P>(rows: impl IntoIterator<Item = (String, P)>) -> Vec<(String, Vec<P>)> {
+    let mut out: Vec<(String, Vec<P>)> = Vec::new();
+    for (topic, p) in rows {
+        match out.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, ps)) => ps.push(p),
+            None => out.push((topic, vec![p])),
         }
     }
-    OffsetCommitResponse::default().with_topics(topics)
+    out
 }
 
 /// (partition, committed offset, leader epoch, metadata) of one topic.
@@ -115,23 +126,23 @@ fn fetch_group(
             .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
             .collect()
     });
-    let mut out: Vec<(String, Rows)> = Vec::new();
-    for (t, p, c) in b.groups.committed(group, wanted.as_deref()) {
-        let row = match c {
-            Some(c) => (
-                p,
-                c.offset,
-                c.leader_epoch,
-                Some(c.metadata.unwrap_or_default()),
-            ),
-            None => (p, -1, -1, Some(String::new())),
-        };
-        match out.iter_mut().find(|(name, _)| *name == t) {
-            Some((_, rows)) => rows.push(row),
-            None => out.push((t, vec![row])),
-        }
-    }
-    out
+    by_topic(
+        b.groups
+            .committed(group, wanted.as_deref())
+            .into_iter()
+            .map(|(t, p, c)| {
+                let row = match c {
+                    Some(c) => (
+                        p,
+                        c.offset,
+                        c.leader_epoch,
+                        Some(c.metadata.unwrap_or_default()),
+                    ),
+                    None => (p, -1, -1, Some(String::new())),
+                };
+                (t, row)
+            }),
+    )
 }
 
 /// OffsetFetch.
@@ -224,20 +235,19 @@ pub async fn delete(b: &Arc<Broker>, req: OffsetDeleteRequest) -> OffsetDeleteRe
         Err(group_error) => return OffsetDeleteResponse::default().with_error_code(group_error),
     };
     let mut codes = codes.into_iter();
-    let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
-    for (topic, partition, err) in rows {
+    let topics = by_topic(rows.into_iter().map(|(topic, partition, err)| {
         let code = err.unwrap_or_else(|| codes.next().unwrap_or(0));
         let p = OffsetDeleteResponsePartition::default()
             .with_partition_index(partition)
             .with_error_code(code);
-        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
-            Some(t) => t.partitions.push(p),
-            None => topics.push(
-                OffsetDeleteResponseTopic::default()
-                    .with_name(topic_name(&topic))
-                    .with_partitions(vec![p]),
-            ),
-        }
-    }
+        (topic, p)
+    }))
+    .into_iter()
+    .map(|(t, ps)| {
+        OffsetDeleteResponseTopic::default()
+            .with_name(topic_name(&t))
+            .with_partitions(ps)
+    })
+    .collect();
     OffsetDeleteResponse::default().with_topics(topics)
 }

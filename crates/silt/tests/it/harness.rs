@@ -45,17 +45,8 @@ impl AgentProc {
 
     /// Runs an agent that must fail to start; returns its exit status and log.
     pub fn start_failing(env: &[(&str, &str)]) -> (ExitStatus, String) {
-        let mut a = Self {
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            port: free_port(),
-            admin_port: free_port(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            starts: 1,
-        };
+        let mut a = Self::new(env);
+        a.starts = 1;
         let log = std::fs::File::create(a.log_path()).unwrap();
         let mut child = a
             .command()
