@@ -28,7 +28,13 @@ fn free_port() -> u16 {
 impl AgentProc {
     /// Starts an agent with a 20 ms flush interval and the given extra `SILT_*` settings.
     pub fn start(env: &[(&str, &str)]) -> Self {
-        let mut a = Self {
+        let mut a = Self::new(env);
+        a.spawn();
+        a
+    }
+
+    fn new(env: &[(&str, &str)]) -> Self {
+        Self {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
@@ -38,9 +44,7 @@ impl AgentProc {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             starts: 0,
-        };
-        a.spawn();
-        a
+        }
     }
 
     /// Runs an agent that must fail to start; returns its exit status and log.
