@@ -18,6 +18,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::broker::Broker;
 use crate::handlers::{self, Reply};
@@ -89,7 +90,18 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                 break;
             }
         };
-        let out = match handlers::dispatch(&broker, &req, body, peer).await {
+        let span = tracing::debug_span!(
+            "request",
+            api = ?api,
+            version,
+            correlation_id,
+            client_id = req.header.client_id.as_deref().unwrap_or(""),
+            %peer
+        );
+        let out = match handlers::dispatch(&broker, &req, body, peer)
+            .instrument(span)
+            .await
+        {
             Reply::None => continue,
             Reply::Now(resp) => match encode_response(correlation_id, api, version, &resp) {
                 Ok(b) => Outgoing::Ready(b),

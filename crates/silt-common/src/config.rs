@@ -264,7 +264,11 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("SILT_").ignore(&["LOG"]).split("__"));
+        fig = fig.merge(
+            Env::prefixed("SILT_")
+                .ignore(&["LOG", "LOG_FORMAT"])
+                .split("__"),
+        );
         let settings: Settings = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;

@@ -39,13 +39,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SILT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging()?;
     match cli.command {
         Command::Agent { config } => {
             let settings = Settings::load(config.as_deref())?;
@@ -135,6 +129,31 @@ async fn run_agent(settings: Settings) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: flushing buffered writes");
     agent.shutdown().await;
+    Ok(())
+}
+
+/// Logs go to stderr. `SILT_LOG` sets levels per module (an EnvFilter directive such as
+/// `info` or `silt_agent::flush=debug,info`); `SILT_LOG_FORMAT=json` writes one JSON object per
+/// line for log shippers.
+fn init_logging() -> anyhow::Result<()> {
+    let filter = match std::env::var("SILT_LOG") {
+        Ok(v) => tracing_subscriber::EnvFilter::try_new(&v).with_context(|| {
+            format!(
+                "SILT_LOG={v:?} is not a valid log filter (try `info` or `silt_agent=debug,info`)"
+            )
+        })?,
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match std::env::var("SILT_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().init(),
+        Ok("text") | Err(_) => builder.init(),
+        Ok(other) => anyhow::bail!(
+            "SILT_LOG_FORMAT={other:?} is not supported: use `text` (default) or `json`"
+        ),
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 mod backends;
 mod clients;
+mod config;
 mod durability;
 mod groups;
 mod harness;
