@@ -162,6 +162,7 @@ pub fn render(b: &Broker) -> String {
         "counter",
         b.cache.misses.load(r),
     );
+    b.metrics.render(&mut out);
     let topics = b.topics.all();
     let partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
     counter(

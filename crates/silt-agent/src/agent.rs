@@ -181,6 +181,7 @@ impl Agent {
         let broker = Arc::new(Broker {
             producer_ids: ProducerIds::new(c.meta.clone()),
             groups,
+            metrics: crate::metrics::Metrics::default(),
             node,
             cluster_id,
             meta: c.meta,

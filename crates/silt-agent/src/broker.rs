@@ -48,4 +48,6 @@ pub struct Broker {
     pub producer_ids: ProducerIds,
     /// Consumer groups coordinated here.
     pub groups: Arc<GroupCoordinator>,
+    /// Request and traffic metrics.
+    pub metrics: crate::metrics::Metrics,
 }

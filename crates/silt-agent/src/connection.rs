@@ -98,24 +98,38 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             client_id = req.header.client_id.as_deref().unwrap_or(""),
             %peer
         );
+        let started = std::time::Instant::now();
         let out = match handlers::dispatch(&broker, &req, body, peer)
             .instrument(span)
             .await
         {
-            Reply::None => continue,
-            Reply::Now(resp) => match encode_response(correlation_id, api, version, &resp) {
-                Ok(b) => Outgoing::Ready(b),
-                Err(e) => {
-                    tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
-                    break;
+            Reply::None => {
+                broker.metrics.request(api, started.elapsed());
+                continue;
+            }
+            Reply::Now(resp) => {
+                broker.metrics.request(api, started.elapsed());
+                match encode_response(correlation_id, api, version, &resp) {
+                    Ok(b) => Outgoing::Ready(b),
+                    Err(e) => {
+                        tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
+                        break;
+                    }
                 }
-            },
-            Reply::Later(fut) => Outgoing::Pending {
-                task: tokio::spawn(fut),
-                correlation_id,
-                api,
-                version,
-            },
+            }
+            Reply::Later(fut) => {
+                let b = broker.clone();
+                Outgoing::Pending {
+                    task: tokio::spawn(async move {
+                        let resp = fut.await;
+                        b.metrics.request(api, started.elapsed());
+                        resp
+                    }),
+                    correlation_id,
+                    api,
+                    version,
+                }
+            }
         };
         if tx.send(out).await.is_err() {
             break;

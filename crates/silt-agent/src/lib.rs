@@ -17,6 +17,7 @@ pub mod error;
 pub mod flush;
 pub mod groups;
 pub mod handlers;
+pub mod metrics;
 pub mod partition;
 pub mod producer;
 pub mod producer_ids;

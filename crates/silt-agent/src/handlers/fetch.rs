@@ -28,19 +28,43 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
             rx.borrow_and_update();
             let (resp, bytes, errors) = build(&b, &req, version).await;
             if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
-                return ResponseKind::Fetch(resp);
+                return done(&b, resp);
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) if !rx.borrow().stopped => continue,
                 Ok(_) => {
                     // The flusher stopped; nothing new will arrive.
                     tokio::time::sleep_until(deadline).await;
-                    return ResponseKind::Fetch(build(&b, &req, version).await.0);
+                    return done(&b, build(&b, &req, version).await.0);
                 }
-                Err(_) => return ResponseKind::Fetch(build(&b, &req, version).await.0),
+                Err(_) => return done(&b, build(&b, &req, version).await.0),
             }
         }
     }))
+}
+
+/// Counts the bytes a response returns, per topic, and wraps it.
+fn done(b: &Broker, resp: FetchResponse) -> ResponseKind {
+    for t in &resp.responses {
+        let bytes: usize = t
+            .partitions
+            .iter()
+            .filter_map(|p| p.records.as_ref())
+            .map(|r| r.len())
+            .sum();
+        if bytes > 0 {
+            let name = if t.topic.0.is_empty() {
+                b.topics
+                    .get_by_id(&t.topic_id)
+                    .map(|x| x.record.name.clone())
+                    .unwrap_or_default()
+            } else {
+                t.topic.0.to_string()
+            };
+            b.metrics.fetched(&name, bytes as u64);
+        }
+    }
+    ResponseKind::Fetch(resp)
 }
 
 /// One pass over the request; returns the response, the record bytes in it, and whether any

@@ -123,7 +123,7 @@ async fn produce_one(
             deadline.saturating_duration_since(Instant::now()),
         )
         .await?;
-    append(
+    let appended = append(
         &b.flusher,
         p,
         &data,
@@ -131,7 +131,15 @@ async fn produce_one(
         log_append_time,
         b.clock.now_ms(),
         permit,
-    )
+    )?;
+    if matches!(appended, Appended::Buffered { .. }) {
+        b.metrics.produced(
+            &p.topic,
+            header.record_count.max(0) as u64,
+            header.size as u64,
+        );
+    }
+    Ok(appended)
 }
 
 /// Kafka checks every record's timestamp against the topic's window; Silt never decompresses,

@@ -155,3 +155,58 @@ fn metrics_at(port: u16) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_metrics_match_the_traffic_sent() {
+    let agent = AgentProc::start(&[]);
+    let b = agent.bootstrap();
+    create_topic(&b, "metered", 2, &[]).await;
+    let p = producer(&b, &[("linger.ms", "0")]);
+    let value = vec![9u8; 100];
+    for i in 0..50 {
+        p.send(
+            FutureRecord::to("metered")
+                .partition(i % 2)
+                .key("k")
+                .payload(&value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let got = consume(&b, "metered", 2, 50);
+    assert_eq!(got.len(), 50);
+    let m = agent.metrics();
+    assert_eq!(
+        m["silt_produced_records_total{topic=\"metered\"}"], 50.0,
+        "records counted exactly"
+    );
+    let produced = m["silt_produced_bytes_total{topic=\"metered\"}"];
+    assert!(
+        produced >= 50.0 * 100.0 && produced < 50.0 * 300.0,
+        "batch bytes plausible: {produced}"
+    );
+    assert!(
+        m["silt_fetched_bytes_total{topic=\"metered\"}"] >= produced,
+        "everything produced was fetched"
+    );
+    let produce_requests = m["silt_requests_total{api=\"Produce\"}"];
+    assert!(
+        produce_requests >= 50.0,
+        "acks=all one at a time: at least one request per record"
+    );
+    assert_eq!(
+        m["silt_request_duration_seconds_count{api=\"Produce\"}"],
+        produce_requests
+    );
+    assert_eq!(
+        m["silt_request_duration_seconds_bucket{api=\"Produce\",le=\"+Inf\"}"],
+        produce_requests
+    );
+    assert_eq!(m["silt_object_puts_total"], m["silt_flushes_total"]);
+    assert!(
+        m["silt_flush_bytes_total"] >= produced,
+        "every produced byte was flushed"
+    );
+}

@@ -1,0 +1,199 @@
+//! Request and traffic metrics: requests and latency per Kafka API, records and bytes produced
+//! and bytes fetched per topic. Rendered by [`crate::admin_http`] in Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kafka_protocol::messages::ApiKey;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 11] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+/// API keys tracked (every key below this).
+const APIS: usize = 80;
+
+#[derive(Debug, Default)]
+struct ApiStats {
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+}
+
+/// Per-topic traffic.
+#[derive(Debug, Default, Clone, Copy)]
+struct TopicStats {
+    produced_records: u64,
+    produced_bytes: u64,
+    fetched_bytes: u64,
+}
+
+/// The agent's request metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    apis: Vec<ApiStats>,
+    topics: Mutex<BTreeMap<String, TopicStats>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            apis: (0..APIS).map(|_| ApiStats::default()).collect(),
+            topics: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one answered request of `api` that took `took` to answer.
+    pub fn request(&self, api: ApiKey, took: Duration) {
+        let Some(s) = self.apis.get(api as usize) else {
+            return;
+        };
+        s.count.fetch_add(1, Ordering::Relaxed);
+        s.sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                s.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn topic(&self, topic: &str, f: impl FnOnce(&mut TopicStats)) {
+        let mut t = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = t.get_mut(topic) {
+            f(s);
+        } else {
+            let mut s = TopicStats::default();
+            f(&mut s);
+            t.insert(topic.to_string(), s);
+        }
+    }
+
+    /// Records an accepted batch.
+    pub fn produced(&self, topic: &str, records: u64, bytes: u64) {
+        self.topic(topic, |s| {
+            s.produced_records += records;
+            s.produced_bytes += bytes;
+        });
+    }
+
+    /// Records bytes returned by a fetch.
+    pub fn fetched(&self, topic: &str, bytes: u64) {
+        if bytes > 0 {
+            self.topic(topic, |s| s.fetched_bytes += bytes);
+        }
+    }
+
+    /// Appends the Prometheus exposition of these metrics to `out`.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP silt_requests_total Kafka requests answered, by API.\n# TYPE silt_requests_total counter");
+        let used: Vec<(ApiKey, &ApiStats)> = self
+            .apis
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((ApiKey::try_from(i as i16).ok()?, s)))
+            .filter(|(_, s)| s.count.load(Ordering::Relaxed) > 0)
+            .collect();
+        for (k, s) in &used {
+            let _ = writeln!(
+                out,
+                "silt_requests_total{{api=\"{k:?}\"}} {}",
+                s.count.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP silt_request_duration_seconds Time to answer a Kafka request, by API.\n# TYPE silt_request_duration_seconds histogram");
+        for (k, s) in &used {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "silt_request_duration_seconds_bucket{{api=\"{k:?}\",le=\"{b}\"}} {}",
+                    s.buckets[i].load(Ordering::Relaxed)
+                );
+            }
+            let n = s.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "silt_request_duration_seconds_bucket{{api=\"{k:?}\",le=\"+Inf\"}} {n}"
+            );
+            let _ = writeln!(
+                out,
+                "silt_request_duration_seconds_sum{{api=\"{k:?}\"}} {}",
+                s.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "silt_request_duration_seconds_count{{api=\"{k:?}\"}} {n}"
+            );
+        }
+        let topics = self
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (name, help, get) in [
+            (
+                "silt_produced_records_total",
+                "Records accepted, by topic.",
+                (|s: &TopicStats| s.produced_records) as fn(&TopicStats) -> u64,
+            ),
+            (
+                "silt_produced_bytes_total",
+                "Record-batch bytes accepted, by topic.",
+                |s: &TopicStats| s.produced_bytes,
+            ),
+            (
+                "silt_fetched_bytes_total",
+                "Record-batch bytes returned to consumers, by topic.",
+                |s: &TopicStats| s.fetched_bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (t, s) in &topics {
+                let _ = writeln!(out, "{name}{{topic=\"{t}\"}} {}", get(s));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_counts_requests_and_traffic() {
+        let m = Metrics::default();
+        m.request(ApiKey::Produce, Duration::from_millis(3));
+        m.request(ApiKey::Produce, Duration::from_millis(300));
+        m.produced("orders", 10, 1000);
+        m.fetched("orders", 500);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(
+            out.contains("silt_requests_total{api=\"Produce\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("silt_request_duration_seconds_bucket{api=\"Produce\",le=\"0.005\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("silt_request_duration_seconds_bucket{api=\"Produce\",le=\"0.5\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains("silt_produced_records_total{topic=\"orders\"} 10"),
+            "{out}"
+        );
+        assert!(
+            out.contains("silt_fetched_bytes_total{topic=\"orders\"} 500"),
+            "{out}"
+        );
+        assert!(!out.contains("api=\"Fetch\""), "unused APIs are not listed");
+    }
+}
