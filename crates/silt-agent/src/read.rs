@@ -4,6 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path;
+use silt_meta::layout::index::IndexEntry;
 use silt_storage::Storage;
 use silt_wire::batch;
 
@@ -35,6 +36,20 @@ pub fn check_offset(p: &Partition, offset: i64) -> Result<(i64, i64), PartitionE
     Ok((st.log_start, st.high_watermark))
 }
 
+/// The bytes of one committed range: from the tail cache, else one range GET.
+pub async fn range_bytes(
+    storage: &Storage,
+    cache: &ObjectCache,
+    r: &IndexEntry,
+) -> Result<Bytes, PartitionError> {
+    if let Some(d) = cache.get(&r.object, r.pos, r.len) {
+        return Ok(d);
+    }
+    Ok(storage
+        .get(&Path::from(r.object.as_str()), Some(r.pos..r.pos + r.len))
+        .await?)
+}
+
 /// Reads up to `max_bytes` (at least one batch if any) from `offset`.
 pub async fn read(
     storage: &Storage,
@@ -48,14 +63,7 @@ pub async fn read(
     let mut out = BytesMut::new();
     let mut single: Option<Bytes> = None;
     'ranges: for r in ranges {
-        let data = match cache.get(&r.object, r.pos, r.len) {
-            Some(d) => d,
-            None => {
-                storage
-                    .get(&Path::from(r.object.as_str()), Some(r.pos..r.pos + r.len))
-                    .await?
-            }
-        };
+        let data = range_bytes(storage, cache, &r).await?;
         for (h, range) in batch::iter(&data) {
             let last = h.base_offset + h.last_offset_delta as i64;
             if last < offset {

@@ -12,12 +12,12 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
     OffsetForLeaderEpochResponse,
 };
-use object_store::path::Path;
 use silt_wire::batch;
 
 use crate::broker::Broker;
 use crate::error::PartitionError;
 use crate::partition::Partition;
+use crate::read;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -92,7 +92,7 @@ async fn lookup(b: &Broker, p: &Partition, target: i64) -> Result<(i64, i64), Pa
             let Some(seg) = p.lock().max_timestamp_segment() else {
                 return Ok((-1, -1));
             };
-            let data = segment_bytes(b, &seg).await?;
+            let data = read::range_bytes(&b.storage, &b.cache, &seg).await?;
             let best = batch::iter(&data)
                 .filter(|(h, _)| h.max_timestamp == seg.max_timestamp)
                 .map(|(h, r)| batch::max_timestamp_offset(&data[r], &h))
@@ -101,41 +101,17 @@ async fn lookup(b: &Broker, p: &Partition, target: i64) -> Result<(i64, i64), Pa
             Ok((best, seg.max_timestamp))
         }
         ts if ts >= 0 => {
-            let segs: Vec<_> = {
-                let st = p.lock();
-                st.segments
-                    .iter()
-                    .filter(|s| s.max_timestamp >= ts)
-                    .cloned()
-                    .collect()
+            // The first range whose max timestamp reaches `ts` holds the first record that does.
+            let Some(seg) = p.lock().first_segment_at_or_after(ts) else {
+                return Ok((-1, -1));
             };
-            for seg in segs {
-                let data = segment_bytes(b, &seg).await?;
-                for (h, r) in batch::iter(&data) {
-                    if let Some(found) = batch::first_at_or_after(&data[r], &h, ts) {
-                        return Ok(found);
-                    }
-                }
-            }
-            Ok((-1, -1))
+            let data = read::range_bytes(&b.storage, &b.cache, &seg).await?;
+            let found =
+                batch::iter(&data).find_map(|(h, r)| batch::first_at_or_after(&data[r], &h, ts));
+            Ok(found.unwrap_or((-1, -1)))
         }
         _ => Ok((-1, -1)),
     }
-}
-
-async fn segment_bytes(
-    b: &Broker,
-    seg: &silt_meta::layout::index::IndexEntry,
-) -> Result<bytes::Bytes, PartitionError> {
-    if let Some(d) = b.cache.get(&seg.object, seg.pos, seg.len) {
-        return Ok(d);
-    }
-    Ok(b.storage
-        .get(
-            &Path::from(seg.object.as_str()),
-            Some(seg.pos..seg.pos + seg.len),
-        )
-        .await?)
 }
 
 /// Handles OffsetForLeaderEpoch: every partition has had one epoch on this agent, ending at the

@@ -84,18 +84,6 @@ pub async fn load_partition(
         .collect()
 }
 
-/// Number of index keys a partition holds (reported as a metric; bounded by compaction later).
-pub async fn key_count(
-    kv: &dyn MetaKv,
-    topic_id: &Uuid,
-    partition: i32,
-) -> Result<usize, MetaError> {
-    Ok(kv
-        .range(RangeRequest::prefix(partition_prefix(topic_id, partition)))
-        .await?
-        .len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
