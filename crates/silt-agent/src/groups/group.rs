@@ -126,6 +126,24 @@ struct Member {
 }
 
 impl Member {
+    /// Answers whatever this member is waiting on with `error`.
+    fn fail_waiters(&mut self, member_id: &str, error: i16) {
+        if let Some(tx) = self.join_waiter.take() {
+            let _ = tx.send(JoinResult {
+                error,
+                generation: -1,
+                member_id: member_id.to_string(),
+                ..Default::default()
+            });
+        }
+        if let Some(tx) = self.sync_waiter.take() {
+            let _ = tx.send(SyncResult {
+                error,
+                ..Default::default()
+            });
+        }
+    }
+
     fn metadata_for(&self, protocol: &str) -> Bytes {
         self.protocols
             .iter()
@@ -276,19 +294,8 @@ impl Group {
     /// Marks the group deleted; waiters learn the coordinator lost it.
     pub fn kill(&mut self) {
         let err = code(ResponseError::CoordinatorNotAvailable);
-        for m in self.members.values_mut() {
-            if let Some(tx) = m.join_waiter.take() {
-                let _ = tx.send(JoinResult {
-                    error: err,
-                    ..Default::default()
-                });
-            }
-            if let Some(tx) = m.sync_waiter.take() {
-                let _ = tx.send(SyncResult {
-                    error: err,
-                    ..Default::default()
-                });
-            }
+        for (id, m) in self.members.iter_mut() {
+            m.fail_waiters(id, err);
         }
         self.members.clear();
         self.state = State::Dead;
@@ -341,7 +348,7 @@ impl Group {
             let new_id = self.fresh_member_id(&j.client_id);
             if let Some(inst) = j.instance_id.clone() {
                 if let Some(old) = self.statics.get(&inst).cloned() {
-                    return self.static_rejoin(old, new_id, j, now, tx);
+                    return self.static_rejoin(old, new_id, j, now, lim, tx);
                 }
             } else if j.require_known_member_id {
                 if self.members.len() + self.pending.len() >= lim.max_size {
@@ -425,6 +432,7 @@ impl Group {
         new_id: String,
         j: Join,
         now: i64,
+        lim: &GroupLimits,
         tx: oneshot::Sender<JoinResult>,
     ) {
         let Some(mut m) = self.members.remove(&old) else {
@@ -438,21 +446,7 @@ impl Group {
             return;
         };
         // The old incarnation is fenced.
-        let fenced = code(ResponseError::FencedInstanceId);
-        if let Some(w) = m.join_waiter.take() {
-            let _ = w.send(JoinResult {
-                error: fenced,
-                generation: -1,
-                member_id: old.clone(),
-                ..Default::default()
-            });
-        }
-        if let Some(w) = m.sync_waiter.take() {
-            let _ = w.send(SyncResult {
-                error: fenced,
-                ..Default::default()
-            });
-        }
+        m.fail_waiters(&old, code(ResponseError::FencedInstanceId));
         let changed = m.protocols != j.protocols;
         m.protocols = j.protocols;
         m.session_timeout_ms = j.session_timeout_ms;
@@ -479,14 +473,7 @@ impl Group {
             }
             _ => {
                 self.members.get_mut(&new_id).expect("inserted").join_waiter = Some(tx);
-                let lim_free = GroupLimits {
-                    min_session_timeout_ms: 0,
-                    max_session_timeout_ms: i32::MAX,
-                    initial_rebalance_delay_ms: 0,
-                    max_size: usize::MAX,
-                    max_assignment_bytes: usize::MAX,
-                };
-                self.prepare_rebalance(now, &lim_free);
+                self.prepare_rebalance(now, lim);
             }
         }
     }
@@ -669,21 +656,7 @@ impl Group {
                     self.statics.remove(inst);
                 }
             }
-            let err = code(ResponseError::UnknownMemberId);
-            if let Some(tx) = m.join_waiter.take() {
-                let _ = tx.send(JoinResult {
-                    error: err,
-                    generation: -1,
-                    member_id: id.to_string(),
-                    ..Default::default()
-                });
-            }
-            if let Some(tx) = m.sync_waiter.take() {
-                let _ = tx.send(SyncResult {
-                    error: err,
-                    ..Default::default()
-                });
-            }
+            m.fail_waiters(id, code(ResponseError::UnknownMemberId));
         }
         if self.leader.as_deref() == Some(id) {
             self.leader = None;
