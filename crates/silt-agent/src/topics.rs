@@ -48,13 +48,33 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
 }
 
+/// Topics by name and by id (Fetch v13+ and Metadata address topics by id), kept together.
+#[derive(Debug, Default)]
+struct Index {
+    by_name: HashMap<String, Arc<Topic>>,
+    by_id: HashMap<Uuid, Arc<Topic>>,
+}
+
+impl Index {
+    fn insert(&mut self, t: Arc<Topic>) {
+        self.by_id.insert(t.record.id, t.clone());
+        self.by_name.insert(t.record.name.clone(), t);
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(t) = self.by_name.remove(name) {
+            self.by_id.remove(&t.record.id);
+        }
+    }
+}
+
 /// The catalog cache.
 #[derive(Debug)]
 pub struct Topics {
     meta: Arc<dyn MetaKv>,
     clock: Arc<dyn Clock>,
     defaults: TopicDefaults,
-    by_name: RwLock<HashMap<String, Arc<Topic>>>,
+    index: RwLock<Index>,
     admin: tokio::sync::Mutex<()>,
 }
 
@@ -91,16 +111,16 @@ impl Topics {
         clock: Arc<dyn Clock>,
         defaults: TopicDefaults,
     ) -> Result<Self, TopicError> {
-        let mut by_name = HashMap::new();
+        let mut index = Index::default();
         for record in catalog::list(meta.as_ref()).await? {
             let topic = Self::open(meta.as_ref(), record, &defaults).await?;
-            by_name.insert(topic.record.name.clone(), Arc::new(topic));
+            index.insert(Arc::new(topic));
         }
         Ok(Self {
             meta,
             clock,
             defaults,
-            by_name: RwLock::new(by_name),
+            index: RwLock::new(index),
             admin: tokio::sync::Mutex::new(()),
         })
     }
@@ -130,32 +150,25 @@ impl Topics {
 
     /// A topic by name.
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.by_name
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.read().by_name.get(name).cloned()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A topic by id.
     pub fn get_by_id(&self, id: &Uuid) -> Option<Arc<Topic>> {
-        self.by_name
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .find(|t| &t.record.id == id)
-            .cloned()
+        self.read().by_id.get(id).cloned()
     }
 
     /// Every topic, sorted by name.
     pub fn all(&self) -> Vec<Arc<Topic>> {
-        let mut v: Vec<_> = self
-            .by_name
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = self.read().by_name.values().cloned().collect();
         v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         v
     }
@@ -194,10 +207,7 @@ impl Topics {
             return Err(TopicError::AlreadyExists(t.name.clone()));
         }
         let topic = Arc::new(Self::open(self.meta.as_ref(), record, &self.defaults).await?);
-        self.by_name
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(t.name.clone(), topic.clone());
+        self.write().insert(topic.clone());
         tracing::info!(topic = %t.name, partitions = topic.partitions.len(), id = %topic.record.id, "topic created");
         Ok(topic)
     }
@@ -228,10 +238,7 @@ impl Topics {
     pub async fn delete(&self, name: &str) -> Result<TopicRecord, TopicError> {
         let _g = self.admin.lock().await;
         let deleted = catalog::delete(self.meta.as_ref(), name).await?;
-        self.by_name
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.write().remove(name);
         let record = deleted.ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
         tracing::info!(topic = %name, id = %record.id, "topic deleted");
         Ok(record)
