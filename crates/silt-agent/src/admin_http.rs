@@ -51,7 +51,18 @@ async fn handle(mut stream: TcpStream, broker: Arc<Broker>) {
     let (status, ctype, body) = match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&broker)),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-        "/readyz" => ("200 OK", "text/plain", "ready\n".to_string()),
+        "/readyz" => {
+            if *broker.cluster.settled().borrow() && !broker.flusher.subscribe().borrow().stopped {
+                ("200 OK", "text/plain", "ready\n".to_string())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready: partitions or group shards are still being assigned or loaded, or this agent stopped writing\n"
+                        .to_string(),
+                )
+            }
+        }
         _ => (
             "404 Not Found",
             "text/plain",
@@ -163,25 +174,59 @@ pub fn render(b: &Broker) -> String {
         b.cache.misses.load(r),
     );
     b.metrics.render(&mut out);
-    let topics = b.topics.all();
-    let partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
+    let mut local = b.cluster.local_partitions();
+    local.sort_by(|x, y| (&x.topic, x.index).cmp(&(&y.topic, y.index)));
     counter(
         &mut out,
         "silt_partitions",
         "Partitions this agent leads.",
         "gauge",
-        partitions as u64,
+        local.len() as u64,
     );
-    let _ = writeln!(out, "# HELP silt_index_entries Offset-index entries per partition in the metadata store.\n# TYPE silt_index_entries gauge");
-    for t in &topics {
-        for p in &t.partitions {
-            let n = p.lock().segments.len();
-            let _ = writeln!(
-                out,
-                "silt_index_entries{{topic=\"{}\",partition=\"{}\"}} {n}",
-                t.record.name, p.index
-            );
-        }
+    counter(
+        &mut out,
+        "silt_cluster_agents",
+        "Live agents this agent sees.",
+        "gauge",
+        b.cluster.brokers().len() as u64,
+    );
+    counter(
+        &mut out,
+        "silt_is_controller",
+        "1 if this agent is the controller.",
+        "gauge",
+        u64::from(b.cluster.controller_id() == Some(b.node.id)),
+    );
+    let c = &b.cluster.stats;
+    counter(
+        &mut out,
+        "silt_partitions_gained_total",
+        "Partitions this agent took leadership of.",
+        "counter",
+        c.partitions_gained.load(r),
+    );
+    counter(
+        &mut out,
+        "silt_partitions_lost_total",
+        "Partitions whose leadership this agent gave up.",
+        "counter",
+        c.partitions_lost.load(r),
+    );
+    counter(
+        &mut out,
+        "silt_partition_load_last_ms",
+        "Time the last batch of partition take-overs spent rebuilding state from the metadata store.",
+        "gauge",
+        c.last_load_ms.load(r),
+    );
+    let _ = writeln!(out, "# HELP silt_index_entries Offset-index keys per partition in the metadata store (partitions led here).\n# TYPE silt_index_entries gauge");
+    for p in &local {
+        let n = p.lock().segments.len();
+        let _ = writeln!(
+            out,
+            "silt_index_entries{{topic=\"{}\",partition=\"{}\"}} {n}",
+            p.topic, p.index
+        );
     }
     out
 }

@@ -1,12 +1,15 @@
 //! Starting and stopping an agent: build shared state from the components passed in, register
-//! (fencing any earlier session of the same node id), load topics, run the flush pipeline and
-//! the listener. SIGTERM handling lives in the binary; [`Agent::shutdown`] is what it calls.
+//! under a lease (fencing any earlier session of the same node id), follow the catalog and the
+//! assignments, campaign for controller, run the flush pipeline and the listener. SIGTERM
+//! handling lives in the binary; [`Agent::shutdown`] is what it calls: stop taking writes,
+//! flush, leave the cluster, and wait for the partitions to be handed over.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use silt_common::{Clock, Settings};
-use silt_meta::layout::{agents, cluster};
+use silt_meta::layout::agents::{self, Registration};
+use silt_meta::layout::cluster;
 use silt_meta::{MetaError, MetaKv};
 use silt_storage::Storage;
 use tokio::net::TcpListener;
@@ -15,6 +18,8 @@ use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, Node};
 use crate::cache::ObjectCache;
+use crate::cluster::controller::{self, Identity};
+use crate::cluster::Cluster;
 use crate::error::TopicError;
 use crate::flush::Flusher;
 use crate::groups::group::GroupLimits;
@@ -54,11 +59,15 @@ pub enum StartError {
         #[source]
         source: MetaError,
     },
-    /// Another agent writes to this metadata store.
-    #[error("another agent ({holder}, as node:session) is writing to this metadata store. Until partition leadership arrives, one agent writes per store: stop it, or give this agent its own store")]
-    AnotherWriter {
-        /// The current writer.
-        holder: String,
+    /// Another live agent is registered with this node id.
+    #[error("node id {node_id} is registered by a live agent at {host}:{port}. Give every agent its own node_id, or set node_id = -1 to have a free one allocated")]
+    NodeIdTaken {
+        /// The node id.
+        node_id: i32,
+        /// The holder's advertised host.
+        host: String,
+        /// The holder's advertised port.
+        port: i32,
     },
     /// Loading topics failed.
     #[error("could not load topics: {0}")]
@@ -74,6 +83,9 @@ pub struct Agent {
     admin: Option<JoinHandle<()>>,
     group_ticker: JoinHandle<()>,
     keepalive: JoinHandle<()>,
+    reactor: JoinHandle<()>,
+    controller: JoinHandle<()>,
+    lease_lost: watch::Receiver<bool>,
     lease: silt_meta::LeaseId,
     stop_accepting: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -108,6 +120,16 @@ impl Agent {
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let session = uuid::Uuid::new_v4().simple().to_string();
+        let host = settings.advertised_host.clone().unwrap_or_else(|| {
+            let ip = addr.ip();
+            if ip.is_unspecified() {
+                tracing::warn!("listening on all interfaces without advertised_host; advertising 'localhost'. Set advertised_host so remote clients can connect");
+                "localhost".to_string()
+            } else {
+                ip.to_string()
+            }
+        });
+        let port = settings.advertised_port.unwrap_or(addr.port()) as i32;
         let ttl = std::time::Duration::from_millis(settings.metadata.lease_ttl_ms);
         let meta_err = |doing: &'static str| move |source| StartError::Meta { doing, source };
         let lease = c
@@ -115,16 +137,25 @@ impl Agent {
             .grant_lease(ttl)
             .await
             .map_err(meta_err("granting this agent's lease"))?;
-        agents::register(c.meta.as_ref(), settings.node_id, &session, lease)
-            .await
-            .map_err(meta_err("registering this agent"))?;
-        if let Err(holder) =
-            agents::claim_writer(c.meta.as_ref(), settings.node_id, &session, lease)
+        let registration = Registration {
+            session: session.clone(),
+            host: host.clone(),
+            port,
+        };
+        let (node_id, reg_value) =
+            match agents::register(c.meta.as_ref(), settings.node_id, &registration, lease)
                 .await
-                .map_err(meta_err("claiming the right to write"))?
-        {
-            return Err(StartError::AnotherWriter { holder });
-        }
+                .map_err(meta_err("registering this agent"))?
+            {
+                Ok(r) => r,
+                Err(taken) => {
+                    return Err(StartError::NodeIdTaken {
+                        node_id: taken.node_id,
+                        host: taken.holder.host,
+                        port: taken.holder.port,
+                    })
+                }
+            };
         let cluster_id = cluster::get_or_create(
             c.meta.as_ref(),
             &uuid::Uuid::new_v4().simple().to_string()[..22],
@@ -135,25 +166,21 @@ impl Agent {
             source,
         })?;
         let topics = Topics::load(c.meta.clone(), c.clock.clone(), settings.topics.clone()).await?;
-        let g = &settings.groups;
-        let groups = Arc::new(
-            GroupCoordinator::load(
-                c.meta.clone(),
-                c.clock.clone(),
-                GroupLimits {
-                    min_session_timeout_ms: g.min_session_timeout_ms,
-                    max_session_timeout_ms: g.max_session_timeout_ms,
-                    initial_rebalance_delay_ms: g.initial_rebalance_delay_ms,
-                    max_size: g.max_size,
-                    max_assignment_bytes: g.max_assignment_bytes,
-                },
-            )
+        let cluster = Cluster::start(c.meta.clone(), node_id, reg_value)
             .await
-            .map_err(|source| StartError::Meta {
-                doing: "loading consumer groups' committed offsets",
-                source,
-            })?,
-        );
+            .map_err(meta_err("following agents and assignments"))?;
+        let g = &settings.groups;
+        let groups = Arc::new(GroupCoordinator::new(
+            c.meta.clone(),
+            c.clock.clone(),
+            GroupLimits {
+                min_session_timeout_ms: g.min_session_timeout_ms,
+                max_session_timeout_ms: g.max_session_timeout_ms,
+                initial_rebalance_delay_ms: g.initial_rebalance_delay_ms,
+                max_size: g.max_size,
+                max_assignment_bytes: g.max_assignment_bytes,
+            },
+        ));
         let group_ticker = groups.spawn_ticker(std::time::Duration::from_millis(100));
         let cache = Arc::new(ObjectCache::new(settings.flush.tail_cache_bytes));
         let flusher = Flusher::new(
@@ -161,22 +188,14 @@ impl Agent {
             c.storage.clone(),
             c.meta.clone(),
             cache.clone(),
-            settings.node_id,
+            node_id,
             session.clone(),
+            cluster.registered(),
         );
-        let host = settings.advertised_host.clone().unwrap_or_else(|| {
-            let ip = addr.ip();
-            if ip.is_unspecified() {
-                tracing::warn!("listening on all interfaces without advertised_host; advertising 'localhost'. Set advertised_host so remote clients can connect");
-                "localhost".to_string()
-            } else {
-                ip.to_string()
-            }
-        });
         let node = Node {
-            id: settings.node_id,
+            id: node_id,
             host,
-            port: settings.advertised_port.unwrap_or(addr.port()) as i32,
+            port,
         };
         let broker = Arc::new(Broker {
             producer_ids: ProducerIds::new(c.meta.clone()),
@@ -188,12 +207,38 @@ impl Agent {
             storage: c.storage,
             clock: c.clock,
             topics,
+            cluster: cluster.clone(),
             flusher: flusher.clone(),
             cache,
             settings,
         });
         let flush = tokio::spawn(flusher.run());
-        let keepalive = tokio::spawn(keep_lease(broker.clone(), lease, ttl));
+        let (lease_lost_tx, lease_lost) = watch::channel(false);
+        let keepalive = tokio::spawn(keep_lease(broker.clone(), lease, ttl, lease_lost_tx));
+        let reactor = tokio::spawn(
+            cluster
+                .clone()
+                .run(broker.topics.subscribe(), broker.groups.clone()),
+        );
+        let controller = tokio::spawn(controller::run(
+            broker.meta.clone(),
+            Identity {
+                node_id,
+                session: session.clone(),
+                lease,
+            },
+            cluster.clone(),
+            broker.topics.subscribe(),
+        ));
+        // Serve once this agent's share is known and loaded (bounded: a dead agent's
+        // partitions wait for its lease to lapse, and clients retry meanwhile).
+        let mut settled = cluster.settled();
+        if tokio::time::timeout(ttl * 2, settled.wait_for(|s| *s))
+            .await
+            .is_err()
+        {
+            tracing::warn!("some partitions or group shards have no live leader yet; serving anyway (clients retry until they do)");
+        }
         let admin =
             admin_listener.map(|l| tokio::spawn(crate::admin_http::serve(l, broker.clone())));
         let (stop_accepting, mut stop_rx) = watch::channel(false);
@@ -215,7 +260,8 @@ impl Agent {
             }
         });
         tracing::info!(%addr, node_id = broker.node.id, session = %session,
-            topics = broker.topics.all().len(), "agent ready");
+            topics = broker.topics.all().len(), partitions_led = cluster.local_partitions().len(),
+            agents = cluster.brokers().len(), "agent ready");
         Ok(Self {
             broker,
             addr,
@@ -223,6 +269,9 @@ impl Agent {
             admin,
             group_ticker,
             keepalive,
+            reactor,
+            controller,
+            lease_lost,
             lease,
             stop_accepting,
             accept,
@@ -245,29 +294,56 @@ impl Agent {
         &self.broker
     }
 
-    /// Stops taking connections and writes, flushes and commits what is buffered, and returns.
+    /// Resolves when this agent's lease is lost for good (it was unreachable or stalled for
+    /// longer than the TTL): it is fenced and should exit so a supervisor restarts it.
+    pub async fn lease_lost(&self) {
+        let mut rx = self.lease_lost.clone();
+        let _ = rx.wait_for(|l| *l).await;
+    }
+
+    /// Graceful stop: refuse new writes (clients retry elsewhere), flush and commit what is
+    /// buffered, leave the cluster (revoking the lease drops the registration and any
+    /// controller role at once), wait briefly for the partitions to be handed over while still
+    /// answering Metadata, then close.
     pub async fn shutdown(self) {
-        let _ = self.stop_accepting.send(true);
-        let _ = self.accept.await;
+        let started = std::time::Instant::now();
         self.broker.flusher.close();
         let _ = self.flush.await;
+        self.keepalive.abort();
+        self.controller.abort();
+        if let Err(e) = self.broker.meta.revoke_lease(self.lease).await {
+            tracing::warn!(error = %e, "could not revoke this agent's lease; it expires on its own");
+        }
+        let cluster = &self.broker.cluster;
+        if cluster.peers() > 0 {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while cluster.assigned_here() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let _ = self.stop_accepting.send(true);
+        let _ = self.accept.await;
         if let Some(a) = self.admin {
             a.abort();
         }
         self.group_ticker.abort();
-        self.keepalive.abort();
-        // Give up the right to write at once rather than at the lease's expiry.
-        if let Err(e) = self.broker.meta.revoke_lease(self.lease).await {
-            tracing::warn!(error = %e, "could not revoke this agent's lease; it expires on its own");
-        }
-        tracing::info!("agent stopped; every acknowledged write is committed");
+        self.reactor.abort();
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "agent stopped; every acknowledged write is committed and its partitions handed over"
+        );
     }
 }
 
 /// Renews the agent's lease every third of its TTL. If the lease is gone (this agent stalled
 /// longer than the TTL and was replaced), the agent stops taking writes: its commits would be
 /// refused anyway.
-async fn keep_lease(broker: Arc<Broker>, lease: silt_meta::LeaseId, ttl: std::time::Duration) {
+async fn keep_lease(
+    broker: Arc<Broker>,
+    lease: silt_meta::LeaseId,
+    ttl: std::time::Duration,
+    lost: watch::Sender<bool>,
+) {
     let mut iv = tokio::time::interval(ttl / 3);
     iv.tick().await;
     loop {
@@ -275,8 +351,9 @@ async fn keep_lease(broker: Arc<Broker>, lease: silt_meta::LeaseId, ttl: std::ti
         match broker.meta.keep_alive(lease).await {
             Ok(()) => {}
             Err(silt_meta::MetaError::LeaseNotFound(_)) => {
-                tracing::error!("this agent's lease expired (it was unreachable or stalled for longer than metadata.lease_ttl_ms); it stops taking writes");
+                tracing::error!("this agent's lease expired (it was unreachable or stalled for longer than metadata.lease_ttl_ms); its partitions moved to other agents and it stops taking writes");
                 broker.flusher.close();
+                let _ = lost.send(true);
                 return;
             }
             Err(e) => tracing::warn!(error = %e, "renewing this agent's lease failed; retrying"),

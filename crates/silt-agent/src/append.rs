@@ -42,6 +42,12 @@ pub fn append(
         return Err(PartitionError::TransactionsUnsupported);
     }
     let mut st = partition.lock();
+    if partition.is_closed() {
+        return Err(PartitionError::NotLeader(format!(
+            "leadership of {}-{} moved to another agent",
+            partition.topic, partition.index
+        )));
+    }
     let idempotent = header.is_idempotent();
     if idempotent {
         let verdict = st.producers.check(

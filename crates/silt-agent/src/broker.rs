@@ -7,6 +7,7 @@ use silt_meta::MetaKv;
 use silt_storage::Storage;
 
 use crate::cache::ObjectCache;
+use crate::cluster::Cluster;
 use crate::flush::Flusher;
 use crate::groups::GroupCoordinator;
 use crate::producer_ids::ProducerIds;
@@ -38,8 +39,10 @@ pub struct Broker {
     pub storage: Storage,
     /// Time.
     pub clock: Arc<dyn Clock>,
-    /// Topics and partitions.
+    /// Topics.
     pub topics: Topics,
+    /// Agents, leadership, and the partitions led here.
+    pub cluster: Arc<Cluster>,
     /// The write path.
     pub flusher: Flusher,
     /// Recently written objects.

@@ -5,14 +5,18 @@
 //! `flush.interval_ms` or as soon as `flush.max_bytes` are buffered:
 //!
 //! 1. ONE object PUT holding every buffered partition's batches plus a footer;
-//! 2. ONE metadata transaction adding an index entry per partition, fenced on this agent's
-//!    registration, so a replaced agent can never make its data visible;
+//! 2. ONE metadata transaction adding an index entry per partition (several when a flush holds
+//!    more than [`PARTITIONS_PER_TXN`] partitions: etcd caps a transaction at 128 operations),
+//!    fenced on this agent's registration and on each partition's assignment, so a replaced
+//!    agent or a deposed leader can never make its data visible;
 //! 3. only then the high watermarks advance and `acks=all` producers are answered.
 //!
 //! Several flushes' PUTs may run at once (`flush.max_in_flight`), but commits are strictly
 //! sequential in flush order, so offsets become visible in order. A failed PUT or commit
 //! is retried (with backoff) until it succeeds; meanwhile the bounded buffer fills and producers
 //! wait for room (backpressure). The buffer's byte budget is released only when a flush commits.
+//! A partition whose leadership moved fails its commit alone: its batches are answered
+//! NOT_LEADER_OR_FOLLOWER and the rest of the flush commits.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +26,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use silt_common::config::FlushSettings;
 use silt_meta::layout::index::{IndexEntry, ProducerBatch};
-use silt_meta::layout::{agents, index};
-use silt_meta::{MetaKv, Txn};
+use silt_meta::layout::{assignment, index};
+use silt_meta::{Compare, CompareTarget, MetaKv, Txn};
 use silt_storage::object::ObjectBuilder;
 use silt_storage::{paths, Storage};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -102,11 +106,18 @@ struct Inner {
     cache: Arc<ObjectCache>,
     node_id: i32,
     session: String,
+    /// This agent's registration compare.
+    registered: Compare,
     stats: FlushStats,
 }
 
+/// Partitions per commit transaction: two operations each (the assignment compare and the
+/// index put), well inside etcd's default `--max-txn-ops` of 128.
+pub const PARTITIONS_PER_TXN: usize = 60;
+
 impl Flusher {
-    /// A flusher writing with `storage` and committing to `meta` as `node_id`/`session`.
+    /// A flusher writing with `storage` and committing to `meta` as `node_id`/`session`, every
+    /// commit carrying the agent's `registered` compare.
     pub fn new(
         settings: FlushSettings,
         storage: Storage,
@@ -114,6 +125,7 @@ impl Flusher {
         cache: Arc<ObjectCache>,
         node_id: i32,
         session: String,
+        registered: Compare,
     ) -> Self {
         let budget = Arc::new(Semaphore::new(settings.max_buffered_bytes));
         Self {
@@ -131,6 +143,7 @@ impl Flusher {
                 cache,
                 node_id,
                 session,
+                registered,
                 stats: FlushStats::default(),
             }),
         }
@@ -190,12 +203,21 @@ impl Flusher {
         self.inner.progress.subscribe()
     }
 
-    /// Waits until generation `gen` is committed.
-    pub async fn wait_committed(&self, gen: u64) -> Result<(), PartitionError> {
+    /// Waits until generation `gen` is done and says whether `partition`'s batches in it
+    /// committed.
+    pub async fn wait_committed(
+        &self,
+        gen: u64,
+        partition: &Partition,
+    ) -> Result<(), PartitionError> {
         let mut rx = self.subscribe();
         let res = rx.wait_for(|p| p.committed >= gen || p.stopped).await;
         match res {
-            Ok(p) if p.committed >= gen => Ok(()),
+            Ok(p) if p.committed >= gen && partition.is_durable(gen) => Ok(()),
+            Ok(p) if p.committed >= gen => Err(PartitionError::NotLeader(format!(
+                "leadership of {}-{} moved before the write became durable",
+                partition.topic, partition.index
+            ))),
             _ => Err(PartitionError::NotLeader(
                 "the agent stopped before the write became durable".into(),
             )),
@@ -297,9 +319,11 @@ impl Flusher {
         let started = Instant::now();
         // Group by partition, keeping each partition's batches in offset order.
         let mut groups: Vec<(Arc<Partition>, Vec<&Pending>)> = Vec::new();
-        let mut slot: HashMap<(uuid::Uuid, i32), usize> = HashMap::new();
+        // By term (Arc), not by partition id: a term that ended must not share a commit with
+        // the next one.
+        let mut slot: HashMap<*const Partition, usize> = HashMap::new();
         for it in &items {
-            let key = (it.partition.topic_id, it.partition.index);
+            let key = Arc::as_ptr(&it.partition);
             let i = *slot.entry(key).or_insert_with(|| {
                 groups.push((it.partition.clone(), Vec::new()));
                 groups.len() - 1
@@ -339,30 +363,75 @@ impl Flusher {
         }
     }
 
-    /// Commits a written flush: one fenced transaction, then visibility.
+    /// Commits a written flush: fenced transactions (one per [`PARTITIONS_PER_TXN`]
+    /// partitions), then visibility. Partitions whose leadership moved are left out and their
+    /// waiters told; a lost registration stops the agent's writes altogether.
     async fn commit(&self, f: Prepared) -> Result<(), FlushError> {
         let put_ms = f.started.elapsed().as_millis() as u64;
-        let txn = Txn {
-            compares: vec![agents::still_writer(
-                self.inner.node_id,
-                &self.inner.session,
-            )],
-            success: f
-                .partitions
-                .iter()
-                .zip(&f.entries)
-                .map(|(p, e)| index::put_op(&p.topic_id, p.index, e))
-                .collect(),
-            failure: vec![],
-        };
+        let mut live: Vec<(Arc<Partition>, IndexEntry)> = f
+            .partitions
+            .iter()
+            .cloned()
+            .zip(f.entries.iter().cloned())
+            .filter(|(p, _)| !p.is_closed())
+            .collect();
+        let mut committed = 0usize;
+        while !live.is_empty() {
+            let take = live.len().min(PARTITIONS_PER_TXN);
+            let mut chunk: Vec<(Arc<Partition>, IndexEntry)> = live.drain(..take).collect();
+            self.commit_chunk(&mut chunk).await?;
+            for (p, e) in chunk {
+                p.lock().on_commit(e);
+                p.mark_durable(f.gen);
+                committed += 1;
+            }
+        }
+        self.inner.cache.insert(f.path.as_ref(), f.object);
+        let s = &self.inner.stats;
+        s.flushes.fetch_add(1, Ordering::Relaxed);
+        s.batches.fetch_add(f.items.len() as u64, Ordering::Relaxed);
+        s.bytes.fetch_add(f.data_bytes, Ordering::Relaxed);
+        tracing::debug!(generation = f.gen, path = %f.path, partitions = f.partitions.len(), committed,
+            batches = f.items.len(), bytes = f.data_bytes, put_ms,
+            elapsed_ms = f.started.elapsed().as_millis() as u64, "flush committed");
+        drop(f.items); // releases the buffer budget
+        Ok(())
+    }
+
+    /// Commits one chunk; on return, `chunk` holds exactly the partitions that committed.
+    async fn commit_chunk(
+        &self,
+        chunk: &mut Vec<(Arc<Partition>, IndexEntry)>,
+    ) -> Result<(), FlushError> {
         let mut attempt = 0u32;
-        loop {
-            match self.inner.meta.txn(txn.clone()).await {
-                Ok(r) if r.succeeded => break,
+        let mut refused = 0u32;
+        while !chunk.is_empty() {
+            let mut compares = Vec::with_capacity(chunk.len() + 1);
+            compares.push(self.inner.registered.clone());
+            compares.extend(chunk.iter().map(|(p, _)| p.fence()));
+            let txn = Txn {
+                compares,
+                success: chunk
+                    .iter()
+                    .map(|(p, e)| index::put_op(&p.topic_id, p.index, e))
+                    .collect(),
+                failure: vec![],
+            };
+            match self.inner.meta.txn(txn).await {
+                Ok(r) if r.succeeded => {
+                    self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Ok(_) => {
-                    return Err(FlushError::Fenced {
-                        node_id: self.inner.node_id,
-                    })
+                    refused += 1;
+                    let dropped = self.drop_moved(chunk).await?;
+                    if dropped == 0 && refused >= 5 {
+                        // Nothing identifiable moved, yet the store keeps refusing: give these
+                        // writes up (producers retry) rather than spin.
+                        for (p, _) in chunk.drain(..) {
+                            p.close();
+                        }
+                    }
                 }
                 Err(e @ silt_meta::MetaError::Unavailable { .. }) => {
                     attempt += 1;
@@ -373,20 +442,47 @@ impl Flusher {
                 Err(e) => return Err(FlushError::Meta(e)),
             }
         }
-        self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.inner.cache.insert(f.path.as_ref(), f.object);
-        let partitions = f.partitions.len();
-        for (p, e) in f.partitions.iter().zip(f.entries) {
-            p.lock().on_commit(e);
-        }
-        let s = &self.inner.stats;
-        s.flushes.fetch_add(1, Ordering::Relaxed);
-        s.batches.fetch_add(f.items.len() as u64, Ordering::Relaxed);
-        s.bytes.fetch_add(f.data_bytes, Ordering::Relaxed);
-        tracing::debug!(generation = f.gen, path = %f.path, partitions, batches = f.items.len(),
-            bytes = f.data_bytes, put_ms, elapsed_ms = f.started.elapsed().as_millis() as u64, "flush committed");
-        drop(f.items); // releases the buffer budget
         Ok(())
+    }
+
+    /// After a refused commit: fails the whole agent if its registration is gone, else closes
+    /// and removes the partitions whose assignment moved. Returns how many were removed.
+    async fn drop_moved(
+        &self,
+        chunk: &mut Vec<(Arc<Partition>, IndexEntry)>,
+    ) -> Result<usize, FlushError> {
+        let meta = self.inner.meta.as_ref();
+        let reg = &self.inner.registered;
+        let still = match meta.get(&reg.key).await {
+            Ok(kv) => match (&reg.target, kv) {
+                (CompareTarget::Value(v), Some(kv)) => kv.value == *v,
+                _ => false,
+            },
+            Err(_) => return Ok(0),
+        };
+        if !still {
+            return Err(FlushError::Fenced {
+                node_id: self.inner.node_id,
+            });
+        }
+        let before = chunk.len();
+        let mut keep = Vec::with_capacity(chunk.len());
+        for (p, e) in chunk.drain(..) {
+            let key = assignment::partition_key(&p.topic_id, p.index);
+            let moved = match meta.get(key.as_bytes()).await {
+                Ok(kv) => kv.map_or(0, |kv| kv.mod_revision) != p.fence_revision,
+                Err(_) => false,
+            };
+            if moved {
+                tracing::info!(topic = %p.topic, partition = p.index,
+                    "leadership moved; this flush's batches of the partition are refused (producers retry on the new leader)");
+                p.close();
+            } else {
+                keep.push((p, e));
+            }
+        }
+        *chunk = keep;
+        Ok(before - chunk.len())
     }
 }
 
@@ -425,8 +521,8 @@ pub enum FlushError {
     /// The metadata store refused the commit for a reason retrying cannot fix.
     #[error("the metadata store refused a flush commit: {0}")]
     Meta(silt_meta::MetaError),
-    /// Another agent registered this node id; this one must not write again.
-    #[error("another agent took over node id {node_id}; this agent's commits are fenced and it stops writing")]
+    /// This agent's registration is gone (its lease lapsed, or a restart took its node id).
+    #[error("this agent's registration as node {node_id} is gone (its lease lapsed while it was unreachable or stalled, or another start took the node id); its commits are fenced and it stops writing")]
     Fenced {
         /// The node id.
         node_id: i32,
@@ -437,6 +533,8 @@ pub enum FlushError {
 mod tests {
     use super::*;
     use silt_common::ManualClock;
+    use silt_meta::layout::agents::{self, Registration};
+    use silt_meta::layout::assignment::{self, Assignment};
     use silt_meta::layout::index::load_partition;
     use silt_meta::EmbeddedKv;
 
@@ -450,15 +548,23 @@ mod tests {
         }
     }
 
+    async fn register(meta: &dyn MetaKv, session: &str) -> Compare {
+        let lease = meta.grant_lease(Duration::from_secs(60)).await.unwrap();
+        let reg = Registration {
+            session: session.into(),
+            host: "h".into(),
+            port: 1,
+        };
+        let (_, value) = agents::register(meta, 7, &reg, lease)
+            .await
+            .unwrap()
+            .unwrap();
+        agents::registered(7, &value)
+    }
+
     async fn setup(session: &str) -> (Flusher, Arc<dyn MetaKv>, Storage, Arc<Partition>) {
         let meta: Arc<dyn MetaKv> = Arc::new(EmbeddedKv::in_memory(ManualClock::new(0)));
-        let lease = meta.grant_lease(Duration::from_secs(60)).await.unwrap();
-        assert_eq!(
-            agents::claim_writer(meta.as_ref(), 7, session, lease)
-                .await
-                .unwrap(),
-            Ok(())
-        );
+        let registered = register(meta.as_ref(), session).await;
         let storage = Storage::in_memory().with_max_attempts(1);
         let f = Flusher::new(
             settings(),
@@ -467,9 +573,29 @@ mod tests {
             Arc::new(ObjectCache::new(1 << 20)),
             7,
             session.into(),
+            registered,
         );
         let p = Arc::new(Partition::new("t", uuid::Uuid::new_v4(), 0));
         (f, meta, storage, p)
+    }
+
+    /// A partition led by node 7 under a written assignment.
+    async fn assigned(meta: &dyn MetaKv, index: i32) -> Arc<Partition> {
+        let id = uuid::Uuid::new_v4();
+        let key = assignment::partition_key(&id, index);
+        let a = Assignment {
+            leader: 7,
+            epoch: 0,
+        };
+        let rev = meta
+            .txn(Txn {
+                success: vec![assignment::put_op(key, &a)],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .revision;
+        Arc::new(Partition::load(meta, "t", id, index, 0, rev).await.unwrap())
     }
 
     async fn push(f: &Flusher, p: &Arc<Partition>, base: i64, n: i64) -> u64 {
@@ -498,7 +624,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(7)).await;
             }
         }
-        f.wait_committed(last).await.unwrap();
+        f.wait_committed(last, &p).await.unwrap();
         assert_eq!(p.lock().high_watermark, 40);
         let entries = load_partition(meta.as_ref(), &p.topic_id, 0).await.unwrap();
         let mut next = 0;
@@ -528,18 +654,12 @@ mod tests {
         let (f, meta, _storage, p) = setup("old").await;
         let run = tokio::spawn(f.clone().run());
         let g = push(&f, &p, 0, 1).await;
-        f.wait_committed(g).await.unwrap();
+        f.wait_committed(g, &p).await.unwrap();
         // The node restarts: its new session takes over and fences the old one.
-        let lease = meta.grant_lease(Duration::from_secs(60)).await.unwrap();
-        assert_eq!(
-            agents::claim_writer(meta.as_ref(), 7, "new", lease)
-                .await
-                .unwrap(),
-            Ok(())
-        );
+        register(meta.as_ref(), "new").await;
         let g = push(&f, &p, 1, 1).await;
         assert!(
-            f.wait_committed(g).await.is_err(),
+            f.wait_committed(g, &p).await.is_err(),
             "waiters learn the write failed"
         );
         run.await.unwrap();
@@ -560,5 +680,65 @@ mod tests {
             matches!(refused, Err(PartitionError::NotLeader(_))),
             "a fenced agent takes no writes"
         );
+    }
+
+    #[tokio::test]
+    async fn a_moved_partition_fails_alone_and_big_flushes_commit_in_chunks() {
+        let (f, meta, _storage, _) = setup("s").await;
+        let mut parts = Vec::new();
+        for i in 0..130 {
+            parts.push(assigned(meta.as_ref(), i).await);
+        }
+        let run = tokio::spawn(f.clone().run());
+        let mut gens = Vec::new();
+        for p in &parts {
+            gens.push(push(&f, p, 0, 1).await);
+        }
+        for (p, g) in parts.iter().zip(&gens) {
+            f.wait_committed(*g, p).await.unwrap();
+        }
+        let flushes = f.stats().flushes.load(Ordering::Relaxed);
+        let commits = f.stats().commits.load(Ordering::Relaxed);
+        assert!(
+            commits <= flushes * 130_u64.div_ceil(PARTITIONS_PER_TXN as u64),
+            "{commits} commits for {flushes} flushes"
+        );
+        assert!(
+            commits > flushes,
+            "130 partitions need several transactions"
+        );
+        // The controller moves partition 5 away; the others keep committing.
+        let moved = &parts[5];
+        meta.txn(Txn {
+            success: vec![assignment::put_op(
+                assignment::partition_key(&moved.topic_id, 5),
+                &Assignment {
+                    leader: 8,
+                    epoch: 1,
+                },
+            )],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let g_moved = push(&f, moved, 1, 1).await;
+        let g_kept = push(&f, &parts[6], 1, 1).await;
+        assert!(matches!(
+            f.wait_committed(g_moved, moved).await,
+            Err(PartitionError::NotLeader(_))
+        ));
+        f.wait_committed(g_kept, &parts[6]).await.unwrap();
+        assert!(moved.is_closed());
+        let n = load_partition(meta.as_ref(), &moved.topic_id, 5)
+            .await
+            .unwrap();
+        assert_eq!(n.len(), 1, "the deposed leader's late write is not visible");
+        let n = load_partition(meta.as_ref(), &parts[6].topic_id, 6)
+            .await
+            .unwrap();
+        assert_eq!(n.len(), 2);
+        assert!(!f.subscribe().borrow().stopped, "the agent keeps writing");
+        f.close();
+        run.await.unwrap();
     }
 }

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod append;
 pub mod broker;
 pub mod cache;
+pub mod cluster;
 pub mod connection;
 pub mod error;
 pub mod flush;

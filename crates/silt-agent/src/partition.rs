@@ -4,15 +4,18 @@
 //! The state is rebuilt from the metadata store when the partition is loaded; nothing here is
 //! durable by itself. Offsets at or above the high watermark are never read.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use silt_meta::layout::assignment;
 use silt_meta::layout::index::{self, IndexEntry};
-use silt_meta::{MetaError, MetaKv};
+use silt_meta::{Compare, MetaError, MetaKv};
 use uuid::Uuid;
 
 use crate::producer::ProducerStates;
 
-/// A partition led by this agent.
+/// A partition led by this agent, for one term of leadership: a move away and back makes a
+/// new `Partition`, loaded afresh.
 #[derive(Debug)]
 pub struct Partition {
     /// Topic name.
@@ -21,6 +24,12 @@ pub struct Partition {
     pub topic_id: Uuid,
     /// Partition index.
     pub index: i32,
+    /// The assignment key's mod revision this term began at; every commit compares it.
+    pub fence_revision: i64,
+    /// Set when leadership is gone: appends are refused and nothing more commits.
+    closed: AtomicBool,
+    /// The last flush generation whose batches of this partition committed.
+    durable_gen: AtomicU64,
     state: Mutex<PartitionState>,
 }
 
@@ -42,27 +51,35 @@ pub struct PartitionState {
 }
 
 impl Partition {
-    /// An empty partition.
+    /// An empty partition (tests; real ones are [`Partition::load`]ed).
     pub fn new(topic: &str, topic_id: Uuid, index: i32) -> Self {
         Self {
             topic: topic.to_owned(),
             topic_id,
             index,
+            fence_revision: 0,
+            closed: AtomicBool::new(false),
+            durable_gen: AtomicU64::new(0),
             state: Mutex::new(PartitionState::default()),
         }
     }
 
-    /// Loads a partition's committed state from the offset index.
+    /// Loads a partition's committed state from the offset index, for a term of leadership
+    /// that began at assignment revision `fence_revision` with `epoch`.
     pub async fn load(
         meta: &dyn MetaKv,
         topic: &str,
         topic_id: Uuid,
         index: i32,
+        epoch: i32,
+        fence_revision: i64,
     ) -> Result<Self, MetaError> {
         let entries = index::load_partition(meta, &topic_id, index).await?;
-        let p = Self::new(topic, topic_id, index);
+        let mut p = Self::new(topic, topic_id, index);
+        p.fence_revision = fence_revision;
         {
             let mut st = p.lock();
+            st.leader_epoch = epoch;
             for e in entries {
                 for b in &e.producers {
                     st.producers.replay(b);
@@ -73,6 +90,34 @@ impl Partition {
             st.log_start = st.segments.first().map_or(0, |s| s.base_offset);
         }
         Ok(p)
+    }
+
+    /// The compare a commit of this partition carries: leadership has not moved.
+    pub fn fence(&self) -> Compare {
+        Compare::mod_revision(
+            assignment::partition_key(&self.topic_id, self.index),
+            self.fence_revision,
+        )
+    }
+
+    /// Ends this term of leadership: no more appends; buffered batches fail their commit.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether leadership of this term is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Records that flush generation `gen` committed this partition's batches.
+    pub fn mark_durable(&self, gen: u64) {
+        self.durable_gen.fetch_max(gen, Ordering::SeqCst);
+    }
+
+    /// Whether this partition's batches of generation `gen` committed.
+    pub fn is_durable(&self, gen: u64) -> bool {
+        self.durable_gen.load(Ordering::SeqCst) >= gen
     }
 
     /// Locks the state. Never held across an await.

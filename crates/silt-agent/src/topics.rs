@@ -1,6 +1,7 @@
-//! The agent's view of the topic catalog: topic records from the metadata store, their resolved
-//! configs, and the loaded partitions. Creation and deletion go through the metadata store
-//! first; this cache follows.
+//! The agent's view of the topic catalog: topic records followed live from the metadata store
+//! (a [`Mirror`] of `/silt/topics/`, so a topic created through any agent is seen by all) and
+//! their resolved configs. Creation and deletion go through the metadata store first; this
+//! view follows. Which partitions this agent leads is [`crate::cluster`]'s business.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -8,32 +9,31 @@ use std::sync::{Arc, RwLock};
 use silt_common::config::TopicDefaults;
 use silt_common::Clock;
 use silt_meta::layout::catalog::{self, TopicRecord};
+use silt_meta::mirror::{Mirror, Snapshot};
 use silt_meta::MetaKv;
 use uuid::Uuid;
 
 use crate::error::TopicError;
-use crate::partition::Partition;
 use crate::topic_config::{self, Resolved};
 
-/// A topic and its partitions.
+/// A topic.
 #[derive(Debug)]
 pub struct Topic {
     /// The stored record.
     pub record: TopicRecord,
     /// Configs resolved over defaults.
     pub config: Resolved,
-    /// Partitions, by index.
-    pub partitions: Vec<Arc<Partition>>,
 }
 
 impl Topic {
-    /// A partition by index.
-    pub fn partition(&self, index: i32) -> Option<&Arc<Partition>> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.partitions.get(i))
+    /// Whether `index` is one of the topic's partitions.
+    pub fn has_partition(&self, index: i32) -> bool {
+        (0..self.record.partitions).contains(&index)
     }
 }
+
+/// How long create and delete wait for this agent's view to show their effect.
+const FOLLOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A topic to create.
 #[derive(Debug, Clone)]
@@ -60,22 +60,24 @@ impl Index {
         self.by_id.insert(t.record.id, t.clone());
         self.by_name.insert(t.record.name.clone(), t);
     }
-
-    fn remove(&mut self, name: &str) {
-        if let Some(t) = self.by_name.remove(name) {
-            self.by_id.remove(&t.record.id);
-        }
-    }
 }
 
-/// The catalog cache.
+type CatalogMirror = Mirror<String, TopicRecord>;
+
+/// The catalog view.
 #[derive(Debug)]
 pub struct Topics {
     meta: Arc<dyn MetaKv>,
     clock: Arc<dyn Clock>,
     defaults: TopicDefaults,
-    index: RwLock<Index>,
+    mirror: CatalogMirror,
+    /// The index built from the mirror snapshot of the given version.
+    index: RwLock<(u64, Arc<Index>)>,
     admin: tokio::sync::Mutex<()>,
+}
+
+fn decode_record(key: &[u8], value: &[u8]) -> Option<TopicRecord> {
+    catalog::decode(key, value).ok()
 }
 
 /// Checks a topic name the way Kafka does.
@@ -105,42 +107,67 @@ pub fn validate_name(name: &str) -> Result<(), TopicError> {
 }
 
 impl Topics {
-    /// Loads every topic and its partitions from the metadata store.
+    /// Starts following the catalog.
     pub async fn load(
         meta: Arc<dyn MetaKv>,
         clock: Arc<dyn Clock>,
         defaults: TopicDefaults,
     ) -> Result<Self, TopicError> {
-        let mut index = Index::default();
-        for record in catalog::list(meta.as_ref()).await? {
-            let topic = Self::open(meta.as_ref(), record, &defaults).await?;
-            index.insert(Arc::new(topic));
-        }
+        let mirror = Mirror::start(
+            meta.clone(),
+            catalog::prefix(),
+            catalog::parse_key,
+            decode_record,
+        )
+        .await?;
         Ok(Self {
             meta,
             clock,
             defaults,
-            index: RwLock::new(index),
+            mirror,
+            index: RwLock::new((0, Arc::default())),
             admin: tokio::sync::Mutex::new(()),
         })
     }
 
-    async fn open(
-        meta: &dyn MetaKv,
-        record: TopicRecord,
-        defaults: &TopicDefaults,
-    ) -> Result<Topic, TopicError> {
-        let mut partitions = Vec::with_capacity(record.partitions as usize);
-        for i in 0..record.partitions {
-            partitions.push(Arc::new(
-                Partition::load(meta, &record.name, record.id, i).await?,
-            ));
+    /// Changes of the catalog (the leadership reactor and the controller follow them).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Snapshot<String, TopicRecord>>> {
+        self.mirror.subscribe()
+    }
+
+    /// The index for the current catalog snapshot, rebuilt when the catalog changed (keeping
+    /// the `Topic`s of unchanged records).
+    fn read(&self) -> Arc<Index> {
+        let snap = self.mirror.snapshot();
+        {
+            let cur = self.index.read().unwrap_or_else(|p| p.into_inner());
+            if cur.0 == snap.version {
+                return cur.1.clone();
+            }
         }
-        Ok(Topic {
-            config: Resolved::from(&record.configs, defaults),
-            record,
-            partitions,
-        })
+        let mut cur = self.index.write().unwrap_or_else(|p| p.into_inner());
+        if cur.0 != snap.version {
+            let mut next = Index::default();
+            for item in snap.items.values() {
+                let r = &item.value;
+                let t = match cur.1.by_id.get(&r.id) {
+                    Some(t) if t.record == *r => t.clone(),
+                    _ => Arc::new(Topic {
+                        config: Resolved::from(&r.configs, &self.defaults),
+                        record: r.clone(),
+                    }),
+                };
+                next.insert(t);
+            }
+            *cur = (snap.version, Arc::new(next));
+        }
+        cur.1.clone()
+    }
+
+    /// Waits until this agent's view satisfies `f` (or the timeout).
+    async fn follow(&self, f: impl Fn(&Snapshot<String, TopicRecord>) -> bool) {
+        let mut rx = self.mirror.subscribe();
+        let _ = tokio::time::timeout(FOLLOW_TIMEOUT, rx.wait_for(|s| f(s))).await;
     }
 
     /// The topic defaults.
@@ -151,14 +178,6 @@ impl Topics {
     /// A topic by name.
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
         self.read().by_name.get(name).cloned()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A topic by id.
@@ -206,9 +225,14 @@ impl Topics {
         if !catalog::create(self.meta.as_ref(), &record).await? {
             return Err(TopicError::AlreadyExists(t.name.clone()));
         }
-        let topic = Arc::new(Self::open(self.meta.as_ref(), record, &self.defaults).await?);
-        self.write().insert(topic.clone());
-        tracing::info!(topic = %t.name, partitions = topic.partitions.len(), id = %topic.record.id, "topic created");
+        let id = record.id;
+        self.follow(|s| s.items.get(&t.name).is_some_and(|i| i.value.id == id))
+            .await;
+        let topic = self
+            .get(&t.name)
+            .filter(|x| x.record.id == id)
+            .ok_or_else(|| TopicError::Unknown(t.name.clone()))?;
+        tracing::info!(topic = %t.name, partitions = topic.record.partitions, %id, "topic created");
         Ok(topic)
     }
 
@@ -238,8 +262,10 @@ impl Topics {
     pub async fn delete(&self, name: &str) -> Result<TopicRecord, TopicError> {
         let _g = self.admin.lock().await;
         let deleted = catalog::delete(self.meta.as_ref(), name).await?;
-        self.write().remove(name);
         let record = deleted.ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        let id = record.id;
+        self.follow(|s| s.items.get(name).is_none_or(|i| i.value.id != id))
+            .await;
         tracing::info!(topic = %name, id = %record.id, "topic deleted");
         Ok(record)
     }

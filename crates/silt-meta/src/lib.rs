@@ -9,6 +9,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod kv;
 pub mod layout;
+pub mod mirror;
 
 pub use embedded::EmbeddedKv;
 pub use kv::{

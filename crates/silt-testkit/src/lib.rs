@@ -35,10 +35,21 @@ fn wait_tcp(port: u16, what: &str, child: &mut Child) {
     }
 }
 
+/// Sends `signal` (e.g. "STOP", "CONT") to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(ok.success(), "kill -{signal} {pid} failed");
+}
+
 /// A single-node etcd.
 pub struct Etcd {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
     /// Client URL, `http://127.0.0.1:port`.
     pub url: String,
 }
@@ -46,9 +57,28 @@ pub struct Etcd {
 impl Etcd {
     /// Starts `etcd` (or `$ETCD_BIN`).
     pub fn start() -> Self {
-        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port_below(u16::MAX), free_port_below(u16::MAX));
+        let child = Self::spawn(&dir, client, peer);
+        Self {
+            child,
+            dir,
+            client,
+            peer,
+            url: format!("http://127.0.0.1:{client}"),
+        }
+    }
+
+    /// Stops etcd (SIGKILL) and starts it again on the same data and ports.
+    pub fn restart(&mut self, down_for: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = Self::spawn(&self.dir, self.client, self.peer);
+    }
+
+    fn spawn(dir: &tempfile::TempDir, client: u16, peer: u16) -> Child {
+        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut child = Command::new(&bin)
@@ -69,11 +99,7 @@ impl Etcd {
                 panic!("could not start `{bin}` ({e}); install Debian's etcd-server (scripts/test does) or set ETCD_BIN")
             });
         wait_tcp(client, "etcd", &mut child);
-        Self {
-            child,
-            _dir: dir,
-            url,
-        }
+        child
     }
 }
 
@@ -158,6 +184,11 @@ impl Weed {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// The server's process id (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The endpoint URL.

@@ -1,6 +1,8 @@
-//! The group coordinator: every consumer group this agent coordinates (all of them on a single
-//! agent; a shard of them in a cluster), their membership state machines ([`group`]), and their
-//! committed offsets, which live in the metadata store and are cached here.
+//! The group coordinator: every consumer group this agent coordinates (the groups of the group
+//! shards assigned to it: [`GroupCoordinator::follow_shards`]), their membership state machines
+//! ([`group`]), and their committed offsets, which live in the metadata store and are cached
+//! here. A group of a shard coordinated elsewhere gets NOT_COORDINATOR; every write of group
+//! state is fenced on this agent's registration and the shard's assignment.
 //!
 //! Membership is in memory only: after a restart, members find their session unknown and
 //! rejoin, as after a Kafka coordinator failover. Committed offsets are durable: an OffsetCommit
@@ -8,14 +10,15 @@
 
 pub mod group;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
 use silt_common::Clock;
+use silt_meta::layout::assignment;
 use silt_meta::layout::group_offsets::{self, Committed};
-use silt_meta::{MetaError, MetaKv};
+use silt_meta::{Compare, MetaError, MetaKv};
 use tokio::sync::oneshot;
 
 use group::{Group, GroupLimits, Join, JoinResult, MemberInfo, State, SyncResult};
@@ -65,6 +68,17 @@ pub enum CommitError {
     Meta(#[from] MetaError),
 }
 
+/// The group shards coordinated here.
+#[derive(Debug, Default)]
+struct Shards {
+    /// Shard -> the assignment revision its term began at.
+    owned: BTreeMap<i32, i64>,
+    /// Shards being loaded.
+    loading: BTreeSet<i32>,
+    /// This agent's registration compare.
+    registered: Option<Compare>,
+}
+
 /// The coordinator.
 #[derive(Debug)]
 pub struct GroupCoordinator {
@@ -72,40 +86,119 @@ pub struct GroupCoordinator {
     clock: Arc<dyn Clock>,
     limits: GroupLimits,
     groups: Mutex<HashMap<String, Entry>>,
+    shards: Mutex<Shards>,
 }
 
 impl GroupCoordinator {
-    /// Loads every group's committed offsets.
-    pub async fn load(
-        meta: Arc<dyn MetaKv>,
-        clock: Arc<dyn Clock>,
-        limits: GroupLimits,
-    ) -> Result<Self, MetaError> {
-        let mut groups: HashMap<String, Entry> = HashMap::new();
-        let stored = group_offsets::load_all(meta.as_ref()).await?;
-        for (g, t, p, c) in stored.offsets {
-            groups
+    /// A coordinator of no shard yet.
+    pub fn new(meta: Arc<dyn MetaKv>, clock: Arc<dyn Clock>, limits: GroupLimits) -> Self {
+        Self {
+            meta,
+            clock,
+            limits,
+            groups: Mutex::default(),
+            shards: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_shards(&self) -> MutexGuard<'_, Shards> {
+        self.shards.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this agent coordinates `group` now: the fence its writes carry, or the error
+    /// code a client gets (NOT_COORDINATOR, or COORDINATOR_LOAD_IN_PROGRESS).
+    pub fn check(&self, group: &str) -> Result<Vec<Compare>, i16> {
+        let shard = assignment::group_shard(group);
+        let s = self.lock_shards();
+        match (s.owned.get(&shard), &s.registered) {
+            (Some(rev), Some(reg)) => Ok(vec![
+                reg.clone(),
+                Compare::mod_revision(assignment::shard_key(shard), *rev),
+            ]),
+            _ if s.loading.contains(&shard) => Err(ResponseError::CoordinatorLoadInProgress.code()),
+            _ => Err(ResponseError::NotCoordinator.code()),
+        }
+    }
+
+    /// Makes the coordinated shards exactly `wanted` (shard -> assignment revision): groups of
+    /// shards lost are dropped (their members find the new coordinator), groups of shards
+    /// gained are loaded from the metadata store.
+    pub async fn follow_shards(
+        &self,
+        wanted: &BTreeMap<i32, i64>,
+        registered: Compare,
+    ) -> Result<(), MetaError> {
+        let (gained, lost) = {
+            let mut s = self.lock_shards();
+            s.registered = Some(registered);
+            let lost: BTreeSet<i32> = s
+                .owned
+                .iter()
+                .filter(|(k, rev)| wanted.get(k) != Some(rev))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in &lost {
+                s.owned.remove(k);
+            }
+            let gained: BTreeMap<i32, i64> = wanted
+                .iter()
+                .filter(|(k, _)| !s.owned.contains_key(k))
+                .map(|(k, r)| (*k, *r))
+                .collect();
+            s.loading = gained.keys().copied().collect();
+            (gained, lost)
+        };
+        if !lost.is_empty() {
+            let mut groups = self.lock();
+            groups.retain(|id, e| {
+                let keep = !lost.contains(&assignment::group_shard(id));
+                if !keep {
+                    e.group.kill();
+                }
+                keep
+            });
+            tracing::info!(shards = ?lost, "no longer coordinating group shards");
+        }
+        if gained.is_empty() {
+            return Ok(());
+        }
+        let stored = group_offsets::load_all(self.meta.as_ref()).await;
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                self.lock_shards().loading.clear();
+                return Err(e);
+            }
+        };
+        let mine = |g: &str| gained.contains_key(&assignment::group_shard(g));
+        let mut fresh: HashMap<String, Entry> = HashMap::new();
+        for (g, t, p, c) in stored.offsets.into_iter().filter(|x| mine(&x.0)) {
+            fresh
                 .entry(g)
                 .or_insert_with(Entry::new)
                 .offsets
                 .insert((t, p), c);
         }
-        for (g, pt) in stored.protocol_types {
-            groups
+        for (g, pt) in stored.protocol_types.into_iter().filter(|x| mine(&x.0)) {
+            fresh
                 .entry(g)
                 .or_insert_with(Entry::new)
                 .stored_protocol_type = Some(pt);
         }
-        Ok(Self {
-            meta,
-            clock,
-            limits,
-            groups: Mutex::new(groups),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            let mut groups = self.lock();
+            groups.retain(|id, _| !mine(id));
+            groups.extend(fresh);
+        }
+        let mut s = self.lock_shards();
+        s.loading.clear();
+        s.owned.extend(gained.iter().map(|(k, r)| (*k, *r)));
+        tracing::info!(shards = ?gained.keys().collect::<Vec<_>>(), "coordinating group shards");
+        Ok(())
     }
 
     /// Runs session and rebalance timeouts every `every` until the coordinator is dropped.
@@ -136,6 +229,14 @@ impl GroupCoordinator {
     /// JoinGroup.
     pub fn join(&self, group_id: &str, j: Join) -> oneshot::Receiver<JoinResult> {
         let (tx, rx) = oneshot::channel();
+        if let Err(error) = self.check(group_id) {
+            let _ = tx.send(JoinResult {
+                error,
+                generation: -1,
+                ..Default::default()
+            });
+            return rx;
+        }
         let now = self.clock.now_ms();
         self.lock()
             .entry(group_id.to_string())
@@ -158,6 +259,13 @@ impl GroupCoordinator {
         assignments: Vec<(String, bytes::Bytes)>,
     ) -> oneshot::Receiver<SyncResult> {
         let (tx, rx) = oneshot::channel();
+        if let Err(error) = self.check(group_id) {
+            let _ = tx.send(SyncResult {
+                error,
+                ..Default::default()
+            });
+            return rx;
+        }
         let now = self.clock.now_ms();
         match self.lock().get_mut(group_id) {
             Some(e) => e.group.sync(
@@ -189,6 +297,9 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         generation: i32,
     ) -> i16 {
+        if let Err(code) = self.check(group_id) {
+            return code;
+        }
         let now = self.clock.now_ms();
         match self.lock().get_mut(group_id) {
             Some(e) => e.group.heartbeat(member_id, instance_id, generation, now),
@@ -198,6 +309,9 @@ impl GroupCoordinator {
 
     /// LeaveGroup for each (member id, instance id).
     pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+        if let Err(code) = self.check(group_id) {
+            return vec![code; members.len()];
+        }
         let now = self.clock.now_ms();
         let mut groups = self.lock();
         let Some(e) = groups.get_mut(group_id) else {
@@ -218,6 +332,7 @@ impl GroupCoordinator {
         generation: i32,
         offsets: Vec<(String, i32, Committed)>,
     ) -> Result<(), CommitError> {
+        let fence = self.check(group_id).map_err(CommitError::Refused)?;
         let writes = {
             let mut groups = self.lock();
             let e = match groups.get_mut(group_id) {
@@ -245,13 +360,17 @@ impl GroupCoordinator {
         };
         let (writes, record_type) = writes;
         let _ordered = writes.lock().await;
-        group_offsets::commit(
+        if !group_offsets::commit(
             self.meta.as_ref(),
+            &fence,
             group_id,
             &offsets,
             record_type.as_deref(),
         )
-        .await?;
+        .await?
+        {
+            return Err(CommitError::Refused(ResponseError::NotCoordinator.code()));
+        }
         let mut groups = self.lock();
         let e = groups
             .entry(group_id.to_string())
@@ -338,6 +457,7 @@ impl GroupCoordinator {
 
     /// DeleteGroups for one group: only an empty group can be deleted.
     pub async fn delete(&self, group_id: &str) -> Result<(), i16> {
+        let fence = self.check(group_id)?;
         {
             let mut groups = self.lock();
             let Some(e) = groups.get_mut(group_id) else {
@@ -348,9 +468,13 @@ impl GroupCoordinator {
             }
             e.group.kill();
         }
-        if let Err(err) = group_offsets::delete_group(self.meta.as_ref(), group_id).await {
-            tracing::error!(group = group_id, error = %err, "deleting a group's offsets failed");
-            return Err(ResponseError::CoordinatorNotAvailable.code());
+        match group_offsets::delete_group(self.meta.as_ref(), &fence, group_id).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ResponseError::NotCoordinator.code()),
+            Err(err) => {
+                tracing::error!(group = group_id, error = %err, "deleting a group's offsets failed");
+                return Err(ResponseError::CoordinatorNotAvailable.code());
+            }
         }
         self.lock().remove(group_id);
         Ok(())
@@ -363,6 +487,7 @@ impl GroupCoordinator {
         group_id: &str,
         partitions: &[(String, i32)],
     ) -> Result<Vec<i16>, i16> {
+        let fence = self.check(group_id)?;
         let (deletable, codes) = {
             let groups = self.lock();
             let Some(e) = groups.get(group_id) else {
@@ -391,9 +516,13 @@ impl GroupCoordinator {
                 .collect();
             (deletable, codes)
         };
-        if let Err(err) = group_offsets::delete(self.meta.as_ref(), group_id, &deletable).await {
-            tracing::error!(group = group_id, error = %err, "deleting offsets failed");
-            return Err(ResponseError::CoordinatorNotAvailable.code());
+        match group_offsets::delete(self.meta.as_ref(), &fence, group_id, &deletable).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ResponseError::NotCoordinator.code()),
+            Err(err) => {
+                tracing::error!(group = group_id, error = %err, "deleting offsets failed");
+                return Err(ResponseError::CoordinatorNotAvailable.code());
+            }
         }
         if let Some(e) = self.lock().get_mut(group_id) {
             for tp in &deletable {

@@ -74,7 +74,16 @@ pub async fn create_topics(
                     b.topics.plan(&new)
                 }
             }
-            None => b.topics.create(&new).await.map(|t| t.record.clone()),
+            None => match b.topics.create(&new).await {
+                Ok(t) => {
+                    // Answer once leaders are known, so the client's next Metadata sees them.
+                    b.cluster
+                        .wait_led(&t, std::time::Duration::from_secs(3))
+                        .await;
+                    Ok(t.record.clone())
+                }
+                Err(e) => Err(e),
+            },
         };
         let r = CreatableTopicResult::default().with_name(topic_name(&name));
         results.push(match res {

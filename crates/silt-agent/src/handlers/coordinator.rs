@@ -1,6 +1,7 @@
-//! FindCoordinator. Groups are coordinated by this agent (in a cluster: by the agent owning the
-//! group's shard). Transactions are not served yet: transactional keys get
-//! COORDINATOR_NOT_AVAILABLE with a message saying so.
+//! FindCoordinator: a group is coordinated by the agent its group shard is assigned to
+//! (COORDINATOR_NOT_AVAILABLE while the shard has no live coordinator, as Kafka answers during a
+//! failover). Transactions are not served yet: transactional keys get COORDINATOR_NOT_AVAILABLE
+//! with a message saying so.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use silt_meta::layout::assignment;
 
 use super::str_bytes;
 use crate::broker::Broker;
@@ -16,11 +18,26 @@ const KEY_GROUP: i8 = 0;
 const NO_TXN: &str = "transactions are not supported by this Silt version yet";
 
 fn coordinator(b: &Broker, key: StrBytes, key_type: i8) -> Coordinator {
+    let shard = assignment::group_shard(&key);
     let c = Coordinator::default().with_key(key);
     if key_type == KEY_GROUP {
-        c.with_node_id(BrokerId(b.node.id))
-            .with_host(str_bytes(b.node.host.clone()))
-            .with_port(b.node.port)
+        let node = b
+            .cluster
+            .shard_owner(shard)
+            .and_then(|a| b.cluster.node(a.leader));
+        match node {
+            Some(n) => c
+                .with_node_id(BrokerId(n.id))
+                .with_host(str_bytes(n.host))
+                .with_port(n.port),
+            None => c
+                .with_node_id(BrokerId(-1))
+                .with_port(-1)
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_error_message(Some(str_bytes(
+                    "the group's coordinator is moving between agents; retry",
+                ))),
+        }
     } else {
         c.with_node_id(BrokerId(-1))
             .with_port(-1)

@@ -88,15 +88,18 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
         let mut parts = Vec::with_capacity(ft.partitions.len());
         for fp in &ft.partitions {
             let pd = PartitionData::default().with_partition_index(fp.partition);
-            let res = match topic.as_ref().and_then(|t| t.partition(fp.partition)) {
-                None if version >= 13 && topic.is_none() => {
-                    Err(PartitionError::UnknownTopicId(ft.topic_id))
-                }
+            let found = match &topic {
+                None if version >= 13 => Err(PartitionError::UnknownTopicId(ft.topic_id)),
                 None => Err(PartitionError::UnknownTopicOrPartition {
                     topic: ft.topic.0.to_string(),
                     partition: fp.partition,
                 }),
-                Some(p) => {
+                Some(t) => b.cluster.partition(t, fp.partition),
+            };
+            let res = match found {
+                Err(e) => Err(e),
+                Ok(p) => {
+                    let p = &p;
                     let epoch = p.lock().leader_epoch;
                     if fp.current_leader_epoch > epoch {
                         Err(PartitionError::UnknownLeaderEpoch(fp.current_leader_epoch))

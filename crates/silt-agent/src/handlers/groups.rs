@@ -155,6 +155,9 @@ pub fn leave(b: &Arc<Broker>, req: LeaveGroupRequest, v: i16) -> LeaveGroupRespo
     if group.is_empty() {
         return LeaveGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code());
     }
+    if let Err(code) = b.groups.check(&group) {
+        return LeaveGroupResponse::default().with_error_code(code);
+    }
     if v < 3 {
         let codes = b.groups.leave(&group, &[(req.member_id.to_string(), None)]);
         return LeaveGroupResponse::default().with_error_code(codes[0]);
@@ -187,6 +190,9 @@ pub fn describe(b: &Arc<Broker>, req: DescribeGroupsRequest, v: i16) -> Describe
         .map(|g| {
             let id = g.0.to_string();
             let d = DescribedGroup::default().with_group_id(g);
+            if let Err(code) = b.groups.check(&id) {
+                return d.with_error_code(code);
+            }
             match b.groups.describe(&id) {
                 None => d.with_group_state(str_bytes("Dead")),
                 Some(x) => d

@@ -44,17 +44,18 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> L
         for lp in t.partitions {
             let r =
                 ListOffsetsPartitionResponse::default().with_partition_index(lp.partition_index);
-            let res = match topic
-                .as_ref()
-                .and_then(|tp| tp.partition(lp.partition_index))
-            {
+            let found = match &topic {
                 None => Err(PartitionError::UnknownTopicOrPartition {
                     topic: t.name.0.to_string(),
                     partition: lp.partition_index,
                 }),
-                Some(p) => match check_epoch(p, lp.current_leader_epoch) {
+                Some(tp) => b.cluster.partition(tp, lp.partition_index),
+            };
+            let res = match found {
+                Err(e) => Err(e),
+                Ok(p) => match check_epoch(&p, lp.current_leader_epoch) {
                     Err(e) => Err(e),
-                    Ok(epoch) => lookup(b, p, lp.timestamp)
+                    Ok(epoch) => lookup(b, &p, lp.timestamp)
                         .await
                         .map(|(o, ts)| (o, ts, epoch)),
                 },
@@ -114,8 +115,9 @@ async fn lookup(b: &Broker, p: &Partition, target: i64) -> Result<(i64, i64), Pa
     }
 }
 
-/// Handles OffsetForLeaderEpoch: every partition has had one epoch on this agent, ending at the
-/// high watermark.
+/// Handles OffsetForLeaderEpoch. Silt never truncates a committed log, so any epoch up to the
+/// current one ends, as far as a client's divergence check is concerned, at the high watermark:
+/// the answer never asks a client to truncate.
 pub fn offset_for_leader_epoch(
     b: &Arc<Broker>,
     req: OffsetForLeaderEpochRequest,
@@ -130,12 +132,16 @@ pub fn offset_for_leader_epoch(
                 .into_iter()
                 .map(|op| {
                     let r = EpochEndOffset::default().with_partition(op.partition);
-                    let res = match topic.as_ref().and_then(|tp| tp.partition(op.partition)) {
+                    let found = match &topic {
                         None => Err(PartitionError::UnknownTopicOrPartition {
                             topic: t.topic.0.to_string(),
                             partition: op.partition,
                         }),
-                        Some(p) => check_epoch(p, op.current_leader_epoch).map(|epoch| {
+                        Some(tp) => b.cluster.partition(tp, op.partition),
+                    };
+                    let res = match found {
+                        Err(e) => Err(e),
+                        Ok(p) => check_epoch(&p, op.current_leader_epoch).map(|epoch| {
                             if op.leader_epoch > epoch {
                                 (-1, -1)
                             } else {

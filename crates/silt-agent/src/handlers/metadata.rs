@@ -1,4 +1,5 @@
-//! Metadata: this agent as the only broker (and controller), and every topic it leads.
+//! Metadata: every live agent as a broker, the controller, and each partition's live leader and
+//! epoch (LEADER_NOT_AVAILABLE while a partition has none, as Kafka answers during a failover).
 //! Topics a client asks for that do not exist are created when auto-creation is on and the
 //! client allows it, as Kafka does.
 
@@ -18,10 +19,20 @@ use crate::topics::{validate_name, Topic};
 /// Handles Metadata.
 pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let node = &b.node;
-    let brokers = vec![MetadataResponseBroker::default()
-        .with_node_id(BrokerId(node.id))
-        .with_host(str_bytes(node.host.clone()))
-        .with_port(node.port)];
+    let mut nodes = b.cluster.brokers();
+    if !nodes.iter().any(|n| n.id == node.id) {
+        nodes.push(node.clone());
+    }
+    let brokers = nodes
+        .into_iter()
+        .map(|n| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(n.id))
+                .with_host(str_bytes(n.host))
+                .with_port(n.port)
+        })
+        .collect();
+    let controller = b.cluster.controller_id().unwrap_or(node.id);
     let all = match &req.topics {
         None => true,
         Some(t) => t.is_empty() && version == 0,
@@ -60,7 +71,7 @@ pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, version: i16) -> Meta
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id((version >= 2).then(|| str_bytes(b.cluster_id.clone())))
-        .with_controller_id(BrokerId(if version >= 1 { node.id } else { -1 }))
+        .with_controller_id(BrokerId(if version >= 1 { controller } else { -1 }))
         .with_topics(topics)
 }
 
@@ -85,7 +96,10 @@ async fn by_name(
         return error(TopicError::Unknown(name.to_owned()));
     }
     match b.topics.get_or_create(name).await {
-        Ok(t) => describe(&t, b, version),
+        Ok(t) => {
+            b.cluster.wait_led(&t, CREATE_WAIT).await;
+            describe(&t, b, version)
+        }
         Err(e) => {
             tracing::warn!(topic = name, error = %e, "auto-creating topic failed");
             error(e)
@@ -93,22 +107,26 @@ async fn by_name(
     }
 }
 
+/// How long an auto-created topic's Metadata answer waits for its partitions' leaders.
+const CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn describe(t: &Topic, b: &Broker, version: i16) -> MetadataResponseTopic {
-    let id = BrokerId(b.node.id);
-    let partitions = t
-        .partitions
-        .iter()
+    let partitions = (0..t.record.partitions)
         .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p.index)
-                .with_leader_id(id)
-                .with_leader_epoch(if version >= 7 {
-                    p.lock().leader_epoch
-                } else {
-                    -1
-                })
-                .with_replica_nodes(vec![id])
-                .with_isr_nodes(vec![id])
+            let r = MetadataResponsePartition::default().with_partition_index(p);
+            match b.cluster.leader(&t.record.id, p) {
+                Some(a) => {
+                    let id = BrokerId(a.leader);
+                    r.with_leader_id(id)
+                        .with_leader_epoch(if version >= 7 { a.epoch } else { -1 })
+                        .with_replica_nodes(vec![id])
+                        .with_isr_nodes(vec![id])
+                }
+                None => r
+                    .with_error_code(ResponseError::LeaderNotAvailable.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_leader_epoch(-1),
+            }
         })
         .collect();
     MetadataResponseTopic::default()

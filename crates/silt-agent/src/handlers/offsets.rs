@@ -27,7 +27,7 @@ const MAX_METADATA: usize = 4096;
 fn partition_exists(b: &Broker, topic: &str, partition: i32) -> bool {
     b.topics
         .get(topic)
-        .is_some_and(|t| t.partition(partition).is_some())
+        .is_some_and(|t| t.has_partition(partition))
 }
 
 /// OffsetCommit.
@@ -157,6 +157,11 @@ pub fn fetch(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchRes
                         .map(|t| (t.name.0.to_string(), t.partition_indexes))
                         .collect()
                 });
+                if let Err(code) = b.groups.check(&g.group_id.0) {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_error_code(code);
+                }
                 let rows = fetch_group(b, &g.group_id.0, topics);
                 OffsetFetchResponseGroup::default()
                     .with_group_id(g.group_id)
@@ -188,6 +193,9 @@ pub fn fetch(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchRes
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
+    if let Err(code) = b.groups.check(&req.group_id.0) {
+        return OffsetFetchResponse::default().with_error_code(code);
+    }
     let rows = fetch_group(b, &req.group_id.0, topics);
     OffsetFetchResponse::default().with_topics(
         rows.into_iter()

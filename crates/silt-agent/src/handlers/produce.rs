@@ -44,17 +44,18 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
             } else if req.transactional_id.is_some() {
                 Slot::Failed(PartitionError::TransactionsUnsupported)
             } else {
-                match topic
-                    .as_ref()
-                    .and_then(|t| t.partition(pd.index).map(|p| (t, p)))
-                {
-                    None => Slot::Failed(PartitionError::UnknownTopicOrPartition {
+                let found = match &topic {
+                    None => Err(PartitionError::UnknownTopicOrPartition {
                         topic: name.clone(),
                         partition: pd.index,
                     }),
-                    Some((t, p)) => {
+                    Some(t) => b.cluster.partition(t, pd.index).map(|p| (t, p)),
+                };
+                match found {
+                    Err(e) => Slot::Failed(e),
+                    Ok((t, p)) => {
                         let lat = t.config.log_append_time.then(|| b.clock.now_ms());
-                        match produce_one(b, p, pd.records, &t.config, lat, deadline).await {
+                        match produce_one(b, &p, pd.records, &t.config, lat, deadline).await {
                             Ok(appended) => Slot::Appended {
                                 partition: p.clone(),
                                 appended,
@@ -170,12 +171,20 @@ async fn wait_durable(b: &Broker, slot: Slot, deadline: Instant, timeout: Durati
     };
     let waited = tokio::time::timeout_at(deadline, async {
         match appended {
-            Appended::Buffered { generation, .. } => b.flusher.wait_committed(*generation).await,
+            Appended::Buffered { generation, .. } => {
+                b.flusher.wait_committed(*generation, partition).await
+            }
             Appended::Duplicate(seen) => {
                 let mut rx = b.flusher.subscribe();
                 loop {
                     if partition.lock().high_watermark > seen.last_offset {
                         return Ok(());
+                    }
+                    if partition.is_closed() {
+                        return Err(PartitionError::NotLeader(format!(
+                            "leadership of {}-{} moved",
+                            partition.topic, partition.index
+                        )));
                     }
                     if rx.changed().await.is_err() || rx.borrow().stopped {
                         return Err(PartitionError::NotLeader("the agent stopped".into()));

@@ -1,70 +1,101 @@
-//! `/silt/agents/{node_id}` (which agent session is registered as a node) and `/silt/writer`
-//! (the one agent session allowed to commit). Both are bound to the agent's lease, so an agent
-//! that stops renewing it loses them after the lease TTL. Every flush commit compares
-//! `/silt/writer`, so an agent that lost it — replaced by a restart of the same node, or fenced
-//! after a stall — can never make data visible again.
+//! `/silt/agents/{node_id}`: the live agents. Each agent registers under its own lease a
+//! [`Registration`] (session, advertised address); the key disappears when the agent revokes
+//! its lease on shutdown or stops renewing it (crash, freeze, partition) for the lease TTL.
 //!
-//! Until partition leadership (the cluster issue) exists, one agent writes per metadata store;
-//! a second agent with another node id is refused at start-up instead of racing the first.
+//! The registration is the agent's identity for fencing: every commit an agent makes compares
+//! the exact bytes of its registration ([`registered`]), so an agent whose lease lapsed, or whose
+//! node id was taken over by a restart, can never make data visible again.
 
-use crate::kv::{Compare, LeaseId, MetaError, MetaKv, Op, Txn};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode_json, encode_json};
+use crate::kv::{Compare, LeaseId, MetaError, MetaKv, Op, RangeRequest, Txn};
+
+/// What an agent registers. Persisted: field names are stable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// A fresh id per process start.
+    pub session: String,
+    /// Host clients connect to.
+    pub host: String,
+    /// Port clients connect to.
+    pub port: i32,
+}
+
+/// Why an agent could not register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The node id asked for.
+    pub node_id: i32,
+    /// Who holds it.
+    pub holder: Registration,
+}
+
+/// Prefix of every registration.
+pub fn prefix() -> String {
+    format!("{}/agents/", super::ROOT)
+}
 
 /// The registration key of `node_id`.
 pub fn key(node_id: i32) -> String {
-    format!("{}/agents/{node_id}", super::ROOT)
+    format!("{}{node_id}", prefix())
 }
 
-/// The single-writer key.
-pub fn writer_key() -> String {
-    format!("{}/writer", super::ROOT)
+/// The node id of a registration key.
+pub fn parse_key(key: &[u8]) -> Option<i32> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix(&prefix())?
+        .parse()
+        .ok()
 }
 
-fn writer_value(node_id: i32, session: &str) -> String {
-    format!("{node_id}:{session}")
+/// Decodes a registration value.
+pub fn decode(key: &[u8], value: &[u8]) -> Result<Registration, MetaError> {
+    decode_json(key, value)
 }
 
-/// Registers `session` as `node_id` under `lease`, replacing any earlier session.
+/// Registers `reg` under `lease` as `node_id`, or as the lowest free id when `node_id` is
+/// negative. A live registration of the same id at the same address is taken over (a restart:
+/// the earlier session is fenced); one at another address is refused. Returns the node id and
+/// the registration bytes that [`registered`] compares.
 pub async fn register(
     kv: &dyn MetaKv,
     node_id: i32,
-    session: &str,
+    reg: &Registration,
     lease: LeaseId,
-) -> Result<(), MetaError> {
-    kv.txn(Txn {
-        success: vec![Op::Put {
-            key: key(node_id).into_bytes(),
-            value: session.as_bytes().to_vec(),
-            lease,
-        }],
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
-}
-
-/// Claims the right to write for `node_id`/`session`. Succeeds when nobody holds it or when the
-/// holder is an earlier session of the same node (a restart, which fences the old session).
-/// Otherwise returns the holder (`node:session`).
-pub async fn claim_writer(
-    kv: &dyn MetaKv,
-    node_id: i32,
-    session: &str,
-    lease: LeaseId,
-) -> Result<Result<(), String>, MetaError> {
-    let k = writer_key();
-    let put = Op::Put {
-        key: k.clone().into_bytes(),
-        value: writer_value(node_id, session).into_bytes(),
-        lease,
-    };
-    for _ in 0..3 {
+) -> Result<Result<(i32, Vec<u8>), Taken>, MetaError> {
+    let value = encode_json(reg);
+    if node_id < 0 {
+        for id in 0..i32::MAX {
+            let k = key(id);
+            let r = kv
+                .txn(Txn {
+                    compares: vec![Compare::absent(k.clone())],
+                    success: vec![Op::Put {
+                        key: k.into_bytes(),
+                        value: value.clone(),
+                        lease,
+                    }],
+                    failure: vec![],
+                })
+                .await?;
+            if r.succeeded {
+                return Ok(Ok((id, value)));
+            }
+        }
+    }
+    let k = key(node_id);
+    for _ in 0..5 {
         let current = kv.get(k.as_bytes()).await?;
         let compare = match &current {
             None => Compare::absent(k.clone()),
             Some(c) => {
-                let holder = String::from_utf8_lossy(&c.value).into_owned();
-                if !holder.starts_with(&format!("{node_id}:")) {
-                    return Ok(Err(holder));
+                let holder = decode(&c.key, &c.value)?;
+                if holder.host != reg.host || holder.port != reg.port {
+                    return Ok(Err(Taken { node_id, holder }));
                 }
                 Compare::mod_revision(k.clone(), c.mod_revision)
             }
@@ -72,25 +103,39 @@ pub async fn claim_writer(
         let r = kv
             .txn(Txn {
                 compares: vec![compare],
-                success: vec![put.clone()],
+                success: vec![Op::Put {
+                    key: k.clone().into_bytes(),
+                    value: value.clone(),
+                    lease,
+                }],
                 failure: vec![],
             })
             .await?;
         if r.succeeded {
-            return Ok(Ok(()));
+            return Ok(Ok((node_id, value)));
         }
     }
-    let holder = kv
-        .get(k.as_bytes())
-        .await?
-        .map(|c| String::from_utf8_lossy(&c.value).into_owned())
-        .unwrap_or_default();
-    Ok(Err(holder))
+    let holder = match kv.get(k.as_bytes()).await? {
+        Some(c) => decode(&c.key, &c.value)?,
+        None => reg.clone(),
+    };
+    Ok(Err(Taken { node_id, holder }))
 }
 
-/// The compare every commit carries: this session still holds the right to write.
-pub fn still_writer(node_id: i32, session: &str) -> Compare {
-    Compare::value(writer_key(), writer_value(node_id, session))
+/// Every live agent by node id.
+pub async fn list(kv: &dyn MetaKv) -> Result<BTreeMap<i32, Registration>, MetaError> {
+    let mut out = BTreeMap::new();
+    for item in kv.range(RangeRequest::prefix(prefix())).await? {
+        if let Some(id) = parse_key(&item.key) {
+            out.insert(id, decode(&item.key, &item.value)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The compare every commit of an agent carries: its registration is still exactly `value`.
+pub fn registered(node_id: i32, value: &[u8]) -> Compare {
+    Compare::value(key(node_id), value.to_vec())
 }
 
 #[cfg(test)]
@@ -100,37 +145,58 @@ mod tests {
     use silt_common::ManualClock;
     use std::time::Duration;
 
+    fn reg(session: &str, port: i32) -> Registration {
+        Registration {
+            session: session.into(),
+            host: "h".into(),
+            port,
+        }
+    }
+
     #[tokio::test]
-    async fn one_writer_per_store_and_restarts_take_over() {
+    async fn restarts_take_over_and_other_agents_are_refused() {
         let clock = ManualClock::new(0);
         let kv = EmbeddedKv::in_memory(clock.clone());
         let l1 = kv.grant_lease(Duration::from_secs(10)).await.unwrap();
-        assert_eq!(claim_writer(&kv, 1, "a", l1).await.unwrap(), Ok(()));
+        let (id, v1) = register(&kv, 1, &reg("a", 9092), l1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(id, 1);
         let l2 = kv.grant_lease(Duration::from_secs(10)).await.unwrap();
-        assert_eq!(
-            claim_writer(&kv, 2, "b", l2).await.unwrap(),
-            Err("1:a".to_string()),
-            "another node is refused"
-        );
-        assert_eq!(
-            claim_writer(&kv, 1, "a2", l2).await.unwrap(),
-            Ok(()),
-            "the same node restarting takes over"
-        );
-        let t = Txn {
-            compares: vec![still_writer(1, "a")],
+        let taken = register(&kv, 1, &reg("b", 9093), l2).await.unwrap();
+        assert_eq!(taken.unwrap_err().holder, reg("a", 9092), "another address");
+        let (_, v2) = register(&kv, 1, &reg("a2", 9092), l2)
+            .await
+            .unwrap()
+            .unwrap();
+        let fenced = Txn {
+            compares: vec![registered(1, &v1)],
             ..Default::default()
         };
-        assert!(
-            !kv.txn(t).await.unwrap().succeeded,
-            "the old session is fenced"
-        );
+        assert!(!kv.txn(fenced).await.unwrap().succeeded, "old session");
+        let ok = Txn {
+            compares: vec![registered(1, &v2)],
+            ..Default::default()
+        };
+        assert!(kv.txn(ok).await.unwrap().succeeded, "new session");
+        let (auto, _) = register(&kv, -1, &reg("c", 9094), l2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(auto, 0, "the lowest free id");
+        let (auto, _) = register(&kv, -1, &reg("d", 9095), l2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(auto, 2, "1 is taken");
+        assert_eq!(list(&kv).await.unwrap().len(), 3);
         clock.advance(Duration::from_secs(11));
-        let l3 = kv.grant_lease(Duration::from_secs(10)).await.unwrap();
-        assert_eq!(
-            claim_writer(&kv, 2, "b", l3).await.unwrap(),
-            Ok(()),
-            "an expired writer's claim lapses"
-        );
+        assert!(list(&kv).await.unwrap().is_empty(), "leases lapsed");
+        let t = Txn {
+            compares: vec![registered(1, &v2)],
+            ..Default::default()
+        };
+        assert!(!kv.txn(t).await.unwrap().succeeded, "a lapsed agent");
     }
 }

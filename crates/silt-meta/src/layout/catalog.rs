@@ -24,8 +24,22 @@ pub struct TopicRecord {
     pub created_ms: i64,
 }
 
-fn prefix() -> String {
+/// Prefix of every topic record.
+pub fn prefix() -> String {
     format!("{}/topics/", super::ROOT)
+}
+
+/// The topic name of a catalog key.
+pub fn parse_key(key: &[u8]) -> Option<String> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix(&prefix())
+        .map(String::from)
+}
+
+/// Decodes a topic record.
+pub fn decode(key: &[u8], value: &[u8]) -> Result<TopicRecord, MetaError> {
+    decode_json(key, value)
 }
 
 /// The key of topic `name`.

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{decode_json, encode_json};
-use crate::kv::{MetaError, MetaKv, Op, RangeRequest, Txn};
+use crate::kv::{Compare, MetaError, MetaKv, Op, RangeRequest, Txn};
 
 /// A committed offset. Persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,15 +78,18 @@ fn unescape(s: &str) -> String {
 }
 
 /// Writes committed offsets for several partitions in one transaction, recording the group's
-/// protocol type with them when `protocol_type` is given.
+/// protocol type with them when `protocol_type` is given. Every write of group state carries
+/// the coordinator's `fence` (its registration and its shard's assignment) and returns `false`,
+/// writing nothing, when the fence no longer holds.
 pub async fn commit(
     kv: &dyn MetaKv,
+    fence: &[Compare],
     group: &str,
     offsets: &[(String, i32, Committed)],
     protocol_type: Option<&str>,
-) -> Result<(), MetaError> {
+) -> Result<bool, MetaError> {
     if offsets.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let mut ops: Vec<Op> = offsets
         .iter()
@@ -95,46 +98,48 @@ pub async fn commit(
     if let Some(pt) = protocol_type {
         ops.push(Op::put(protocol_type_key(group), pt));
     }
+    fenced_write(kv, fence, ops).await
+}
+
+async fn fenced_write(kv: &dyn MetaKv, fence: &[Compare], ops: Vec<Op>) -> Result<bool, MetaError> {
     kv.txn(Txn {
+        compares: fence.to_vec(),
         success: ops,
-        ..Default::default()
+        failure: vec![],
     })
     .await
-    .map(|_| ())
+    .map(|r| r.succeeded)
 }
 
 /// Deletes some partitions' committed offsets in one transaction.
 pub async fn delete(
     kv: &dyn MetaKv,
+    fence: &[Compare],
     group: &str,
     partitions: &[(String, i32)],
-) -> Result<(), MetaError> {
+) -> Result<bool, MetaError> {
     if partitions.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
-    kv.txn(Txn {
-        success: partitions
-            .iter()
-            .map(|(t, p)| Op::Delete {
-                key: key(group, t, *p).into_bytes(),
-            })
-            .collect(),
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
+    let ops = partitions
+        .iter()
+        .map(|(t, p)| Op::Delete {
+            key: key(group, t, *p).into_bytes(),
+        })
+        .collect();
+    fenced_write(kv, fence, ops).await
 }
 
 /// Deletes every committed offset of a group.
-pub async fn delete_group(kv: &dyn MetaKv, group: &str) -> Result<(), MetaError> {
-    kv.txn(Txn {
-        success: vec![Op::DeletePrefix {
-            prefix: group_prefix(group).into_bytes(),
-        }],
-        ..Default::default()
-    })
-    .await
-    .map(|_| ())
+pub async fn delete_group(
+    kv: &dyn MetaKv,
+    fence: &[Compare],
+    group: &str,
+) -> Result<bool, MetaError> {
+    let ops = vec![Op::DeletePrefix {
+        prefix: group_prefix(group).into_bytes(),
+    }];
+    fenced_write(kv, fence, ops).await
 }
 
 /// What is stored for every group.
@@ -194,10 +199,19 @@ mod tests {
             commit_ms: 1,
         };
         let two = [("t".into(), 0, c(5)), ("t".into(), 1, c(7))];
-        commit(&kv, "g/1 %x", &two, Some("consumer")).await.unwrap();
-        commit(&kv, "g", &[("t".into(), 0, c(9))], None)
+        assert!(commit(&kv, &[], "g/1 %x", &two, Some("consumer"))
+            .await
+            .unwrap());
+        commit(&kv, &[], "g", &[("t".into(), 0, c(9))], None)
             .await
             .unwrap();
+        let fence = [Compare::value("/silt/agents/1", "x")];
+        assert!(
+            !commit(&kv, &fence, "g", &[("t".into(), 0, c(10))], None)
+                .await
+                .unwrap(),
+            "a failed fence writes nothing"
+        );
         let stored = load_all(&kv).await.unwrap();
         assert_eq!(
             stored.protocol_types,
@@ -209,11 +223,13 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(all[1].0, "g/1 %x");
         assert_eq!(all[1].3.offset, 5);
-        delete(&kv, "g/1 %x", &[("t".into(), 1)]).await.unwrap();
-        delete_group(&kv, "g").await.unwrap();
+        delete(&kv, &[], "g/1 %x", &[("t".into(), 1)])
+            .await
+            .unwrap();
+        delete_group(&kv, &[], "g").await.unwrap();
         let all = load_all(&kv).await.unwrap().offsets;
         // Deleting a group removes its protocol type too.
-        delete_group(&kv, "g/1 %x").await.unwrap();
+        delete_group(&kv, &[], "g/1 %x").await.unwrap();
         assert!(load_all(&kv).await.unwrap().protocol_types.is_empty());
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].0.as_str(), all[0].2), ("g/1 %x", 0));

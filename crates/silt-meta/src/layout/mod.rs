@@ -4,8 +4,10 @@
 //!
 //! ```text
 //! /silt/cluster/id                                   cluster id (string)
-//! /silt/agents/{node_id}                             the agent session registered as a node (leased)
-//! /silt/writer                                       node:session allowed to commit (leased)
+//! /silt/agents/{node_id}                             Registration of a live agent (leased)
+//! /silt/controller                                   node:session of the controller (leased)
+//! /silt/assignment/{topic_id}/{partition:010}        Assignment: a partition's leader and epoch
+//! /silt/group-shards/{shard:04}                      Assignment: a group shard's coordinator
 //! /silt/topics/{name}                                TopicRecord
 //! /silt/index/{topic_id}/{partition:010}/{base:020}  IndexEntry: where an offset range lives
 //! /silt/producer-ids/next                            next unallocated producer id (i64)
@@ -14,6 +16,7 @@
 //! ```
 
 pub mod agents;
+pub mod assignment;
 pub mod catalog;
 pub mod cluster;
 pub mod group_offsets;

@@ -1,6 +1,7 @@
 //! The agent on the cluster backends: etcd for metadata and an S3-compatible bucket
 //! (SeaweedFS) for objects — real servers, the real binary. Acknowledged records survive
-//! SIGKILL; a second writer is refused; unreachable services are named at start-up.
+//! SIGKILL; a second agent claiming a live agent's node id is refused; unreachable services
+//! are named at start-up.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -106,16 +107,18 @@ async fn etcd_and_s3_keep_every_acknowledged_record_across_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_writer_is_refused_and_dead_services_are_named() {
+async fn a_taken_node_id_is_refused_and_dead_services_are_named() {
     let etcd = Etcd::start();
     let env = cluster_env(&etcd, None);
-    let _first = AgentProc::start(&refs(&env));
-    let mut second_env = env.clone();
-    second_env.push(("SILT_NODE_ID".into(), "7".into()));
-    let (status, log) = AgentProc::start_failing(&refs(&second_env));
+    let first = AgentProc::start(&refs(&env));
+    // Same node id (the default), another address.
+    let (status, log) = AgentProc::start_failing(&refs(&env));
     assert!(!status.success());
     assert!(
-        log.contains("another agent (0:"),
+        log.contains(&format!(
+            "node id 0 is registered by a live agent at 127.0.0.1:{}",
+            first.port
+        )),
         "the holder is named: {log}"
     );
 

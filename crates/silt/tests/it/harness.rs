@@ -119,10 +119,11 @@ impl AgentProc {
         cmd
     }
 
+    /// Waits for `/readyz` to answer 200: the agent serves and its share is loaded.
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if self.ready() {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -138,6 +139,41 @@ impl AgentProc {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether `/readyz` answers 200 now.
+    pub fn ready(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.admin_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.starts_with("HTTP/1.1 200")
+    }
+
+    /// Sends a signal ("STOP", "CONT", ...) to the agent.
+    pub fn signal(&self, sig: &str) {
+        silt_testkit::signal(self.pid(), sig);
+    }
+
+    /// The exit status, if the agent exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Starts a stopped (killed or exited) agent again on the same ports.
+    pub fn start_again(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
     }
 
     /// The current run's log.

@@ -2,6 +2,7 @@
 
 mod backends;
 mod clients;
+mod cluster;
 mod config;
 mod durability;
 mod groups;

@@ -1,0 +1,188 @@
+//! The controller: one agent at a time (whoever creates the lease-bound `/silt/controller`
+//! key) keeps partitions and group shards assigned over the live agents.
+//!
+//! Every agent runs [`run`]; the one that wins the key reconciles whenever the live agents or
+//! the catalog change (and every second as a safety net): it reads agents, topics and current
+//! assignments straight from the metadata store, computes the changes with
+//! [`assignment::balance`], and writes them in transactions of at most [`OPS_PER_TXN`]
+//! operations, each compared on its controller key, so a deposed controller writes nothing.
+//! When it dies or leaves, its key disappears with its lease and another agent takes over.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use silt_meta::layout::assignment::{self, Assignment, GROUP_SHARDS};
+use silt_meta::layout::{agents, catalog};
+use silt_meta::{LeaseId, MetaError, MetaKv, Op, RangeRequest, Txn};
+use tokio::sync::watch;
+
+use super::Cluster;
+
+/// Writes per controller transaction (etcd's default limit is 128).
+pub const OPS_PER_TXN: usize = 64;
+
+/// Why a reconcile stopped.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    #[error("another agent became controller")]
+    Deposed,
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// Who this agent is, for the controller election.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Node id.
+    pub node_id: i32,
+    /// Session.
+    pub session: String,
+    /// The agent's lease.
+    pub lease: LeaseId,
+}
+
+/// Campaigns for the controller key and, while holding it, keeps assignments balanced.
+pub async fn run(
+    meta: Arc<dyn MetaKv>,
+    me: Identity,
+    cluster: Arc<Cluster>,
+    catalog_changes: watch::Receiver<impl Send + Sync + 'static>,
+) {
+    let mut catalog_changes = catalog_changes;
+    loop {
+        match assignment::try_become_controller(meta.as_ref(), me.node_id, &me.session, me.lease)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(node_id = me.node_id, "this agent is the controller");
+                lead(meta.as_ref(), &me, &cluster, &mut catalog_changes).await;
+                tracing::info!(
+                    node_id = me.node_id,
+                    "this agent is no longer the controller"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "controller election failed; retrying"),
+        }
+        // Wait for the key to go (its holder left or died), checking now and then.
+        let mut rx = cluster.controller.subscribe();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|s| s.items.is_empty())).await;
+    }
+}
+
+async fn lead<T>(
+    meta: &dyn MetaKv,
+    me: &Identity,
+    cluster: &Cluster,
+    catalog_changes: &mut watch::Receiver<T>,
+) {
+    let mut agents_rx = cluster.agents.subscribe();
+    loop {
+        agents_rx.borrow_and_update();
+        catalog_changes.borrow_and_update();
+        match reconcile(meta, me).await {
+            Ok(()) => {}
+            Err(Stop::Deposed) => return,
+            Err(Stop::Meta(e)) => {
+                tracing::warn!(error = %e, "controller could not reconcile assignments; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                // Still controller? (The lease may have lapsed while the store was away.)
+                let still = meta
+                    .get(assignment::controller_key().as_bytes())
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|kv| {
+                        kv.value == assignment::controller_value(me.node_id, &me.session).as_bytes()
+                    });
+                if !still {
+                    return;
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = agents_rx.changed() => {}
+            _ = catalog_changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn current(
+    meta: &dyn MetaKv,
+    prefix: String,
+    parse: fn(&[u8]) -> Option<Vec<u8>>,
+) -> Result<BTreeMap<Vec<u8>, Assignment>, MetaError> {
+    let mut out = BTreeMap::new();
+    for kv in meta.range(RangeRequest::prefix(prefix)).await? {
+        if let Some(k) = parse(&kv.key) {
+            out.insert(k, assignment::decode(&kv.key, &kv.value)?);
+        }
+    }
+    Ok(out)
+}
+
+fn whole_key(k: &[u8]) -> Option<Vec<u8>> {
+    Some(k.to_vec())
+}
+
+/// One pass: compute and write the changes.
+async fn reconcile(meta: &dyn MetaKv, me: &Identity) -> Result<(), Stop> {
+    let live: BTreeSet<i32> = agents::list(meta).await?.into_keys().collect();
+    let topics = catalog::list(meta).await?;
+    let parts = current(meta, assignment::partitions_prefix(), whole_key).await?;
+    let shards = current(meta, assignment::shards_prefix(), whole_key).await?;
+
+    let wanted: Vec<Vec<u8>> = topics
+        .iter()
+        .flat_map(|t| (0..t.partitions).map(|p| assignment::partition_key(&t.id, p).into_bytes()))
+        .collect();
+    let wanted_set: BTreeSet<&Vec<u8>> = wanted.iter().collect();
+    let mut ops: Vec<Op> = parts
+        .keys()
+        .filter(|k| !wanted_set.contains(k))
+        .map(|k| Op::Delete { key: k.clone() })
+        .collect();
+    let deleted = ops.len();
+    let moves = assignment::balance(&wanted, &parts, &live);
+    let shard_keys: Vec<Vec<u8>> = (0..GROUP_SHARDS)
+        .map(|s| assignment::shard_key(s).into_bytes())
+        .collect();
+    let shard_moves = assignment::balance(&shard_keys, &shards, &live);
+    let (n_moves, n_shards) = (moves.len(), shard_moves.len());
+    for (k, a) in moves.into_iter().chain(shard_moves) {
+        ops.push(assignment::put_op(
+            String::from_utf8_lossy(&k).into_owned(),
+            &a,
+        ));
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let fence = assignment::still_controller(me.node_id, &me.session);
+    let mut chunks = ops.into_iter().peekable();
+    while chunks.peek().is_some() {
+        let chunk: Vec<Op> = chunks.by_ref().take(OPS_PER_TXN).collect();
+        let r = meta
+            .txn(Txn {
+                compares: vec![fence.clone()],
+                success: chunk,
+                failure: vec![],
+            })
+            .await?;
+        if !r.succeeded {
+            return Err(Stop::Deposed);
+        }
+    }
+    tracing::info!(
+        live_agents = live.len(),
+        partitions_moved = n_moves,
+        group_shards_moved = n_shards,
+        assignments_deleted = deleted,
+        "controller updated assignments"
+    );
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! This agent's place in the cluster: the live agents, who leads each partition and group
+//! shard (followed live from the metadata store), and the partitions this agent leads now.
+//!
+//! The [`Cluster::run`] reactor turns assignment changes into local state: a partition newly
+//! assigned here is loaded from the offset index (high watermark, producer state) and served
+//! with its new epoch; one assigned elsewhere is closed at once (appends refused, buffered
+//! batches fail their fenced commit) and dropped. Group shards are handed to the group
+//! coordinator the same way. The [`controller`] decides the assignments.
+
+pub mod controller;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use silt_meta::layout::agents::{self, Registration};
+use silt_meta::layout::assignment::{self, Assignment};
+use silt_meta::layout::catalog::TopicRecord;
+use silt_meta::mirror::{Mirror, Snapshot};
+use silt_meta::{Compare, MetaError, MetaKv};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::broker::Node;
+use crate::error::PartitionError;
+use crate::groups::GroupCoordinator;
+use crate::partition::Partition;
+use crate::topics::Topic;
+
+/// Partitions loaded at once when leadership arrives.
+const LOAD_CONCURRENCY: usize = 16;
+
+/// A partition's identity.
+pub type PartitionKey = (Uuid, i32);
+
+/// Leadership counters (exported as metrics).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Partitions taken over by this agent.
+    pub partitions_gained: AtomicU64,
+    /// Partitions given up by this agent.
+    pub partitions_lost: AtomicU64,
+    /// Milliseconds the last batch of partition loads took (index read, state rebuilt).
+    pub last_load_ms: AtomicU64,
+    /// Partitions in the last batch of loads.
+    pub last_load_partitions: AtomicU64,
+}
+
+/// The cluster as this agent sees it.
+#[derive(Debug)]
+pub struct Cluster {
+    me: i32,
+    registration: Vec<u8>,
+    meta: Arc<dyn MetaKv>,
+    agents: Mirror<i32, Registration>,
+    partitions: Mirror<PartitionKey, Assignment>,
+    shards: Mirror<i32, Assignment>,
+    controller: Mirror<(), i32>,
+    local: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
+    settled: watch::Sender<bool>,
+    /// Counters.
+    pub stats: ClusterStats,
+}
+
+fn reg_value(k: &[u8], v: &[u8]) -> Option<Registration> {
+    agents::decode(k, v).ok()
+}
+
+fn assignment_value(k: &[u8], v: &[u8]) -> Option<Assignment> {
+    assignment::decode(k, v).ok()
+}
+
+fn controller_key(k: &[u8]) -> Option<()> {
+    (k == assignment::controller_key().as_bytes()).then_some(())
+}
+
+fn controller_value(_: &[u8], v: &[u8]) -> Option<i32> {
+    assignment::parse_controller(v)
+}
+
+impl Cluster {
+    /// Starts following the cluster's metadata as node `me` registered with `registration`.
+    pub async fn start(
+        meta: Arc<dyn MetaKv>,
+        me: i32,
+        registration: Vec<u8>,
+    ) -> Result<Arc<Self>, MetaError> {
+        let agents = Mirror::start(meta.clone(), agents::prefix(), agents::parse_key, reg_value);
+        let partitions = Mirror::start(
+            meta.clone(),
+            assignment::partitions_prefix(),
+            assignment::parse_partition_key,
+            assignment_value,
+        );
+        let shards = Mirror::start(
+            meta.clone(),
+            assignment::shards_prefix(),
+            assignment::parse_shard_key,
+            assignment_value,
+        );
+        let controller = Mirror::start(
+            meta.clone(),
+            assignment::controller_key(),
+            controller_key,
+            controller_value,
+        );
+        Ok(Arc::new(Self {
+            me,
+            registration,
+            agents: agents.await?,
+            partitions: partitions.await?,
+            shards: shards.await?,
+            controller: controller.await?,
+            meta,
+            local: RwLock::default(),
+            settled: watch::channel(false).0,
+            stats: ClusterStats::default(),
+        }))
+    }
+
+    /// This agent's node id.
+    pub fn me(&self) -> i32 {
+        self.me
+    }
+
+    /// The compare every commit of this agent carries: its registration is still there.
+    pub fn registered(&self) -> Compare {
+        agents::registered(self.me, &self.registration)
+    }
+
+    /// Every live agent as a broker, by id.
+    pub fn brokers(&self) -> Vec<Node> {
+        self.agents
+            .snapshot()
+            .items
+            .iter()
+            .map(|(id, r)| Node {
+                id: *id,
+                host: r.value.host.clone(),
+                port: r.value.port,
+            })
+            .collect()
+    }
+
+    /// A live agent.
+    pub fn node(&self, id: i32) -> Option<Node> {
+        self.agents.snapshot().items.get(&id).map(|r| Node {
+            id,
+            host: r.value.host.clone(),
+            port: r.value.port,
+        })
+    }
+
+    fn is_live(&self, id: i32) -> bool {
+        self.agents.snapshot().items.contains_key(&id)
+    }
+
+    /// The controller's node id, if a live agent holds it.
+    pub fn controller_id(&self) -> Option<i32> {
+        let c = self.controller.snapshot().items.get(&())?.value;
+        self.is_live(c).then_some(c)
+    }
+
+    /// The live leader and epoch of a partition.
+    pub fn leader(&self, topic_id: &Uuid, partition: i32) -> Option<Assignment> {
+        let a = self
+            .partitions
+            .snapshot()
+            .items
+            .get(&(*topic_id, partition))?
+            .value;
+        self.is_live(a.leader).then_some(a)
+    }
+
+    /// The live coordinator of a group shard.
+    pub fn shard_owner(&self, shard: i32) -> Option<Assignment> {
+        let a = self.shards.snapshot().items.get(&shard)?.value;
+        self.is_live(a.leader).then_some(a)
+    }
+
+    /// The partition if this agent leads it now; otherwise the error a client gets.
+    pub fn partition(&self, topic: &Topic, index: i32) -> Result<Arc<Partition>, PartitionError> {
+        if !topic.has_partition(index) {
+            return Err(PartitionError::UnknownTopicOrPartition {
+                topic: topic.record.name.clone(),
+                partition: index,
+            });
+        }
+        if let Some(p) = self.read_local().get(&(topic.record.id, index)) {
+            if !p.is_closed() {
+                return Ok(p.clone());
+            }
+        }
+        Err(PartitionError::NotLeader(
+            match self.leader(&topic.record.id, index) {
+                Some(a) if a.leader == self.me => format!(
+                    "{}-{index} is being loaded by this agent; retry",
+                    topic.record.name
+                ),
+                Some(a) => format!("{}-{index} is led by node {}", topic.record.name, a.leader),
+                None => format!("{}-{index} has no live leader yet", topic.record.name),
+            },
+        ))
+    }
+
+    /// Waits (at most `timeout`) until every partition of `topic` has a live leader and those
+    /// led here are loaded.
+    pub async fn wait_led(&self, topic: &Topic, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let id = topic.record.id;
+        loop {
+            let done = (0..topic.record.partitions).all(|p| match self.leader(&id, p) {
+                Some(a) if a.leader == self.me => self.read_local().contains_key(&(id, p)),
+                Some(_) => true,
+                None => false,
+            });
+            if done || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Partitions led here now.
+    pub fn local_partitions(&self) -> Vec<Arc<Partition>> {
+        self.read_local().values().cloned().collect()
+    }
+
+    fn read_local(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PartitionKey, Arc<Partition>>> {
+        self.local.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether every partition and group shard has a live leader and those assigned here are
+    /// loaded.
+    pub fn settled(&self) -> watch::Receiver<bool> {
+        self.settled.subscribe()
+    }
+
+    /// How many partitions and group shards are assigned to this agent.
+    pub fn assigned_here(&self) -> usize {
+        let p = self.partitions.snapshot();
+        let s = self.shards.snapshot();
+        p.items
+            .values()
+            .filter(|a| a.value.leader == self.me)
+            .count()
+            + s.items
+                .values()
+                .filter(|a| a.value.leader == self.me)
+                .count()
+    }
+
+    /// Live agents other than this one.
+    pub fn peers(&self) -> usize {
+        self.agents
+            .snapshot()
+            .items
+            .keys()
+            .filter(|id| **id != self.me)
+            .count()
+    }
+
+    /// Follows assignment changes until the task is aborted.
+    pub async fn run(
+        self: Arc<Self>,
+        mut catalog: watch::Receiver<Arc<Snapshot<String, TopicRecord>>>,
+        groups: Arc<GroupCoordinator>,
+    ) {
+        let mut parts = self.partitions.subscribe();
+        let mut shards = self.shards.subscribe();
+        let mut agents = self.agents.subscribe();
+        loop {
+            let cat = catalog.borrow_and_update().clone();
+            parts.borrow_and_update();
+            shards.borrow_and_update();
+            agents.borrow_and_update();
+            let loaded = self.follow_partitions(&cat).await;
+            let shards_ok = self.follow_shards(&groups).await;
+            let all_led = cat
+                .items
+                .values()
+                .all(|t| (0..t.value.partitions).all(|p| self.leader(&t.value.id, p).is_some()));
+            let shards_led = (0..assignment::GROUP_SHARDS).all(|s| self.shard_owner(s).is_some());
+            self.settled
+                .send_replace(loaded && shards_ok && all_led && shards_led);
+            tokio::select! {
+                _ = catalog.changed() => {}
+                _ = parts.changed() => {}
+                _ = shards.changed() => {}
+                _ = agents.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Closes partitions led elsewhere now and loads those newly led here. Returns whether
+    /// every partition assigned here is loaded.
+    async fn follow_partitions(&self, catalog: &Snapshot<String, TopicRecord>) -> bool {
+        let names: HashMap<Uuid, &str> = catalog
+            .items
+            .values()
+            .map(|t| (t.value.id, t.value.name.as_str()))
+            .collect();
+        let snap = self.partitions.snapshot();
+        let wanted: BTreeMap<PartitionKey, (i32, i64)> = snap
+            .items
+            .iter()
+            .filter(|(k, a)| a.value.leader == self.me && names.contains_key(&k.0))
+            .map(|(k, a)| (*k, (a.value.epoch, a.mod_revision)))
+            .collect();
+        let to_load: Vec<(PartitionKey, i32, i64)> = {
+            let mut local = self.local.write().unwrap_or_else(|p| p.into_inner());
+            local.retain(|k, p| {
+                let keep =
+                    !p.is_closed() && wanted.get(k).is_some_and(|w| w.1 == p.fence_revision);
+                if !keep {
+                    p.close();
+                    self.stats.partitions_lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(topic = %p.topic, partition = p.index, "no longer leading partition");
+                }
+                keep
+            });
+            wanted
+                .iter()
+                .filter(|(k, _)| !local.contains_key(k))
+                .map(|(k, (e, r))| (*k, *e, *r))
+                .collect()
+        };
+        if to_load.is_empty() {
+            return true;
+        }
+        let started = std::time::Instant::now();
+        let n = to_load.len();
+        let meta = self.meta.as_ref();
+        let loaded: Vec<_> = futures::stream::iter(to_load)
+            .map(|(k, epoch, rev)| {
+                let name = names[&k.0].to_string();
+                async move { (k, Partition::load(meta, &name, k.0, k.1, epoch, rev).await) }
+            })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .collect()
+            .await;
+        let mut ok = true;
+        let mut local = self.local.write().unwrap_or_else(|p| p.into_inner());
+        for (k, res) in loaded {
+            match res {
+                Ok(p) => {
+                    let (epoch, hw) = {
+                        let st = p.lock();
+                        (st.leader_epoch, st.high_watermark)
+                    };
+                    tracing::info!(topic = %p.topic, partition = p.index, epoch,
+                        high_watermark = hw, "leading partition");
+                    local.insert(k, Arc::new(p));
+                    self.stats.partitions_gained.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(topic_id = %k.0, partition = k.1, error = %e,
+                        "loading a partition assigned to this agent failed; retrying");
+                }
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        self.stats.last_load_ms.store(ms, Ordering::Relaxed);
+        self.stats
+            .last_load_partitions
+            .store(n as u64, Ordering::Relaxed);
+        tracing::info!(
+            partitions = n,
+            ms,
+            "took leadership: offset index and producer state rebuilt"
+        );
+        ok
+    }
+
+    async fn follow_shards(&self, groups: &GroupCoordinator) -> bool {
+        let wanted: BTreeMap<i32, i64> = self
+            .shards
+            .snapshot()
+            .items
+            .iter()
+            .filter(|(_, a)| a.value.leader == self.me)
+            .map(|(s, a)| (*s, a.mod_revision))
+            .collect();
+        match groups.follow_shards(&wanted, self.registered()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "loading group shards assigned to this agent failed; retrying");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! Cluster mode: several real agents on one real etcd and one real SeaweedFS bucket, driven by
+//! librdkafka. A checker produces unique values with several idempotent producers (acks=all)
+//! while a scenario faults the cluster, then reads every partition back and counts
+//! acknowledged, lost, duplicated and out-of-order records. Every scenario must end with
+//! nothing lost and nothing duplicated.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use silt_testkit::{Etcd, Weed};
+
+use crate::harness::{eventually, AgentProc};
+use crate::kafka::{config, create_topic};
+
+const TTL_MS: &str = "3000";
+
+/// etcd, SeaweedFS and agents with node ids 1, 2, 3...
+pub struct TestCluster {
+    pub etcd: Etcd,
+    pub weed: Weed,
+    pub agents: Vec<AgentProc>,
+}
+
+impl TestCluster {
+    pub fn start(n: usize) -> Self {
+        let mut c = Self {
+            etcd: Etcd::start(),
+            weed: Weed::start("silt"),
+            agents: Vec::new(),
+        };
+        for _ in 0..n {
+            c.add();
+        }
+        c
+    }
+
+    fn env(&self, node_id: usize) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("SILT_NODE_ID", node_id.to_string()),
+            ("SILT_METADATA__KIND", "etcd".into()),
+            (
+                "SILT_METADATA__ETCD_ENDPOINTS",
+                format!("[\"{}\"]", self.etcd.url),
+            ),
+            ("SILT_METADATA__LEASE_TTL_MS", TTL_MS.into()),
+            ("SILT_OBJECT_STORE__KIND", "s3".into()),
+            ("SILT_OBJECT_STORE__S3__BUCKET", "silt".into()),
+            ("SILT_OBJECT_STORE__S3__ENDPOINT", self.weed.endpoint()),
+            ("SILT_OBJECT_STORE__S3__REGION", "us-east-1".into()),
+            ("SILT_OBJECT_STORE__S3__ACCESS_KEY_ID", "silt".into()),
+            ("SILT_OBJECT_STORE__S3__SECRET_ACCESS_KEY", "silt".into()),
+            ("SILT_OBJECT_STORE__S3__ALLOW_HTTP", "true".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.push(("SILT_TOPICS__NUM_PARTITIONS".into(), "6".into()));
+        env
+    }
+
+    /// Starts one more agent; returns its index.
+    pub fn add(&mut self) -> usize {
+        let env = self.env(self.agents.len() + 1);
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.agents.push(AgentProc::start(&refs));
+        self.agents.len() - 1
+    }
+
+    /// Every agent's address: clients bootstrap from all of them, as they would in production.
+    pub fn bootstrap(&self) -> String {
+        self.agents
+            .iter()
+            .map(AgentProc::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Partitions each agent leads, from its metrics.
+    pub fn leads(&self) -> Vec<f64> {
+        self.agents
+            .iter()
+            .map(|a| a.metrics().get("silt_partitions").copied().unwrap_or(-1.0))
+            .collect()
+    }
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub acknowledged: usize,
+    pub failed: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub out_of_order: usize,
+    pub misplaced: usize,
+    pub read: usize,
+    /// The longest time no producer got an acknowledgement: what clients saw of a failover.
+    pub max_stall: Duration,
+}
+
+impl Report {
+    pub fn assert_clean(&self, scenario: &str) {
+        eprintln!("{scenario}: {self:?}");
+        assert!(
+            self.acknowledged > 0,
+            "{scenario}: nothing was acknowledged"
+        );
+        assert_eq!(
+            self.lost, 0,
+            "{scenario}: acknowledged records lost: {self:?}"
+        );
+        assert_eq!(self.duplicated, 0, "{scenario}: duplicates: {self:?}");
+        assert_eq!(self.out_of_order, 0, "{scenario}: reordered: {self:?}");
+        assert_eq!(
+            self.misplaced, 0,
+            "{scenario}: acknowledged at another offset: {self:?}"
+        );
+        assert!(self.read >= self.acknowledged, "{scenario}: {self:?}");
+    }
+}
+
+/// Idempotent producers writing unique values `p{producer}-{seq}` until finished.
+pub struct Load {
+    topic: String,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<HashMap<String, (i32, i64)>>>,
+    failed: Arc<AtomicU64>,
+    last_ack: Arc<Mutex<(Instant, Duration)>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub async fn start(bootstrap: &str, topic: &str, partitions: i32, producers: usize) -> Self {
+        create_topic(bootstrap, topic, partitions, &[]).await;
+        let l = Self {
+            topic: topic.into(),
+            partitions,
+            stop: Arc::default(),
+            acked: Arc::default(),
+            failed: Arc::default(),
+            last_ack: Arc::new(Mutex::new((Instant::now(), Duration::ZERO))),
+            tasks: Vec::new(),
+        };
+        let mut tasks = Vec::new();
+        for k in 0..producers {
+            let p: FutureProducer = config(
+                bootstrap,
+                &[
+                    ("enable.idempotence", "true"),
+                    ("acks", "all"),
+                    ("linger.ms", "5"),
+                    ("message.timeout.ms", "180000"),
+                    ("retry.backoff.ms", "50"),
+                    ("topic.metadata.refresh.interval.ms", "1000"),
+                ],
+            )
+            .create()
+            .expect("producer");
+            let (topic, stop, acked, failed, last) = (
+                l.topic.clone(),
+                l.stop.clone(),
+                l.acked.clone(),
+                l.failed.clone(),
+                l.last_ack.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut inflight = FuturesUnordered::new();
+                let mut seq = 0u64;
+                loop {
+                    while !stop.load(Ordering::Relaxed) && inflight.len() < 32 {
+                        let value = format!("p{k}-{seq:09}");
+                        let part = (seq % partitions as u64) as i32;
+                        seq += 1;
+                        let p = p.clone();
+                        let topic = topic.clone();
+                        inflight.push(async move {
+                            let r = p
+                                .send(
+                                    FutureRecord::to(&topic)
+                                        .partition(part)
+                                        .key(&value)
+                                        .payload(&value),
+                                    Duration::from_secs(180),
+                                )
+                                .await;
+                            (
+                                value,
+                                r.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e),
+                            )
+                        });
+                    }
+                    let Some((value, r)) = inflight.next().await else {
+                        break;
+                    };
+                    match r {
+                        Ok(at) => {
+                            acked.lock().unwrap().insert(value, at);
+                            let mut l = last.lock().unwrap();
+                            let gap = l.0.elapsed();
+                            l.1 = l.1.max(gap);
+                            l.0 = Instant::now();
+                        }
+                        Err(e) => {
+                            eprintln!("delivery of {value} failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        Self { tasks, ..l }
+    }
+
+    /// Acknowledgements so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more records are acknowledged (or 120 s).
+    pub async fn progress(&self, n: usize) {
+        let target = self.acked() + n;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.acked() < target {
+            assert!(
+                Instant::now() < deadline,
+                "producers stalled at {} acknowledged",
+                self.acked()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops producing, waits for every outstanding delivery, reads everything back and
+    /// compares.
+    pub async fn finish(self, bootstrap: &str) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        let max_stall = self.last_ack.lock().unwrap().1;
+        let (topic, partitions, b) = (self.topic.clone(), self.partitions, bootstrap.to_string());
+        let seen = tokio::task::spawn_blocking(move || read_all(&b, &topic, partitions))
+            .await
+            .unwrap();
+        let mut report = Report {
+            acknowledged: acked.len(),
+            failed: self.failed.load(Ordering::Relaxed) as usize,
+            read: seen.len(),
+            max_stall,
+            ..Default::default()
+        };
+        let mut at: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
+        for (p, o, v) in &seen {
+            at.entry(v.as_str()).or_default().push((*p, *o));
+        }
+        report.duplicated = at.values().filter(|v| v.len() > 1).count();
+        for (v, pos) in &acked {
+            match at.get(v.as_str()) {
+                None => report.lost += 1,
+                Some(found) if !found.contains(pos) => report.misplaced += 1,
+                Some(_) => {}
+            }
+        }
+        // Per producer and partition, sequence numbers must rise with offsets.
+        let mut last: HashMap<(String, i32), u64> = HashMap::new();
+        let mut ordered = seen.clone();
+        ordered.sort_by_key(|(p, o, _)| (*p, *o));
+        for (p, _, v) in &ordered {
+            let (producer, seq) = v.split_once('-').expect("checker value");
+            let seq: u64 = seq.parse().unwrap();
+            let k = (producer.to_string(), *p);
+            if last.get(&k).is_some_and(|prev| *prev >= seq) {
+                report.out_of_order += 1;
+            }
+            last.insert(k, seq);
+        }
+        report
+    }
+}
+
+/// Every record of every partition, from the log start to the high watermark.
+fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, i64, String)> {
+    let c: BaseConsumer = config(
+        bootstrap,
+        &[
+            ("group.id", "silt-checker"),
+            ("enable.auto.commit", "false"),
+            ("fetch.wait.max.ms", "50"),
+        ],
+    )
+    .create()
+    .expect("consumer");
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, hw) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .expect("watermarks");
+        ends.insert(p, hw);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut next: HashMap<i32, i64> = (0..partitions).map(|p| (p, 0)).collect();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while next.iter().any(|(p, n)| *n < ends[p]) {
+        assert!(
+            Instant::now() < deadline,
+            "reading back stalled at {next:?} of {ends:?}"
+        );
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                assert_eq!(
+                    m.offset(),
+                    next[&m.partition()],
+                    "offsets are dense: every offset below the high watermark is readable"
+                );
+                next.insert(m.partition(), m.offset() + 1);
+                let v = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
+                out.push((m.partition(), m.offset(), v));
+            }
+            Some(Err(e)) => eprintln!("checker consumer: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+fn metadata_view(bootstrap: &str, topic: &str) -> (Vec<i32>, Vec<(i32, i32)>) {
+    let c: BaseConsumer = config(bootstrap, &[]).create().expect("client");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut brokers: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
+    brokers.sort();
+    let t = &md.topics()[0];
+    let mut leaders: Vec<(i32, i32)> = t
+        .partitions()
+        .iter()
+        .map(|p| (p.id(), p.leader()))
+        .collect();
+    leaders.sort();
+    (brokers, leaders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_agent_shows_the_whole_cluster_and_work_is_shared() {
+    let c = TestCluster::start(3);
+    let b = c.bootstrap();
+    create_topic(&c.agents[0].bootstrap(), "shared", 12, &[]).await;
+    let views: Vec<_> = c
+        .agents
+        .iter()
+        .map(|a| metadata_view(&a.bootstrap(), "shared"))
+        .collect();
+    for v in &views {
+        assert_eq!(v.0, vec![1, 2, 3], "every live agent is a broker");
+        assert_eq!(v.1, views[0].1, "every agent names the same leaders");
+    }
+    for id in 1..=3 {
+        let n = views[0].1.iter().filter(|(_, l)| *l == id).count();
+        assert_eq!(n, 4, "12 partitions over 3 agents: {:?}", views[0].1);
+    }
+    // Clients bootstrapped from one agent produce to and consume from all three.
+    let load = Load::start(&c.agents[1].bootstrap(), "shared-load", 6, 2).await;
+    load.progress(2_000).await;
+    load.finish(&b).await.assert_clean("steady state");
+    // Group coordination is spread too, and every agent agrees on each group's coordinator.
+    let coordinators: HashSet<i32> = (0..30)
+        .map(|i| find_coordinator(&c, &format!("group-{i}")))
+        .collect();
+    assert!(
+        coordinators.len() >= 2,
+        "groups coordinated by {coordinators:?}"
+    );
+}
+
+/// Asks every agent for a group's coordinator with a raw FindCoordinator (v1); all must agree.
+fn find_coordinator(c: &TestCluster, group: &str) -> i32 {
+    let mut answers = HashSet::new();
+    for a in &c.agents {
+        let mut conn = crate::protocol::Conn::open(a);
+        let req = FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.into()));
+        let r: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 1, &req);
+        assert_eq!(r.error_code, 0, "FindCoordinator({group}) failed: {r:?}");
+        answers.insert(r.node_id.0);
+    }
+    assert_eq!(answers.len(), 1, "agents disagree on {group}'s coordinator");
+    answers.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_under_load_repeatedly_loses_nothing() {
+    let mut c = TestCluster::start(3);
+    let b = c.bootstrap();
+    let load = Load::start(&b, "kill", 6, 3).await;
+    load.progress(1_000).await;
+    for round in 0..3 {
+        let victim = round % 3;
+        c.agents[victim].kill();
+        let killed = Instant::now();
+        // Partitions move once the lease lapses; producers keep going.
+        load.progress(1_000).await;
+        eprintln!(
+            "round {round}: producers past the failover {} ms after SIGKILL",
+            killed.elapsed().as_millis()
+        );
+        c.agents[victim].start_again();
+        load.progress(500).await;
+    }
+    let report = load.finish(&b).await;
+    report.assert_clean("SIGKILL x3");
+    assert!(
+        report.max_stall < Duration::from_secs(20),
+        "failover took {:?}",
+        report.max_stall
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_agent_is_fenced_and_its_late_commits_are_refused() {
+    let mut c = TestCluster::start(3);
+    let b = c.bootstrap();
+    let load = Load::start(&b, "zombie", 6, 3).await;
+    load.progress(1_000).await;
+    c.agents[0].signal("STOP");
+    // Past the lease TTL: its partitions move; the others keep acknowledging.
+    tokio::time::sleep(Duration::from_millis(3_000 + 2_000)).await;
+    load.progress(1_000).await;
+    c.agents[0].signal("CONT");
+    // Awake, it finds its lease gone: every late commit fails its fence, and it exits.
+    let status = eventually(Duration::from_secs(20), || c.agents[0].exited())
+        .expect("the fenced agent exits");
+    assert!(!status.success(), "a fenced agent exits non-zero");
+    let log = c.agents[0].log();
+    assert!(log.contains("lease expired"), "it says why: {log}");
+    load.progress(500).await;
+    load.finish(&b)
+        .await
+        .assert_clean("SIGSTOP past the TTL, then SIGCONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_hands_partitions_over_quickly() {
+    let mut c = TestCluster::start(3);
+    let b = c.bootstrap();
+    let load = Load::start(&b, "term", 6, 3).await;
+    load.progress(1_000).await;
+    let started = Instant::now();
+    let status = c.agents[2].terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "clean exit: {}", c.agents[2].log());
+    assert!(took < Duration::from_secs(6), "graceful stop took {took:?}");
+    load.progress(1_000).await;
+    let leads = c.agents[..2]
+        .iter()
+        .map(|a| a.metrics()["silt_partitions"])
+        .sum::<f64>();
+    assert_eq!(leads, 6.0, "the survivors lead every partition");
+    let report = load.finish(&b).await;
+    report.assert_clean("SIGTERM");
+    assert_eq!(report.failed, 0, "clients saw only retriable errors");
+    eprintln!("SIGTERM handoff: agent exited after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_out_from_two_to_three_takes_a_fair_share() {
+    let mut c = TestCluster::start(2);
+    let b = c.bootstrap();
+    let load = Load::start(&b, "scale", 6, 3).await;
+    load.progress(1_000).await;
+    let added = Instant::now();
+    c.add();
+    let shared = eventually(Duration::from_secs(15), || {
+        let l = c.leads();
+        (l == vec![2.0, 2.0, 2.0]).then_some(l)
+    });
+    assert!(
+        shared.is_some(),
+        "6 partitions over 3 agents: {:?}",
+        c.leads()
+    );
+    eprintln!("scale-out: fair share after {:?}", added.elapsed());
+    load.progress(1_000).await;
+    let report = load.finish(&b).await;
+    report.assert_clean("scale-out 2 -> 3");
+    assert_eq!(report.failed, 0, "clients saw only retriable errors");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_etcd_restart_loses_nothing() {
+    let mut c = TestCluster::start(3);
+    let b = c.bootstrap();
+    let load = Load::start(&b, "etcd", 6, 3).await;
+    load.progress(1_000).await;
+    c.etcd.restart(Duration::from_secs(2));
+    load.progress(1_000).await;
+    load.finish(&b).await.assert_clean("etcd restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn object_storage_stopped_for_twenty_seconds_loses_nothing() {
+    let c = TestCluster::start(3);
+    let b = c.bootstrap();
+    let load = Load::start(&b, "s3stop", 6, 3).await;
+    load.progress(1_000).await;
+    silt_testkit::signal(c.weed.pid(), "STOP");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    silt_testkit::signal(c.weed.pid(), "CONT");
+    load.progress(1_000).await;
+    let report = load.finish(&b).await;
+    report.assert_clean("object store stopped 20 s");
+}
