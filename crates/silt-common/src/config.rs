@@ -22,7 +22,7 @@ pub struct Settings {
     pub advertised_host: Option<String>,
     /// Port advertised to clients; defaults to the bound port.
     pub advertised_port: Option<u16>,
-    /// This agent's broker id as clients see it.
+    /// This agent's broker id as clients see it; -1 takes the lowest free id at start.
     pub node_id: i32,
     /// Directory for everything local: the local object store and the embedded metadata store.
     pub data_dir: PathBuf,
@@ -317,6 +317,12 @@ impl Settings {
         if self.metadata.kind == MetadataKind::Etcd && self.metadata.etcd_endpoints.is_empty() {
             return bad("metadata.kind = \"etcd\"", "set metadata.etcd_endpoints");
         }
+        if self.node_id < -1 {
+            return bad(
+                &format!("node_id = {}", self.node_id),
+                "must be 0 or more, or -1 to take the lowest free id",
+            );
+        }
         if self.metadata.lease_ttl_ms < 2_000 {
             return bad(
                 &format!("metadata.lease_ttl_ms = {}", self.metadata.lease_ttl_ms),
@@ -426,5 +432,16 @@ mod example_file {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/silt.toml");
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s, Settings::default());
+    }
+
+    /// `config/cluster.toml` is a valid cluster configuration.
+    #[test]
+    fn cluster_example_selects_etcd_and_s3() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cluster.toml");
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.metadata.kind, MetadataKind::Etcd);
+        assert_eq!(s.object_store.kind, ObjectStoreKind::S3);
+        assert_eq!(s.node_id, -1);
+        assert_eq!(s.object_store.s3.bucket, "silt");
     }
 }

@@ -28,14 +28,24 @@ pub struct TestCluster {
     pub etcd: Etcd,
     pub weed: Weed,
     pub agents: Vec<AgentProc>,
+    extra: Vec<(String, String)>,
 }
 
 impl TestCluster {
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    /// `n` agents with extra `SILT_*` settings.
+    pub fn start_with(n: usize, extra: &[(&str, &str)]) -> Self {
         let mut c = Self {
             etcd: Etcd::start(),
             weed: Weed::start("silt"),
             agents: Vec::new(),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for _ in 0..n {
             c.add();
@@ -64,6 +74,7 @@ impl TestCluster {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.push(("SILT_TOPICS__NUM_PARTITIONS".into(), "6".into()));
+        env.extend(self.extra.iter().cloned());
         env
     }
 
@@ -420,6 +431,14 @@ async fn sigkill_under_load_repeatedly_loses_nothing() {
         c.agents[victim].start_again();
         load.progress(500).await;
     }
+    // The new leaders rebuilt high watermarks and producer state from etcd; how long it took:
+    let rebuild_ms = c
+        .agents
+        .iter()
+        .map(|a| a.metrics()["silt_partition_load_last_ms"])
+        .fold(0.0, f64::max);
+    eprintln!("slowest leadership take-over: {rebuild_ms} ms");
+    assert!(rebuild_ms < 5_000.0, "take-over took {rebuild_ms} ms");
     let report = load.finish(&b).await;
     report.assert_clean("SIGKILL x3");
     assert!(
@@ -522,4 +541,87 @@ async fn object_storage_stopped_for_twenty_seconds_loses_nothing() {
     load.progress(1_000).await;
     let report = load.finish(&b).await;
     report.assert_clean("object store stopped 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_and_admin_work_across_agents_and_survive_a_coordinator_move() {
+    use crate::groups::{group_consumer, produce_n, GROUP_ENV};
+    use rdkafka::consumer::{CommitMode, StreamConsumer};
+
+    let mut c = TestCluster::start_with(3, GROUP_ENV);
+    let b = c.bootstrap();
+    create_topic(&c.agents[0].bootstrap(), "cg", 6, &[]).await;
+    produce_n(&b, "cg", 6, 600).await;
+    // Two members, each bootstrapped from a different agent.
+    let members: Vec<StreamConsumer> = (1..3)
+        .map(|i| group_consumer(&c.agents[i].bootstrap(), "cg-group"))
+        .collect();
+    for m in &members {
+        m.subscribe(&["cg"]).unwrap();
+    }
+    let mut seen: HashMap<(i32, i64), usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 600 && Instant::now() < deadline {
+        for (i, m) in members.iter().enumerate() {
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(50), m.recv()).await {
+                let prev = seen.insert((r.partition(), r.offset()), i);
+                assert!(prev.is_none_or(|p| p == i), "delivered to two members");
+            }
+        }
+    }
+    assert_eq!(seen.len(), 600, "every record consumed once by the group");
+    for m in &members {
+        m.commit_consumer_state(CommitMode::Sync).unwrap();
+    }
+    drop(members);
+    // Stop the group's coordinator: another agent takes its shard and serves the offsets.
+    let coordinator = find_coordinator(&c, "cg-group");
+    let idx = (coordinator - 1) as usize;
+    assert!(c.agents[idx].terminate().success());
+    let survivor = c
+        .agents
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i != idx)
+        .unwrap()
+        .1;
+    let sb = survivor.bootstrap();
+    let fresh = group_consumer(&sb, "cg-group");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition("cg", p);
+    }
+    let committed = fresh
+        .committed_offsets(tpl, Duration::from_secs(20))
+        .expect("committed offsets from the new coordinator");
+    for e in committed.elements() {
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(100),
+            "partition {}",
+            e.partition()
+        );
+    }
+    drop(fresh);
+    // Admin calls through one agent are seen by another.
+    let admin = crate::kafka::admin(&sb);
+    let res = admin
+        .delete_topics(&["cg"], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(res[0].is_ok(), "{res:?}");
+    let other = c
+        .agents
+        .iter()
+        .enumerate()
+        .find(|(i, a)| *i != idx && a.bootstrap() != sb)
+        .unwrap()
+        .1
+        .bootstrap();
+    let gone = eventually(Duration::from_secs(10), || {
+        let cl: BaseConsumer = config(&other, &[]).create().unwrap();
+        let md = cl.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+        md.topics().iter().all(|t| t.name() != "cg").then_some(())
+    });
+    assert!(gone.is_some(), "the deletion is seen by every agent");
 }

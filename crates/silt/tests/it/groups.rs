@@ -19,12 +19,12 @@ use crate::harness::AgentProc;
 use crate::kafka::{config, create_topic, producer};
 use crate::protocol::Conn;
 
-const GROUP_ENV: &[(&str, &str)] = &[
+pub const GROUP_ENV: &[(&str, &str)] = &[
     ("SILT_GROUPS__INITIAL_REBALANCE_DELAY_MS", "200"),
     ("SILT_GROUPS__MIN_SESSION_TIMEOUT_MS", "1000"),
 ];
 
-fn group_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
+pub fn group_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
     config(
         bootstrap,
         &[
@@ -40,7 +40,7 @@ fn group_consumer(bootstrap: &str, group: &str) -> StreamConsumer {
     .expect("consumer")
 }
 
-async fn produce_n(b: &str, topic: &str, partitions: i32, n: usize) {
+pub async fn produce_n(b: &str, topic: &str, partitions: i32, n: usize) {
     let p = producer(b, &[]);
     let mut futs = Vec::new();
     for i in 0..n {
