@@ -1,0 +1,145 @@
+"""The deployment files, checked for what can be checked without Docker or a cluster: they
+parse, ports and images agree with each other and with the agent's settings, probes point at
+endpoints the real agent serves, the Kubernetes objects select the agents' pods, and the
+settings files given to agents use only keys the agent knows."""
+
+import socket
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "kubernetes"
+
+
+def _k8s_objects():
+    out = {}
+    for f in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if doc and "kind" in doc and doc["kind"] != "Kustomization":
+                out.setdefault(doc["kind"], []).append(doc)
+    return out
+
+
+def _keys(table, prefix=""):
+    for k, v in table.items():
+        if isinstance(v, dict):
+            yield from _keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+DEFAULT_KEYS = set(_keys(tomllib.loads((ROOT / "config" / "silt.toml").read_text())))
+# Keys documented in config/silt.toml as comments (optional settings without a default).
+OPTIONAL_KEYS = {
+    "advertised_host",
+    "advertised_port",
+    "object_store.path",
+    "metadata.path",
+    "object_store.s3.endpoint",
+    "object_store.s3.region",
+    "object_store.s3.access_key_id",
+    "object_store.s3.secret_access_key",
+}
+
+
+def _check_settings(text, where):
+    keys = set(_keys(tomllib.loads(text)))
+    unknown = keys - DEFAULT_KEYS - OPTIONAL_KEYS
+    assert not unknown, f"{where}: keys the agent does not know: {unknown}"
+    return tomllib.loads(text)
+
+
+def test_dockerfile_is_multi_stage_non_root_and_exposes_the_default_ports():
+    lines = [l.strip() for l in (ROOT / "Dockerfile").read_text().splitlines()]
+    froms = [l for l in lines if l.startswith("FROM ")]
+    assert len(froms) >= 2, "multi-stage build"
+    user = [l.split()[1] for l in lines if l.startswith("USER ")]
+    assert user and user[-1] not in ("0", "root"), "runs as non-root"
+    exposed = {int(p) for l in lines if l.startswith("EXPOSE ") for p in l.split()[1:]}
+    settings = tomllib.loads((ROOT / "config" / "silt.toml").read_text())
+    assert int(settings["listen"].rsplit(":", 1)[1]) in exposed
+    assert int(settings["admin_listen"].rsplit(":", 1)[1]) in exposed
+    assert "STOPSIGNAL SIGTERM" in lines
+    assert any(l.startswith("ENTRYPOINT") and "silt" in l for l in lines)
+    assert "target/" in (ROOT / ".dockerignore").read_text()
+
+
+def test_compose_runs_minio_etcd_and_three_agents_consistently():
+    c = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = c["services"]
+    agents = {k: v for k, v in services.items() if k.startswith("agent-")}
+    assert len(agents) == 3
+    assert {"etcd", "minio"} <= set(services)
+    for name, a in agents.items():
+        assert (ROOT / "deploy" / a["build"]["context"] / a["build"]["dockerfile"]).exists()
+        # The config path inside the image comes from `COPY config/ /etc/silt/`.
+        cfg = a["command"][a["command"].index("--config") + 1]
+        assert cfg.startswith("/etc/silt/")
+        _check_settings((ROOT / "config" / Path(cfg).name).read_text(), cfg)
+        host_port, container_port = a["ports"][0].split(":")
+        assert container_port == "9092"
+        assert a["environment"]["SILT_ADVERTISED_PORT"] == host_port, f"{name} advertises its host port"
+        assert "/readyz" in " ".join(a["healthcheck"]["test"])
+    advertised = {a["environment"]["SILT_ADVERTISED_PORT"] for a in agents.values()}
+    assert len(advertised) == 3, "each agent advertises its own address"
+
+
+def test_kubernetes_objects_are_consistent():
+    objs = _k8s_objects()
+    assert "StatefulSet" not in objs, "agents are stateless"
+    (dep,) = objs["Deployment"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] >= 10
+    (ctr,) = spec["containers"]
+    ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+    assert ports == {"kafka": 9092, "admin": 9644}
+    assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    env = {e["name"]: e for e in ctr["env"]}
+    assert env["SILT_ADVERTISED_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    # The config file the agent is given exists in the ConfigMap and uses known keys.
+    cfg_path = Path(ctr["args"][ctr["args"].index("--config") + 1])
+    mount = next(m for m in ctr["volumeMounts"] if str(cfg_path).startswith(m["mountPath"]))
+    vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    cm = next(c for c in objs["ConfigMap"] if c["metadata"]["name"] == vol["configMap"]["name"])
+    settings = _check_settings(cm["data"][cfg_path.name], "ConfigMap")
+    assert settings["node_id"] == -1, "a Deployment's agents allocate their ids"
+    assert settings["metadata"]["kind"] == "etcd" and settings["object_store"]["kind"] == "s3"
+    for svc in objs["Service"]:
+        assert svc["spec"]["selector"].items() <= pod_labels.items()
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] in ports
+    (pdb,) = objs["PodDisruptionBudget"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (hpa,) = objs["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["metrics"], "scales on a load signal"
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    for r in kust["resources"]:
+        assert (K8S / r).exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_probes_point_at_endpoints_the_agent_serves(agent_factory):
+    port = _free_port()
+    agent_factory(SILT_ADMIN_LISTEN=f"127.0.0.1:{port}")
+    ctr = _k8s_objects()["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        path = ctr[probe]["httpGet"]["path"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            assert r.status == 200, f"{probe} {path}"
+    prom = (ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text()
+    assert 'prometheus.io/path: /metrics' in prom
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert b"silt_partitions" in r.read()
