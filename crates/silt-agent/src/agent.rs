@@ -307,9 +307,14 @@ impl Agent {
     /// answering Metadata, then close.
     pub async fn shutdown(self) {
         let started = std::time::Instant::now();
-        self.broker.flusher.close();
-        let _ = self.flush.await;
         self.keepalive.abort();
+        self.broker.flusher.close();
+        // Bounded: with the metadata store unreachable, commits cannot finish; what is not
+        // committed was never acknowledged with acks=all.
+        let ttl = std::time::Duration::from_millis(self.broker.settings.metadata.lease_ttl_ms);
+        if tokio::time::timeout(ttl * 3, self.flush).await.is_err() {
+            tracing::error!("buffered writes could not be committed before shutdown (is the metadata store reachable?); they were not acknowledged and producers will retry them");
+        }
         self.controller.abort();
         if let Err(e) = self.broker.meta.revoke_lease(self.lease).await {
             tracing::warn!(error = %e, "could not revoke this agent's lease; it expires on its own");
@@ -348,6 +353,13 @@ async fn keep_lease(
     iv.tick().await;
     loop {
         iv.tick().await;
+        if broker.flusher.subscribe().borrow().stopped {
+            // The flush pipeline was fenced (another start took this node id): this agent
+            // must not go on serving as if it led anything.
+            tracing::error!("this agent's commits were fenced; it stops");
+            let _ = lost.send(true);
+            return;
+        }
         match broker.meta.keep_alive(lease).await {
             Ok(()) => {}
             Err(silt_meta::MetaError::LeaseNotFound(_)) => {

@@ -115,6 +115,15 @@ struct Inner {
 /// index put), well inside etcd's default `--max-txn-ops` of 128.
 pub const PARTITIONS_PER_TXN: usize = 60;
 
+/// Bytes of index entries per commit transaction, well inside etcd's default request limit
+/// (`--max-request-bytes`, 1.5 MiB): entries of many small idempotent batches are large.
+pub const BYTES_PER_TXN: usize = 512 * 1024;
+
+/// Roughly the encoded size of an index entry.
+fn entry_size(e: &IndexEntry) -> usize {
+    200 + e.object.len() + 110 * e.producers.len()
+}
+
 impl Flusher {
     /// A flusher writing with `storage` and committing to `meta` as `node_id`/`session`, every
     /// commit carrying the agent's `registered` compare.
@@ -212,8 +221,11 @@ impl Flusher {
     ) -> Result<(), PartitionError> {
         let mut rx = self.subscribe();
         let res = rx.wait_for(|p| p.committed >= gen || p.stopped).await;
+        if partition.is_durable(gen) {
+            // Committed, even if a later part of the same flush was then refused.
+            return Ok(());
+        }
         match res {
-            Ok(p) if p.committed >= gen && partition.is_durable(gen) => Ok(()),
             Ok(p) if p.committed >= gen => Err(PartitionError::NotLeader(format!(
                 "leadership of {}-{} moved before the write became durable",
                 partition.topic, partition.index
@@ -377,7 +389,14 @@ impl Flusher {
             .collect();
         let mut committed = 0usize;
         while !live.is_empty() {
-            let take = live.len().min(PARTITIONS_PER_TXN);
+            let mut take = 0;
+            let mut bytes = 0;
+            while take < live.len().min(PARTITIONS_PER_TXN)
+                && (take == 0 || bytes + entry_size(&live[take].1) <= BYTES_PER_TXN)
+            {
+                bytes += entry_size(&live[take].1);
+                take += 1;
+            }
             let mut chunk: Vec<(Arc<Partition>, IndexEntry)> = live.drain(..take).collect();
             self.commit_chunk(&mut chunk).await?;
             for (p, e) in chunk {

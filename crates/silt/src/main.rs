@@ -131,7 +131,7 @@ async fn run_agent(settings: Settings) -> anyhow::Result<()> {
         _ = agent.lease_lost() => {
             // Fenced: its partitions now belong to other agents. Exit non-zero so a
             // supervisor (systemd, Kubernetes) starts a fresh session.
-            anyhow::bail!("this agent's lease expired while it was unreachable or stalled (metadata.lease_ttl_ms); it was fenced and exits so it can be restarted with a fresh session");
+            anyhow::bail!("this agent was fenced: its lease expired while it was unreachable or stalled (metadata.lease_ttl_ms), or another start took its node id. It exits so it can be restarted with a fresh session");
         }
     }
     tracing::info!("shutting down: flushing buffered writes and handing partitions over");

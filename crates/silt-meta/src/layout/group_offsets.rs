@@ -96,10 +96,22 @@ pub async fn commit(
         .map(|(t, p, c)| Op::put(key(group, t, *p), encode_json(c)))
         .collect();
     if let Some(pt) = protocol_type {
-        ops.push(Op::put(protocol_type_key(group), pt));
+        ops.insert(0, Op::put(protocol_type_key(group), pt));
     }
-    fenced_write(kv, fence, ops).await
+    // etcd caps a transaction at 128 operations: a commit of many partitions takes several,
+    // in order; a refused fence stops at the first.
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let chunk: Vec<Op> = ops.by_ref().take(OPS_PER_TXN).collect();
+        if !fenced_write(kv, fence, chunk).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
+
+/// Writes per offset-commit transaction.
+const OPS_PER_TXN: usize = 100;
 
 async fn fenced_write(kv: &dyn MetaKv, fence: &[Compare], ops: Vec<Op>) -> Result<bool, MetaError> {
     kv.txn(Txn {
