@@ -434,6 +434,17 @@ mod example_file {
         assert_eq!(s, Settings::default());
     }
 
+    /// `config/test.toml` is valid and sets what the test harnesses set.
+    #[test]
+    fn test_example_is_fast() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/test.toml");
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.flush.interval_ms, 20);
+        assert_eq!(s.metadata.lease_ttl_ms, 3000);
+        assert_eq!(s.groups.initial_rebalance_delay_ms, 200);
+        assert_eq!(s.admin_listen.as_deref(), Some("127.0.0.1:0"));
+    }
+
     /// `config/cluster.toml` is a valid cluster configuration.
     #[test]
     fn cluster_example_selects_etcd_and_s3() {
