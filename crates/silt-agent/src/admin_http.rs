@@ -1,9 +1,8 @@
 //! The admin HTTP port: `GET /metrics` (Prometheus text format), `/healthz` (the process is
-//! alive) and `/readyz` (the agent is serving). A deliberately tiny HTTP/1.1 responder: one
+//! alive) and `/readyz` (the agent takes writes, reaches the metadata store and object storage,
+//! and its share of partitions and groups is loaded). A deliberately tiny HTTP/1.1 responder: one
 //! request per connection, bounded request size, no dependencies.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,26 +46,30 @@ async fn handle(mut stream: TcpStream, broker: Arc<Broker>) {
         return;
     }
     let head = String::from_utf8_lossy(&buf[..n]);
-    let path = head.split_whitespace().nth(1).unwrap_or("");
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or("");
+    let target = words.next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, ctype, body) = match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&broker)),
+        "/loglevel" => log_level(&broker, method, query),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            crate::exposition::render(&broker).await,
+        ),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-        "/readyz" => {
-            if *broker.cluster.settled().borrow() && !broker.flusher.subscribe().borrow().stopped {
-                ("200 OK", "text/plain", "ready\n".to_string())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready: partitions or group shards are still being assigned or loaded, or this agent stopped writing\n"
-                        .to_string(),
-                )
-            }
-        }
+        "/readyz" => match not_ready(&broker) {
+            None => ("200 OK", "text/plain", "ready\n".to_string()),
+            Some(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         _ => (
             "404 Not Found",
             "text/plain",
-            "try /metrics, /healthz or /readyz\n".to_string(),
+            "try /metrics, /healthz, /readyz or /loglevel\n".to_string(),
         ),
     };
     let resp = format!(
@@ -76,157 +79,92 @@ async fn handle(mut stream: TcpStream, broker: Arc<Broker>) {
     let _ = stream.write_all(resp.as_bytes()).await;
 }
 
-fn counter(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
+/// Why the agent should not receive traffic now, if it should not.
+fn not_ready(b: &Broker) -> Option<&'static str> {
+    if b.flusher.subscribe().borrow().stopped {
+        Some("this agent stopped taking writes (shutting down or fenced)")
+    } else if !b.meta_stats.healthy() {
+        Some("the metadata store is failing (see the log for the endpoint and error)")
+    } else if !b.storage.stats().healthy() {
+        Some("object storage is failing (see the log for the bucket and error)")
+    } else if !*b.cluster.settled().borrow() {
+        Some("partitions or group shards are still being assigned or loaded")
+    } else {
+        None
+    }
 }
 
-/// The Prometheus exposition of the agent's counters.
-pub fn render(b: &Broker) -> String {
-    let mut out = String::new();
-    let s = b.storage.stats();
-    let f = b.flusher.stats();
-    let r = Ordering::Relaxed;
-    counter(
-        &mut out,
-        "silt_object_puts_total",
-        "Object PUTs that succeeded.",
-        "counter",
-        s.puts.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_object_put_bytes_total",
-        "Bytes written to object storage.",
-        "counter",
-        s.put_bytes.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_object_gets_total",
-        "Object GETs (whole or ranged) that succeeded.",
-        "counter",
-        s.gets.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_object_get_bytes_total",
-        "Bytes read from object storage.",
-        "counter",
-        s.get_bytes.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_object_errors_total",
-        "Failed object-store attempts (each retry counts).",
-        "counter",
-        s.errors.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_flushes_total",
-        "Flushes committed (one object and one metadata commit each).",
-        "counter",
-        f.flushes.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_flush_batches_total",
-        "Record batches committed.",
-        "counter",
-        f.batches.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_flush_bytes_total",
-        "Bytes of record batches committed.",
-        "counter",
-        f.bytes.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_metadata_commits_total",
-        "Metadata-store commits made by the flush pipeline.",
-        "counter",
-        f.commits.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_buffered_bytes",
-        "Bytes buffered or in flight to object storage.",
-        "gauge",
-        b.flusher.buffered_bytes() as u64,
-    );
-    counter(
-        &mut out,
-        "silt_tail_cache_hits_total",
-        "Reads served from the in-memory tail cache.",
-        "counter",
-        b.cache.hits.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_tail_cache_misses_total",
-        "Reads that needed an object GET.",
-        "counter",
-        b.cache.misses.load(r),
-    );
-    b.metrics.render(&mut out);
-    let mut local = b.cluster.local_partitions();
-    local.sort_by(|x, y| (&x.topic, x.index).cmp(&(&y.topic, y.index)));
-    counter(
-        &mut out,
-        "silt_partitions",
-        "Partitions this agent leads.",
-        "gauge",
-        local.len() as u64,
-    );
-    counter(
-        &mut out,
-        "silt_cluster_agents",
-        "Live agents this agent sees.",
-        "gauge",
-        b.cluster.brokers().len() as u64,
-    );
-    counter(
-        &mut out,
-        "silt_is_controller",
-        "1 if this agent is the controller.",
-        "gauge",
-        u64::from(b.cluster.controller_id() == Some(b.node.id)),
-    );
-    let c = &b.cluster.stats;
-    counter(
-        &mut out,
-        "silt_partitions_gained_total",
-        "Partitions this agent took leadership of.",
-        "counter",
-        c.partitions_gained.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_partitions_lost_total",
-        "Partitions whose leadership this agent gave up.",
-        "counter",
-        c.partitions_lost.load(r),
-    );
-    counter(
-        &mut out,
-        "silt_partition_load_last_ms",
-        "Time the last batch of partition take-overs spent rebuilding state from the metadata store.",
-        "gauge",
-        c.last_load_ms.load(r),
-    );
-    let _ = writeln!(out, "# HELP silt_index_entries Offset-index keys per partition in the metadata store (partitions led here).\n# TYPE silt_index_entries gauge");
-    for p in &local {
-        let n = p.lock().segments.len();
-        let _ = writeln!(
-            out,
-            "silt_index_entries{{topic=\"{}\",partition=\"{}\"}} {n}",
-            p.topic, p.index
+/// `GET /loglevel`: the filter in force; `PUT /loglevel?filter=...`: replace it.
+fn log_level(b: &Broker, method: &str, query: &str) -> (&'static str, &'static str, String) {
+    let Some(levels) = &b.log_levels else {
+        return (
+            "404 Not Found",
+            "text/plain",
+            "this agent was started without run-time log control\n".into(),
         );
+    };
+    match method {
+        "GET" => ("200 OK", "text/plain", format!("{}\n", levels.current())),
+        "PUT" | "POST" => {
+            let filter = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("filter="))
+                .map(percent_decode);
+            match filter {
+                None => (
+                    "400 Bad Request",
+                    "text/plain",
+                    "give the new filter as ?filter=..., e.g. PUT /loglevel?filter=silt_agent::flush=debug,info\n".into(),
+                ),
+                Some(f) => match levels.set(&f) {
+                    Ok(()) => {
+                        tracing::info!(filter = %f, "log filter changed through the admin port");
+                        ("200 OK", "text/plain", format!("{f}\n"))
+                    }
+                    Err(e) => ("400 Bad Request", "text/plain", format!("{e}\n")),
+                },
+            }
+        }
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "use GET or PUT\n".into(),
+        ),
     }
-    out
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn query_values_decode_without_panicking() {
+        assert_eq!(
+            percent_decode("silt_agent%3Ddebug%2Cinfo"),
+            "silt_agent=debug,info"
+        );
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%zz%é"), "%zz%é");
+    }
 }

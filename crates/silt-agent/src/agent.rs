@@ -36,6 +36,8 @@ pub struct Components {
     pub storage: Storage,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// Run-time log level control, if the embedding program offers it.
+    pub log_levels: Option<Arc<dyn crate::log_levels::LogLevels>>,
 }
 
 /// Why an agent could not start.
@@ -94,7 +96,10 @@ pub struct Agent {
 
 impl Agent {
     /// Starts an agent.
-    pub async fn start(settings: Settings, c: Components) -> Result<Self, StartError> {
+    pub async fn start(settings: Settings, mut c: Components) -> Result<Self, StartError> {
+        let instrumented = silt_meta::instrumented::InstrumentedKv::new(c.meta.clone());
+        let meta_stats = instrumented.stats();
+        c.meta = Arc::new(instrumented);
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -204,6 +209,8 @@ impl Agent {
             node,
             cluster_id,
             meta: c.meta,
+            meta_stats,
+            log_levels: c.log_levels,
             storage: c.storage,
             clock: c.clock,
             topics,

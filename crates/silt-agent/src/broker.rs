@@ -33,8 +33,12 @@ pub struct Broker {
     pub node: Node,
     /// Cluster id.
     pub cluster_id: String,
-    /// Metadata store.
+    /// Metadata store (instrumented).
     pub meta: Arc<dyn MetaKv>,
+    /// Its call counters.
+    pub meta_stats: Arc<silt_meta::instrumented::MetaStats>,
+    /// Run-time log level control.
+    pub log_levels: Option<Arc<dyn crate::log_levels::LogLevels>>,
     /// Object store.
     pub storage: Storage,
     /// Time.

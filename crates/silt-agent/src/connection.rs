@@ -41,6 +41,22 @@ enum Outgoing {
 
 /// Serves one connection until the client closes it or sends something unacceptable.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    broker
+        .metrics
+        .connections_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    broker
+        .metrics
+        .connections_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    serve_inner(&broker, stream, peer).await;
+    broker
+        .metrics
+        .connections_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
@@ -99,7 +115,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             %peer
         );
         let started = std::time::Instant::now();
-        let out = match handlers::dispatch(&broker, &req, body, peer)
+        let out = match handlers::dispatch(broker, &req, body, peer)
             .instrument(span)
             .await
         {

@@ -76,8 +76,12 @@ struct Buffer {
 }
 
 /// Counters of the flush pipeline.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FlushStats {
+    /// Bytes of batches per committed flush.
+    pub size: silt_common::metrics::Histogram,
+    /// Time from a flush's start (buffer taken) to its commit.
+    pub latency: silt_common::metrics::Histogram,
     /// Flushes committed.
     pub flushes: AtomicU64,
     /// Batches committed.
@@ -86,6 +90,19 @@ pub struct FlushStats {
     pub bytes: AtomicU64,
     /// Metadata commits made.
     pub commits: AtomicU64,
+}
+
+impl Default for FlushStats {
+    fn default() -> Self {
+        Self {
+            size: silt_common::metrics::Histogram::new(silt_common::metrics::SIZE_BUCKETS),
+            latency: silt_common::metrics::Histogram::latency(),
+            flushes: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Handle to the flush pipeline. Cheap to clone.
@@ -410,6 +427,8 @@ impl Flusher {
         s.flushes.fetch_add(1, Ordering::Relaxed);
         s.batches.fetch_add(f.items.len() as u64, Ordering::Relaxed);
         s.bytes.fetch_add(f.data_bytes, Ordering::Relaxed);
+        s.size.observe(f.data_bytes as f64);
+        s.latency.observe_duration(f.started.elapsed());
         tracing::debug!(generation = f.gen, path = %f.path, partitions = f.partitions.len(), committed,
             batches = f.items.len(), bytes = f.data_bytes, put_ms,
             elapsed_ms = f.started.elapsed().as_millis() as u64, "flush committed");

@@ -1,9 +1,10 @@
-//! Request and traffic metrics: requests and latency per Kafka API, records and bytes produced
-//! and bytes fetched per topic. Rendered by [`crate::admin_http`] in Prometheus text format.
+//! Request and traffic metrics: requests and latency per Kafka API, produce and fetch requests,
+//! records and bytes per topic, and client connections. Rendered with the rest of the agent's
+//! metrics by [`crate::exposition`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,8 +27,10 @@ struct ApiStats {
 /// Per-topic traffic.
 #[derive(Debug, Default, Clone, Copy)]
 struct TopicStats {
+    produce_requests: u64,
     produced_records: u64,
     produced_bytes: u64,
+    fetch_requests: u64,
     fetched_bytes: u64,
 }
 
@@ -36,6 +39,10 @@ struct TopicStats {
 pub struct Metrics {
     apis: Vec<ApiStats>,
     topics: Mutex<BTreeMap<String, TopicStats>>,
+    /// Client connections open now.
+    pub connections_open: AtomicI64,
+    /// Client connections accepted since start.
+    pub connections_total: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -43,6 +50,8 @@ impl Default for Metrics {
         Self {
             apis: (0..APIS).map(|_| ApiStats::default()).collect(),
             topics: Mutex::default(),
+            connections_open: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
         }
     }
 }
@@ -78,16 +87,18 @@ impl Metrics {
     /// Records an accepted batch.
     pub fn produced(&self, topic: &str, records: u64, bytes: u64) {
         self.topic(topic, |s| {
+            s.produce_requests += 1;
             s.produced_records += records;
             s.produced_bytes += bytes;
         });
     }
 
-    /// Records bytes returned by a fetch.
+    /// Records a fetch of a topic and the bytes it returned.
     pub fn fetched(&self, topic: &str, bytes: u64) {
-        if bytes > 0 {
-            self.topic(topic, |s| s.fetched_bytes += bytes);
-        }
+        self.topic(topic, |s| {
+            s.fetch_requests += 1;
+            s.fetched_bytes += bytes;
+        });
     }
 
     /// Appends the Prometheus exposition of these metrics to `out`.
@@ -138,9 +149,19 @@ impl Metrics {
             .clone();
         for (name, help, get) in [
             (
+                "silt_produce_requests_total",
+                "Partition batches accepted by Produce, by topic.",
+                (|s: &TopicStats| s.produce_requests) as fn(&TopicStats) -> u64,
+            ),
+            (
+                "silt_fetch_requests_total",
+                "Fetch responses that included the topic, by topic.",
+                |s: &TopicStats| s.fetch_requests,
+            ),
+            (
                 "silt_produced_records_total",
                 "Records accepted, by topic.",
-                (|s: &TopicStats| s.produced_records) as fn(&TopicStats) -> u64,
+                |s: &TopicStats| s.produced_records,
             ),
             (
                 "silt_produced_bytes_total",
@@ -155,6 +176,7 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (t, s) in &topics {
+                let t = silt_common::metrics::label(t);
                 let _ = writeln!(out, "{name}{{topic=\"{t}\"}} {}", get(s));
             }
         }

@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod metrics;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, Settings};

@@ -24,6 +24,59 @@ pub struct StorageStats {
     pub get_bytes: AtomicU64,
     /// Failed attempts (each retry counts).
     pub errors: AtomicU64,
+    /// Per request kind: attempts, failures, latency.
+    pub put: OpStats,
+    /// GETs.
+    pub get: OpStats,
+    /// DELETEs.
+    pub delete: OpStats,
+    /// Unix ms of the last successful request (0: none yet).
+    pub last_ok_ms: AtomicU64,
+    /// Unix ms of the last failed attempt (0: none).
+    pub last_error_ms: AtomicU64,
+}
+
+/// Counters of one kind of object-store request.
+#[derive(Debug)]
+pub struct OpStats {
+    /// Attempts made (retries count).
+    pub attempts: AtomicU64,
+    /// Attempts that failed (not-found answers are not failures).
+    pub errors: AtomicU64,
+    /// Time per attempt.
+    pub latency: silt_common::metrics::Histogram,
+}
+
+impl Default for OpStats {
+    fn default() -> Self {
+        Self {
+            attempts: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: silt_common::metrics::Histogram::latency(),
+        }
+    }
+}
+
+impl StorageStats {
+    fn op(&self, op: &str) -> Option<&OpStats> {
+        match op {
+            "PUT" => Some(&self.put),
+            "GET" => Some(&self.get),
+            "DELETE" => Some(&self.delete),
+            _ => None,
+        }
+    }
+
+    /// Whether the object store answered more recently than it failed.
+    pub fn healthy(&self) -> bool {
+        self.last_error_ms.load(Ordering::Relaxed) <= self.last_ok_ms.load(Ordering::Relaxed)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Faults injected into every call; all zero in production.
@@ -197,7 +250,17 @@ impl Storage {
         loop {
             n += 1;
             self.delay().await;
-            match attempt().await {
+            let started = std::time::Instant::now();
+            let res = attempt().await;
+            let stats = self.stats.op(op);
+            if let Some(s) = stats {
+                s.attempts.fetch_add(1, Ordering::Relaxed);
+                s.latency.observe_duration(started.elapsed());
+            }
+            if !matches!(res, Err(ref e) if !matches!(e, object_store::Error::NotFound { .. })) {
+                self.stats.last_ok_ms.store(unix_ms(), Ordering::Relaxed);
+            }
+            match res {
                 Ok(v) => return Ok(v),
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(StorageError::NotFound {
@@ -206,6 +269,10 @@ impl Storage {
                 }
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.last_error_ms.store(unix_ms(), Ordering::Relaxed);
+                    if let Some(s) = stats {
+                        s.errors.fetch_add(1, Ordering::Relaxed);
+                    }
                     if n >= self.max_attempts {
                         return Err(StorageError::Failed {
                             op,
@@ -304,6 +371,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.stats().errors.load(Ordering::Relaxed), 2);
+        assert_eq!(s.stats().put.attempts.load(Ordering::Relaxed), 3);
+        assert_eq!(s.stats().put.errors.load(Ordering::Relaxed), 2);
+        assert_eq!(s.stats().put.latency.count(), 3);
+        assert!(s.stats().healthy(), "the last attempt succeeded");
 
         let s = Storage::in_memory().with_max_attempts(2);
         s.faults().fail_puts.store(5, Ordering::SeqCst);

@@ -1,5 +1,8 @@
 //! The `silt` binary: parse the command line and settings, build components, run.
 
+mod admin;
+mod logging;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,23 +38,55 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Administer topics, groups and agents over the Kafka protocol (no Kafka tooling needed).
+    Admin {
+        /// Any agent of the cluster.
+        #[arg(
+            long,
+            short,
+            default_value = "127.0.0.1:9092",
+            env = "SILT_ADMIN_BOOTSTRAP"
+        )]
+        bootstrap: String,
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging()?;
+    if let Command::Admin { bootstrap, command } = cli.command {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return match rt.block_on(admin::run(&bootstrap, command)) {
+            Ok(out) => {
+                print!("{out}");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("silt admin: {e}");
+                std::process::exit(1);
+            }
+        };
+    }
+    let log_levels = logging::init()?;
     match cli.command {
         Command::Agent { config } => {
             let settings = Settings::load(config.as_deref())?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(run_agent(settings))
+                .block_on(run_agent(settings, log_levels))
         }
+        Command::Admin { .. } => unreachable!("handled above"),
     }
 }
 
-async fn run_agent(settings: Settings) -> anyhow::Result<()> {
+async fn run_agent(
+    settings: Settings,
+    log_levels: Arc<dyn silt_agent::log_levels::LogLevels>,
+) -> anyhow::Result<()> {
     let clock = Arc::new(SystemClock);
     let meta: Arc<dyn MetaKv> = match settings.metadata.kind {
         MetadataKind::Embedded => {
@@ -116,6 +151,7 @@ async fn run_agent(settings: Settings) -> anyhow::Result<()> {
             meta,
             storage,
             clock,
+            log_levels: Some(log_levels),
         },
     )
     .await?;
@@ -136,31 +172,6 @@ async fn run_agent(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: flushing buffered writes and handing partitions over");
     agent.shutdown().await;
-    Ok(())
-}
-
-/// Logs go to stderr. `SILT_LOG` sets levels per module (an EnvFilter directive such as
-/// `info` or `silt_agent::flush=debug,info`); `SILT_LOG_FORMAT=json` writes one JSON object per
-/// line for log shippers.
-fn init_logging() -> anyhow::Result<()> {
-    let filter = match std::env::var("SILT_LOG") {
-        Ok(v) => tracing_subscriber::EnvFilter::try_new(&v).with_context(|| {
-            format!(
-                "SILT_LOG={v:?} is not a valid log filter (try `info` or `silt_agent=debug,info`)"
-            )
-        })?,
-        Err(_) => tracing_subscriber::EnvFilter::new("info"),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match std::env::var("SILT_LOG_FORMAT").as_deref() {
-        Ok("json") => builder.json().init(),
-        Ok("text") | Err(_) => builder.init(),
-        Ok(other) => anyhow::bail!(
-            "SILT_LOG_FORMAT={other:?} is not supported: use `text` (default) or `json`"
-        ),
-    }
     Ok(())
 }
 

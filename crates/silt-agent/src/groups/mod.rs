@@ -384,6 +384,26 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// Every committed offset of every group coordinated here: (group, topic, partition, offset).
+    pub fn committed_all(&self) -> Vec<(String, String, i32, i64)> {
+        let groups = self.lock();
+        let mut out: Vec<_> = groups
+            .iter()
+            .flat_map(|(g, e)| {
+                e.offsets
+                    .iter()
+                    .map(move |((t, p), c)| (g.clone(), t.clone(), *p, c.offset))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Group shards coordinated here.
+    pub fn shards_owned(&self) -> usize {
+        self.lock_shards().owned.len()
+    }
+
     /// OffsetFetch: the committed offsets of `partitions` (every committed one if `None`).
     pub fn committed(
         &self,

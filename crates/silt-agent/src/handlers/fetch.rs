@@ -52,15 +52,15 @@ fn done(b: &Broker, resp: FetchResponse) -> ResponseKind {
             .filter_map(|p| p.records.as_ref())
             .map(|r| r.len())
             .sum();
-        if bytes > 0 {
-            let name = if t.topic.0.is_empty() {
-                b.topics
-                    .get_by_id(&t.topic_id)
-                    .map(|x| x.record.name.clone())
-                    .unwrap_or_default()
-            } else {
-                t.topic.0.to_string()
-            };
+        let name = if t.topic.0.is_empty() {
+            b.topics
+                .get_by_id(&t.topic_id)
+                .map(|x| x.record.name.clone())
+                .unwrap_or_default()
+        } else {
+            t.topic.0.to_string()
+        };
+        if b.topics.get(&name).is_some() {
             b.metrics.fetched(&name, bytes as u64);
         }
     }

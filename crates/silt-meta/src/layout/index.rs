@@ -84,6 +84,25 @@ pub async fn load_partition(
         .collect()
 }
 
+/// The last entry of a partition (its high watermark is `last_offset + 1`), if any.
+pub async fn last_entry(
+    kv: &dyn MetaKv,
+    topic_id: &Uuid,
+    partition: i32,
+) -> Result<Option<IndexEntry>, MetaError> {
+    let got = kv
+        .range(RangeRequest {
+            prefix: partition_prefix(topic_id, partition).into_bytes(),
+            limit: 1,
+            descending: true,
+            ..Default::default()
+        })
+        .await?;
+    got.first()
+        .map(|kv| decode_json(&kv.key, &kv.value))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,20 @@ fn bad_options_stop_start_up_with_their_name_and_value() {
         "accepted values listed: {log}"
     );
 
+    let (status, log) = AgentProc::start_failing(&[("SILT_NODE_ID", "-5")]);
+    assert!(!status.success());
+    assert!(
+        log.contains("node_id = -5") && log.contains("-1 to take the lowest free id"),
+        "out-of-range value named with what is accepted: {log}"
+    );
+
+    let (status, log) = AgentProc::start_failing(&[("SILT_METADATA__LEASE_TTL_MS", "100")]);
+    assert!(!status.success());
+    assert!(
+        log.contains("lease_ttl_ms = 100") && log.contains("2000"),
+        "{log}"
+    );
+
     let (status, log) = AgentProc::start_failing(&[("SILT_LOG_FORMAT", "xml")]);
     assert!(!status.success());
     assert!(

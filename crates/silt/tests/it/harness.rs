@@ -226,6 +226,32 @@ impl AgentProc {
         self.spawn();
     }
 
+    /// `/metrics`, checked to be a valid Prometheus text exposition, as series -> value.
+    pub fn metrics_strict(&self) -> HashMap<String, f64> {
+        parse_exposition(&self.http_get("/metrics"))
+    }
+
+    /// The body of `GET path` on the admin port.
+    pub fn http_get(&self, path: &str) -> String {
+        self.http("GET", path).1
+    }
+
+    /// `method path` on the admin port: (status code, body).
+    pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin port");
+        s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status code");
+        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        (code, body.to_string())
+    }
+
     /// Counters from `/metrics` (label-free series only, plus labelled ones by full name).
     pub fn metrics(&self) -> HashMap<String, f64> {
         let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin port");
@@ -301,4 +327,108 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Parses a Prometheus text exposition strictly: every sample belongs to a family declared by
+/// `# TYPE`, names and labels are well formed, values are numbers, and histogram buckets are
+/// cumulative and end at `+Inf` = `_count`. Returns series (name with labels) -> value.
+pub fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut out = HashMap::new();
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(valid_name(name), "bad family name {name:?}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "bad type in {line:?}"
+            );
+            assert!(
+                types.insert(name.into(), kind.into()).is_none(),
+                "family {name} declared twice"
+            );
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(valid_name(name), "bad metric name in {line:?}");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+            for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(valid_name(k), "bad label name in {line:?}");
+                assert!(v.starts_with('"'), "unquoted label value in {line:?}");
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suf| {
+                name.strip_suffix(suf)
+                    .filter(|f| types.get(*f).map(String::as_str) == Some("histogram"))
+            })
+            .unwrap_or(name);
+        assert!(
+            types.contains_key(family),
+            "sample {line:?} has no # TYPE before it"
+        );
+        assert!(
+            out.insert(series.to_string(), v).is_none(),
+            "series {series} twice"
+        );
+    }
+    // Histograms: cumulative buckets ending at +Inf = count.
+    for (family, _) in types.iter().filter(|(_, k)| *k == "histogram") {
+        let counts: Vec<(&String, f64)> = out
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{family}_count")))
+            .map(|(k, v)| (k, *v))
+            .collect();
+        for (count_series, count) in counts {
+            let labels = count_series
+                .strip_prefix(&format!("{family}_count"))
+                .unwrap();
+            let inner = labels.trim_start_matches('{').trim_end_matches('}');
+            let sep = if inner.is_empty() { "" } else { "," };
+            let inf = format!("{family}_bucket{{{inner}{sep}le=\"+Inf\"}}");
+            assert_eq!(
+                out.get(&inf),
+                Some(&count),
+                "{inf} must equal {count_series}"
+            );
+            let mut buckets: Vec<(f64, f64)> = out
+                .iter()
+                .filter_map(|(k, v)| {
+                    let rest = k.strip_prefix(&format!("{family}_bucket{{{inner}{sep}le=\""))?;
+                    let le: f64 = rest.strip_suffix("\"}")?.parse().ok()?;
+                    Some((le, *v))
+                })
+                .collect();
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1)
+                    && buckets.iter().all(|b| b.1 <= count),
+                "{family}{labels}: buckets are not cumulative"
+            );
+        }
+    }
+    out
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `silt` binary driven by librdkafka and raw Kafka frames.
 
 mod backends;
+mod cli;
 mod clients;
 mod cluster;
 mod config;

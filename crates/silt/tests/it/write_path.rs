@@ -182,7 +182,64 @@ async fn scraped_metrics_match_the_traffic_sent() {
     }
     let got = consume(&b, "metered", 2, 50);
     assert_eq!(got.len(), 50);
-    let m = agent.metrics();
+    // A group commits partition 0 at 10 (lag 15) and partition 1 at its end (lag 0).
+    let c: rdkafka::consumer::BaseConsumer =
+        crate::kafka::config(&b, &[("group.id", "metered-group")])
+            .create()
+            .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("metered", 0, rdkafka::Offset::Offset(10))
+        .unwrap();
+    tpl.add_partition_offset("metered", 1, rdkafka::Offset::Offset(25))
+        .unwrap();
+    rdkafka::consumer::Consumer::commit(&c, &tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+    let m = agent.metrics_strict();
+    let lag = |p: i32| {
+        m[&format!("silt_group_lag{{group=\"metered-group\",topic=\"metered\",partition=\"{p}\"}}")]
+    };
+    assert_eq!((lag(0), lag(1)), (15.0, 0.0), "group lag per partition");
+    assert_eq!(
+        m["silt_produce_requests_total{topic=\"metered\"}"], 50.0,
+        "one partition batch per record sent one at a time"
+    );
+    assert!(m["silt_fetch_requests_total{topic=\"metered\"}"] >= 1.0);
+    assert_eq!(
+        m["silt_object_requests_total{op=\"put\"}"], m["silt_object_puts_total"],
+        "no PUT failed, so attempts = PUTs"
+    );
+    assert_eq!(
+        m["silt_object_request_duration_seconds_count{op=\"put\"}"],
+        m["silt_object_puts_total"]
+    );
+    assert_eq!(m["silt_flush_size_bytes_count"], m["silt_flushes_total"]);
+    assert_eq!(
+        m["silt_flush_duration_seconds_count"],
+        m["silt_flushes_total"]
+    );
+    assert_eq!(m["silt_flush_size_bytes_sum"], m["silt_flush_bytes_total"]);
+    assert!(
+        m["silt_metadata_calls_total{op=\"txn\"}"] >= m["silt_metadata_commits_total"],
+        "every flush commit is a metadata transaction"
+    );
+    assert_eq!(m["silt_metadata_call_failures_total{op=\"txn\"}"], 0.0);
+    assert!(
+        m["silt_connections_accepted_total"] >= 3.0,
+        "admin, producer and consumers"
+    );
+    assert!(
+        m["silt_connections"] >= 1.0,
+        "the producer is still connected"
+    );
+    assert_eq!(m["silt_partitions"], 2.0);
+    assert_eq!(
+        m["silt_group_shards"], 50.0,
+        "a single agent coordinates every group"
+    );
+    assert_eq!(m["silt_is_controller"], 1.0);
+    assert_eq!(
+        m["silt_high_watermark{topic=\"metered\",partition=\"0\"}"],
+        25.0
+    );
     assert_eq!(
         m["silt_produced_records_total{topic=\"metered\"}"], 50.0,
         "records counted exactly"

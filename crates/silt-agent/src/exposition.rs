@@ -1,0 +1,366 @@
+//! The agent's `/metrics` in Prometheus text format: object-store requests by kind (with
+//! latency and failures), metadata-store calls by kind (with latency, failures and refused
+//! transactions), the flush pipeline (sizes, latency), caches, leadership, consumer-group lag,
+//! connections, and the per-API and per-topic request metrics of [`crate::metrics`].
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use silt_common::metrics::{header, label, single};
+use silt_meta::instrumented::KINDS;
+use silt_meta::layout::index;
+
+use crate::broker::Broker;
+
+/// Renders every metric of the agent.
+pub async fn render(b: &Broker) -> String {
+    let mut out = String::new();
+    storage(b, &mut out);
+    metadata(b, &mut out);
+    flush(b, &mut out);
+    leadership(b, &mut out);
+    group_lag(b, &mut out).await;
+    let m = &b.metrics;
+    single(
+        &mut out,
+        "silt_connections",
+        "Client connections open now.",
+        "gauge",
+        m.connections_open.load(Ordering::Relaxed),
+    );
+    single(
+        &mut out,
+        "silt_connections_accepted_total",
+        "Client connections accepted since start.",
+        "counter",
+        m.connections_total.load(Ordering::Relaxed),
+    );
+    m.render(&mut out);
+    out
+}
+
+fn storage(b: &Broker, out: &mut String) {
+    let s = b.storage.stats();
+    let r = Ordering::Relaxed;
+    for (name, help, v) in [
+        (
+            "silt_object_puts_total",
+            "Object PUTs that succeeded.",
+            &s.puts,
+        ),
+        (
+            "silt_object_put_bytes_total",
+            "Bytes written to object storage.",
+            &s.put_bytes,
+        ),
+        (
+            "silt_object_gets_total",
+            "Object GETs (whole or ranged) that succeeded.",
+            &s.gets,
+        ),
+        (
+            "silt_object_get_bytes_total",
+            "Bytes read from object storage.",
+            &s.get_bytes,
+        ),
+        (
+            "silt_object_errors_total",
+            "Failed object-store attempts (each retry counts).",
+            &s.errors,
+        ),
+    ] {
+        single(out, name, help, "counter", v.load(r));
+    }
+    let kinds = [("put", &s.put), ("get", &s.get), ("delete", &s.delete)];
+    header(
+        out,
+        "silt_object_requests_total",
+        "Object-store attempts, by kind.",
+        "counter",
+    );
+    for (k, o) in kinds {
+        let _ = writeln!(
+            out,
+            "silt_object_requests_total{{op=\"{k}\"}} {}",
+            o.attempts.load(r)
+        );
+    }
+    header(
+        out,
+        "silt_object_request_errors_total",
+        "Failed object-store attempts, by kind.",
+        "counter",
+    );
+    for (k, o) in kinds {
+        let _ = writeln!(
+            out,
+            "silt_object_request_errors_total{{op=\"{k}\"}} {}",
+            o.errors.load(r)
+        );
+    }
+    header(
+        out,
+        "silt_object_request_duration_seconds",
+        "Time per object-store attempt, by kind.",
+        "histogram",
+    );
+    for (k, o) in kinds {
+        o.latency.render(
+            out,
+            "silt_object_request_duration_seconds",
+            &format!("op=\"{k}\""),
+        );
+    }
+}
+
+fn metadata(b: &Broker, out: &mut String) {
+    let s = &b.meta_stats;
+    let r = Ordering::Relaxed;
+    header(
+        out,
+        "silt_metadata_calls_total",
+        "Metadata-store calls, by kind.",
+        "counter",
+    );
+    for (k, c) in KINDS.iter().zip(&s.calls) {
+        let _ = writeln!(
+            out,
+            "silt_metadata_calls_total{{op=\"{k}\"}} {}",
+            c.calls.load(r)
+        );
+    }
+    header(
+        out,
+        "silt_metadata_call_failures_total",
+        "Metadata-store calls that failed, by kind.",
+        "counter",
+    );
+    for (k, c) in KINDS.iter().zip(&s.calls) {
+        let _ = writeln!(
+            out,
+            "silt_metadata_call_failures_total{{op=\"{k}\"}} {}",
+            c.failures.load(r)
+        );
+    }
+    header(
+        out,
+        "silt_metadata_call_duration_seconds",
+        "Time per metadata-store call, by kind.",
+        "histogram",
+    );
+    for (k, c) in KINDS.iter().zip(&s.calls) {
+        c.latency.render(
+            out,
+            "silt_metadata_call_duration_seconds",
+            &format!("op=\"{k}\""),
+        );
+    }
+    single(
+        out,
+        "silt_metadata_txn_refused_total",
+        "Metadata transactions whose compares failed (fencing, races); nothing was written.",
+        "counter",
+        s.txn_refused.load(r),
+    );
+}
+
+fn flush(b: &Broker, out: &mut String) {
+    let f = b.flusher.stats();
+    let r = Ordering::Relaxed;
+    for (name, help, v) in [
+        ("silt_flushes_total", "Flushes committed.", &f.flushes),
+        (
+            "silt_flush_batches_total",
+            "Record batches committed.",
+            &f.batches,
+        ),
+        (
+            "silt_flush_bytes_total",
+            "Bytes of record batches committed.",
+            &f.bytes,
+        ),
+        (
+            "silt_metadata_commits_total",
+            "Metadata-store commits made by the flush pipeline.",
+            &f.commits,
+        ),
+    ] {
+        single(out, name, help, "counter", v.load(r));
+    }
+    header(
+        out,
+        "silt_flush_size_bytes",
+        "Bytes of record batches per committed flush.",
+        "histogram",
+    );
+    f.size.render(out, "silt_flush_size_bytes", "");
+    header(
+        out,
+        "silt_flush_duration_seconds",
+        "Time from a flush's start to its commit.",
+        "histogram",
+    );
+    f.latency.render(out, "silt_flush_duration_seconds", "");
+    single(
+        out,
+        "silt_buffered_bytes",
+        "Bytes buffered or in flight to object storage.",
+        "gauge",
+        b.flusher.buffered_bytes(),
+    );
+    single(
+        out,
+        "silt_tail_cache_hits_total",
+        "Reads served from the in-memory tail cache.",
+        "counter",
+        b.cache.hits.load(r),
+    );
+    single(
+        out,
+        "silt_tail_cache_misses_total",
+        "Reads that needed an object GET.",
+        "counter",
+        b.cache.misses.load(r),
+    );
+}
+
+fn leadership(b: &Broker, out: &mut String) {
+    let mut local = b.cluster.local_partitions();
+    local.sort_by(|x, y| (&x.topic, x.index).cmp(&(&y.topic, y.index)));
+    let c = &b.cluster.stats;
+    let r = Ordering::Relaxed;
+    single(
+        out,
+        "silt_partitions",
+        "Partitions this agent leads.",
+        "gauge",
+        local.len(),
+    );
+    single(
+        out,
+        "silt_group_shards",
+        "Group-coordinator shards this agent coordinates.",
+        "gauge",
+        b.groups.shards_owned(),
+    );
+    single(
+        out,
+        "silt_cluster_agents",
+        "Live agents this agent sees.",
+        "gauge",
+        b.cluster.brokers().len(),
+    );
+    single(
+        out,
+        "silt_is_controller",
+        "1 if this agent is the controller.",
+        "gauge",
+        u8::from(b.cluster.controller_id() == Some(b.node.id)),
+    );
+    single(
+        out,
+        "silt_partitions_gained_total",
+        "Partitions this agent took leadership of.",
+        "counter",
+        c.partitions_gained.load(r),
+    );
+    single(
+        out,
+        "silt_partitions_lost_total",
+        "Partitions whose leadership this agent gave up.",
+        "counter",
+        c.partitions_lost.load(r),
+    );
+    single(
+        out,
+        "silt_partition_load_last_ms",
+        "Time the last batch of partition take-overs spent rebuilding state from the metadata store.",
+        "gauge",
+        c.last_load_ms.load(r),
+    );
+    header(
+        out,
+        "silt_index_entries",
+        "Offset-index keys per partition in the metadata store (partitions led here).",
+        "gauge",
+    );
+    for p in &local {
+        let n = p.lock().segments.len();
+        let _ = writeln!(
+            out,
+            "silt_index_entries{{topic=\"{}\",partition=\"{}\"}} {n}",
+            label(&p.topic),
+            p.index
+        );
+    }
+    header(
+        out,
+        "silt_high_watermark",
+        "High watermark per partition led here.",
+        "gauge",
+    );
+    for p in &local {
+        let hw = p.lock().high_watermark;
+        let _ = writeln!(
+            out,
+            "silt_high_watermark{{topic=\"{}\",partition=\"{}\"}} {hw}",
+            label(&p.topic),
+            p.index
+        );
+    }
+}
+
+/// Lag of every group coordinated here: the partition's high watermark (from memory when led
+/// here, else from its last index entry) minus the committed offset.
+async fn group_lag(b: &Broker, out: &mut String) {
+    let committed = b.groups.committed_all();
+    let local: HashMap<(String, i32), i64> = b
+        .cluster
+        .local_partitions()
+        .iter()
+        .map(|p| ((p.topic.clone(), p.index), p.lock().high_watermark))
+        .collect();
+    let mut hws: HashMap<(String, i32), Option<i64>> = HashMap::new();
+    header(
+        out,
+        "silt_group_committed_offset",
+        "Committed offset per group and partition (groups coordinated here).",
+        "gauge",
+    );
+    let mut lags = Vec::with_capacity(committed.len());
+    for (g, t, p, offset) in &committed {
+        let _ = writeln!(
+            out,
+            "silt_group_committed_offset{{group=\"{}\",topic=\"{}\",partition=\"{p}\"}} {offset}",
+            label(g),
+            label(t)
+        );
+        let key = (t.clone(), *p);
+        if !hws.contains_key(&key) {
+            let hw = match local.get(&key) {
+                Some(hw) => Some(*hw),
+                None => match b.topics.get(t) {
+                    Some(topic) => index::last_entry(b.meta.as_ref(), &topic.record.id, *p)
+                        .await
+                        .ok()
+                        .map(|e| e.map_or(0, |e| e.last_offset + 1)),
+                    None => None,
+                },
+            };
+            hws.insert(key.clone(), hw);
+        }
+        if let Some(Some(hw)) = hws.get(&key) {
+            lags.push((g, t, p, (hw - offset).max(0)));
+        }
+    }
+    header(out, "silt_group_lag", "Records between the committed offset and the high watermark, per group and partition (groups coordinated here).", "gauge");
+    for (g, t, p, lag) in lags {
+        let _ = writeln!(
+            out,
+            "silt_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{p}\"}} {lag}",
+            label(g),
+            label(t)
+        );
+    }
+}

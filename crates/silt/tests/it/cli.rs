@@ -1,0 +1,171 @@
+//! `silt admin` against a running agent: every command, its output, and its errors.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::harness::AgentProc;
+use crate::kafka::{config, producer, send};
+
+/// Runs `silt admin -b <agent> args...`: (exit success, stdout, stderr).
+fn admin(a: &AgentProc, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_silt"))
+        .args(["admin", "--bootstrap", &a.bootstrap()])
+        .args(args)
+        .env_remove("SILT_ADMIN_BOOTSTRAP")
+        .output()
+        .expect("run silt admin");
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn ok(a: &AgentProc, args: &[&str]) -> String {
+    let (success, out, err) = admin(a, args);
+    assert!(success, "silt admin {args:?} failed: {err}");
+    out
+}
+
+/// The whitespace-separated cells of the line starting with `first`.
+fn line<'a>(out: &'a str, first: &str) -> Vec<&'a str> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&first))
+        .unwrap_or_else(|| panic!("no line starting with {first:?} in:\n{out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_command_against_a_running_agent() {
+    let agent = AgentProc::start(&[]);
+    let b = agent.bootstrap();
+
+    let out = ok(
+        &agent,
+        &[
+            "topics",
+            "create",
+            "cli-orders",
+            "-p",
+            "3",
+            "-c",
+            "retention.ms=3600000",
+        ],
+    );
+    assert!(
+        out.starts_with("created topic cli-orders: 3 partitions"),
+        "{out}"
+    );
+    let (success, _, err) = admin(&agent, &["topics", "create", "cli-orders", "-p", "3"]);
+    assert!(!success);
+    assert!(err.contains("TopicAlreadyExists"), "{err}");
+    let (success, _, err) = admin(&agent, &["topics", "create", "bad", "-c", "retention.ms"]);
+    assert!(!success);
+    assert!(err.contains("key=value"), "{err}");
+
+    let out = ok(&agent, &["topics", "list"]);
+    assert_eq!(line(&out, "cli-orders")[1], "3", "{out}");
+
+    let p = producer(&b, &[]);
+    for i in 0..7 {
+        send(&p, "cli-orders", 1, b"k", format!("v{i}").as_bytes()).await;
+    }
+    let out = ok(&agent, &["topics", "describe", "cli-orders"]);
+    let p1 = line(&out, "1");
+    assert_eq!(
+        (p1[1], p1[3], p1[4]),
+        ("0", "0", "7"),
+        "leader, log start, high watermark:\n{out}"
+    );
+    assert!(
+        out.contains("retention.ms = 3600000"),
+        "explicit configs shown:\n{out}"
+    );
+
+    let out = ok(&agent, &["agents"]);
+    let me = line(&out, "0");
+    assert_eq!(me[1], b);
+    assert_eq!((me[2], me[3]), ("yes", "3"), "{out}");
+
+    // A group that committed 4 of partition 1's 7 records lags by 3.
+    let c: BaseConsumer = config(&b, &[("group.id", "cli-group")]).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("cli-orders", 1, Offset::Offset(4))
+        .unwrap();
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+    let out = ok(&agent, &["groups", "list"]);
+    assert_eq!(line(&out, "cli-group")[1], "Empty", "{out}");
+    let out = ok(&agent, &["groups", "describe", "cli-group"]);
+    let row = line(&out, "cli-orders");
+    assert_eq!(
+        &row[1..],
+        ["1", "4", "7", "3"],
+        "partition, committed, end, lag:\n{out}"
+    );
+    assert!(out.contains("total lag 3"), "{out}");
+    drop(c);
+    let out = ok(&agent, &["groups", "delete", "cli-group"]);
+    assert_eq!(out.trim(), "deleted group cli-group");
+    let out = ok(&agent, &["groups", "list"]);
+    assert!(!out.contains("cli-group"), "{out}");
+
+    let out = ok(&agent, &["topics", "delete", "cli-orders"]);
+    assert_eq!(out.trim(), "deleted topic cli-orders");
+    let (success, _, err) = admin(&agent, &["topics", "describe", "cli-orders"]);
+    assert!(!success);
+    assert!(err.contains("UnknownTopicOrPartition"), "{err}");
+
+    let (success, _, err) = admin(&agent, &["archive", "status"]);
+    assert!(!success);
+    assert!(err.contains("Parquet archiving is not built"), "{err}");
+
+    let dead = Command::new(env!("CARGO_BIN_EXE_silt"))
+        .args(["admin", "--bootstrap", "127.0.0.1:1", "topics", "list"])
+        .output()
+        .unwrap();
+    assert!(!dead.status.success());
+    let err = String::from_utf8(dead.stderr).unwrap();
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("--bootstrap"),
+        "says what it tried and what to do: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_levels_change_at_run_time() {
+    let agent = AgentProc::start(&[]);
+    let b = agent.bootstrap();
+    assert_eq!(agent.http_get("/loglevel").trim(), "info");
+    let p = producer(&b, &[]);
+    send(&p, "quiet", 0, b"k", b"v").await;
+    assert!(
+        !agent.log().contains("flush committed"),
+        "debug is off at info"
+    );
+    let (code, body) = agent.http(
+        "PUT",
+        "/loglevel?filter=silt_agent%3A%3Aflush%3Ddebug%2Cinfo",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        agent.http_get("/loglevel").trim(),
+        "silt_agent::flush=debug,info"
+    );
+    send(&p, "quiet", 0, b"k", b"v").await;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        agent.log().contains("flush committed"),
+        "debug lines of the module appear"
+    );
+    let (code, body) = agent.http("PUT", "/loglevel?filter=%5Bnot-a-filter");
+    assert_eq!(code, 400);
+    assert!(body.contains("not a valid log filter"), "{body}");
+    assert_eq!(
+        agent.http_get("/loglevel").trim(),
+        "silt_agent::flush=debug,info",
+        "a bad filter changes nothing"
+    );
+}
