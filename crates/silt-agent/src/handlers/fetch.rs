@@ -8,6 +8,7 @@ use std::time::Duration;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{topic_name, Reply};
 use crate::broker::Broker;
@@ -115,7 +116,10 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                         })
                     } else {
                         let limit = (fp.partition_max_bytes.max(0) as usize).min(max_total - used);
-                        read::read(&b.storage, &b.cache, p, fp.fetch_offset, limit.max(1)).await
+                        let span = tracing::debug_span!("partition", topic = %p.topic, partition = p.index);
+                        read::read(&b.storage, &b.cache, p, fp.fetch_offset, limit.max(1))
+                            .instrument(span)
+                            .await
                     }
                 }
             };

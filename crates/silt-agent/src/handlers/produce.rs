@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
@@ -55,7 +56,12 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                     Err(e) => Slot::Failed(e),
                     Ok((t, p)) => {
                         let lat = t.config.log_append_time.then(|| b.clock.now_ms());
-                        match produce_one(b, &p, pd.records, &t.config, lat, deadline).await {
+                        let span =
+                            tracing::debug_span!("partition", topic = %name, partition = pd.index);
+                        match produce_one(b, &p, pd.records, &t.config, lat, deadline)
+                            .instrument(span)
+                            .await
+                        {
                             Ok(appended) => Slot::Appended {
                                 partition: p.clone(),
                                 appended,
