@@ -44,10 +44,14 @@ pub struct Components {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The listen address could not be bound.
-    #[error("could not listen on {addr}: {source}. Is another agent or Kafka broker using it? Set `listen` in the config file or SILT_LISTEN")]
+    #[error("could not listen on {addr} ({setting}): {source}. Is another agent or Kafka broker using it? Set `{setting}` in the config file or SILT_{env}")]
     Bind {
         /// The address.
         addr: String,
+        /// The setting that names it.
+        setting: &'static str,
+        /// Its environment variable suffix.
+        env: &'static str,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -104,10 +108,14 @@ impl Agent {
             .await
             .map_err(|source| StartError::Bind {
                 addr: settings.listen.clone(),
+                setting: "listen",
+                env: "LISTEN",
                 source,
             })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: settings.listen.clone(),
+            setting: "listen",
+            env: "LISTEN",
             source,
         })?;
         let admin_listener = match settings.admin_listen.as_deref() {
@@ -116,7 +124,9 @@ impl Agent {
                     TcpListener::bind(a)
                         .await
                         .map_err(|source| StartError::Bind {
-                            addr: format!("{a} (admin_listen)"),
+                            addr: a.to_string(),
+                            setting: "admin_listen",
+                            env: "ADMIN_LISTEN",
                             source,
                         })?,
                 )

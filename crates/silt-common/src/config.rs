@@ -434,6 +434,37 @@ mod example_file {
         assert_eq!(s, Settings::default());
     }
 
+    /// docs/configuration.md documents every setting.
+    #[test]
+    fn every_setting_is_documented() {
+        fn leaves(prefix: &str, v: &figment::value::Value, out: &mut Vec<String>) {
+            match v {
+                figment::value::Value::Dict(_, d) => {
+                    for (k, v) in d {
+                        leaves(&format!("{prefix}{k}."), v, out);
+                    }
+                }
+                _ => out.push(prefix.trim_end_matches('.').to_string()),
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+        let value =
+            figment::Figment::from(figment::providers::Serialized::defaults(Settings::default()))
+                .find_value("")
+                .unwrap();
+        let mut keys = Vec::new();
+        leaves("", &value, &mut keys);
+        assert!(keys.len() > 20, "{keys:?}");
+        for k in keys {
+            let last = k.rsplit('.').next().unwrap();
+            assert!(
+                docs.contains(&format!("`{k}`")) || docs.contains(&format!("/ `{last}`")),
+                "docs/configuration.md does not document `{k}`"
+            );
+        }
+    }
+
     /// `config/test.toml` is valid and sets what the test harnesses set.
     #[test]
     fn test_example_is_fast() {

@@ -87,16 +87,30 @@ impl AgentProc {
         self.dir.path().join(format!("agent-{}.log", self.starts))
     }
 
+    /// Starts the agent. A port taken by another process between choosing and binding it
+    /// (tests run side by side) is retried: with fresh ports on a first start, on the same
+    /// ports after a pause on a restart.
     fn spawn(&mut self) {
-        self.starts += 1;
-        let log = std::fs::File::create(self.log_path()).unwrap();
-        let child = self
-            .command()
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn silt");
-        self.child = Some(child);
-        self.wait_ready();
+        for attempt in 0..5 {
+            self.starts += 1;
+            let log = std::fs::File::create(self.log_path()).unwrap();
+            let child = self
+                .command()
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("spawn silt");
+            self.child = Some(child);
+            if self.wait_ready() {
+                return;
+            }
+            assert!(attempt < 4, "ports stayed taken:\n{}", self.log());
+            if self.starts == attempt + 1 {
+                self.port = free_port();
+                self.admin_port = free_port();
+            } else {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
     }
 
     fn command(&self) -> Command {
@@ -119,14 +133,19 @@ impl AgentProc {
         cmd
     }
 
-    /// Waits for `/readyz` to answer 200: the agent serves and its share is loaded.
-    fn wait_ready(&mut self) {
+    /// Waits for `/readyz` to answer 200: the agent serves and its share is loaded. Returns
+    /// false if it exited because a port was taken.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.ready() {
-                return;
+                return true;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                if self.log().contains("Address already in use") {
+                    self.child = None;
+                    return false;
+                }
                 panic!(
                     "agent exited with {status} during start-up:\n{}",
                     self.log()
