@@ -10,12 +10,14 @@
 //! /silt/group-shards/{shard:04}                      Assignment: a group shard's coordinator
 //! /silt/topics/{name}                                TopicRecord
 //! /silt/index/{topic_id}/{partition:010}/{base:020}  IndexEntry: where an offset range lives
+//! /silt/archive/{topic_id}/{partition:010}          Progress: Parquet archiving of a partition
 //! /silt/producer-ids/next                            next unallocated producer id (i64)
 //! /silt/groups/{group}/offsets/{topic}/{p:010}       Committed: a group's committed offset
 //! /silt/groups/{group}/protocol-type                 protocol type of a group that had members
 //! ```
 
 pub mod agents;
+pub mod archive;
 pub mod assignment;
 pub mod catalog;
 pub mod cluster;
