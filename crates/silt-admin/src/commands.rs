@@ -452,9 +452,73 @@ pub async fn agents(bootstrap: &str) -> Result<String, AdminError> {
     Ok(out)
 }
 
-/// `archive status`: Parquet archiving does not exist yet.
-pub async fn archive_status(_bootstrap: &str) -> Result<String, AdminError> {
-    Err(AdminError::Usage(
-        "Parquet archiving is not built into this version of Silt yet, so there is no archive status to show".into(),
-    ))
+/// `archive status`: Parquet archive progress per partition, from each agent's admin port
+/// (`GET /archive`; admin ports are not in Kafka metadata, so they are given).
+pub async fn archive_status(admins: &[String]) -> Result<String, AdminError> {
+    let mut rows = vec![row(&[
+        &"TOPIC",
+        &"PARTITION",
+        &"ARCHIVED",
+        &"HIGH-WATERMARK",
+        &"LAG",
+        &"FILES",
+        &"AGENT",
+    ])];
+    let mut all = Vec::new();
+    for a in admins {
+        let body = http_get(a, "/archive").await?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| AdminError::Protocol {
+                addr: a.clone(),
+                reason: format!("/archive is not JSON: {e}"),
+            })?;
+        for p in v.as_array().into_iter().flatten() {
+            let s = |k: &str| {
+                p.get(k)
+                    .map(|x| x.to_string().trim_matches('"').to_string())
+            };
+            all.push((
+                s("topic").unwrap_or_default(),
+                p.get("partition").and_then(|x| x.as_i64()).unwrap_or(-1),
+                s("archived_offset").unwrap_or_default(),
+                s("high_watermark").unwrap_or_default(),
+                s("lag").unwrap_or_default(),
+                s("files").unwrap_or_default(),
+                a.clone(),
+            ));
+        }
+    }
+    all.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+    for (t, p, off, hw, lag, files, agent) in &all {
+        rows.push(row(&[t, p, off, hw, lag, files, agent]));
+    }
+    let mut out = table(&rows);
+    if all.is_empty() {
+        out.push_str("no partition is being archived (set silt.archive.enable=true on a topic)\n");
+    }
+    Ok(out)
+}
+
+async fn http_get(addr: &str, path: &str) -> Result<String, AdminError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |source| AdminError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(io)?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.map_err(io)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(AdminError::Protocol {
+            addr: addr.to_string(),
+            reason: format!("GET {path}: {}", head.lines().next().unwrap_or("")),
+        });
+    }
+    Ok(body.to_string())
 }

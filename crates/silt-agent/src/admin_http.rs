@@ -52,6 +52,7 @@ async fn handle(mut stream: TcpStream, broker: Arc<Broker>) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, ctype, body) = match path {
         "/loglevel" => log_level(&broker, method, query),
+        "/archive" => ("200 OK", "application/json", archive_status(&broker)),
         "/metrics" => (
             "200 OK",
             "text/plain; version=0.0.4",
@@ -69,7 +70,7 @@ async fn handle(mut stream: TcpStream, broker: Arc<Broker>) {
         _ => (
             "404 Not Found",
             "text/plain",
-            "try /metrics, /healthz, /readyz or /loglevel\n".to_string(),
+            "try /metrics, /healthz, /readyz, /loglevel or /archive\n".to_string(),
         ),
     };
     let resp = format!(
@@ -92,6 +93,39 @@ fn not_ready(b: &Broker) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// `GET /archive`: Parquet archive progress of the partitions archived here, one JSON object
+/// per partition: topic, partition, archived_offset (first offset not archived), high_watermark,
+/// lag, files.
+fn archive_status(b: &Broker) -> String {
+    let live: std::collections::HashMap<(String, i32), i64> = b
+        .cluster
+        .local_partitions()
+        .iter()
+        .map(|p| ((p.topic.clone(), p.index), p.lock().high_watermark))
+        .collect();
+    let rows: Vec<String> = b
+        .archive
+        .status()
+        .iter()
+        .map(|s| {
+            let hw = live
+                .get(&(s.topic.clone(), s.partition))
+                .copied()
+                .unwrap_or(s.high_watermark);
+            format!(
+                "{{\"topic\":\"{}\",\"partition\":{},\"archived_offset\":{},\"high_watermark\":{},\"lag\":{},\"files\":{}}}",
+                s.topic,
+                s.partition,
+                s.next_offset,
+                hw,
+                (hw - s.next_offset).max(0),
+                s.files
+            )
+        })
+        .collect();
+    format!("[{}]\n", rows.join(",\n"))
 }
 
 /// `GET /loglevel`: the filter in force; `PUT /loglevel?filter=...`: replace it.

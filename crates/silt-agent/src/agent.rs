@@ -91,6 +91,7 @@ pub struct Agent {
     keepalive: JoinHandle<()>,
     reactor: JoinHandle<()>,
     controller: JoinHandle<()>,
+    archiver: JoinHandle<()>,
     lease_lost: watch::Receiver<bool>,
     lease: silt_meta::LeaseId,
     stop_accepting: watch::Sender<bool>,
@@ -220,6 +221,8 @@ impl Agent {
             cluster_id,
             meta: c.meta,
             meta_stats,
+            session: session.clone(),
+            archive: Default::default(),
             log_levels: c.log_levels,
             storage: c.storage,
             clock: c.clock,
@@ -237,6 +240,7 @@ impl Agent {
                 .clone()
                 .run(broker.topics.subscribe(), broker.groups.clone()),
         );
+        let archiver = tokio::spawn(crate::archiver::run(broker.clone()));
         let controller = tokio::spawn(controller::run(
             broker.meta.clone(),
             Identity {
@@ -288,6 +292,7 @@ impl Agent {
             keepalive,
             reactor,
             controller,
+            archiver,
             lease_lost,
             lease,
             stop_accepting,
@@ -325,6 +330,7 @@ impl Agent {
     pub async fn shutdown(self) {
         let started = std::time::Instant::now();
         self.keepalive.abort();
+        self.archiver.abort();
         self.broker.flusher.close();
         // Bounded: with the metadata store unreachable, commits cannot finish; what is not
         // committed was never acknowledged with acks=all.

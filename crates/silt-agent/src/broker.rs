@@ -37,6 +37,10 @@ pub struct Broker {
     pub meta: Arc<dyn MetaKv>,
     /// Its call counters.
     pub meta_stats: Arc<silt_meta::instrumented::MetaStats>,
+    /// This agent session's id (names its objects).
+    pub session: String,
+    /// Parquet archiver state.
+    pub archive: crate::archiver::ArchiveState,
     /// Run-time log level control.
     pub log_levels: Option<Arc<dyn crate::log_levels::LogLevels>>,
     /// Object store.

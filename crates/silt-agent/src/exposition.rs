@@ -21,6 +21,7 @@ pub async fn render(b: &Broker) -> String {
     flush(b, &mut out);
     leadership(b, &mut out);
     group_lag(b, &mut out).await;
+    archive(b, &mut out);
     let m = &b.metrics;
     single(
         &mut out,
@@ -361,6 +362,89 @@ async fn group_lag(b: &Broker, out: &mut String) {
             "silt_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{p}\"}} {lag}",
             label(g),
             label(t)
+        );
+    }
+}
+
+fn archive(b: &Broker, out: &mut String) {
+    let a = &b.archive;
+    let r = Ordering::Relaxed;
+    single(
+        out,
+        "silt_archive_files_total",
+        "Parquet archive files made visible.",
+        "counter",
+        a.files.load(r),
+    );
+    single(
+        out,
+        "silt_archive_records_total",
+        "Records archived as Parquet.",
+        "counter",
+        a.records.load(r),
+    );
+    single(
+        out,
+        "silt_archive_bytes_total",
+        "Parquet bytes written.",
+        "counter",
+        a.bytes.load(r),
+    );
+    single(
+        out,
+        "silt_archive_failures_total",
+        "Archive passes over a partition that failed (retried).",
+        "counter",
+        a.failures.load(r),
+    );
+    header(
+        out,
+        "silt_archive_invalid_records_total",
+        "Values that did not match the topic's declared schema (kept raw, flagged).",
+        "counter",
+    );
+    for (t, n) in a.invalid() {
+        let _ = writeln!(
+            out,
+            "silt_archive_invalid_records_total{{topic=\"{}\"}} {n}",
+            label(&t)
+        );
+    }
+    let status = a.status();
+    header(
+        out,
+        "silt_archive_offset",
+        "First offset not yet archived, per partition archived here.",
+        "gauge",
+    );
+    for s in &status {
+        let _ = writeln!(
+            out,
+            "silt_archive_offset{{topic=\"{}\",partition=\"{}\"}} {}",
+            label(&s.topic),
+            s.partition,
+            s.next_offset
+        );
+    }
+    header(
+        out,
+        "silt_archive_lag",
+        "Committed records not yet archived, per partition archived here.",
+        "gauge",
+    );
+    for s in &status {
+        let hw = b
+            .cluster
+            .local_partitions()
+            .iter()
+            .find(|p| p.topic == s.topic && p.index == s.partition)
+            .map_or(s.high_watermark, |p| p.lock().high_watermark);
+        let _ = writeln!(
+            out,
+            "silt_archive_lag{{topic=\"{}\",partition=\"{}\"}} {}",
+            label(&s.topic),
+            s.partition,
+            (hw - s.next_offset).max(0)
         );
     }
 }

@@ -10,6 +10,7 @@
 pub mod admin_http;
 pub mod agent;
 pub mod append;
+pub mod archiver;
 pub mod broker;
 pub mod cache;
 pub mod cluster;

@@ -101,7 +101,15 @@ pub const DEFS: &[ConfigDef] = &[
     num("segment.jitter.ms", ConfigType::Long, 0),
     num("segment.ms", ConfigType::Long, 1),
     def("unclean.leader.election.enable", ConfigType::Boolean),
+    // Silt's own: Parquet archiving (docs/archive.md).
+    def("silt.archive.enable", ConfigType::Boolean),
+    def("silt.archive.value.schema", ConfigType::String),
 ];
+
+/// Topic config: archive this topic as Parquet.
+pub const ARCHIVE_ENABLE: &str = "silt.archive.enable";
+/// Topic config: JSON value schema for typed archive columns.
+pub const ARCHIVE_VALUE_SCHEMA: &str = "silt.archive.value.schema";
 
 /// The default value of a config, given the agent's topic defaults.
 pub fn default_value(name: &str, d: &TopicDefaults) -> String {
@@ -134,6 +142,7 @@ pub fn default_value(name: &str, d: &TopicDefaults) -> String {
         "segment.index.bytes" => "10485760".into(),
         "segment.jitter.ms" => "0".into(),
         "segment.ms" => "604800000".into(),
+        ARCHIVE_ENABLE => d.archive.to_string(),
         _ => String::new(),
     }
 }
@@ -186,6 +195,9 @@ pub fn validate(name: &str, value: &str) -> Result<(), TopicError> {
             if !d.allowed.is_empty() && !d.allowed.contains(&value) {
                 return Err(bad(format!("expected one of {}", d.allowed.join(", "))));
             }
+            if name == ARCHIVE_VALUE_SCHEMA && !value.trim().is_empty() {
+                silt_archive::schema::ValueSchema::parse(value).map_err(|e| bad(e.to_string()))?;
+            }
         }
         ConfigType::List => {
             for item in value.split(',').map(str::trim) {
@@ -213,6 +225,10 @@ pub struct Resolved {
     /// Records may be at most this much newer than the broker's clock
     /// (`message.timestamp.after.max.ms`, or `message.timestamp.difference.max.ms`).
     pub timestamp_after_max_ms: i64,
+    /// `silt.archive.enable`.
+    pub archive: bool,
+    /// `silt.archive.value.schema`, parsed.
+    pub value_schema: Option<std::sync::Arc<silt_archive::schema::ValueSchema>>,
 }
 
 impl Resolved {
@@ -236,6 +252,12 @@ impl Resolved {
             retention_ms: get("retention.ms").parse().unwrap_or(d.retention_ms),
             timestamp_before_max_ms: bound("message.timestamp.before.max.ms"),
             timestamp_after_max_ms: bound("message.timestamp.after.max.ms"),
+            archive: get(ARCHIVE_ENABLE).eq_ignore_ascii_case("true"),
+            value_schema: configs
+                .get(ARCHIVE_VALUE_SCHEMA)
+                .filter(|s| !s.trim().is_empty())
+                .and_then(|s| silt_archive::schema::ValueSchema::parse(s).ok())
+                .map(std::sync::Arc::new),
         }
     }
 }

@@ -3,20 +3,22 @@
 //!
 //! ```text
 //! {prefix}/topic={topic}/partition={p}/date={YYYY-MM-DD}/{base_offset:020}.parquet   visible
-//! {prefix}/_staging/{topic_id}/{p}/{base_offset:020}-{session}.parquet            being committed
+//! _silt/archive-staging/{topic_id}/{p}/{base_offset:020}-{session}.parquet        being committed
 //! ```
 //!
-//! A file covers offsets of one UTC day of one partition. Only files whose commit succeeded are
-//! ever written under their visible name; staging files of failed attempts are garbage.
+//! A file holds offsets of one partition starting on one UTC day (of its first record). Only
+//! files whose commit succeeded are ever written under their visible name; staging files live
+//! outside the prefix, so a glob over the prefix never sees them, and those of failed attempts
+//! are garbage.
 
 /// The visible path of the file starting at `base`.
 pub fn visible(prefix: &str, topic: &str, partition: i32, date: &str, base: i64) -> String {
     format!("{prefix}/topic={topic}/partition={partition}/date={date}/{base:020}.parquet")
 }
 
-/// The staging path of an attempt.
-pub fn staging(prefix: &str, topic_id: &str, partition: i32, base: i64, session: &str) -> String {
-    format!("{prefix}/_staging/{topic_id}/{partition}/{base:020}-{session}.parquet")
+/// The staging path of an attempt (outside every archive prefix).
+pub fn staging(topic_id: &str, partition: i32, base: i64, session: &str) -> String {
+    format!("_silt/archive-staging/{topic_id}/{partition}/{base:020}-{session}.parquet")
 }
 
 /// `YYYY-MM-DD` (UTC) of a millisecond timestamp (negative timestamps count as the epoch).

@@ -38,7 +38,7 @@ fn yes() -> bool {
 }
 
 /// A parsed value schema.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValueSchema {
     /// The Arrow schema of the typed columns.
     pub schema: Arc<Schema>,

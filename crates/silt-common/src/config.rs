@@ -38,6 +38,8 @@ pub struct Settings {
     pub topics: TopicDefaults,
     /// Consumer groups.
     pub groups: GroupSettings,
+    /// Parquet archiving.
+    pub archive: ArchiveSettings,
 }
 
 impl Default for Settings {
@@ -55,6 +57,31 @@ impl Default for Settings {
             flush: FlushSettings::default(),
             topics: TopicDefaults::default(),
             groups: GroupSettings::default(),
+            archive: ArchiveSettings::default(),
+        }
+    }
+}
+
+/// Parquet archiving of topics (which topics: the `silt.archive.enable` topic config, whose
+/// default is `topics.archive`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSettings {
+    /// How often each partition led here is archived up to its high watermark: the most a
+    /// committed record waits before it appears in Parquet (plus the time to write it).
+    pub interval_ms: u64,
+    /// Key prefix of archive files in the object store.
+    pub prefix: String,
+    /// Most records per Parquet file.
+    pub max_file_records: usize,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 10_000,
+            prefix: "archive".into(),
+            max_file_records: 1_000_000,
         }
     }
 }
@@ -197,6 +224,8 @@ pub struct TopicDefaults {
     pub retention_ms: i64,
     /// Default `max.message.bytes` (largest record batch accepted).
     pub max_message_bytes: i32,
+    /// Default of the `silt.archive.enable` topic config: archive topics as Parquet.
+    pub archive: bool,
 }
 
 impl Default for TopicDefaults {
@@ -206,6 +235,7 @@ impl Default for TopicDefaults {
             num_partitions: 1,
             retention_ms: 7 * 24 * 3600 * 1000,
             max_message_bytes: 1_048_588,
+            archive: false,
         }
     }
 }
@@ -327,6 +357,21 @@ impl Settings {
             return bad(
                 &format!("metadata.lease_ttl_ms = {}", self.metadata.lease_ttl_ms),
                 "must be at least 2000",
+            );
+        }
+        if self.archive.interval_ms < 100 || self.archive.max_file_records == 0 {
+            return bad(
+                &format!(
+                    "archive.interval_ms = {}, archive.max_file_records = {}",
+                    self.archive.interval_ms, self.archive.max_file_records
+                ),
+                "the interval must be at least 100 ms and a file must hold at least one record",
+            );
+        }
+        if self.archive.prefix.is_empty() || self.archive.prefix.starts_with('/') {
+            return bad(
+                &format!("archive.prefix = {:?}", self.archive.prefix),
+                "must be a non-empty relative key prefix such as \"archive\"",
             );
         }
         if self.max_frame_bytes < 1024 {

@@ -326,6 +326,27 @@ impl Storage {
         Ok(())
     }
 
+    /// Writes an object, replacing any object at `path` (archive files made visible: the same
+    /// bytes may be written again after a crash).
+    pub async fn put_overwrite(&self, path: &Path, data: Bytes) -> Result<(), StorageError> {
+        self.retry("PUT", path, || async {
+            self.inner
+                .put_opts(
+                    path,
+                    PutPayload::from_bytes(data.clone()),
+                    PutOptions::default(),
+                )
+                .await
+                .map(|_| ())
+        })
+        .await?;
+        self.stats.puts.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .put_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Reads `range` of an object (the whole object if `None`).
     pub async fn get(&self, path: &Path, range: Option<Range<u64>>) -> Result<Bytes, StorageError> {
         let b = self

@@ -67,8 +67,12 @@ pub enum GroupsCommand {
 /// Archive commands.
 #[derive(Debug, Subcommand)]
 pub enum ArchiveCommand {
-    /// Last archived offset and lag per partition.
-    Status,
+    /// Archived offset, high watermark and lag per partition, from the agents' admin ports.
+    Status {
+        /// Admin HTTP addresses of the agents (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9644")]
+        admin: Vec<String>,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -101,6 +105,6 @@ pub async fn run(bootstrap: &str, cmd: AdminCommand) -> Result<String, silt_admi
             c::groups_delete(bootstrap, &group).await
         }
         AdminCommand::Agents => c::agents(bootstrap).await,
-        AdminCommand::Archive(ArchiveCommand::Status) => c::archive_status(bootstrap).await,
+        AdminCommand::Archive(ArchiveCommand::Status { admin }) => c::archive_status(&admin).await,
     }
 }

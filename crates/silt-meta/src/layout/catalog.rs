@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{decode_json, encode_json, index};
+use super::{archive, decode_json, encode_json, index};
 use crate::kv::{Compare, MetaError, MetaKv, Op, RangeRequest, Txn};
 
 /// A topic as stored. Persisted: field names are stable.
@@ -85,6 +85,9 @@ pub async fn delete(kv: &dyn MetaKv, name: &str) -> Result<Option<TopicRecord>, 
                 },
                 Op::DeletePrefix {
                     prefix: index::topic_prefix(&topic.id).into_bytes(),
+                },
+                Op::DeletePrefix {
+                    prefix: archive::topic_prefix(&topic.id).into_bytes(),
                 },
             ],
             failure: vec![],

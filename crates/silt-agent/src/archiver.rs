@@ -1,0 +1,331 @@
+//! The archiver: every `archive.interval_ms`, each partition this agent leads whose topic has
+//! `silt.archive.enable` is archived as Parquet up to its high watermark, reading committed
+//! batches like any catch-up consumer (cache, then object store), never touching the produce
+//! path.
+//!
+//! Exactly once, across crashes, retries and leadership moves: a file is first written under a
+//! staging name; one fenced metadata transaction (this agent's registration and the
+//! partition's assignment, as flush commits) advances `next_offset` and records the file as
+//! pending; only then is it written under its visible name and the pending mark cleared. A
+//! crash after the commit is finished by whoever leads next (the staging file is still there);
+//! a crash before it leaves a staging file nobody references (garbage) and the same offsets are
+//! archived again. A deposed leader's commit fails, so it never writes a visible file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::records::Record;
+use object_store::path::Path;
+use silt_archive::{decode, layout, writer};
+use silt_meta::layout::archive::{self, PendingFile, Progress};
+use silt_meta::{MetaError, Txn};
+use silt_storage::StorageError;
+use uuid::Uuid;
+
+use crate::broker::Broker;
+use crate::partition::Partition;
+use crate::topics::Topic;
+
+/// Files written per partition per pass, so one busy partition does not starve the others.
+const FILES_PER_PASS: usize = 8;
+/// Bytes of batches read per file at most.
+const READ_BUDGET: usize = 64 << 20;
+
+/// Where one partition's archive stands (for `/archive` and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset not archived.
+    pub next_offset: i64,
+    /// High watermark when last looked at.
+    pub high_watermark: i64,
+    /// Visible files written.
+    pub files: u64,
+}
+
+/// Archiver counters and status.
+#[derive(Debug, Default)]
+pub struct ArchiveState {
+    /// Files made visible.
+    pub files: AtomicU64,
+    /// Records archived.
+    pub records: AtomicU64,
+    /// Parquet bytes written.
+    pub bytes: AtomicU64,
+    /// Passes over a partition that failed (retried next interval).
+    pub failures: AtomicU64,
+    /// Values that did not match their topic's declared schema, per topic.
+    pub invalid: Mutex<BTreeMap<String, u64>>,
+    /// Progress of partitions archived here, with the assignment revision it was read under.
+    progress: Mutex<HashMap<(Uuid, i32), Tracked>>,
+}
+
+/// A partition's progress, the assignment revision it was read under, and its status.
+type Tracked = (i64, Progress, PartitionStatus);
+
+impl ArchiveState {
+    /// Status of every partition archived by this agent, sorted.
+    pub fn status(&self) -> Vec<PartitionStatus> {
+        let mut v: Vec<PartitionStatus> = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|x| x.2.clone())
+            .collect();
+        v.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        v
+    }
+
+    /// Invalid values per topic.
+    pub fn invalid(&self) -> BTreeMap<String, u64> {
+        self.invalid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Why a pass over a partition stopped.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("leadership of the partition moved; the next leader continues")]
+    Fenced,
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Archive(#[from] silt_archive::ArchiveError),
+    #[error("{0}")]
+    Read(String),
+}
+
+/// Runs passes until the task is aborted.
+pub async fn run(b: Arc<Broker>) {
+    let mut iv = tokio::time::interval(Duration::from_millis(b.settings.archive.interval_ms));
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        iv.tick().await;
+        pass(&b).await;
+    }
+}
+
+/// One pass over every partition led here.
+pub async fn pass(b: &Broker) {
+    let led = b.cluster.local_partitions();
+    {
+        // Forget partitions no longer led here.
+        let keys: std::collections::HashSet<(Uuid, i32)> =
+            led.iter().map(|p| (p.topic_id, p.index)).collect();
+        b.archive
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| keys.contains(k));
+    }
+    for p in led {
+        let Some(topic) = b.topics.get_by_id(&p.topic_id) else {
+            continue;
+        };
+        if !topic.config.archive || p.is_closed() {
+            continue;
+        }
+        if let Err(e) = archive_partition(b, &p, &topic).await {
+            if !matches!(e, Failure::Fenced) {
+                b.archive.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(topic = %p.topic, partition = p.index, error = %e,
+                "archiving to Parquet stopped for this pass; it resumes at the next interval");
+        }
+    }
+}
+
+fn cached(b: &Broker, p: &Partition) -> Option<Progress> {
+    let m = b.archive.progress.lock().unwrap_or_else(|e| e.into_inner());
+    m.get(&(p.topic_id, p.index))
+        .filter(|(rev, _, _)| *rev == p.fence_revision)
+        .map(|(_, prog, _)| prog.clone())
+}
+
+fn remember(b: &Broker, p: &Partition, prog: &Progress) {
+    let hw = p.lock().high_watermark;
+    let status = PartitionStatus {
+        topic: p.topic.clone(),
+        partition: p.index,
+        next_offset: prog.next_offset,
+        high_watermark: hw,
+        files: prog.files,
+    };
+    b.archive
+        .progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            (p.topic_id, p.index),
+            (p.fence_revision, prog.clone(), status),
+        );
+}
+
+async fn commit(b: &Broker, p: &Partition, prog: &Progress) -> Result<(), Failure> {
+    let r = b
+        .meta
+        .txn(Txn {
+            compares: vec![b.cluster.registered(), p.fence()],
+            success: vec![archive::put_op(&p.topic_id, p.index, prog)],
+            failure: vec![],
+        })
+        .await?;
+    if r.succeeded {
+        Ok(())
+    } else {
+        Err(Failure::Fenced)
+    }
+}
+
+async fn archive_partition(b: &Broker, p: &Arc<Partition>, topic: &Topic) -> Result<(), Failure> {
+    let mut prog = match cached(b, p) {
+        Some(x) => x,
+        None => archive::load(b.meta.as_ref(), &p.topic_id, p.index).await?,
+    };
+    if prog.pending.is_some() {
+        finish(b, p, &mut prog, None).await?;
+    }
+    remember(b, p, &prog);
+    let prefix = b.settings.archive.prefix.clone();
+    for _ in 0..FILES_PER_PASS {
+        let (hw, log_start) = {
+            let st = p.lock();
+            (st.high_watermark, st.log_start)
+        };
+        let from = prog.next_offset.max(log_start);
+        if from >= hw {
+            break;
+        }
+        let mut records = collect(b, p, from, hw).await?;
+        if records.is_empty() {
+            break;
+        }
+        // One file per UTC day of its first record.
+        let date = layout::date(records[0].timestamp);
+        if let Some(cut) = records
+            .iter()
+            .position(|r| layout::date(r.timestamp) > date)
+        {
+            records.truncate(cut.max(1));
+        }
+        let base = records[0].offset;
+        let last = records[records.len() - 1].offset;
+        let schema = topic.config.value_schema.clone();
+        let partition = p.index;
+        let built = tokio::task::spawn_blocking(move || {
+            writer::build(partition, &records, schema.as_deref())
+        })
+        .await
+        .map_err(|e| Failure::Read(format!("the Parquet writer task failed: {e}")))??;
+        let staging = layout::staging(&p.topic_id.simple().to_string(), p.index, base, &b.session);
+        let visible = layout::visible(&prefix, &p.topic, p.index, &date, base);
+        b.storage
+            .put(&Path::from(staging.as_str()), built.parquet.clone())
+            .await?;
+        let next = Progress {
+            next_offset: last + 1,
+            pending: Some(PendingFile { staging, visible }),
+            files: prog.files,
+        };
+        commit(b, p, &next).await?;
+        prog = next;
+        let a = &b.archive;
+        a.records.fetch_add(built.rows as u64, Ordering::Relaxed);
+        a.bytes
+            .fetch_add(built.parquet.len() as u64, Ordering::Relaxed);
+        if built.invalid > 0 {
+            *a.invalid
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(p.topic.clone())
+                .or_default() += built.invalid as u64;
+        }
+        finish(b, p, &mut prog, Some(built.parquet)).await?;
+        tracing::debug!(topic = %p.topic, partition = p.index, base, last, rows = built.rows,
+            invalid = built.invalid, "archived to Parquet");
+        remember(b, p, &prog);
+    }
+    Ok(())
+}
+
+/// Makes a committed file visible and clears the pending mark.
+async fn finish(
+    b: &Broker,
+    p: &Partition,
+    prog: &mut Progress,
+    bytes: Option<Bytes>,
+) -> Result<(), Failure> {
+    let Some(pending) = prog.pending.clone() else {
+        return Ok(());
+    };
+    let staging = Path::from(pending.staging.as_str());
+    let data = match bytes {
+        Some(d) => Some(d),
+        None => match b.storage.get(&staging, None).await {
+            Ok(d) => Some(d),
+            // Already copied and deleted: only the mark was left.
+            Err(StorageError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    if let Some(d) = data {
+        b.storage
+            .put_overwrite(&Path::from(pending.visible.as_str()), d)
+            .await?;
+        b.storage.delete(&staging).await?;
+    }
+    let next = Progress {
+        next_offset: prog.next_offset,
+        pending: None,
+        files: prog.files + 1,
+    };
+    commit(b, p, &next).await?;
+    b.archive.files.fetch_add(1, Ordering::Relaxed);
+    *prog = next;
+    Ok(())
+}
+
+/// Records `from..until` (at most `archive.max_file_records`), read like a catch-up consumer.
+async fn collect(b: &Broker, p: &Partition, from: i64, until: i64) -> Result<Vec<Record>, Failure> {
+    let max = b.settings.archive.max_file_records;
+    let segments = p.lock().locate(from, READ_BUDGET);
+    let mut out: Vec<Record> = Vec::new();
+    for seg in segments {
+        if out.len() >= max || seg.base_offset >= until {
+            break;
+        }
+        let data = crate::read::range_bytes(&b.storage, &b.cache, &seg)
+            .await
+            .map_err(|e| Failure::Read(e.to_string()))?;
+        let start = out.last().map_or(from, |r| r.offset + 1);
+        out.extend(decode::records(&data, start, until)?);
+    }
+    out.truncate(max);
+    // Offsets must be dense from `from`: anything else means the index and data disagree.
+    if let Some((i, r)) = out
+        .iter()
+        .enumerate()
+        .find(|(i, r)| r.offset != from + *i as i64)
+    {
+        return Err(Failure::Read(format!(
+            "expected offset {} but read {} in {}-{}; not archiving past it",
+            from + i as i64,
+            r.offset,
+            p.topic,
+            p.index
+        )));
+    }
+    Ok(out)
+}
