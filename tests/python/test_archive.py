@@ -110,7 +110,19 @@ def test_duckdb_and_pyarrow_read_every_record_exactly_as_sent(agent_factory, top
     t = d.to_table(columns=["partition", "offset"])
     assert len(set(zip(t["partition"].to_pylist(), t["offset"].to_pylist()))) == n
 
-    # The files carry statistics: an offset predicate skips row groups and files.
+    # Every file carries offset and timestamp statistics (so predicates skip row groups and
+    # files), and starts at the offset its name says.
+    import pyarrow.parquet as pq
+    files = list((agent.data_dir / "objects" / "archive").rglob("*.parquet"))
+    assert files
+    for f in files:
+        md = pq.ParquetFile(f).metadata
+        names = [md.schema.column(i).name for i in range(md.num_columns)]
+        off = md.row_group(0).column(names.index("offset")).statistics
+        ts = md.row_group(0).column(names.index("timestamp")).statistics
+        assert off is not None and off.has_min_max and ts is not None and ts.has_min_max, f
+        assert off.min == int(f.stem), f
+    # An offset predicate.
     (filtered,), = duckdb.sql(
         f"SELECT count(*) FROM read_parquet('{_glob(agent)}', hive_partitioning = true) "
         f"WHERE partition = 0 AND \"offset\" < 10"

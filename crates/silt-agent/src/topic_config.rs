@@ -271,7 +271,12 @@ mod tests {
         let d = TopicDefaults::default();
         for def in DEFS {
             let v = default_value(def.name, &d);
-            assert!(!v.is_empty(), "{} has no default", def.name);
+            // A value schema is optional: its default is none.
+            assert!(
+                !v.is_empty() || def.name == ARCHIVE_VALUE_SCHEMA,
+                "{} has no default",
+                def.name
+            );
             validate(def.name, &v).unwrap_or_else(|e| panic!("default of {}: {e}", def.name));
         }
     }
@@ -283,6 +288,17 @@ mod tests {
         let e = validate("retention.ms", "soon").unwrap_err().to_string();
         assert!(e.contains("soon") && e.contains("retention.ms"), "{e}");
         assert!(validate("cleanup.policy", "compact,delete").is_ok());
+        let e = validate(
+            ARCHIVE_VALUE_SCHEMA,
+            r#"{"fields":[{"name":"x","type":"money"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("money") && e.contains(ARCHIVE_VALUE_SCHEMA),
+            "{e}"
+        );
+        assert!(validate(ARCHIVE_ENABLE, "maybe").is_err());
         assert!(validate("cleanup.policy", "shred").is_err());
         assert!(validate("max.message.bytes", "99999999999").is_err());
     }
