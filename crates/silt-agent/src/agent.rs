@@ -92,6 +92,7 @@ pub struct Agent {
     reactor: JoinHandle<()>,
     controller: JoinHandle<()>,
     archiver: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
     lease_lost: watch::Receiver<bool>,
     lease: silt_meta::LeaseId,
     stop_accepting: watch::Sender<bool>,
@@ -223,6 +224,8 @@ impl Agent {
             meta_stats,
             session: session.clone(),
             archive: Default::default(),
+            lifecycle_lock: Default::default(),
+            gc: Default::default(),
             log_levels: c.log_levels,
             storage: c.storage,
             clock: c.clock,
@@ -241,6 +244,11 @@ impl Agent {
                 .run(broker.topics.subscribe(), broker.groups.clone()),
         );
         let archiver = tokio::spawn(crate::archiver::run(broker.clone()));
+        let background = vec![
+            tokio::spawn(crate::lifecycle::retention::run(broker.clone())),
+            tokio::spawn(crate::lifecycle::gc::run(broker.clone())),
+            tokio::spawn(publish_progress(broker.clone(), session.clone(), lease)),
+        ];
         let controller = tokio::spawn(controller::run(
             broker.meta.clone(),
             Identity {
@@ -293,6 +301,7 @@ impl Agent {
             reactor,
             controller,
             archiver,
+            background,
             lease_lost,
             lease,
             stop_accepting,
@@ -331,6 +340,9 @@ impl Agent {
         let started = std::time::Instant::now();
         self.keepalive.abort();
         self.archiver.abort();
+        for t in &self.background {
+            t.abort();
+        }
         self.broker.flusher.close();
         // Bounded: with the metadata store unreachable, commits cannot finish; what is not
         // committed was never acknowledged with acks=all.
@@ -392,6 +404,40 @@ async fn keep_lease(
                 return;
             }
             Err(e) => tracing::warn!(error = %e, "renewing this agent's lease failed; retrying"),
+        }
+    }
+}
+
+/// Publishes, under the agent's lease, the last flush generation this session finished, so
+/// garbage collection knows which of its unreferenced objects can never be committed any more.
+async fn publish_progress(broker: Arc<Broker>, session: String, lease: silt_meta::LeaseId) {
+    let key = agents::session_progress_key(&session);
+    let mut rx = broker.flusher.subscribe();
+    let mut published = None;
+    loop {
+        let done = rx.borrow_and_update().committed;
+        if published != Some(done) {
+            let put = silt_meta::Op::Put {
+                key: key.clone().into_bytes(),
+                value: done.to_string().into_bytes(),
+                lease,
+            };
+            match broker
+                .meta
+                .txn(silt_meta::Txn {
+                    success: vec![put],
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) => published = Some(done),
+                Err(e) => tracing::debug!(error = %e, "publishing flush progress failed; retrying"),
+            }
+        }
+        // At most once a second: GC only needs a recent value.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

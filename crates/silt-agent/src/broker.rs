@@ -41,6 +41,10 @@ pub struct Broker {
     pub session: String,
     /// Parquet archiver state.
     pub archive: crate::archiver::ArchiveState,
+    /// Serialises log-start moves (retention, DeleteRecords).
+    pub lifecycle_lock: tokio::sync::Mutex<()>,
+    /// Garbage-collection counters.
+    pub gc: crate::lifecycle::gc::GcStats,
     /// Run-time log level control.
     pub log_levels: Option<Arc<dyn crate::log_levels::LogLevels>>,
     /// Object store.

@@ -297,6 +297,50 @@ fn leadership(b: &Broker, out: &mut String) {
     }
     header(
         out,
+        "silt_log_start_offset",
+        "Log start offset per partition led here (moved by retention and DeleteRecords).",
+        "gauge",
+    );
+    for p in &local {
+        let ls = p.lock().log_start;
+        let _ = writeln!(
+            out,
+            "silt_log_start_offset{{topic=\"{}\",partition=\"{}\"}} {ls}",
+            label(&p.topic),
+            p.index
+        );
+    }
+    let g = &b.gc;
+    single(
+        out,
+        "silt_gc_passes_total",
+        "Garbage-collection passes run (on the controller).",
+        "counter",
+        g.passes.load(r),
+    );
+    single(
+        out,
+        "silt_gc_deleted_objects_total",
+        "Unreferenced objects deleted.",
+        "counter",
+        g.deleted.load(r),
+    );
+    single(
+        out,
+        "silt_gc_deleted_bytes_total",
+        "Bytes of unreferenced objects deleted.",
+        "counter",
+        g.deleted_bytes.load(r),
+    );
+    single(
+        out,
+        "silt_gc_candidates",
+        "Unreferenced objects waiting out the grace period.",
+        "gauge",
+        g.candidates.load(r),
+    );
+    header(
+        out,
         "silt_high_watermark",
         "High watermark per partition led here.",
         "gauge",

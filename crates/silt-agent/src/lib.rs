@@ -20,6 +20,7 @@ pub mod exposition;
 pub mod flush;
 pub mod groups;
 pub mod handlers;
+pub mod lifecycle;
 pub mod log_levels;
 pub mod metrics;
 pub mod partition;

@@ -75,6 +75,7 @@ impl Partition {
         fence_revision: i64,
     ) -> Result<Self, MetaError> {
         let entries = index::load_partition(meta, &topic_id, index).await?;
+        let stored_start = index::load_log_start(meta, &topic_id, index).await?;
         let mut p = Self::new(topic, topic_id, index);
         p.fence_revision = fence_revision;
         {
@@ -86,8 +87,13 @@ impl Partition {
                 }
                 st.on_commit(e);
             }
+            // With every entry deleted by retention, the log ends where it starts.
+            st.high_watermark = st.high_watermark.max(stored_start);
             st.next_offset = st.high_watermark;
-            st.log_start = st.segments.first().map_or(0, |s| s.base_offset);
+            st.log_start = st
+                .segments
+                .first()
+                .map_or(stored_start, |s| s.base_offset.max(stored_start));
         }
         Ok(p)
     }
@@ -133,6 +139,17 @@ impl PartitionState {
         self.high_watermark = entry.last_offset + 1;
         self.next_offset = self.next_offset.max(self.high_watermark);
         self.segments.push(entry);
+    }
+
+    /// Moves the log start to `offset` (never backwards, never past the high watermark) and
+    /// forgets the ranges wholly below it.
+    pub fn truncate_before(&mut self, offset: i64) {
+        let offset = offset.min(self.high_watermark);
+        if offset <= self.log_start {
+            return;
+        }
+        self.log_start = offset;
+        self.segments.retain(|s| s.last_offset >= offset);
     }
 
     /// The committed ranges to read for a fetch at `offset` of up to `max_bytes`.

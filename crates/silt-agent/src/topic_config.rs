@@ -217,8 +217,10 @@ pub struct Resolved {
     pub max_message_bytes: usize,
     /// `message.timestamp.type = LogAppendTime`.
     pub log_append_time: bool,
-    /// `retention.ms`.
+    /// `retention.ms` (-1: forever).
     pub retention_ms: i64,
+    /// `retention.bytes` per partition (-1: unbounded).
+    pub retention_bytes: i64,
     /// Records may be at most this much older than the broker's clock
     /// (`message.timestamp.before.max.ms`, or the older `message.timestamp.difference.max.ms`).
     pub timestamp_before_max_ms: i64,
@@ -250,6 +252,7 @@ impl Resolved {
                 .unwrap_or(d.max_message_bytes as usize),
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             retention_ms: get("retention.ms").parse().unwrap_or(d.retention_ms),
+            retention_bytes: get("retention.bytes").parse().unwrap_or(-1),
             timestamp_before_max_ms: bound("message.timestamp.before.max.ms"),
             timestamp_after_max_ms: bound("message.timestamp.after.max.ms"),
             archive: get(ARCHIVE_ENABLE).eq_ignore_ascii_case("true"),

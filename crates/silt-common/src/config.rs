@@ -40,6 +40,8 @@ pub struct Settings {
     pub groups: GroupSettings,
     /// Parquet archiving.
     pub archive: ArchiveSettings,
+    /// Retention and garbage collection.
+    pub lifecycle: LifecycleSettings,
 }
 
 impl Default for Settings {
@@ -58,6 +60,30 @@ impl Default for Settings {
             topics: TopicDefaults::default(),
             groups: GroupSettings::default(),
             archive: ArchiveSettings::default(),
+            lifecycle: LifecycleSettings::default(),
+        }
+    }
+}
+
+/// Retention and garbage collection of the raw log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleSettings {
+    /// How often each partition's leader applies `retention.ms` / `retention.bytes`.
+    pub retention_interval_ms: u64,
+    /// How often the controller looks for objects no index entry references.
+    pub gc_interval_ms: u64,
+    /// How long an object must stay unreferenced before it is deleted (covers fetches that
+    /// located it just before it stopped being referenced).
+    pub gc_grace_ms: u64,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self {
+            retention_interval_ms: 30_000,
+            gc_interval_ms: 60_000,
+            gc_grace_ms: 600_000,
         }
     }
 }
@@ -97,6 +123,9 @@ pub struct ObjectStoreSettings {
     /// Extra latency added to every object-store call, in milliseconds (fault injection for
     /// tests and demonstrations of backpressure; 0 in production).
     pub inject_latency_ms: u64,
+    /// A pause after every successful PUT, before the writer goes on (fault injection: opens a
+    /// window between an object's PUT and its metadata commit; 0 in production).
+    pub inject_after_put_ms: u64,
     /// The bucket and endpoint for `kind = "s3"`.
     pub s3: S3Settings,
 }
@@ -128,6 +157,7 @@ impl Default for ObjectStoreSettings {
             kind: ObjectStoreKind::Local,
             path: None,
             inject_latency_ms: 0,
+            inject_after_put_ms: 0,
             s3: S3Settings::default(),
         }
     }
@@ -357,6 +387,16 @@ impl Settings {
             return bad(
                 &format!("metadata.lease_ttl_ms = {}", self.metadata.lease_ttl_ms),
                 "must be at least 2000",
+            );
+        }
+        let l = &self.lifecycle;
+        if l.retention_interval_ms < 100 || l.gc_interval_ms < 100 {
+            return bad(
+                &format!(
+                    "lifecycle.retention_interval_ms = {}, lifecycle.gc_interval_ms = {}",
+                    l.retention_interval_ms, l.gc_interval_ms
+                ),
+                "both must be at least 100",
             );
         }
         if self.archive.interval_ms < 100 || self.archive.max_file_records == 0 {

@@ -86,6 +86,8 @@ pub struct Faults {
     pub latency_ms: AtomicU64,
     /// The next this-many PUT attempts fail with a transient error.
     pub fail_puts: AtomicU32,
+    /// A pause after every successful PUT, in milliseconds.
+    pub after_put_ms: AtomicU64,
 }
 
 /// An object-store failure after retries.
@@ -323,6 +325,10 @@ impl Storage {
         self.stats
             .put_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let pause = self.faults.after_put_ms.load(Ordering::Relaxed);
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
         Ok(())
     }
 
@@ -345,6 +351,20 @@ impl Storage {
             .put_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Every object under `prefix`, with its size.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(Path, u64)>, StorageError> {
+        use futures::TryStreamExt;
+        let p = Path::from(prefix);
+        self.retry("LIST", &p, || async {
+            self.inner
+                .list(Some(&p))
+                .map_ok(|m| (m.location, m.size))
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await
     }
 
     /// Reads `range` of an object (the whole object if `None`).

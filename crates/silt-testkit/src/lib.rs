@@ -69,6 +69,11 @@ impl Etcd {
         }
     }
 
+    /// The server's process id (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops etcd (SIGKILL) and starts it again on the same data and ports.
     pub fn restart(&mut self, down_for: Duration) {
         let _ = self.child.kill();

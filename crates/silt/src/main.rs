@@ -145,6 +145,16 @@ async fn run_agent(
             std::sync::atomic::Ordering::Relaxed,
         );
     }
+    if settings.object_store.inject_after_put_ms > 0 {
+        tracing::warn!(
+            pause_ms = settings.object_store.inject_after_put_ms,
+            "object_store.inject_after_put_ms is set: every PUT is followed by a pause (fault injection)"
+        );
+        storage.faults().after_put_ms.store(
+            settings.object_store.inject_after_put_ms,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let agent = Agent::start(
         settings,
         Components {

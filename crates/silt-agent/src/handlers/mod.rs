@@ -5,6 +5,7 @@
 mod admin;
 mod api_versions;
 mod coordinator;
+mod delete_records;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -83,6 +84,9 @@ pub async fn dispatch(
         )),
         R::OffsetFetch(r) => now(ResponseKind::OffsetFetch(offsets::fetch(broker, r, v))),
         R::OffsetDelete(r) => now(ResponseKind::OffsetDelete(offsets::delete(broker, r).await)),
+        R::DeleteRecords(r) => now(ResponseKind::DeleteRecords(
+            delete_records::handle(broker, r).await,
+        )),
         R::InitProducerId(r) => now(ResponseKind::InitProducerId(
             producer_id::handle(broker, r).await,
         )),

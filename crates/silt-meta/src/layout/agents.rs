@@ -133,6 +133,26 @@ pub async fn list(kv: &dyn MetaKv) -> Result<BTreeMap<i32, Registration>, MetaEr
     Ok(out)
 }
 
+/// The key where a live session publishes the last flush generation it finished (committed or
+/// refused), bound to its lease: GC may delete an unreferenced object of a live session only at
+/// or below it.
+pub fn session_progress_key(session: &str) -> String {
+    format!("{}/sessions/{session}", super::ROOT)
+}
+
+/// Every live session's published progress.
+pub async fn session_progress(
+    kv: &dyn MetaKv,
+) -> Result<std::collections::HashMap<String, u64>, MetaError> {
+    let prefix = format!("{}/sessions/", super::ROOT);
+    let mut out = std::collections::HashMap::new();
+    for item in kv.range(RangeRequest::prefix(prefix.clone())).await? {
+        let k = String::from_utf8_lossy(&item.key[prefix.len()..]).into_owned();
+        out.insert(k, decode_json(&item.key, &item.value)?);
+    }
+    Ok(out)
+}
+
 /// The compare every commit of an agent carries: its registration is still exactly `value`.
 pub fn registered(node_id: i32, value: &[u8]) -> Compare {
     Compare::value(key(node_id), value.to_vec())

@@ -33,6 +33,11 @@ pub struct Progress {
     pub files: u64,
 }
 
+/// Decodes a progress value.
+pub fn decode(value: &[u8]) -> Result<Progress, MetaError> {
+    decode_json(b"/silt/archive/", value)
+}
+
 /// Prefix of every progress key of a topic.
 pub fn topic_prefix(topic_id: &Uuid) -> String {
     format!("{}/archive/{}/", super::ROOT, topic_id.simple())

@@ -89,6 +89,9 @@ pub async fn delete(kv: &dyn MetaKv, name: &str) -> Result<Option<TopicRecord>, 
                 Op::DeletePrefix {
                     prefix: archive::topic_prefix(&topic.id).into_bytes(),
                 },
+                Op::DeletePrefix {
+                    prefix: index::log_start_topic_prefix(&topic.id).into_bytes(),
+                },
             ],
             failure: vec![],
         })

@@ -6,6 +6,10 @@
 //! last entry's `last_offset + 1`. Entries also carry the idempotent-producer state of the
 //! batches they cover so a new leader can rebuild it without reading objects.
 //! The count of entries per partition grows with flushes until the compaction issue folds them.
+//!
+//! `/silt/log-start/{topic_id}/{partition:010}` holds a partition's log start offset once
+//! retention or DeleteRecords moved it: entries below it are deleted in the same transaction, and
+//! with no entry left the high watermark is the log start.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -69,6 +73,62 @@ pub fn put_op(topic_id: &Uuid, partition: i32, entry: &IndexEntry) -> Op {
         key(topic_id, partition, entry.base_offset),
         encode_json(entry),
     )
+}
+
+/// The log-start key of a partition.
+pub fn log_start_key(topic_id: &Uuid, partition: i32) -> String {
+    format!(
+        "{}/log-start/{}/{partition:010}",
+        super::ROOT,
+        topic_id.simple()
+    )
+}
+
+/// Prefix of a topic's log-start keys.
+pub fn log_start_topic_prefix(topic_id: &Uuid) -> String {
+    format!("{}/log-start/{}/", super::ROOT, topic_id.simple())
+}
+
+/// A partition's stored log start (0 if never moved).
+pub async fn load_log_start(
+    kv: &dyn MetaKv,
+    topic_id: &Uuid,
+    partition: i32,
+) -> Result<i64, MetaError> {
+    match kv
+        .get(log_start_key(topic_id, partition).as_bytes())
+        .await?
+    {
+        Some(v) => decode_json(&v.key, &v.value),
+        None => Ok(0),
+    }
+}
+
+/// The put that records a log start.
+pub fn log_start_op(topic_id: &Uuid, partition: i32, offset: i64) -> Op {
+    Op::put(log_start_key(topic_id, partition), encode_json(&offset))
+}
+
+/// The delete of one entry.
+pub fn delete_op(topic_id: &Uuid, partition: i32, base_offset: i64) -> Op {
+    Op::Delete {
+        key: key(topic_id, partition, base_offset).into_bytes(),
+    }
+}
+
+/// Every object any index entry references (a full scan of the index).
+pub async fn referenced_objects(
+    kv: &dyn MetaKv,
+) -> Result<std::collections::HashSet<String>, MetaError> {
+    let mut out = std::collections::HashSet::new();
+    for item in kv
+        .range(RangeRequest::prefix(format!("{}/index/", super::ROOT)))
+        .await?
+    {
+        let e: IndexEntry = decode_json(&item.key, &item.value)?;
+        out.insert(e.object);
+    }
+    Ok(out)
 }
 
 /// Every entry of a partition, in offset order.

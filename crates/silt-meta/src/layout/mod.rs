@@ -11,6 +11,8 @@
 //! /silt/topics/{name}                                TopicRecord
 //! /silt/index/{topic_id}/{partition:010}/{base:020}  IndexEntry: where an offset range lives
 //! /silt/archive/{topic_id}/{partition:010}          Progress: Parquet archiving of a partition
+//! /silt/log-start/{topic_id}/{partition:010}         log start offset moved by retention / DeleteRecords
+//! /silt/sessions/{session}                           last flush generation a live session finished (leased)
 //! /silt/producer-ids/next                            next unallocated producer id (i64)
 //! /silt/groups/{group}/offsets/{topic}/{p:010}       Committed: a group's committed offset
 //! /silt/groups/{group}/protocol-type                 protocol type of a group that had members

@@ -9,5 +9,6 @@ mod durability;
 mod groups;
 mod harness;
 mod kafka;
+mod lifecycle;
 mod protocol;
 mod write_path;

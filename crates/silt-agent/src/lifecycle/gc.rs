@@ -1,0 +1,184 @@
+//! Garbage collection, run by the controller (one agent at a time): deletes flush objects no
+//! index entry references, and archive staging files no progress record references.
+//!
+//! An object is deleted only when all of these hold:
+//! - no index entry (or pending archive file) references it, read *after* listing, so an object
+//!   committed meanwhile is seen as referenced;
+//! - its writer is finished with it: the writing session is gone (its commits can never land,
+//!   they compare its registration), or it is live and published a finished flush generation at
+//!   or past the object's (archive staging files: the session is gone);
+//! - it stayed unreferenced for `lifecycle.gc_grace_ms` on this controller, so a fetch that
+//!   located it just before retention dropped its entry still reads it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use silt_meta::layout::{agents, archive, index};
+use silt_meta::RangeRequest;
+
+use crate::broker::Broker;
+
+/// GC counters.
+#[derive(Debug, Default)]
+pub struct GcStats {
+    /// Passes run (on the controller).
+    pub passes: AtomicU64,
+    /// Objects deleted.
+    pub deleted: AtomicU64,
+    /// Bytes of objects deleted.
+    pub deleted_bytes: AtomicU64,
+    /// Unreferenced objects waiting out the grace period after the last pass.
+    pub candidates: AtomicU64,
+}
+
+/// Runs passes while this agent is the controller, until the task is aborted.
+pub async fn run(b: Arc<Broker>) {
+    let every = Duration::from_millis(b.settings.lifecycle.gc_interval_ms);
+    let mut iv = tokio::time::interval(every);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since: HashMap<String, Instant> = HashMap::new();
+    loop {
+        iv.tick().await;
+        if b.cluster.controller_id() != Some(b.node.id) {
+            since.clear();
+            continue;
+        }
+        if let Err(e) = pass(&b, &mut since).await {
+            tracing::warn!(error = %e, "garbage collection pass failed; retrying at the next interval");
+        }
+    }
+}
+
+/// `flush/{node}/{session}/{seq:012}.silt` -> (session, seq).
+fn flush_writer(path: &str) -> Option<(&str, u64)> {
+    let mut parts = path.strip_prefix("flush/")?.split('/');
+    let (_node, session, file) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((session, file.strip_suffix(".silt")?.parse().ok()?))
+}
+
+/// `_silt/archive-staging/{topic}/{p}/{base}-{session}.parquet` -> session.
+fn staging_writer(path: &str) -> Option<&str> {
+    let file = path.rsplit('/').next()?;
+    file.strip_suffix(".parquet")?
+        .split_once('-')
+        .map(|(_, s)| s)
+}
+
+/// One pass; returns how many objects it deleted.
+pub async fn pass(b: &Broker, since: &mut HashMap<String, Instant>) -> Result<usize, String> {
+    let flushes = b.storage.list("flush/").await.map_err(|e| e.to_string())?;
+    let staged = b
+        .storage
+        .list("_silt/archive-staging/")
+        .await
+        .map_err(|e| e.to_string())?;
+    // References are read after listing: anything committed meanwhile counts as referenced.
+    let meta = b.meta.as_ref();
+    let referenced = index::referenced_objects(meta)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut pending = HashSet::new();
+    for kv in meta
+        .range(RangeRequest::prefix(format!(
+            "{}/archive/",
+            silt_meta::layout::ROOT
+        )))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if let Ok(p) = serde_json_progress(&kv.value) {
+            if let Some(f) = p.pending {
+                pending.insert(f.staging);
+            }
+        }
+    }
+    let registered: HashSet<String> = agents::list(meta)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_values()
+        .map(|r| r.session)
+        .collect();
+    let finished = agents::session_progress(meta)
+        .await
+        .map_err(|e| e.to_string())?;
+    let grace = Duration::from_millis(b.settings.lifecycle.gc_grace_ms);
+    let now = Instant::now();
+    let mut doomed = Vec::new();
+    let mut seen = HashSet::new();
+    for (path, size) in flushes.iter().chain(&staged) {
+        let p = path.as_ref();
+        seen.insert(p.to_string());
+        let done = if let Some((session, seq)) = flush_writer(p) {
+            !referenced.contains(p)
+                && (!registered.contains(session)
+                    || finished.get(session).is_some_and(|f| *f >= seq))
+        } else if let Some(session) = staging_writer(p) {
+            !pending.contains(p) && !registered.contains(session)
+        } else {
+            false
+        };
+        if !done {
+            since.remove(p);
+            continue;
+        }
+        let first = *since.entry(p.to_string()).or_insert(now);
+        if now.duration_since(first) >= grace {
+            doomed.push((path.clone(), *size));
+        }
+    }
+    since.retain(|k, _| seen.contains(k));
+    tracing::debug!(
+        listed = flushes.len() + staged.len(),
+        referenced = referenced.len(),
+        waiting = since.len(),
+        due = doomed.len(),
+        "garbage collection pass"
+    );
+    let mut deleted = 0;
+    for (path, size) in doomed {
+        match b.storage.delete(&path).await {
+            Ok(()) => {
+                deleted += 1;
+                since.remove(path.as_ref());
+                b.gc.deleted.fetch_add(1, Ordering::Relaxed);
+                b.gc.deleted_bytes.fetch_add(size, Ordering::Relaxed);
+                tracing::debug!(%path, "garbage object deleted");
+            }
+            Err(e) => tracing::warn!(%path, error = %e, "deleting a garbage object failed"),
+        }
+    }
+    b.gc.passes.fetch_add(1, Ordering::Relaxed);
+    b.gc.candidates.store(since.len() as u64, Ordering::Relaxed);
+    if deleted > 0 {
+        tracing::info!(
+            deleted,
+            waiting = since.len(),
+            "garbage collection deleted unreferenced objects"
+        );
+    }
+    Ok(deleted)
+}
+
+fn serde_json_progress(v: &[u8]) -> Result<archive::Progress, ()> {
+    archive::decode(v).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_are_read_from_paths() {
+        assert_eq!(
+            flush_writer("flush/3/abc/000000000042.silt"),
+            Some(("abc", 42))
+        );
+        assert_eq!(flush_writer("flush/3/abc"), None);
+        assert_eq!(
+            staging_writer("_silt/archive-staging/t/0/00000000000000000010-sess.parquet"),
+            Some("sess")
+        );
+    }
+}
