@@ -59,6 +59,7 @@ def _produce_mixed(bootstrap, topic, n, partitions=3):
     """n records over `partitions` partitions from five producers, one per codec; returns
     {(partition, offset): (key, value, headers, timestamp)} from the delivery reports."""
     sent = {}
+    now_ms = int(time.time() * 1000)
     codecs = ["none", "gzip", "snappy", "lz4", "zstd"]
     for i, codec in enumerate(codecs):
         p = Producer({"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 5})
@@ -66,7 +67,7 @@ def _produce_mixed(bootstrap, topic, n, partitions=3):
             key = None if j % 7 == 0 else f"k{j}".encode()
             value = None if j % 11 == 0 else f"value-{j}-{codec}".encode()
             headers = [("seq", str(j).encode()), ("codec", codec.encode())] if j % 3 else []
-            ts = 1_764_000_000_000 + j
+            ts = now_ms - n + j  # recent: inside the default retention
 
             def report(err, msg, key=key, value=value, headers=headers, ts=ts):
                 assert err is None, err

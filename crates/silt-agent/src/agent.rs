@@ -226,6 +226,7 @@ impl Agent {
             archive: Default::default(),
             lifecycle_lock: Default::default(),
             gc: Default::default(),
+            compaction: Default::default(),
             log_levels: c.log_levels,
             storage: c.storage,
             clock: c.clock,
@@ -247,6 +248,7 @@ impl Agent {
         let background = vec![
             tokio::spawn(crate::lifecycle::retention::run(broker.clone())),
             tokio::spawn(crate::lifecycle::gc::run(broker.clone())),
+            tokio::spawn(crate::lifecycle::compaction::run(broker.clone())),
             tokio::spawn(publish_progress(broker.clone(), session.clone(), lease)),
         ];
         let controller = tokio::spawn(controller::run(
@@ -408,36 +410,31 @@ async fn keep_lease(
     }
 }
 
-/// Publishes, under the agent's lease, the last flush generation this session finished, so
-/// garbage collection knows which of its unreferenced objects can never be committed any more.
+/// Publishes, under the agent's lease, the last flush generation and compaction step this
+/// session finished, so garbage collection knows which of its unreferenced objects can never be
+/// committed any more. At most once a second, and only on change.
 async fn publish_progress(broker: Arc<Broker>, session: String, lease: silt_meta::LeaseId) {
-    let key = agents::session_progress_key(&session);
-    let mut rx = broker.flusher.subscribe();
     let mut published = None;
+    let mut iv = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
-        let done = rx.borrow_and_update().committed;
-        if published != Some(done) {
-            let put = silt_meta::Op::Put {
-                key: key.clone().into_bytes(),
-                value: done.to_string().into_bytes(),
-                lease,
-            };
-            match broker
-                .meta
-                .txn(silt_meta::Txn {
-                    success: vec![put],
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(_) => published = Some(done),
-                Err(e) => tracing::debug!(error = %e, "publishing flush progress failed; retrying"),
-            }
+        iv.tick().await;
+        let now = agents::SessionProgress {
+            flush: broker.flusher.subscribe().borrow().committed,
+            compact: broker
+                .compaction
+                .finished
+                .load(std::sync::atomic::Ordering::SeqCst),
+        };
+        if published == Some(now) {
+            continue;
         }
-        // At most once a second: GC only needs a recent value.
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        if rx.changed().await.is_err() {
-            return;
+        let txn = silt_meta::Txn {
+            success: vec![agents::session_progress_op(&session, &now, lease)],
+            ..Default::default()
+        };
+        match broker.meta.txn(txn).await {
+            Ok(_) => published = Some(now),
+            Err(e) => tracing::debug!(error = %e, "publishing session progress failed; retrying"),
         }
     }
 }

@@ -229,7 +229,13 @@ async fn archive_partition(b: &Broker, p: &Arc<Partition>, topic: &Topic) -> Res
         })
         .await
         .map_err(|e| Failure::Read(format!("the Parquet writer task failed: {e}")))??;
-        let staging = layout::staging(&p.topic_id.simple().to_string(), p.index, base, &b.session);
+        let staging = layout::staging(
+            &p.topic_id.simple().to_string(),
+            p.index,
+            base,
+            last,
+            &b.session,
+        );
         let visible = layout::visible(&prefix, &p.topic, p.index, &date, base);
         b.storage
             .put(&Path::from(staging.as_str()), built.parquet.clone())

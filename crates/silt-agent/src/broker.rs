@@ -45,6 +45,8 @@ pub struct Broker {
     pub lifecycle_lock: tokio::sync::Mutex<()>,
     /// Garbage-collection counters.
     pub gc: crate::lifecycle::gc::GcStats,
+    /// Compaction counters.
+    pub compaction: crate::lifecycle::compaction::CompactionStats,
     /// Run-time log level control.
     pub log_levels: Option<Arc<dyn crate::log_levels::LogLevels>>,
     /// Object store.

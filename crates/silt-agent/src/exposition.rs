@@ -310,6 +310,35 @@ fn leadership(b: &Broker, out: &mut String) {
             p.index
         );
     }
+    let cs = &b.compaction;
+    single(
+        out,
+        "silt_compaction_segments_total",
+        "Compacted segments committed.",
+        "counter",
+        cs.segments.load(r),
+    );
+    single(
+        out,
+        "silt_compaction_entries_folded_total",
+        "Index entries folded away by compaction.",
+        "counter",
+        cs.entries_folded.load(r),
+    );
+    single(
+        out,
+        "silt_compaction_bytes_total",
+        "Bytes rewritten into compacted segments.",
+        "counter",
+        cs.bytes.load(r),
+    );
+    single(
+        out,
+        "silt_compaction_failures_total",
+        "Compaction steps that failed (retried).",
+        "counter",
+        cs.failures.load(r),
+    );
     let g = &b.gc;
     single(
         out,

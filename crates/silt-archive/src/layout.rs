@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! {prefix}/topic={topic}/partition={p}/date={YYYY-MM-DD}/{base_offset:020}.parquet   visible
-//! _silt/archive-staging/{topic_id}/{p}/{base_offset:020}-{session}.parquet        being committed
+//! _silt/archive-staging/{topic_id}/{p}/{base:020}-{last:020}-{session}.parquet  being committed
 //! ```
 //!
 //! A file holds offsets of one partition starting on one UTC day (of its first record). Only
@@ -16,9 +16,10 @@ pub fn visible(prefix: &str, topic: &str, partition: i32, date: &str, base: i64)
     format!("{prefix}/topic={topic}/partition={partition}/date={date}/{base:020}.parquet")
 }
 
-/// The staging path of an attempt (outside every archive prefix).
-pub fn staging(topic_id: &str, partition: i32, base: i64, session: &str) -> String {
-    format!("_silt/archive-staging/{topic_id}/{partition}/{base:020}-{session}.parquet")
+/// The staging path of an attempt (outside every archive prefix); unique per content, since
+/// object writes are create-only.
+pub fn staging(topic_id: &str, partition: i32, base: i64, last: i64, session: &str) -> String {
+    format!("_silt/archive-staging/{topic_id}/{partition}/{base:020}-{last:020}-{session}.parquet")
 }
 
 /// `YYYY-MM-DD` (UTC) of a millisecond timestamp (negative timestamps count as the epoch).

@@ -76,14 +76,24 @@ pub struct LifecycleSettings {
     /// How long an object must stay unreferenced before it is deleted (covers fetches that
     /// located it just before it stopped being referenced).
     pub gc_grace_ms: u64,
+    /// How often each partition's leader compacts its small committed ranges.
+    pub compact_interval_ms: u64,
+    /// Compact once a partition has this many committed ranges (index entries) below the last
+    /// few; they are folded into segments.
+    pub compact_min_entries: usize,
+    /// Largest compacted segment, in bytes.
+    pub segment_bytes: u64,
 }
 
 impl Default for LifecycleSettings {
     fn default() -> Self {
         Self {
-            retention_interval_ms: 30_000,
+            retention_interval_ms: 300_000,
             gc_interval_ms: 60_000,
             gc_grace_ms: 600_000,
+            compact_interval_ms: 30_000,
+            compact_min_entries: 32,
+            segment_bytes: 64 << 20,
         }
     }
 }
@@ -390,6 +400,15 @@ impl Settings {
             );
         }
         let l = &self.lifecycle;
+        if l.compact_interval_ms < 100 || l.compact_min_entries < 2 || l.segment_bytes < 1024 {
+            return bad(
+                &format!(
+                    "lifecycle.compact_interval_ms = {}, lifecycle.compact_min_entries = {}, lifecycle.segment_bytes = {}",
+                    l.compact_interval_ms, l.compact_min_entries, l.segment_bytes
+                ),
+                "the interval must be at least 100, at least 2 entries, segments at least 1024 bytes",
+            );
+        }
         if l.retention_interval_ms < 100 || l.gc_interval_ms < 100 {
             return bad(
                 &format!(

@@ -1,12 +1,13 @@
-//! Garbage collection, run by the controller (one agent at a time): deletes flush objects no
-//! index entry references, and archive staging files no progress record references.
+//! Garbage collection, run by the controller (one agent at a time): deletes flush objects and
+//! compacted segments no index entry references, and archive staging files no progress record
+//! references.
 //!
 //! An object is deleted only when all of these hold:
 //! - no index entry (or pending archive file) references it, read *after* listing, so an object
 //!   committed meanwhile is seen as referenced;
 //! - its writer is finished with it: the writing session is gone (its commits can never land,
 //!   they compare its registration), or it is live and published a finished flush generation at
-//!   or past the object's (archive staging files: the session is gone);
+//!   or past the object's (segments and archive staging files: the session is gone);
 //! - it stayed unreferenced for `lifecycle.gc_grace_ms` on this controller, so a fetch that
 //!   located it just before retention dropped its entry still reads it.
 
@@ -51,6 +52,21 @@ pub async fn run(b: Arc<Broker>) {
     }
 }
 
+/// `segments/{topic}/{p}/{session}/{step:012}-{base}-{last}.silt` -> (session, step).
+fn segment_writer(path: &str) -> Option<(&str, u64)> {
+    let parts: Vec<&str> = path.strip_prefix("segments/")?.split('/').collect();
+    if parts.len() != 4 {
+        return None;
+    }
+    let step = parts[3]
+        .strip_suffix(".silt")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()?;
+    Some((parts[2], step))
+}
+
 /// `flush/{node}/{session}/{seq:012}.silt` -> (session, seq).
 fn flush_writer(path: &str) -> Option<(&str, u64)> {
     let mut parts = path.strip_prefix("flush/")?.split('/');
@@ -58,22 +74,26 @@ fn flush_writer(path: &str) -> Option<(&str, u64)> {
     Some((session, file.strip_suffix(".silt")?.parse().ok()?))
 }
 
-/// `_silt/archive-staging/{topic}/{p}/{base}-{session}.parquet` -> session.
+/// `_silt/archive-staging/{topic}/{p}/{base}-{last}-{session}.parquet` -> session.
 fn staging_writer(path: &str) -> Option<&str> {
     let file = path.rsplit('/').next()?;
-    file.strip_suffix(".parquet")?
-        .split_once('-')
-        .map(|(_, s)| s)
+    file.strip_suffix(".parquet")?.splitn(3, '-').nth(2)
 }
 
 /// One pass; returns how many objects it deleted.
 pub async fn pass(b: &Broker, since: &mut HashMap<String, Instant>) -> Result<usize, String> {
     let flushes = b.storage.list("flush/").await.map_err(|e| e.to_string())?;
-    let staged = b
+    let mut staged = b
         .storage
         .list("_silt/archive-staging/")
         .await
         .map_err(|e| e.to_string())?;
+    let segments = b
+        .storage
+        .list("segments/")
+        .await
+        .map_err(|e| e.to_string())?;
+    staged.extend(segments);
     // References are read after listing: anything committed meanwhile counts as referenced.
     let meta = b.meta.as_ref();
     let referenced = index::referenced_objects(meta)
@@ -113,9 +133,13 @@ pub async fn pass(b: &Broker, since: &mut HashMap<String, Instant>) -> Result<us
         let done = if let Some((session, seq)) = flush_writer(p) {
             !referenced.contains(p)
                 && (!registered.contains(session)
-                    || finished.get(session).is_some_and(|f| *f >= seq))
+                    || finished.get(session).is_some_and(|f| f.flush >= seq))
+        } else if let Some((session, step)) = segment_writer(p) {
+            !referenced.contains(p)
+                && (!registered.contains(session)
+                    || finished.get(session).is_some_and(|f| f.compact >= step))
         } else if let Some(session) = staging_writer(p) {
-            !pending.contains(p) && !registered.contains(session)
+            !pending.contains(p) && !referenced.contains(p) && !registered.contains(session)
         } else {
             false
         };
@@ -177,8 +201,16 @@ mod tests {
         );
         assert_eq!(flush_writer("flush/3/abc"), None);
         assert_eq!(
-            staging_writer("_silt/archive-staging/t/0/00000000000000000010-sess.parquet"),
+            staging_writer(
+                "_silt/archive-staging/t/0/00000000000000000010-00000000000000000020-sess.parquet"
+            ),
             Some("sess")
+        );
+        assert_eq!(
+            segment_writer(
+                "segments/t/0/sess/000000000007-00000000000000000010-00000000000000000020.silt"
+            ),
+            Some(("sess", 7))
         );
     }
 }

@@ -133,9 +133,19 @@ pub async fn list(kv: &dyn MetaKv) -> Result<BTreeMap<i32, Registration>, MetaEr
     Ok(out)
 }
 
-/// The key where a live session publishes the last flush generation it finished (committed or
-/// refused), bound to its lease: GC may delete an unreferenced object of a live session only at
-/// or below it.
+/// What a live session has finished with, published under its lease so garbage collection
+/// never deletes an object whose commit may still land. Persisted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionProgress {
+    /// Every flush generation up to this one is done (committed or refused for good).
+    #[serde(default)]
+    pub flush: u64,
+    /// Every compaction step up to this one is done.
+    #[serde(default)]
+    pub compact: u64,
+}
+
+/// The key where a live session publishes its [`SessionProgress`].
 pub fn session_progress_key(session: &str) -> String {
     format!("{}/sessions/{session}", super::ROOT)
 }
@@ -143,7 +153,7 @@ pub fn session_progress_key(session: &str) -> String {
 /// Every live session's published progress.
 pub async fn session_progress(
     kv: &dyn MetaKv,
-) -> Result<std::collections::HashMap<String, u64>, MetaError> {
+) -> Result<std::collections::HashMap<String, SessionProgress>, MetaError> {
     let prefix = format!("{}/sessions/", super::ROOT);
     let mut out = std::collections::HashMap::new();
     for item in kv.range(RangeRequest::prefix(prefix.clone())).await? {
@@ -151,6 +161,15 @@ pub async fn session_progress(
         out.insert(k, decode_json(&item.key, &item.value)?);
     }
     Ok(out)
+}
+
+/// The put that publishes a session's progress under its lease.
+pub fn session_progress_op(session: &str, p: &SessionProgress, lease: LeaseId) -> Op {
+    Op::Put {
+        key: session_progress_key(session).into_bytes(),
+        value: encode_json(p),
+        lease,
+    }
 }
 
 /// The compare every commit of an agent carries: its registration is still exactly `value`.

@@ -15,7 +15,8 @@ use crate::kafka::{self, consume, create_topic, producer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_codec_round_trips_byte_for_byte() {
-    let agent = AgentProc::start(&[]);
+    // The records carry 2023 timestamps: keep them past the default 7-day retention.
+    let agent = AgentProc::start(&[("SILT_TOPICS__RETENTION_MS", "-1")]);
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
         let topic = format!("codec-{codec}");
         let p = producer(

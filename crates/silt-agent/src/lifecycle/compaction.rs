@@ -1,0 +1,305 @@
+//! Compaction on each partition's leader: runs of small committed ranges (one index entry per
+//! flush) are folded into one segment object per run, so objects and index keys per partition
+//! stay bounded whatever the uptime.
+//!
+//! A step: pick the oldest run of at least two consecutive entries (up to
+//! `lifecycle.segment_bytes`, at most [`ENTRIES_PER_STEP`]), read their bytes, write them
+//! unchanged as one segment object, then ONE fenced transaction (this agent's registration, the
+//! partition's assignment) replaces the run's entries with one entry for the segment. Offsets
+//! and batch bytes are unchanged, so a consumer sees each offset exactly once whether it read
+//! before or after; a crash before the commit leaves an unreferenced segment (garbage), after
+//! it the old flush objects (garbage once nothing else references them). Idempotent and
+//! resumable: the next pass starts from whatever is committed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use silt_meta::layout::index::{self, IndexEntry, ProducerBatch};
+use silt_meta::Txn;
+use silt_storage::object::ObjectBuilder;
+use silt_storage::paths;
+
+use crate::broker::Broker;
+use crate::error::PartitionError;
+use crate::partition::Partition;
+
+/// Entries folded per step (etcd allows 128 operations per transaction).
+pub const ENTRIES_PER_STEP: usize = 100;
+/// Recent entries left alone: consumers at the tail read them from the cache.
+const KEEP_RECENT: usize = 4;
+/// Idempotent batches kept per producer in a folded entry (what state rebuilds need).
+const BATCHES_PER_PRODUCER: usize = 5;
+
+/// Compaction counters.
+#[derive(Debug, Default)]
+pub struct CompactionStats {
+    /// Segments committed.
+    pub segments: AtomicU64,
+    /// Index entries folded away.
+    pub entries_folded: AtomicU64,
+    /// Bytes rewritten into segments.
+    pub bytes: AtomicU64,
+    /// Steps that failed (retried next interval).
+    pub failures: AtomicU64,
+    /// Steps started (numbers segment objects).
+    pub started: AtomicU64,
+    /// Every step up to this number is done: its commit was answered for good.
+    pub finished: AtomicU64,
+}
+
+/// The run to fold next: indices `[from, to)` of `segments`, or `None`.
+pub fn plan(
+    segments: &[IndexEntry],
+    min_entries: usize,
+    segment_bytes: u64,
+) -> Option<(usize, usize)> {
+    if segments.len() < min_entries.max(2) + KEEP_RECENT {
+        return None;
+    }
+    let candidates = segments.len() - KEEP_RECENT;
+    // The first entry that is still small enough to be worth folding starts the run.
+    let start = (0..candidates).find(|&i| {
+        segments[i].len < segment_bytes / 2
+            && segments.get(i + 1).is_some_and(|n| n.len < segment_bytes)
+    })?;
+    let mut end = start;
+    let mut bytes = 0u64;
+    while end < candidates
+        && end - start < ENTRIES_PER_STEP
+        && bytes + segments[end].len <= segment_bytes
+    {
+        bytes += segments[end].len;
+        end += 1;
+    }
+    (end - start >= 2).then_some((start, end))
+}
+
+/// Keeps the last few idempotent batches of each producer, in offset order.
+fn fold_producers(entries: &[IndexEntry]) -> Vec<ProducerBatch> {
+    let all: Vec<&ProducerBatch> = entries.iter().flat_map(|e| &e.producers).collect();
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    let mut keep = vec![false; all.len()];
+    for (i, b) in all.iter().enumerate().rev() {
+        let n = seen.entry(b.pid).or_default();
+        if *n < BATCHES_PER_PRODUCER {
+            keep[i] = true;
+            *n += 1;
+        }
+    }
+    all.into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(b, _)| b.clone())
+        .collect()
+}
+
+/// Runs compaction passes until the task is aborted.
+pub async fn run(b: Arc<Broker>) {
+    let every = Duration::from_millis(b.settings.lifecycle.compact_interval_ms);
+    let mut iv = tokio::time::interval(every);
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        iv.tick().await;
+        for p in b.cluster.local_partitions() {
+            // A few steps per partition per pass, so none starves the others.
+            for _ in 0..4 {
+                match step(&b, &p).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        b.compaction.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e,
+                            "compaction step failed; retrying at the next interval");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One step on one partition; returns whether it folded anything.
+pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
+    let l = &b.settings.lifecycle;
+    let _one_at_a_time = b.lifecycle_lock.lock().await;
+    if p.is_closed() {
+        return Ok(false);
+    }
+    let run: Vec<IndexEntry> = {
+        let st = p.lock();
+        match plan(&st.segments, l.compact_min_entries, l.segment_bytes) {
+            Some((from, to)) => st.segments[from..to].to_vec(),
+            None => return Ok(false),
+        }
+    };
+    let mut datas: Vec<Bytes> = Vec::with_capacity(run.len());
+    for e in &run {
+        datas.push(crate::read::range_bytes(&b.storage, &b.cache, e).await?);
+    }
+    let first = &run[0];
+    let last = &run[run.len() - 1];
+    let max_ts = run.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
+    let mut builder = ObjectBuilder::new();
+    let f = builder.add(
+        p.topic_id,
+        p.index,
+        &datas,
+        first.base_offset,
+        last.last_offset,
+        max_ts,
+    );
+    let n = b.compaction.started.fetch_add(1, Ordering::SeqCst) + 1;
+    let path = paths::segment_object(
+        &p.topic_id,
+        p.index,
+        n,
+        first.base_offset,
+        last.last_offset,
+        &b.session,
+    );
+    let object = builder.finish();
+    let bytes = f.len;
+    let res = commit_segment(b, p, &run, &path, object, f.pos, f.len, max_ts).await;
+    // Steps run one at a time (the lifecycle lock), so step n is done when this returns.
+    b.compaction.finished.store(n, Ordering::SeqCst);
+    let folded = res?;
+    {
+        let mut st = p.lock();
+        let at = st
+            .segments
+            .iter()
+            .position(|s| s.base_offset == first.base_offset);
+        if let Some(i) = at {
+            let k = run.len().min(st.segments.len() - i);
+            st.segments.splice(i..i + k, [folded]);
+        }
+    }
+    let c = &b.compaction;
+    c.segments.fetch_add(1, Ordering::Relaxed);
+    c.entries_folded
+        .fetch_add(run.len() as u64 - 1, Ordering::Relaxed);
+    c.bytes.fetch_add(bytes, Ordering::Relaxed);
+    tracing::debug!(topic = %p.topic, partition = p.index, base = first.base_offset,
+        last = last.last_offset, entries = run.len(), bytes, %path, "compacted");
+    Ok(true)
+}
+
+/// Writes the segment and commits it, retrying an unanswered commit until the metadata store
+/// says yes or no: garbage collection relies on a finished step having a definite outcome.
+#[allow(clippy::too_many_arguments)]
+async fn commit_segment(
+    b: &Broker,
+    p: &Partition,
+    run: &[IndexEntry],
+    path: &object_store::path::Path,
+    object: Bytes,
+    pos: u64,
+    len: u64,
+    max_ts: i64,
+) -> Result<IndexEntry, PartitionError> {
+    let (first, last) = (&run[0], &run[run.len() - 1]);
+    b.storage.put(path, object).await?;
+    let folded = IndexEntry {
+        object: path.to_string(),
+        pos,
+        len,
+        base_offset: first.base_offset,
+        last_offset: last.last_offset,
+        max_timestamp: max_ts,
+        producers: fold_producers(run),
+    };
+    let mut success: Vec<_> = run
+        .iter()
+        .map(|e| index::delete_op(&p.topic_id, p.index, e.base_offset))
+        .collect();
+    // The folded entry takes the first one's key: delete-then-put of one key is not allowed
+    // in one etcd transaction, so that key is only put.
+    success.remove(0);
+    success.push(index::put_op(&p.topic_id, p.index, &folded));
+    let txn = Txn {
+        compares: vec![b.cluster.registered(), p.fence()],
+        success,
+        failure: vec![],
+    };
+    let mut attempt = 0u32;
+    loop {
+        match b.meta.txn(txn.clone()).await {
+            Ok(r) if r.succeeded => return Ok(folded),
+            Ok(_) => {
+                return Err(PartitionError::NotLeader(format!(
+                    "leadership of {}-{} moved during compaction; the segment is garbage",
+                    p.topic, p.index
+                )))
+            }
+            Err(e @ silt_meta::MetaError::Unavailable { .. }) => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "compaction commit unanswered; retrying");
+                tokio::time::sleep(Duration::from_millis((100u64 << attempt.min(5)).min(3_000)))
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(base: i64, len: u64) -> IndexEntry {
+        IndexEntry {
+            object: format!("o{base}"),
+            pos: 0,
+            len,
+            base_offset: base,
+            last_offset: base,
+            max_timestamp: base,
+            producers: vec![ProducerBatch {
+                pid: 1,
+                epoch: 0,
+                first_seq: base as i32,
+                last_seq: base as i32,
+                base_offset: base,
+            }],
+        }
+    }
+
+    #[test]
+    fn runs_are_planned_within_bounds() {
+        let small: Vec<IndexEntry> = (0..10).map(|i| e(i, 10)).collect();
+        assert_eq!(plan(&small, 32, 1000), None, "below the threshold");
+        assert_eq!(
+            plan(&small, 4, 1000),
+            Some((0, 6)),
+            "the recent four are left"
+        );
+        assert_eq!(
+            plan(&small, 4, 35),
+            Some((0, 3)),
+            "segment size bounds the run"
+        );
+        let mut mixed = vec![e(0, 1000)];
+        mixed.extend((1..12).map(|i| e(i, 10)));
+        assert_eq!(
+            plan(&mixed, 4, 1000),
+            Some((1, 8)),
+            "a full segment is skipped"
+        );
+        let many: Vec<IndexEntry> = (0..300).map(|i| e(i, 1)).collect();
+        let (a, z) = plan(&many, 4, 1 << 20).unwrap();
+        assert_eq!(z - a, ENTRIES_PER_STEP);
+    }
+
+    #[test]
+    fn folded_entries_keep_the_last_batches_per_producer() {
+        let run: Vec<IndexEntry> = (0..20).map(|i| e(i, 1)).collect();
+        let kept = fold_producers(&run);
+        assert_eq!(
+            kept.iter().map(|b| b.base_offset).collect::<Vec<_>>(),
+            vec![15, 16, 17, 18, 19]
+        );
+    }
+}
