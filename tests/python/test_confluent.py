@@ -128,6 +128,7 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         18: (0, 4),  # ApiVersions
         19: (2, 7),  # CreateTopics
         20: (1, 6),  # DeleteTopics
+        21: (0, 2),  # DeleteRecords
         22: (0, 4),  # InitProducerId
         23: (2, 4),  # OffsetForLeaderEpoch
         32: (1, 4),  # DescribeConfigs
