@@ -42,6 +42,7 @@ OPTIONAL_KEYS = {
     "object_store.s3.region",
     "object_store.s3.access_key_id",
     "object_store.s3.secret_access_key",
+    "cache.dir",
 }
 
 

@@ -75,6 +75,9 @@ pub enum StartError {
         /// The holder's advertised port.
         port: i32,
     },
+    /// The block cache could not be set up.
+    #[error("the block cache could not be set up: {0}. Check cache.dir (or data_dir) is writable, or set cache.disk_bytes = 0")]
+    Cache(String),
     /// Loading topics failed.
     #[error("could not load topics: {0}")]
     Topics(#[from] TopicError),
@@ -199,7 +202,28 @@ impl Agent {
             },
         ));
         let group_ticker = groups.spawn_ticker(std::time::Duration::from_millis(100));
-        let cache = Arc::new(ObjectCache::new(settings.flush.tail_cache_bytes));
+        let mut tail = ObjectCache::new(settings.flush.tail_cache_bytes);
+        let cs = &settings.cache;
+        if cs.memory_bytes > 0 {
+            let dir = cs
+                .dir
+                .clone()
+                .unwrap_or_else(|| settings.data_dir.join("cache"));
+            // A fresh disk tier per start: cached blocks are immutable, but not worth recovering.
+            let _ = std::fs::remove_dir_all(&dir);
+            tail.blocks = Some(
+                crate::blocks::BlockCache::open(
+                    cs.memory_bytes,
+                    cs.disk_bytes,
+                    &dir,
+                    cs.block_bytes,
+                    cs.read_ahead_ranges,
+                )
+                .await
+                .map_err(StartError::Cache)?,
+            );
+        }
+        let cache = Arc::new(tail);
         let flusher = Flusher::new(
             settings.flush.clone(),
             c.storage.clone(),

@@ -13,6 +13,8 @@ use bytes::Bytes;
 pub struct ObjectCache {
     capacity: usize,
     inner: Mutex<Inner>,
+    /// Where misses go: the block cache, if configured.
+    pub blocks: Option<crate::blocks::BlockCache>,
     /// Reads served from memory.
     pub hits: AtomicU64,
     /// Reads that had to GET.
@@ -32,6 +34,7 @@ impl ObjectCache {
         Self {
             capacity,
             inner: Mutex::default(),
+            blocks: None,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -73,6 +76,15 @@ impl ObjectCache {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         got
+    }
+
+    /// Whether an object is held (no counters touched).
+    pub fn holds(&self, path: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .objects
+            .contains_key(path)
     }
 }
 

@@ -310,6 +310,39 @@ fn leadership(b: &Broker, out: &mut String) {
             p.index
         );
     }
+    if let Some(bc) = &b.cache.blocks {
+        let s = &bc.stats;
+        header(out, "silt_cache_hits_total", "Reads served from a cache, by tier (tail: recent objects in memory; memory and disk: the block cache).", "counter");
+        let _ = writeln!(
+            out,
+            "silt_cache_hits_total{{tier=\"tail\"}} {}",
+            b.cache.hits.load(r)
+        );
+        let _ = writeln!(
+            out,
+            "silt_cache_hits_total{{tier=\"memory\"}} {}",
+            s.memory_hits.load(r)
+        );
+        let _ = writeln!(
+            out,
+            "silt_cache_hits_total{{tier=\"disk\"}} {}",
+            s.disk_hits.load(r)
+        );
+        single(
+            out,
+            "silt_block_cache_fetches_total",
+            "Blocks fetched from the object store (one GET each, shared by concurrent readers).",
+            "counter",
+            s.fetches.load(r),
+        );
+        single(
+            out,
+            "silt_block_cache_read_ahead_total",
+            "Blocks requested ahead of readers.",
+            "counter",
+            s.read_ahead.load(r),
+        );
+    }
     let cs = &b.compaction;
     single(
         out,

@@ -11,6 +11,7 @@ pub mod admin_http;
 pub mod agent;
 pub mod append;
 pub mod archiver;
+pub mod blocks;
 pub mod broker;
 pub mod cache;
 pub mod cluster;

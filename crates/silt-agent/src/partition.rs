@@ -167,6 +167,12 @@ impl PartitionState {
         out
     }
 
+    /// Up to `n` committed ranges after the one holding `offset`.
+    pub fn next_ranges(&self, offset: i64, n: usize) -> Vec<IndexEntry> {
+        let start = self.segments.partition_point(|s| s.last_offset <= offset);
+        self.segments[start..].iter().take(n).cloned().collect()
+    }
+
     /// Segments whose max timestamp is at least `ts`, from the first such one.
     pub fn first_segment_at_or_after(&self, ts: i64) -> Option<IndexEntry> {
         self.segments

@@ -36,7 +36,8 @@ pub fn check_offset(p: &Partition, offset: i64) -> Result<(i64, i64), PartitionE
     Ok((st.log_start, st.high_watermark))
 }
 
-/// The bytes of one committed range: from the tail cache, else one range GET.
+/// The bytes of one committed range: from the tail cache, else through the block cache, else
+/// one range GET.
 pub async fn range_bytes(
     storage: &Storage,
     cache: &ObjectCache,
@@ -44,6 +45,11 @@ pub async fn range_bytes(
 ) -> Result<Bytes, PartitionError> {
     if let Some(d) = cache.get(&r.object, r.pos, r.len) {
         return Ok(d);
+    }
+    if let Some(blocks) = &cache.blocks {
+        return Ok(blocks
+            .read(storage, &r.object, r.pos..r.pos + r.len)
+            .await?);
     }
     Ok(storage
         .get(&Path::from(r.object.as_str()), Some(r.pos..r.pos + r.len))
@@ -60,6 +66,19 @@ pub async fn read(
 ) -> Result<ReadResult, PartitionError> {
     let (log_start, high_watermark) = check_offset(p, offset)?;
     let ranges = p.lock().locate(offset, max_bytes);
+    // Read ahead: the next committed ranges, into the block cache, for catch-up readers.
+    if let (Some(blocks), Some(last)) = (&cache.blocks, ranges.last()) {
+        if blocks.read_ahead > 0 {
+            let ahead = p
+                .lock()
+                .next_ranges(last.last_offset, blocks.read_ahead as usize);
+            for r in &ahead {
+                if !cache.holds(&r.object) {
+                    blocks.prefetch(storage, &r.object, r.pos..r.pos + r.len);
+                }
+            }
+        }
+    }
     let mut out = BytesMut::new();
     let mut single: Option<Bytes> = None;
     'ranges: for r in ranges {

@@ -42,6 +42,8 @@ pub struct Settings {
     pub archive: ArchiveSettings,
     /// Retention and garbage collection.
     pub lifecycle: LifecycleSettings,
+    /// The block cache for reads that miss the tail cache.
+    pub cache: CacheSettings,
 }
 
 impl Default for Settings {
@@ -61,6 +63,36 @@ impl Default for Settings {
             groups: GroupSettings::default(),
             archive: ArchiveSettings::default(),
             lifecycle: LifecycleSettings::default(),
+            cache: CacheSettings::default(),
+        }
+    }
+}
+
+/// The block cache (memory, then local disk) in front of object-store reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Memory tier, in bytes (0 disables the block cache: misses are plain range GETs).
+    pub memory_bytes: usize,
+    /// Disk tier, in bytes (0: memory only).
+    pub disk_bytes: usize,
+    /// Directory of the disk tier; defaults to `<data_dir>/cache`.
+    pub dir: Option<PathBuf>,
+    /// Objects are read in blocks of this size (one GET per block).
+    pub block_bytes: u64,
+    /// Committed ranges after the ones a fetch reads that are fetched ahead into the cache, for
+    /// sequential (catch-up) readers.
+    pub read_ahead_ranges: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            disk_bytes: 1 << 30,
+            dir: None,
+            block_bytes: 1 << 20,
+            read_ahead_ranges: 2,
         }
     }
 }
@@ -397,6 +429,15 @@ impl Settings {
             return bad(
                 &format!("metadata.lease_ttl_ms = {}", self.metadata.lease_ttl_ms),
                 "must be at least 2000",
+            );
+        }
+        if self.cache.block_bytes < 4096 || self.cache.read_ahead_ranges > 64 {
+            return bad(
+                &format!(
+                    "cache.block_bytes = {}, cache.read_ahead_ranges = {}",
+                    self.cache.block_bytes, self.cache.read_ahead_ranges
+                ),
+                "blocks must be at least 4096 bytes and read-ahead at most 64 ranges",
             );
         }
         let l = &self.lifecycle;

@@ -353,6 +353,24 @@ impl Storage {
         Ok(())
     }
 
+    /// Bytes `range` of an object, or fewer when the object ends inside it (block reads).
+    pub async fn get_bounded(&self, path: &Path, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let b = self
+            .retry("GET", path, || async {
+                let opts = object_store::GetOptions {
+                    range: Some(object_store::GetRange::Bounded(range.clone())),
+                    ..Default::default()
+                };
+                self.inner.get_opts(path, opts).await?.bytes().await
+            })
+            .await?;
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .get_bytes
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
+        Ok(b)
+    }
+
     /// Every object under `prefix`, with its size.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(Path, u64)>, StorageError> {
         use futures::TryStreamExt;

@@ -11,4 +11,5 @@ mod harness;
 mod kafka;
 mod lifecycle;
 mod protocol;
+mod read_path;
 mod write_path;
