@@ -17,12 +17,12 @@ async fn tail_reads_cost_no_get_and_replays_share_blocks() {
     let value = vec![7u8; 1024];
     for topic in ["tail", "one", "ten"] {
         create_topic(&b, topic, 1, &[]).await;
-        let p = producer(&b, &[("linger.ms", "20")]);
-        let mut futs = Vec::new();
-        for _ in 0..400 {
-            futs.push(send(&p, topic, 0, b"k", &value));
+        // Twenty rounds: the data spans about twenty objects.
+        let p = producer(&b, &[("linger.ms", "5")]);
+        for _ in 0..20 {
+            let futs: Vec<_> = (0..20).map(|_| send(&p, topic, 0, b"k", &value)).collect();
+            futures::future::join_all(futs).await;
         }
-        futures::future::join_all(futs).await;
     }
     // At the tail: everything is served from the objects just written.
     let before = gets(&agent);
