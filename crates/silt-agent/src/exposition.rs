@@ -396,6 +396,13 @@ fn leadership(b: &Broker, out: &mut String) {
     );
     single(
         out,
+        "silt_metadata_index_keys",
+        "Offset-index keys in the metadata store, all partitions (counted by GC on the controller).",
+        "gauge",
+        g.index_keys.load(r),
+    );
+    single(
+        out,
         "silt_gc_candidates",
         "Unreferenced objects waiting out the grace period.",
         "gauge",

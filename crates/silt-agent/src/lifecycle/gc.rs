@@ -32,6 +32,8 @@ pub struct GcStats {
     pub deleted_bytes: AtomicU64,
     /// Unreferenced objects waiting out the grace period after the last pass.
     pub candidates: AtomicU64,
+    /// Offset-index keys in the metadata store at the last pass.
+    pub index_keys: AtomicU64,
 }
 
 /// Runs passes while this agent is the controller, until the task is aborted.
@@ -96,9 +98,10 @@ pub async fn pass(b: &Broker, since: &mut HashMap<String, Instant>) -> Result<us
     staged.extend(segments);
     // References are read after listing: anything committed meanwhile counts as referenced.
     let meta = b.meta.as_ref();
-    let referenced = index::referenced_objects(meta)
+    let (referenced, index_keys) = index::referenced_objects(meta)
         .await
         .map_err(|e| e.to_string())?;
+    b.gc.index_keys.store(index_keys as u64, Ordering::Relaxed);
     let mut pending = HashSet::new();
     for kv in meta
         .range(RangeRequest::prefix(format!(

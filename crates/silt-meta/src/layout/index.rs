@@ -116,19 +116,21 @@ pub fn delete_op(topic_id: &Uuid, partition: i32, base_offset: i64) -> Op {
     }
 }
 
-/// Every object any index entry references (a full scan of the index).
+/// Every object any index entry references (a full scan of the index), and how many index
+/// keys there are.
 pub async fn referenced_objects(
     kv: &dyn MetaKv,
-) -> Result<std::collections::HashSet<String>, MetaError> {
+) -> Result<(std::collections::HashSet<String>, usize), MetaError> {
     let mut out = std::collections::HashSet::new();
-    for item in kv
+    let items = kv
         .range(RangeRequest::prefix(format!("{}/index/", super::ROOT)))
-        .await?
-    {
+        .await?;
+    let keys = items.len();
+    for item in items {
         let e: IndexEntry = decode_json(&item.key, &item.value)?;
         out.insert(e.object);
     }
-    Ok(out)
+    Ok((out, keys))
 }
 
 /// Every entry of a partition, in offset order.
