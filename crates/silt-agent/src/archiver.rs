@@ -138,6 +138,13 @@ pub async fn pass(b: &Broker) {
             continue;
         }
         if let Err(e) = archive_partition(b, &p, &topic).await {
+            // The outcome of the last step may be unknown: reload progress from the metadata
+            // store next time rather than trust what this pass remembered.
+            b.archive
+                .progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(p.topic_id, p.index));
             if !matches!(e, Failure::Fenced) {
                 b.archive.failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -236,7 +243,14 @@ async fn archive_partition(b: &Broker, p: &Arc<Partition>, topic: &Topic) -> Res
             last,
             &b.session,
         );
-        let visible = layout::visible(&prefix, &p.topic, p.index, &date, base);
+        let visible = layout::visible(
+            &prefix,
+            &p.topic,
+            &p.topic_id.simple().to_string(),
+            p.index,
+            &date,
+            base,
+        );
         b.storage
             .put(&Path::from(staging.as_str()), built.parquet.clone())
             .await?;
@@ -247,6 +261,7 @@ async fn archive_partition(b: &Broker, p: &Arc<Partition>, topic: &Topic) -> Res
         };
         commit(b, p, &next).await?;
         prog = next;
+        remember(b, p, &prog);
         let a = &b.archive;
         a.records.fetch_add(built.rows as u64, Ordering::Relaxed);
         a.bytes

@@ -2,7 +2,7 @@
 //! partition and date):
 //!
 //! ```text
-//! {prefix}/topic={topic}/partition={p}/date={YYYY-MM-DD}/{base_offset:020}.parquet   visible
+//! {prefix}/topic={topic}/partition={p}/date={YYYY-MM-DD}/{base:020}-{topic_id8}.parquet   visible
 //! _silt/archive-staging/{topic_id}/{p}/{base:020}-{last:020}-{session}.parquet  being committed
 //! ```
 //!
@@ -12,8 +12,18 @@
 //! are garbage.
 
 /// The visible path of the file starting at `base`.
-pub fn visible(prefix: &str, topic: &str, partition: i32, date: &str, base: i64) -> String {
-    format!("{prefix}/topic={topic}/partition={partition}/date={date}/{base:020}.parquet")
+/// The visible path of the file starting at `base`. `topic_id` (its first 8 hex digits) keeps
+/// the files of a deleted and re-created topic of the same name apart.
+pub fn visible(
+    prefix: &str,
+    topic: &str,
+    topic_id: &str,
+    partition: i32,
+    date: &str,
+    base: i64,
+) -> String {
+    let id = &topic_id[..topic_id.len().min(8)];
+    format!("{prefix}/topic={topic}/partition={partition}/date={date}/{base:020}-{id}.parquet")
 }
 
 /// The staging path of an attempt (outside every archive prefix); unique per content, since
@@ -50,8 +60,8 @@ mod tests {
         assert_eq!(date(951_782_400_000), "2000-02-29");
         assert_eq!(date(-5), "1970-01-01");
         assert_eq!(
-            visible("archive", "orders", 3, "2023-11-14", 42),
-            "archive/topic=orders/partition=3/date=2023-11-14/00000000000000000042.parquet"
+            visible("archive", "orders", "0123456789abcdef", 3, "2023-11-14", 42),
+            "archive/topic=orders/partition=3/date=2023-11-14/00000000000000000042-01234567.parquet"
         );
     }
 }

@@ -60,21 +60,19 @@ pub fn plan(
         return None;
     }
     let candidates = segments.len() - KEEP_RECENT;
-    // The first entry that is still small enough to be worth folding starts the run.
-    let start = (0..candidates).find(|&i| {
-        segments[i].len < segment_bytes / 2
-            && segments.get(i + 1).is_some_and(|n| n.len < segment_bytes)
-    })?;
-    let mut end = start;
-    let mut bytes = 0u64;
-    while end < candidates
-        && end - start < ENTRIES_PER_STEP
-        && bytes + segments[end].len <= segment_bytes
-    {
-        bytes += segments[end].len;
-        end += 1;
-    }
-    (end - start >= 2).then_some((start, end))
+    // The oldest start from which at least two entries fit in one segment.
+    (0..candidates).find_map(|start| {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < candidates
+            && end - start < ENTRIES_PER_STEP
+            && bytes + segments[end].len <= segment_bytes
+        {
+            bytes += segments[end].len;
+            end += 1;
+        }
+        (end - start >= 2).then_some((start, end))
+    })
 }
 
 /// Keeps the last few idempotent batches of each producer, in offset order.
@@ -291,6 +289,16 @@ mod tests {
         let many: Vec<IndexEntry> = (0..300).map(|i| e(i, 1)).collect();
         let (a, z) = plan(&many, 4, 1 << 20).unwrap();
         assert_eq!(z - a, ENTRIES_PER_STEP);
+    }
+
+    #[test]
+    fn a_large_entry_does_not_stall_compaction() {
+        let mut stuck = vec![e(0, 400), e(1, 900)];
+        stuck.extend((2..12).map(|i| e(i, 10)));
+        assert_eq!(plan(&stuck, 4, 1000), Some((1, 8)));
+        let mut big_first = vec![e(0, 990)];
+        big_first.extend((1..12).map(|i| e(i, 10)));
+        assert_eq!(plan(&big_first, 4, 1000), Some((0, 2)));
     }
 
     #[test]

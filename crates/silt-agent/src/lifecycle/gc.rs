@@ -96,8 +96,18 @@ pub async fn pass(b: &Broker, since: &mut HashMap<String, Instant>) -> Result<us
         .await
         .map_err(|e| e.to_string())?;
     staged.extend(segments);
-    // References are read after listing: anything committed meanwhile counts as referenced.
+    // Writers' progress, then references, both after listing: an object committed meanwhile
+    // is seen as referenced, and one its writer finished is finished for good.
     let meta = b.meta.as_ref();
+    let registered: HashSet<String> = agents::list(meta)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_values()
+        .map(|r| r.session)
+        .collect();
+    let finished = agents::session_progress(meta)
+        .await
+        .map_err(|e| e.to_string())?;
     let (referenced, index_keys) = index::referenced_objects(meta)
         .await
         .map_err(|e| e.to_string())?;
@@ -117,15 +127,6 @@ pub async fn pass(b: &Broker, since: &mut HashMap<String, Instant>) -> Result<us
             }
         }
     }
-    let registered: HashSet<String> = agents::list(meta)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_values()
-        .map(|r| r.session)
-        .collect();
-    let finished = agents::session_progress(meta)
-        .await
-        .map_err(|e| e.to_string())?;
     let grace = Duration::from_millis(b.settings.lifecycle.gc_grace_ms);
     let now = Instant::now();
     let mut doomed = Vec::new();
