@@ -376,6 +376,7 @@ impl Flusher {
                 last_offset: last,
                 max_timestamp: max_ts,
                 producers: batches.iter().filter_map(|b| b.producer.clone()).collect(),
+                marks: vec![],
             });
         }
         let data_bytes = builder.data_len() as u64;

@@ -204,6 +204,7 @@ mod tests {
             last_offset: last,
             max_timestamp: base * 10,
             producers: vec![],
+            marks: vec![],
         }
     }
 

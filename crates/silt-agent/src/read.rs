@@ -56,6 +56,33 @@ pub async fn range_bytes(
         .await?)
 }
 
+/// The bytes of `r` a read at `offset` of `max_bytes` needs: from the mark at or before the
+/// offset (compacted ranges are large), a bounded window first, the rest only if no whole batch
+/// fits in it. Also says whether the bytes run to the end of `r`: if not, the read must stop
+/// after them, or it would skip the rest of `r`.
+async fn range_from(
+    storage: &Storage,
+    cache: &ObjectCache,
+    r: &IndexEntry,
+    offset: i64,
+    max_bytes: usize,
+) -> Result<(Bytes, bool), PartitionError> {
+    let skip = r.seek(offset).min(r.len);
+    if skip == 0 && r.marks.is_empty() {
+        return Ok((range_bytes(storage, cache, r).await?, true));
+    }
+    let window = (max_bytes as u64).max(1 << 20) * 2;
+    let mut part = r.clone();
+    part.pos = r.pos + skip;
+    part.len = (r.len - skip).min(window);
+    let data = range_bytes(storage, cache, &part).await?;
+    if part.len < r.len - skip && batch::iter(&data).next().is_none() {
+        part.len = r.len - skip;
+        return Ok((range_bytes(storage, cache, &part).await?, true));
+    }
+    Ok((data, part.len == r.len - skip))
+}
+
 /// Reads up to `max_bytes` (at least one batch if any) from `offset`.
 pub async fn read(
     storage: &Storage,
@@ -74,7 +101,9 @@ pub async fn read(
                 .next_ranges(last.last_offset, blocks.read_ahead as usize);
             for r in &ahead {
                 if !cache.holds(&r.object) {
-                    blocks.prefetch(storage, &r.object, r.pos..r.pos + r.len);
+                    // The start of each: a compacted range may be far larger than one fetch.
+                    let len = r.len.min((max_bytes as u64).max(1 << 20) * 2);
+                    blocks.prefetch(storage, &r.object, r.pos..r.pos + len);
                 }
             }
         }
@@ -82,7 +111,7 @@ pub async fn read(
     let mut out = BytesMut::new();
     let mut single: Option<Bytes> = None;
     'ranges: for r in ranges {
-        let data = range_bytes(storage, cache, &r).await?;
+        let (data, whole) = range_from(storage, cache, &r, offset, max_bytes).await?;
         for (h, range) in batch::iter(&data) {
             let last = h.base_offset + h.last_offset_delta as i64;
             if last < offset {
@@ -105,6 +134,9 @@ pub async fn read(
                 out.extend_from_slice(&data[range]);
             }
         }
+        if !whole {
+            break 'ranges;
+        }
     }
     let records = match single {
         Some(s) if out.is_empty() => Some(s),
@@ -116,4 +148,119 @@ pub async fn read(
         high_watermark,
         log_start,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn one_record_batch(offset: i64) -> Bytes {
+        let r = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: 0,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from(vec![b'x'; 1000])),
+            headers: Default::default(),
+        };
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[r],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    /// A compacted range far larger than one fetch: reads start at the mark before their
+    /// offset, stop at the window's end, and successive reads see every offset once.
+    #[tokio::test]
+    async fn reads_of_a_large_compacted_range_never_skip_an_offset() {
+        let storage = Storage::in_memory();
+        let cache = ObjectCache::new(0);
+        let mut data = BytesMut::new();
+        let mut marks = Vec::new();
+        for i in 0..4000 {
+            // Sparse marks: a window from a mark can end before a read's budget does.
+            if i % 1500 == 0 {
+                marks.push((i, data.len() as u64));
+            }
+            data.extend_from_slice(&one_record_batch(i));
+        }
+        let len = data.len() as u64;
+        assert!(len > 3 << 20, "larger than the read window");
+        storage
+            .put(&Path::from("segments/t/0/s/1.silt"), data.freeze())
+            .await
+            .unwrap();
+        let p = Partition::new("t", uuid::Uuid::nil(), 0);
+        p.lock().on_commit(IndexEntry {
+            object: "segments/t/0/s/1.silt".into(),
+            pos: 0,
+            len,
+            base_offset: 0,
+            last_offset: 3999,
+            max_timestamp: 0,
+            producers: vec![],
+            marks,
+        });
+        // A small range after it: a read cut at the window must not jump to it.
+        let mut tail = BytesMut::new();
+        for i in 4000..4010 {
+            tail.extend_from_slice(&one_record_batch(i));
+        }
+        let tail_len = tail.len() as u64;
+        storage
+            .put(&Path::from("flush/0/s/2.silt"), tail.freeze())
+            .await
+            .unwrap();
+        p.lock().on_commit(IndexEntry {
+            object: "flush/0/s/2.silt".into(),
+            pos: 0,
+            len: tail_len,
+            base_offset: 4000,
+            last_offset: 4009,
+            max_timestamp: 0,
+            producers: vec![],
+            marks: vec![],
+        });
+        let mut next = 0i64;
+        let mut reads = 0;
+        while next < 4010 {
+            let r = read(&storage, &cache, &p, next, 700_000).await.unwrap();
+            let data = r.records.expect("records");
+            assert!(data.len() <= 700_000 + 2_000, "bounded by max_bytes");
+            let offsets: Vec<i64> = batch::iter(&data).map(|(h, _)| h.base_offset).collect();
+            assert_eq!(offsets[0], next, "starts at the requested offset");
+            assert!(
+                offsets.windows(2).all(|w| w[1] == w[0] + 1),
+                "no offset skipped within a read"
+            );
+            next = offsets[offsets.len() - 1] + 1;
+            reads += 1;
+        }
+        assert!(reads >= 5, "{reads} reads");
+        assert!(
+            storage
+                .stats()
+                .get_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+                < 3 * len,
+            "reads fetch windows, not the whole range each time"
+        );
+    }
 }

@@ -75,6 +75,31 @@ pub fn plan(
     })
 }
 
+/// Most marks kept in a folded entry.
+const MAX_MARKS: usize = 256;
+
+/// Where each folded range (and the marks inside it) starts in the new segment, thinned to at
+/// most [`MAX_MARKS`].
+fn fold_marks(entries: &[IndexEntry]) -> Vec<(i64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for e in entries {
+        out.push((e.base_offset, at));
+        out.extend(
+            e.marks
+                .iter()
+                .filter(|(o, _)| *o > e.base_offset)
+                .map(|(o, p)| (*o, at + p)),
+        );
+        at += e.len;
+    }
+    if out.len() > MAX_MARKS {
+        let step = out.len().div_ceil(MAX_MARKS);
+        out = out.into_iter().step_by(step).collect();
+    }
+    out
+}
+
 /// Keeps the last few idempotent batches of each producer, in offset order.
 fn fold_producers(entries: &[IndexEntry]) -> Vec<ProducerBatch> {
     let all: Vec<&ProducerBatch> = entries.iter().flat_map(|e| &e.producers).collect();
@@ -208,6 +233,7 @@ async fn commit_segment(
         last_offset: last.last_offset,
         max_timestamp: max_ts,
         producers: fold_producers(run),
+        marks: fold_marks(run),
     };
     let mut success: Vec<_> = run
         .iter()
@@ -262,7 +288,23 @@ mod tests {
                 last_seq: base as i32,
                 base_offset: base,
             }],
+            marks: vec![],
         }
+    }
+
+    #[test]
+    fn marks_locate_each_folded_range() {
+        let run: Vec<IndexEntry> = (0..3).map(|i| e(i * 10, 100)).collect();
+        let mut folded = run[0].clone();
+        folded.marks = fold_marks(&run);
+        assert_eq!(folded.marks, vec![(0, 0), (10, 100), (20, 200)]);
+        assert_eq!(
+            (folded.seek(0), folded.seek(15), folded.seek(99)),
+            (0, 100, 200)
+        );
+        // Folding a folded entry keeps its inner marks, shifted.
+        let again = fold_marks(&[e(-5, 50), folded]);
+        assert_eq!(again, vec![(-5, 0), (0, 50), (10, 150), (20, 250)]);
     }
 
     #[test]

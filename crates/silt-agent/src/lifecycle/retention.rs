@@ -165,6 +165,7 @@ mod tests {
             last_offset: last,
             max_timestamp: ts,
             producers: vec![],
+            marks: vec![],
         }
     }
 

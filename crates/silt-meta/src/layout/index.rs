@@ -50,6 +50,22 @@ pub struct IndexEntry {
     /// Idempotent batches in the range, in offset order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub producers: Vec<ProducerBatch>,
+    /// Sparse positions inside a compacted range: (first offset of a batch, its byte position
+    /// relative to `pos`), ascending, so a read starts near its offset instead of at `pos`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marks: Vec<(i64, u64)>,
+}
+
+impl IndexEntry {
+    /// The byte position (relative to `pos`) of a batch boundary at or before `offset`.
+    pub fn seek(&self, offset: i64) -> u64 {
+        let i = self.marks.partition_point(|(o, _)| *o <= offset);
+        if i == 0 {
+            0
+        } else {
+            self.marks[i - 1].1
+        }
+    }
 }
 
 /// Prefix of every index key of a topic.
