@@ -60,7 +60,10 @@ pub fn plan(
         return None;
     }
     let candidates = segments.len() - KEEP_RECENT;
-    // The oldest start from which at least two entries fit in one segment.
+    // The oldest start from which at least two entries fit in one segment, and whose first
+    // entry is no larger than what joins it: a grown segment is rewritten only when as much new
+    // data joins it, which keeps rewriting to a few times the data (size-tiered), not once per
+    // step.
     (0..candidates).find_map(|start| {
         let mut end = start;
         let mut bytes = 0u64;
@@ -71,7 +74,8 @@ pub fn plan(
             bytes += segments[end].len;
             end += 1;
         }
-        (end - start >= 2).then_some((start, end))
+        let joining = bytes.saturating_sub(segments[start].len);
+        (end - start >= 2 && segments[start].len <= joining.max(1) * 2).then_some((start, end))
     })
 }
 
@@ -337,10 +341,21 @@ mod tests {
     fn a_large_entry_does_not_stall_compaction() {
         let mut stuck = vec![e(0, 400), e(1, 900)];
         stuck.extend((2..12).map(|i| e(i, 10)));
-        assert_eq!(plan(&stuck, 4, 1000), Some((1, 8)));
+        assert_eq!(plan(&stuck, 4, 1000), Some((2, 8)), "the small ones fold");
         let mut big_first = vec![e(0, 990)];
         big_first.extend((1..12).map(|i| e(i, 10)));
-        assert_eq!(plan(&big_first, 4, 1000), Some((0, 2)));
+        assert_eq!(
+            plan(&big_first, 4, 1000),
+            Some((1, 8)),
+            "a grown segment is not rewritten for a little new data"
+        );
+        let mut grown = vec![e(0, 300)];
+        grown.extend((1..12).map(|i| e(i, 40)));
+        assert_eq!(
+            plan(&grown, 4, 1000),
+            Some((0, 8)),
+            "but is once as much joins"
+        );
     }
 
     #[test]
