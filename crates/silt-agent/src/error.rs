@@ -93,6 +93,16 @@ pub enum PartitionError {
     /// The agent is shutting down or lost the right to write.
     #[error("this agent is not (or no longer) the leader: {0}")]
     NotLeader(String),
+    /// Stored bytes do not parse as the index says they should (a damaged or foreign object).
+    #[error("stored data of {object} at byte {pos} is not a record batch: {reason}")]
+    CorruptStored {
+        /// Object path.
+        object: String,
+        /// Byte position in the object.
+        pos: u64,
+        /// What was wrong.
+        reason: String,
+    },
     /// Object storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -120,6 +130,7 @@ impl PartitionError {
             Self::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
             Self::Timeout(_) => ResponseError::RequestTimedOut,
             Self::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+            Self::CorruptStored { .. } => ResponseError::KafkaStorageError,
             Self::Storage(_) => ResponseError::KafkaStorageError,
             Self::Meta(_) => ResponseError::KafkaStorageError,
         }

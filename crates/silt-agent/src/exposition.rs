@@ -186,6 +186,11 @@ fn flush(b: &Broker, out: &mut String) {
             "Metadata-store commits made by the flush pipeline.",
             &f.commits,
         ),
+        (
+            "silt_flush_commits_refused_total",
+            "Flush commits the metadata store refused for good (their writes failed; producers retry).",
+            &f.refused,
+        ),
     ] {
         single(out, name, help, "counter", v.load(r));
     }

@@ -90,6 +90,8 @@ pub struct FlushStats {
     pub bytes: AtomicU64,
     /// Metadata commits made.
     pub commits: AtomicU64,
+    /// Commit transactions the metadata store refused for good (their writes failed).
+    pub refused: AtomicU64,
 }
 
 impl Default for FlushStats {
@@ -101,6 +103,7 @@ impl Default for FlushStats {
             batches: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 }
@@ -135,6 +138,42 @@ pub const PARTITIONS_PER_TXN: usize = 60;
 /// Bytes of index entries per commit transaction, well inside etcd's default request limit
 /// (`--max-request-bytes`, 1.5 MiB): entries of many small idempotent batches are large.
 pub const BYTES_PER_TXN: usize = 512 * 1024;
+
+/// Most idempotent batches one index entry records: a flush of one partition that carries more
+/// (thousands of producers in one flush interval) is recorded as several entries, so no entry
+/// comes near the metadata store's request limit.
+pub const PRODUCER_BATCHES_PER_ENTRY: usize = 1000;
+
+/// A partition's batches in a flush object (from `pos`) as index entries of at most
+/// [`PRODUCER_BATCHES_PER_ENTRY`] idempotent batches each, in offset order.
+fn split_entries(object: &str, pos: u64, batches: &[&Pending]) -> Vec<IndexEntry> {
+    let mut out: Vec<IndexEntry> = Vec::new();
+    let mut at = pos;
+    for b in batches {
+        let full = out.last().is_none_or(|e| {
+            e.producers.len() >= PRODUCER_BATCHES_PER_ENTRY && b.producer.is_some()
+        });
+        if full {
+            out.push(IndexEntry {
+                object: object.to_string(),
+                pos: at,
+                len: 0,
+                base_offset: b.base_offset,
+                last_offset: b.last_offset,
+                max_timestamp: b.max_timestamp,
+                producers: Vec::new(),
+                marks: vec![],
+            });
+        }
+        let e = out.last_mut().expect("an entry");
+        e.len += b.data.len() as u64;
+        e.last_offset = b.last_offset;
+        e.max_timestamp = e.max_timestamp.max(b.max_timestamp);
+        e.producers.extend(b.producer.clone());
+        at += b.data.len() as u64;
+    }
+    out
+}
 
 /// Roughly the encoded size of an index entry.
 fn entry_size(e: &IndexEntry) -> usize {
@@ -362,25 +401,21 @@ impl Flusher {
         let path = paths::flush_object(self.inner.node_id, &self.inner.session, gen);
         let mut builder = ObjectBuilder::new();
         let mut entries = Vec::with_capacity(groups.len());
+        let mut partitions = Vec::with_capacity(groups.len());
         for (p, batches) in &groups {
             let datas: Vec<Bytes> = batches.iter().map(|b| b.data.clone()).collect();
             let base = batches[0].base_offset;
             let last = batches[batches.len() - 1].last_offset;
             let max_ts = batches.iter().map(|b| b.max_timestamp).max().unwrap_or(-1);
             let f = builder.add(p.topic_id, p.index, &datas, base, last, max_ts);
-            entries.push(IndexEntry {
-                object: path.to_string(),
-                pos: f.pos,
-                len: f.len,
-                base_offset: base,
-                last_offset: last,
-                max_timestamp: max_ts,
-                producers: batches.iter().filter_map(|b| b.producer.clone()).collect(),
-                marks: vec![],
-            });
+            let parts = split_entries(path.as_ref(), f.pos, batches);
+            let n = parts.len();
+            for (i, e) in parts.into_iter().enumerate() {
+                partitions.push((p.clone(), i + 1 == n));
+                entries.push(e);
+            }
         }
         let data_bytes = builder.data_len() as u64;
-        let partitions = groups.into_iter().map(|(p, _)| p).collect();
         Prepared {
             gen,
             path,
@@ -398,12 +433,12 @@ impl Flusher {
     /// waiters told; a lost registration stops the agent's writes altogether.
     async fn commit(&self, f: Prepared) -> Result<(), FlushError> {
         let put_ms = f.started.elapsed().as_millis() as u64;
-        let mut live: Vec<(Arc<Partition>, IndexEntry)> = f
+        let mut live: Vec<((Arc<Partition>, bool), IndexEntry)> = f
             .partitions
             .iter()
             .cloned()
             .zip(f.entries.iter().cloned())
-            .filter(|(p, _)| !p.is_closed())
+            .filter(|((p, _), _)| !p.is_closed())
             .collect();
         let mut committed = 0usize;
         while !live.is_empty() {
@@ -415,12 +450,19 @@ impl Flusher {
                 bytes += entry_size(&live[take].1);
                 take += 1;
             }
-            let mut chunk: Vec<(Arc<Partition>, IndexEntry)> = live.drain(..take).collect();
+            let mut chunk: Vec<((Arc<Partition>, bool), IndexEntry)> = live.drain(..take).collect();
             self.commit_chunk(&mut chunk).await?;
-            for (p, e) in chunk {
+            for ((p, last_of_partition), e) in chunk {
+                // A partition closed by an earlier refused part of its range stays failed.
+                if p.is_closed() {
+                    continue;
+                }
                 p.lock().on_commit(e);
-                p.mark_durable(f.gen);
-                committed += 1;
+                // Waiters are answered once the partition's whole range in this flush is in.
+                if last_of_partition {
+                    p.mark_durable(f.gen);
+                    committed += 1;
+                }
             }
         }
         self.inner.cache.insert(f.path.as_ref(), f.object);
@@ -440,19 +482,19 @@ impl Flusher {
     /// Commits one chunk; on return, `chunk` holds exactly the partitions that committed.
     async fn commit_chunk(
         &self,
-        chunk: &mut Vec<(Arc<Partition>, IndexEntry)>,
+        chunk: &mut Vec<((Arc<Partition>, bool), IndexEntry)>,
     ) -> Result<(), FlushError> {
         let mut attempt = 0u32;
         let mut refused = 0u32;
         while !chunk.is_empty() {
             let mut compares = Vec::with_capacity(chunk.len() + 1);
             compares.push(self.inner.registered.clone());
-            compares.extend(chunk.iter().map(|(p, _)| p.fence()));
+            compares.extend(chunk.iter().map(|((p, _), _)| p.fence()));
             let txn = Txn {
                 compares,
                 success: chunk
                     .iter()
-                    .map(|(p, e)| index::put_op(&p.topic_id, p.index, e))
+                    .map(|((p, _), e)| index::put_op(&p.topic_id, p.index, e))
                     .collect(),
                 failure: vec![],
             };
@@ -467,18 +509,28 @@ impl Flusher {
                     if dropped == 0 && refused >= 5 {
                         // Nothing identifiable moved, yet the store keeps refusing: give these
                         // writes up (producers retry) rather than spin.
-                        for (p, _) in chunk.drain(..) {
+                        for ((p, _), _) in chunk.drain(..) {
                             p.close();
                         }
                     }
                 }
-                Err(e @ silt_meta::MetaError::Unavailable { .. }) => {
+                Err(e) if e.is_transient() => {
                     attempt += 1;
                     tracing::error!(attempt, error = %e,
                         "flush commit failed; retrying (the object is written, its offsets are not yet visible)");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(e) => return Err(FlushError::Meta(e)),
+                Err(e) => {
+                    // The store will never take this commit: fail these writes (their producers
+                    // retry once the partitions are reloaded at their committed end) and move on,
+                    // so one bad commit cannot wedge the pipeline.
+                    tracing::error!(error = %e, partitions = chunk.len(),
+                        "flush commit refused by the metadata store; failing these partitions' buffered writes (producers retry)");
+                    self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    for ((p, _), _) in chunk.drain(..) {
+                        p.close();
+                    }
+                }
             }
         }
         Ok(())
@@ -488,7 +540,7 @@ impl Flusher {
     /// and removes the partitions whose assignment moved. Returns how many were removed.
     async fn drop_moved(
         &self,
-        chunk: &mut Vec<(Arc<Partition>, IndexEntry)>,
+        chunk: &mut Vec<((Arc<Partition>, bool), IndexEntry)>,
     ) -> Result<usize, FlushError> {
         let meta = self.inner.meta.as_ref();
         let reg = &self.inner.registered;
@@ -506,7 +558,7 @@ impl Flusher {
         }
         let before = chunk.len();
         let mut keep = Vec::with_capacity(chunk.len());
-        for (p, e) in chunk.drain(..) {
+        for ((p, last), e) in chunk.drain(..) {
             let key = assignment::partition_key(&p.topic_id, p.index);
             let moved = match meta.get(key.as_bytes()).await {
                 Ok(kv) => kv.map_or(0, |kv| kv.mod_revision) != p.fence_revision,
@@ -517,7 +569,7 @@ impl Flusher {
                     "leadership moved; this flush's batches of the partition are refused (producers retry on the new leader)");
                 p.close();
             } else {
-                keep.push((p, e));
+                keep.push(((p, last), e));
             }
         }
         *chunk = keep;
@@ -530,7 +582,8 @@ struct Prepared {
     gen: u64,
     path: object_store::path::Path,
     object: Bytes,
-    partitions: Vec<Arc<Partition>>,
+    /// Beside each entry: its partition, and whether it is the partition's last entry.
+    partitions: Vec<(Arc<Partition>, bool)>,
     entries: Vec<IndexEntry>,
     /// Held until the commit: their permits are the buffer budget.
     items: Vec<Pending>,
@@ -576,6 +629,7 @@ mod tests {
     use silt_meta::layout::assignment::{self, Assignment};
     use silt_meta::layout::index::load_partition;
     use silt_meta::EmbeddedKv;
+    use silt_meta::MetaError;
 
     fn settings() -> FlushSettings {
         FlushSettings {
@@ -777,6 +831,158 @@ mod tests {
             .unwrap();
         assert_eq!(n.len(), 2);
         assert!(!f.subscribe().borrow().stopped, "the agent keeps writing");
+        f.close();
+        run.await.unwrap();
+    }
+
+    /// Rule (issue 11.2): 20 000 idempotent producers each sending one batch to one partition
+    /// within one flush interval commit (as several index entries, each within the store's
+    /// limits), are acknowledged, and the index rebuilds every producer's state. On the old code
+    /// the single entry was over etcd's request limit and the commit was retried forever.
+    #[tokio::test]
+    async fn twenty_thousand_producers_in_one_flush_commit_within_the_store_limits() {
+        let (f, meta, _storage, _) = setup("s").await;
+        let p = assigned(meta.as_ref(), 0).await;
+        let mut s = settings();
+        s.interval_ms = 60_000;
+        s.max_bytes = 64 << 20;
+        let f = Flusher::new(
+            s,
+            Storage::in_memory(),
+            meta.clone(),
+            Arc::new(ObjectCache::new(1 << 20)),
+            7,
+            "s".into(),
+            f.inner.registered.clone(),
+        );
+        let mut gen = 0;
+        for pid in 0..20_000i64 {
+            let permit = f.reserve(100, Duration::from_secs(5)).await.unwrap();
+            gen = f
+                .push(Pending {
+                    partition: p.clone(),
+                    base_offset: pid,
+                    last_offset: pid,
+                    max_timestamp: pid,
+                    data: Bytes::from(vec![1u8; 100]),
+                    producer: Some(ProducerBatch {
+                        pid: 1_000_000 + pid,
+                        epoch: 0,
+                        first_seq: 0,
+                        last_seq: 0,
+                        base_offset: pid,
+                    }),
+                    permit,
+                })
+                .unwrap();
+        }
+        f.close(); // flushes what is buffered, in one generation
+        let run = tokio::spawn(f.clone().run());
+        f.wait_committed(gen, &p).await.unwrap();
+        run.await.unwrap();
+        assert_eq!(f.stats().flushes.load(Ordering::Relaxed), 1, "one flush");
+        let entries = load_partition(meta.as_ref(), &p.topic_id, 0).await.unwrap();
+        assert_eq!(entries.len(), 20, "1000 idempotent batches per entry");
+        assert!(entries
+            .windows(2)
+            .all(|w| w[1].base_offset == w[0].last_offset + 1));
+        assert!(entries.windows(2).all(|w| w[1].pos == w[0].pos + w[0].len));
+        let producers: usize = entries.iter().map(|e| e.producers.len()).sum();
+        assert_eq!(producers, 20_000);
+        assert_eq!(p.lock().high_watermark, 20_000);
+        let reloaded = Partition::load(meta.as_ref(), "t", p.topic_id, 0, 0, p.fence_revision)
+            .await
+            .unwrap();
+        assert_eq!(reloaded.lock().high_watermark, 20_000);
+    }
+
+    /// A store that refuses for good every transaction writing under `prefix`.
+    #[derive(Debug)]
+    struct Refusing {
+        inner: Arc<dyn MetaKv>,
+        prefix: Vec<u8>,
+    }
+
+    #[async_trait::async_trait]
+    impl MetaKv for Refusing {
+        async fn get(&self, key: &[u8]) -> Result<Option<silt_meta::KeyValue>, MetaError> {
+            self.inner.get(key).await
+        }
+        async fn range(
+            &self,
+            req: silt_meta::RangeRequest,
+        ) -> Result<Vec<silt_meta::KeyValue>, MetaError> {
+            self.inner.range(req).await
+        }
+        async fn txn(&self, txn: Txn) -> Result<silt_meta::TxnResponse, MetaError> {
+            let hits = txn.success.iter().any(
+                |o| matches!(o, silt_meta::Op::Put { key, .. } if key.starts_with(&self.prefix)),
+            );
+            if hits {
+                return Err(MetaError::Refused {
+                    doing: "test".into(),
+                    reason: "refused by the test".into(),
+                });
+            }
+            self.inner.txn(txn).await
+        }
+        async fn grant_lease(&self, ttl: Duration) -> Result<silt_meta::LeaseId, MetaError> {
+            self.inner.grant_lease(ttl).await
+        }
+        async fn keep_alive(&self, lease: silt_meta::LeaseId) -> Result<(), MetaError> {
+            self.inner.keep_alive(lease).await
+        }
+        async fn revoke_lease(&self, lease: silt_meta::LeaseId) -> Result<(), MetaError> {
+            self.inner.revoke_lease(lease).await
+        }
+        async fn watch_prefix(
+            &self,
+            prefix: &[u8],
+        ) -> Result<tokio::sync::mpsc::UnboundedReceiver<silt_meta::WatchEvent>, MetaError>
+        {
+            self.inner.watch_prefix(prefix).await
+        }
+        async fn revision(&self) -> Result<i64, MetaError> {
+            self.inner.revision().await
+        }
+    }
+
+    /// Rule (issue 11.2): a commit the store refuses for good fails its writes (the partition
+    /// is closed, to be reloaded at its committed end) and the pipeline goes on. The old code
+    /// stopped the whole pipeline on any error but "unavailable".
+    #[tokio::test]
+    async fn a_commit_refused_for_good_fails_its_writes_and_the_pipeline_moves_on() {
+        let (f0, meta, _storage, _) = setup("s").await;
+        let p = assigned(meta.as_ref(), 0).await;
+        let q = assigned(meta.as_ref(), 1).await;
+        let refusing: Arc<dyn MetaKv> = Arc::new(Refusing {
+            inner: meta.clone(),
+            prefix: index::partition_prefix(&p.topic_id, 0).into_bytes(),
+        });
+        let f = Flusher::new(
+            settings(),
+            Storage::in_memory(),
+            refusing,
+            Arc::new(ObjectCache::new(1 << 20)),
+            7,
+            "s".into(),
+            f0.inner.registered.clone(),
+        );
+        let run = tokio::spawn(f.clone().run());
+        let g = push(&f, &p, 0, 1).await;
+        assert!(matches!(
+            f.wait_committed(g, &p).await,
+            Err(PartitionError::NotLeader(_))
+        ));
+        assert!(
+            p.is_closed(),
+            "reloaded at its committed end before taking writes again"
+        );
+        let g2 = push(&f, &q, 0, 1).await;
+        f.wait_committed(g2, &q).await.unwrap();
+        assert!(!f.subscribe().borrow().stopped, "the pipeline goes on");
+        assert!(f.stats().refused.load(Ordering::Relaxed) >= 1);
+        assert_eq!(q.lock().high_watermark, 1);
         f.close();
         run.await.unwrap();
     }

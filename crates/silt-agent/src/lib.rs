@@ -28,6 +28,8 @@ pub mod partition;
 pub mod producer;
 pub mod producer_ids;
 pub mod read;
+#[cfg(test)]
+mod test_batches;
 pub mod topic_config;
 pub mod topics;
 

@@ -29,6 +29,10 @@ struct Entry {
     batches: VecDeque<SeenBatch>,
     /// When the producer last wrote here (agent clock, ms); 0 for state replayed at start.
     last_write_ms: i64,
+    /// The first sequence of a batch refused before it was appended (a timeout waiting for
+    /// buffer room, a record rejected): until a batch starting there is appended, later
+    /// sequences are refused, so a producer's batches are never appended out of order.
+    hole: Option<i32>,
 }
 
 /// What to do with an incoming idempotent batch.
@@ -97,6 +101,16 @@ impl ProducerStates {
         {
             return Ok(Verdict::Duplicate(*b));
         }
+        if let Some(hole) = e.hole {
+            if first_seq != hole {
+                return Err(PartitionError::OutOfOrderSequence {
+                    pid,
+                    got: first_seq,
+                    expected: hole,
+                });
+            }
+            return Ok(Verdict::Append);
+        }
         let expected = e.batches.back().map_or(first_seq, |b| next_seq(b.last_seq));
         if first_seq != expected {
             return Err(PartitionError::OutOfOrderSequence {
@@ -108,9 +122,35 @@ impl ProducerStates {
         Ok(Verdict::Append)
     }
 
+    /// Records that a batch of `pid` at `epoch` starting at `first_seq` was refused before it
+    /// was appended: later sequences wait for it (Kafka's producer state only moves on appended
+    /// batches, so Kafka answers them OUT_OF_ORDER_SEQUENCE_NUMBER too).
+    pub fn refused(&mut self, pid: i64, epoch: i16, first_seq: i32, now_ms: i64) {
+        let e = self.entries.entry(pid).or_default();
+        if e.batches.is_empty() && e.hole.is_none() {
+            e.epoch = epoch;
+        }
+        if epoch < e.epoch {
+            return; // stale: refused anyway
+        }
+        if epoch > e.epoch {
+            e.epoch = epoch;
+            e.batches.clear();
+            e.hole = None;
+        }
+        let appended = e.batches.iter().any(|b| b.first_seq == first_seq);
+        let expected = e.batches.back().map(|b| next_seq(b.last_seq));
+        // Only the next batch in sequence opens a hole (a later one was refused in order anyway).
+        if !appended && e.hole.is_none() && expected.is_none_or(|x| x == first_seq) {
+            e.hole = Some(first_seq);
+        }
+        e.last_write_ms = now_ms;
+    }
+
     /// Records an appended batch at `now_ms`.
     pub fn record(&mut self, pid: i64, epoch: i16, b: SeenBatch, now_ms: i64) {
         let e = self.entries.entry(pid).or_default();
+        e.hole = None;
         if epoch != e.epoch {
             e.epoch = epoch;
             e.batches.clear();
@@ -251,5 +291,31 @@ mod tests {
             s.check(2, 0, 7, 7).is_err(),
             "a live producer keeps its sequence"
         );
+    }
+
+    /// Rule (issue 11.5): a batch refused before it was appended holds back the producer's later
+    /// sequences, for a new producer as for a known one; its retry fills the hole; a new epoch
+    /// starts afresh. On the old code the second batch of a new producer was appended first.
+    #[test]
+    fn a_batch_refused_before_append_holds_back_later_sequences() {
+        let mut s = ProducerStates::default();
+        s.refused(9, 0, 0, 1);
+        assert!(matches!(
+            s.check(9, 0, 10, 19),
+            Err(PartitionError::OutOfOrderSequence { expected: 0, .. })
+        ));
+        assert_eq!(s.check(9, 0, 0, 9).unwrap(), Verdict::Append);
+        s.record(9, 0, seen(0, 9, 100), 2);
+        assert_eq!(s.check(9, 0, 10, 19).unwrap(), Verdict::Append);
+        s.record(9, 0, seen(10, 19, 110), 3);
+        // A known producer: 20.. refused, 30.. must wait.
+        s.refused(9, 0, 20, 4);
+        assert!(s.check(9, 0, 30, 39).is_err());
+        // A retry of an appended batch is still recognised.
+        assert!(matches!(s.check(9, 0, 10, 19), Ok(Verdict::Duplicate(_))));
+        // A new epoch (the producer reset after giving up) starts at 0 with no hole.
+        assert_eq!(s.check(9, 1, 0, 4).unwrap(), Verdict::Append);
+        s.record(9, 1, seen(0, 4, 120), 5);
+        assert_eq!(s.check(9, 1, 5, 9).unwrap(), Verdict::Append);
     }
 }

@@ -39,6 +39,25 @@ fn unavailable(doing: &str, e: etcd_client::Error) -> MetaError {
     }
 }
 
+/// A failed transaction: refused as invalid (etcd's own limits, a bad request) or sent and not
+/// answered, so of unknown outcome.
+fn txn_error(doing: &str, e: etcd_client::Error) -> MetaError {
+    match &e {
+        // gRPC codes 3 (invalid argument: too many operations, request too large) and 8
+        // (resource exhausted).
+        etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 3 | 8) => {
+            MetaError::Refused {
+                doing: doing.to_string(),
+                reason: s.message().to_string(),
+            }
+        }
+        _ => MetaError::Unanswered {
+            doing: doing.to_string(),
+            source: Box::new(e),
+        },
+    }
+}
+
 /// etcd reports an expired or revoked lease as a gRPC "not found" status.
 fn lease_error(lease: LeaseId, doing: &str, e: etcd_client::Error) -> MetaError {
     match &e {
@@ -78,9 +97,14 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 impl EtcdKv {
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`), failing after `timeout`.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, MetaError> {
+        // HTTP/2 pings find a connection that died silently (a network cut drops packets and
+        // sends no reset), so watches break and are re-established instead of waiting forever.
+        // etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`).
         let opts = ConnectOptions::new()
             .with_connect_timeout(timeout)
-            .with_timeout(timeout.max(Duration::from_secs(5)));
+            .with_timeout(timeout.max(Duration::from_secs(5)))
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
         let mut client = Client::connect(endpoints, Some(opts)).await.map_err(|e| {
             unavailable(&format!("connecting to etcd at {}", endpoints.join(",")), e)
         })?;
@@ -168,6 +192,7 @@ impl MetaKv for EtcdKv {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
+        txn.check(&LIMITS)?;
         // etcd refuses a lease that does not exist; report it the way the trait says.
         for op in txn.success.iter().chain(&txn.failure) {
             if let Op::Put { lease, .. } = op {
@@ -193,7 +218,7 @@ impl MetaKv for EtcdKv {
             .clone()
             .txn(t)
             .await
-            .map_err(|e| unavailable("committing a transaction", e))?;
+            .map_err(|e| txn_error("committing a transaction", e))?;
         Ok(TxnResponse {
             succeeded: r.succeeded(),
             revision: r.header().map_or(0, |h| h.revision()),
@@ -261,7 +286,17 @@ impl MetaKv for EtcdKv {
             Err(e) => return Err(unavailable("starting a watch", e)),
         }
         tokio::spawn(async move {
+            // The channel closes (and the follower re-reads) when the stream fails, ends, or etcd
+            // cancels the watch (compaction past it, a server-side cancel).
             while let Ok(Some(r)) = stream.message().await {
+                if r.canceled() {
+                    tracing::warn!(
+                        reason = r.cancel_reason(),
+                        compact_revision = r.compact_revision(),
+                        "etcd cancelled a watch; it will be re-established"
+                    );
+                    return;
+                }
                 for ev in r.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let out = match ev.event_type() {

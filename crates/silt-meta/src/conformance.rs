@@ -17,6 +17,8 @@ pub async fn run_all(kv: &dyn MetaKv, advance: Advance<'_>) {
     delete_prefix(kv).await;
     leases(kv, advance).await;
     watches(kv).await;
+    paged_ranges(kv).await;
+    request_limits(kv).await;
 }
 
 async fn put(kv: &dyn MetaKv, k: &str, v: &str) -> TxnResponse {
@@ -241,4 +243,67 @@ async fn recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<WatchEvent>) -> Watc
         .await
         .expect("watch event within 10s")
         .expect("watch open")
+}
+
+/// `range_all` reads every key under a prefix however many pages it takes, in order, and
+/// nothing outside it.
+pub async fn paged_ranges(kv: &dyn MetaKv) {
+    let n = PAGE_KEYS * 2 + 100;
+    let ops: Vec<Op> = (0..n)
+        .map(|i| Op::put(format!("/c/paged/{i:06}"), "v"))
+        .chain([Op::put("/c/paged0", "outside")])
+        .collect();
+    for txn in chunk_ops(&[], ops).expect("chunks fit") {
+        assert!(txn.success.len() <= LIMITS.max_txn_ops);
+        kv.txn(txn).await.unwrap();
+    }
+    let all = kv.range_all(b"/c/paged/").await.unwrap();
+    assert_eq!(all.len(), n);
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, kv)| kv.key == format!("/c/paged/{i:06}").into_bytes()));
+}
+
+/// Every backend refuses, before applying anything, a transaction over etcd's default limits
+/// (128 operations per list, 1.5 MiB per request), as a permanent error; one at the limits
+/// goes through.
+pub async fn request_limits(kv: &dyn MetaKv) {
+    let many = |n: usize| Txn {
+        success: (0..n)
+            .map(|i| Op::put(format!("/c/limits/ops/{i:04}"), "v"))
+            .collect(),
+        ..Default::default()
+    };
+    let refused = kv.txn(many(LIMITS.max_txn_ops + 1)).await;
+    assert!(
+        matches!(&refused, Err(e @ MetaError::TooLarge { .. }) if e.class() == ErrorClass::Permanent),
+        "129 operations: {refused:?}"
+    );
+    assert!(kv.range_all(b"/c/limits/ops/").await.unwrap().is_empty());
+    kv.txn(many(LIMITS.max_txn_ops))
+        .await
+        .expect("128 operations");
+    let big = |len: usize| Txn {
+        success: vec![Op::put("/c/limits/big", vec![b'x'; len])],
+        ..Default::default()
+    };
+    let refused = kv.txn(big(LIMITS.max_request_bytes)).await;
+    assert!(
+        matches!(refused, Err(MetaError::TooLarge { .. })),
+        "a request over 1.5 MiB: {refused:?}"
+    );
+    assert!(kv.get(b"/c/limits/big").await.unwrap().is_none());
+    kv.txn(big(1 << 20)).await.expect("a 1 MiB value");
+    // Chunking shapes any list of operations into transactions within the limits.
+    let ops: Vec<Op> = (0..40)
+        .map(|i| Op::put(format!("/c/limits/chunked/{i:02}"), vec![b'y'; 100_000]))
+        .collect();
+    let txns = chunk_ops(&[], ops).unwrap();
+    assert!(txns.len() >= 3, "{} transactions", txns.len());
+    for t in txns {
+        t.check(&LIMITS).unwrap();
+        kv.txn(t).await.unwrap();
+    }
+    assert_eq!(kv.range_all(b"/c/limits/chunked/").await.unwrap().len(), 40);
 }

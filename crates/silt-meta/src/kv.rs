@@ -183,10 +183,50 @@ pub enum WatchEvent {
     },
 }
 
+/// The limits of one call that every backend enforces the same way (etcd's defaults:
+/// `--max-request-bytes` 1.5 MiB, `--max-txn-ops` 128, and the client's 4 MiB gRPC reply cap).
+/// A transaction over them is refused with [`MetaError::TooLarge`] before it is sent, by every
+/// backend, so code that passes its tests on the embedded store cannot fail on etcd for size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes of one request (keys, values and compares of a transaction, with overhead).
+    pub max_request_bytes: usize,
+    /// Most operations in each of a transaction's compares, success and failure lists.
+    pub max_txn_ops: usize,
+    /// Most bytes of one reply: [`MetaKv::range_all`] pages stay under it.
+    pub max_reply_bytes: usize,
+}
+
+/// etcd's default limits, which every backend enforces.
+pub const LIMITS: Limits = Limits {
+    max_request_bytes: 3 << 19,
+    max_txn_ops: 128,
+    max_reply_bytes: 4 << 20,
+};
+
+/// Keys per page of [`MetaKv::range_all`].
+pub const PAGE_KEYS: usize = 512;
+
+/// Per-operation overhead counted by [`Txn::encoded_len`] (protobuf framing, option fields).
+const OP_OVERHEAD: usize = 16;
+
+/// How a caller should treat a [`MetaError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Nothing was applied; the same call may succeed later.
+    Retryable,
+    /// Nothing was applied and the same call will never succeed: change it or give up.
+    Permanent,
+    /// A write was sent and not answered: it may or may not have been applied. Retry only what
+    /// is safe to apply twice, or read back to learn the outcome.
+    OutcomeUnknown,
+}
+
 /// Failures of the metadata store.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
-    /// The store could not be reached or its storage failed; the operation may be retried.
+    /// The store could not be reached or its storage failed before anything was applied; the
+    /// operation may be retried.
     #[error("metadata store unavailable while {doing}: {source}")]
     Unavailable {
         /// What the store was doing.
@@ -194,6 +234,34 @@ pub enum MetaError {
         /// The cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A write was sent but no answer came back (a timeout, a cut connection): it may have been
+    /// applied.
+    #[error("metadata store did not answer while {doing} (the write may or may not have been applied): {source}")]
+    Unanswered {
+        /// What the store was doing.
+        doing: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The request is over one of the store's [`Limits`]; it was not sent.
+    #[error("metadata request refused before sending: {what} is {size}, over the store's limit of {limit}")]
+    TooLarge {
+        /// What is over the limit.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The store refused the request as invalid (it will never accept it).
+    #[error("metadata store refused the request while {doing}: {reason}")]
+    Refused {
+        /// What the store was doing.
+        doing: String,
+        /// The store's reason.
+        reason: String,
     },
     /// The lease does not exist (expired or revoked).
     #[error("lease {0} not found (expired or revoked)")]
@@ -208,13 +276,154 @@ pub enum MetaError {
     },
 }
 
+impl MetaError {
+    /// How a caller should treat this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Unavailable { .. } => ErrorClass::Retryable,
+            Self::Unanswered { .. } => ErrorClass::OutcomeUnknown,
+            Self::TooLarge { .. } => ErrorClass::Permanent,
+            Self::Refused { .. } => ErrorClass::Permanent,
+            Self::LeaseNotFound(_) => ErrorClass::Permanent,
+            Self::Corrupt { .. } => ErrorClass::Permanent,
+        }
+    }
+
+    /// Whether the same call may succeed if tried again (retryable or of unknown outcome).
+    pub fn is_transient(&self) -> bool {
+        self.class() != ErrorClass::Permanent
+    }
+}
+
+impl Txn {
+    /// The bytes this transaction takes in a request, as etcd counts them (keys, values and
+    /// compare operands) plus a small overhead per operation.
+    pub fn encoded_len(&self) -> usize {
+        let op = |o: &Op| {
+            OP_OVERHEAD
+                + match o {
+                    Op::Put { key, value, .. } => key.len() + value.len(),
+                    Op::Delete { key } => 2 * key.len(),
+                    Op::DeletePrefix { prefix } => 2 * prefix.len(),
+                }
+        };
+        let cmp = |c: &Compare| {
+            OP_OVERHEAD
+                + c.key.len()
+                + match &c.target {
+                    CompareTarget::Value(v) => v.len(),
+                    _ => 8,
+                }
+        };
+        self.compares.iter().map(cmp).sum::<usize>()
+            + self.success.iter().map(op).sum::<usize>()
+            + self.failure.iter().map(op).sum::<usize>()
+    }
+
+    /// Refuses a transaction over `limits`, saying which limit.
+    pub fn check(&self, limits: &Limits) -> Result<(), MetaError> {
+        for (what, n) in [
+            ("the number of compares", self.compares.len()),
+            ("the number of success operations", self.success.len()),
+            ("the number of failure operations", self.failure.len()),
+        ] {
+            if n > limits.max_txn_ops {
+                return Err(MetaError::TooLarge {
+                    what,
+                    size: n,
+                    limit: limits.max_txn_ops,
+                });
+            }
+        }
+        let size = self.encoded_len();
+        if size > limits.max_request_bytes {
+            return Err(MetaError::TooLarge {
+                what: "the transaction's size in bytes",
+                size,
+                limit: limits.max_request_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Splits `ops` into transactions that each fit [`LIMITS`] with `compares` attached, in order.
+/// Fails with [`MetaError::TooLarge`] if one operation alone cannot fit.
+pub fn chunk_ops(compares: &[Compare], ops: Vec<Op>) -> Result<Vec<Txn>, MetaError> {
+    let base = Txn {
+        compares: compares.to_vec(),
+        ..Default::default()
+    };
+    base.check(&LIMITS)?;
+    let budget = LIMITS.max_request_bytes - base.encoded_len();
+    let mut out: Vec<Txn> = Vec::new();
+    let mut cur: Vec<Op> = Vec::new();
+    let mut bytes = 0usize;
+    for op in ops {
+        let one = Txn {
+            success: vec![op.clone()],
+            ..Default::default()
+        }
+        .encoded_len();
+        if one > budget {
+            return Err(MetaError::TooLarge {
+                what: "one operation's size in bytes",
+                size: one,
+                limit: budget,
+            });
+        }
+        if !cur.is_empty() && (cur.len() == LIMITS.max_txn_ops || bytes + one > budget) {
+            out.push(Txn {
+                success: std::mem::take(&mut cur),
+                ..base.clone()
+            });
+            bytes = 0;
+        }
+        bytes += one;
+        cur.push(op);
+    }
+    if !cur.is_empty() {
+        out.push(Txn {
+            success: cur,
+            ..base
+        });
+    }
+    Ok(out)
+}
+
 /// An etcd-shaped key-value store. Every backend passes [`crate::conformance`].
 #[async_trait]
 pub trait MetaKv: Send + Sync + std::fmt::Debug {
     /// One key.
     async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MetaError>;
-    /// Keys under a prefix, ordered by key.
+    /// Keys under a prefix, ordered by key: one reply, so callers that may see many keys set
+    /// a `limit` or use [`MetaKv::range_all`].
     async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, MetaError>;
+    /// Every key under a prefix, ascending, read in pages of at most [`PAGE_KEYS`] keys (each
+    /// reply stays under the store's reply limit however many keys there are).
+    async fn range_all(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, MetaError> {
+        let mut out: Vec<KeyValue> = Vec::new();
+        let mut from = prefix.to_vec();
+        loop {
+            let page = self
+                .range(RangeRequest {
+                    prefix: prefix.to_vec(),
+                    start_after_or_at: from.clone(),
+                    limit: PAGE_KEYS,
+                    descending: false,
+                })
+                .await?;
+            let full = page.len() == PAGE_KEYS;
+            if let Some(last) = page.last() {
+                from = last.key.clone();
+                from.push(0);
+            }
+            out.extend(page);
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
     /// An atomic compare-and-swap transaction.
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError>;
     /// A lease that expires `ttl` after its last keep-alive.

@@ -14,6 +14,6 @@ pub mod mirror;
 
 pub use embedded::EmbeddedKv;
 pub use kv::{
-    Compare, CompareOp, CompareTarget, KeyValue, LeaseId, MetaError, MetaKv, Op, RangeRequest, Txn,
-    TxnResponse, WatchEvent,
+    chunk_ops, Compare, CompareOp, CompareTarget, ErrorClass, KeyValue, LeaseId, Limits, MetaError,
+    MetaKv, Op, RangeRequest, Txn, TxnResponse, WatchEvent, LIMITS,
 };

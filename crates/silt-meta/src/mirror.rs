@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::kv::{KeyValue, MetaError, MetaKv, RangeRequest, WatchEvent};
+use crate::kv::{KeyValue, MetaError, MetaKv, WatchEvent};
 
 /// One item of a mirror: the decoded value and the revision that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,11 +115,7 @@ where
     async fn sync(&self) -> Result<(BTreeMap<K, Item<V>>, Events), MetaError> {
         let events = self.kv.watch_prefix(&self.prefix).await?;
         let mut items = BTreeMap::new();
-        for kv in self
-            .kv
-            .range(RangeRequest::prefix(self.prefix.clone()))
-            .await?
-        {
+        for kv in self.kv.range_all(&self.prefix).await? {
             self.put(&mut items, &kv);
         }
         Ok((items, events))
@@ -185,7 +181,7 @@ where
             // The watch ended: reload everything once the store answers again.
             loop {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis((100u64 << attempt.min(5)).min(2_000)))
+                tokio::time::sleep(Duration::from_millis((100u64 << attempt.min(5)).min(1_000)))
                     .await;
                 match self.sync().await {
                     Ok((fresh, ev)) => {

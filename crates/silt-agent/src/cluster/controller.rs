@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use silt_meta::layout::assignment::{self, Assignment, GROUP_SHARDS};
 use silt_meta::layout::{agents, catalog};
-use silt_meta::{LeaseId, MetaError, MetaKv, Op, RangeRequest, Txn};
+use silt_meta::{LeaseId, MetaError, MetaKv, Op, Txn};
 use tokio::sync::watch;
 
 use super::Cluster;
@@ -65,10 +65,11 @@ pub async fn run(
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "controller election failed; retrying"),
         }
-        // Wait for the key to go (its holder left or died), checking now and then.
+        // Wait for the key to go (its holder left or died), checking every second anyway: the
+        // watch may be broken, and the key may be this session's own from an earlier term.
         let mut rx = cluster.controller.subscribe();
         let _ =
-            tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|s| s.items.is_empty())).await;
+            tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| s.items.is_empty())).await;
     }
 }
 
@@ -88,17 +89,18 @@ async fn lead<T>(
             Err(Stop::Meta(e)) => {
                 tracing::warn!(error = %e, "controller could not reconcile assignments; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                // Still controller? (The lease may have lapsed while the store was away.)
-                let still = meta
-                    .get(assignment::controller_key().as_bytes())
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|kv| {
-                        kv.value == assignment::controller_value(me.node_id, &me.session).as_bytes()
-                    });
-                if !still {
-                    return;
+                // Still controller? (The lease may have lapsed while the store was away.) Only a
+                // definite answer ends the term: stepping down on an unanswered read would
+                // leave the key, bound to a live lease, held by an agent not acting on it.
+                match meta.get(assignment::controller_key().as_bytes()).await {
+                    Ok(Some(kv))
+                        if kv.value
+                            == assignment::controller_value(me.node_id, &me.session).as_bytes() => {
+                    }
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "controller cannot reach the metadata store; retrying");
+                    }
                 }
                 continue;
             }
@@ -117,7 +119,7 @@ async fn current(
     parse: fn(&[u8]) -> Option<Vec<u8>>,
 ) -> Result<BTreeMap<Vec<u8>, Assignment>, MetaError> {
     let mut out = BTreeMap::new();
-    for kv in meta.range(RangeRequest::prefix(prefix)).await? {
+    for kv in meta.range_all(prefix.as_bytes()).await? {
         if let Some(k) = parse(&kv.key) {
             out.insert(k, assignment::decode(&kv.key, &kv.value)?);
         }

@@ -113,15 +113,27 @@ async fn produce_one(
         BatchError::Corrupt(m) => PartitionError::CorruptMessage(m),
         BatchError::Invalid(m) => PartitionError::InvalidRecord(m),
     })?;
+    let refuse = |e: PartitionError| {
+        // A refused idempotent batch holds back the producer's later sequences.
+        if header.is_idempotent() && !header.is_transactional() {
+            p.lock().producers.refused(
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+                b.clock.now_ms(),
+            );
+        }
+        e
+    };
     let limit = max_message_bytes.min(b.settings.flush.max_buffered_bytes);
     if header.size > limit {
-        return Err(PartitionError::MessageTooLarge {
+        return Err(refuse(PartitionError::MessageTooLarge {
             size: header.size,
             max: limit,
-        });
+        }));
     }
     if log_append_time.is_none() {
-        check_timestamps(&header, config, b.clock.now_ms())?;
+        check_timestamps(&header, config, b.clock.now_ms()).map_err(refuse)?;
     }
     let permit = b
         .flusher
@@ -129,7 +141,8 @@ async fn produce_one(
             header.size,
             deadline.saturating_duration_since(Instant::now()),
         )
-        .await?;
+        .await
+        .map_err(refuse)?;
     let appended = append(
         &b.flusher,
         p,

@@ -21,6 +21,7 @@ use silt_meta::layout::index::{self, IndexEntry, ProducerBatch};
 use silt_meta::Txn;
 use silt_storage::object::ObjectBuilder;
 use silt_storage::paths;
+use silt_wire::batch;
 
 use crate::broker::Broker;
 use crate::error::PartitionError;
@@ -67,11 +68,14 @@ pub fn plan(
     (0..candidates).find_map(|start| {
         let mut end = start;
         let mut bytes = 0u64;
+        let mut kept = ProducerBudget::default();
         while end < candidates
             && end - start < ENTRIES_PER_STEP
             && bytes + segments[end].len <= segment_bytes
+            && kept.fits(&segments[end])
         {
             bytes += segments[end].len;
+            kept.add(&segments[end]);
             end += 1;
         }
         let joining = bytes.saturating_sub(segments[start].len);
@@ -79,27 +83,67 @@ pub fn plan(
     })
 }
 
+/// Most idempotent batches a folded entry may record (about 110 bytes each), keeping its
+/// transaction far inside the metadata store's request limit.
+pub const MAX_FOLDED_PRODUCER_BATCHES: usize = 2000;
+
+/// Counts the idempotent batches a fold would keep ([`BATCHES_PER_PRODUCER`] per producer).
+#[derive(Default)]
+struct ProducerBudget {
+    per_producer: HashMap<i64, usize>,
+    kept: usize,
+}
+
+impl ProducerBudget {
+    /// Whether adding `e` keeps the fold within [`MAX_FOLDED_PRODUCER_BATCHES`].
+    fn fits(&self, e: &IndexEntry) -> bool {
+        let mut extra = 0usize;
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        for b in &e.producers {
+            let n = seen
+                .entry(b.pid)
+                .or_insert_with(|| self.per_producer.get(&b.pid).copied().unwrap_or(0));
+            if *n < BATCHES_PER_PRODUCER {
+                *n += 1;
+                extra += 1;
+            }
+        }
+        self.kept + extra <= MAX_FOLDED_PRODUCER_BATCHES
+    }
+
+    fn add(&mut self, e: &IndexEntry) {
+        for b in &e.producers {
+            let n = self.per_producer.entry(b.pid).or_default();
+            if *n < BATCHES_PER_PRODUCER {
+                *n += 1;
+                self.kept += 1;
+            }
+        }
+    }
+}
+
 /// Most marks kept in a folded entry.
 const MAX_MARKS: usize = 256;
+/// Marks are at least this many bytes apart (a read window is at least 2 MiB).
+const MIN_MARK_SPACING: u64 = 256 << 10;
 
-/// Where each folded range (and the marks inside it) starts in the new segment, thinned to at
-/// most [`MAX_MARKS`].
-fn fold_marks(entries: &[IndexEntry]) -> Vec<(i64, u64)> {
-    let mut out = Vec::new();
+/// Marks for a segment made of `datas` (the folded ranges' bytes, in order): batch starts
+/// about `len / MAX_MARKS` (at least [`MIN_MARK_SPACING`]) bytes apart, so a read starting at
+/// the mark before its offset skips at most that much plus one batch, however the folded
+/// ranges were sized.
+fn fold_marks(datas: &[Bytes]) -> Vec<(i64, u64)> {
+    let total: u64 = datas.iter().map(|d| d.len() as u64).sum();
+    let spacing = (total / MAX_MARKS as u64).max(MIN_MARK_SPACING);
+    let mut out: Vec<(i64, u64)> = Vec::new();
     let mut at = 0u64;
-    for e in entries {
-        out.push((e.base_offset, at));
-        out.extend(
-            e.marks
-                .iter()
-                .filter(|(o, _)| *o > e.base_offset)
-                .map(|(o, p)| (*o, at + p)),
-        );
-        at += e.len;
-    }
-    if out.len() > MAX_MARKS {
-        let step = out.len().div_ceil(MAX_MARKS);
-        out = out.into_iter().step_by(step).collect();
+    for d in datas {
+        for (h, rg) in batch::iter(d) {
+            let pos = at + rg.start as u64;
+            if out.last().is_none_or(|(_, last)| pos - last >= spacing) {
+                out.push((h.base_offset, pos));
+            }
+        }
+        at += d.len() as u64;
     }
     out
 }
@@ -187,9 +231,10 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
         last.last_offset,
         &b.session,
     );
+    let marks = fold_marks(&datas);
     let object = builder.finish();
     let bytes = f.len;
-    let res = commit_segment(b, p, &run, &path, object, f.pos, f.len, max_ts).await;
+    let res = commit_segment(b, p, &run, &path, object, (f.pos, f.len), max_ts, marks).await;
     // Steps run one at a time (the lifecycle lock), so step n is done when this returns.
     b.compaction.finished.store(n, Ordering::SeqCst);
     let folded = res?;
@@ -223,9 +268,9 @@ async fn commit_segment(
     run: &[IndexEntry],
     path: &object_store::path::Path,
     object: Bytes,
-    pos: u64,
-    len: u64,
+    (pos, len): (u64, u64),
     max_ts: i64,
+    marks: Vec<(i64, u64)>,
 ) -> Result<IndexEntry, PartitionError> {
     let (first, last) = (&run[0], &run[run.len() - 1]);
     b.storage.put(path, object).await?;
@@ -237,7 +282,7 @@ async fn commit_segment(
         last_offset: last.last_offset,
         max_timestamp: max_ts,
         producers: fold_producers(run),
-        marks: fold_marks(run),
+        marks,
     };
     let mut success: Vec<_> = run
         .iter()
@@ -262,7 +307,7 @@ async fn commit_segment(
                     p.topic, p.index
                 )))
             }
-            Err(e @ silt_meta::MetaError::Unavailable { .. }) => {
+            Err(e) if e.is_transient() => {
                 attempt += 1;
                 tracing::warn!(attempt, error = %e, "compaction commit unanswered; retrying");
                 tokio::time::sleep(Duration::from_millis((100u64 << attempt.min(5)).min(3_000)))
@@ -297,18 +342,34 @@ mod tests {
     }
 
     #[test]
-    fn marks_locate_each_folded_range() {
-        let run: Vec<IndexEntry> = (0..3).map(|i| e(i * 10, 100)).collect();
-        let mut folded = run[0].clone();
-        folded.marks = fold_marks(&run);
-        assert_eq!(folded.marks, vec![(0, 0), (10, 100), (20, 200)]);
-        assert_eq!(
-            (folded.seek(0), folded.seek(15), folded.seek(99)),
-            (0, 100, 200)
-        );
-        // Folding a folded entry keeps its inner marks, shifted.
-        let again = fold_marks(&[e(-5, 50), folded]);
-        assert_eq!(again, vec![(-5, 0), (0, 50), (10, 150), (20, 250)]);
+    fn marks_are_spaced_batch_starts() {
+        use crate::test_batches::batch_of;
+        // Three ranges of 2 000 one-KiB batches each (about 6 MB): marks every 256 KiB.
+        let mut next = 0;
+        let datas: Vec<Bytes> = (0..3)
+            .map(|_| {
+                let mut d = bytes::BytesMut::new();
+                for _ in 0..2000 {
+                    d.extend_from_slice(&batch_of(next, 1, 1000));
+                    next += 1;
+                }
+                d.freeze()
+            })
+            .collect();
+        let marks = fold_marks(&datas);
+        let total: u64 = datas.iter().map(|d| d.len() as u64).sum();
+        assert_eq!(marks[0], (0, 0));
+        assert!(marks.len() <= MAX_MARKS + 1);
+        assert!(marks.len() as u64 >= total / (MIN_MARK_SPACING + 2000));
+        let size = batch_of(0, 1, 1000).len() as u64;
+        for w in marks.windows(2) {
+            let gap = w[1].1 - w[0].1;
+            assert!(
+                (MIN_MARK_SPACING..MIN_MARK_SPACING + size).contains(&gap),
+                "{w:?}"
+            );
+            assert_eq!(w[1].1, w[1].0 as u64 * size, "a mark is its batch's start");
+        }
     }
 
     #[test]
@@ -356,6 +417,51 @@ mod tests {
             Some((0, 8)),
             "but is once as much joins"
         );
+    }
+
+    /// Rule (issue 11.2): a run whose folded entry would record more idempotent batches than
+    /// the budget is cut short, so no compaction transaction nears the store's request limit.
+    #[test]
+    fn runs_are_cut_at_the_producer_budget() {
+        let many = |base: i64, pids: std::ops::Range<i64>| {
+            let mut x = e(base, 10);
+            x.producers = pids
+                .map(|pid| ProducerBatch {
+                    pid,
+                    epoch: 0,
+                    first_seq: 0,
+                    last_seq: 0,
+                    base_offset: base,
+                })
+                .collect();
+            x
+        };
+        // Twelve entries of 800 distinct producers each: only two fit one fold.
+        let entries: Vec<IndexEntry> = (0..12).map(|i| many(i, i * 800..(i + 1) * 800)).collect();
+        let (a, z) = plan(&entries, 4, 1 << 30).unwrap();
+        assert_eq!(z - a, 2);
+        let folded = fold_producers(&entries[a..z]);
+        assert!(folded.len() <= MAX_FOLDED_PRODUCER_BATCHES);
+        let txn_bytes = silt_meta::Txn {
+            success: vec![index::put_op(
+                &uuid::Uuid::nil(),
+                0,
+                &IndexEntry {
+                    producers: folded,
+                    ..entries[0].clone()
+                },
+            )],
+            ..Default::default()
+        }
+        .encoded_len();
+        assert!(
+            txn_bytes < silt_meta::LIMITS.max_request_bytes / 4,
+            "{txn_bytes}"
+        );
+        // One producer writing many batches folds without limit (five are kept).
+        let one: Vec<IndexEntry> = (0..120).map(|i| many(i, 7..8)).collect();
+        let (a, z) = plan(&one, 4, 1 << 30).unwrap();
+        assert_eq!(z - a, ENTRIES_PER_STEP);
     }
 
     #[test]

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use silt_meta::layout::{agents, archive, index};
-use silt_meta::RangeRequest;
 
 use crate::broker::Broker;
 
@@ -114,10 +113,7 @@ pub async fn pass(b: &Broker, since: &mut HashMap<String, Instant>) -> Result<us
     b.gc.index_keys.store(index_keys as u64, Ordering::Relaxed);
     let mut pending = HashSet::new();
     for kv in meta
-        .range(RangeRequest::prefix(format!(
-            "{}/archive/",
-            silt_meta::layout::ROOT
-        )))
+        .range_all(format!("{}/archive/", silt_meta::layout::ROOT).as_bytes())
         .await
         .map_err(|e| e.to_string())?
     {

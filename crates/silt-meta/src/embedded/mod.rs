@@ -140,6 +140,7 @@ impl MetaKv for EmbeddedKv {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
+        txn.check(&crate::kv::LIMITS)?;
         self.blocking(move |i, _| {
             for op in txn.success.iter().chain(txn.failure.iter()) {
                 if let Op::Put { lease, .. } = op {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{decode_json, encode_json};
-use crate::kv::{Compare, LeaseId, MetaError, MetaKv, Op, RangeRequest, Txn};
+use crate::kv::{Compare, LeaseId, MetaError, MetaKv, Op, Txn};
 
 /// What an agent registers. Persisted: field names are stable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +125,7 @@ pub async fn register(
 /// Every live agent by node id.
 pub async fn list(kv: &dyn MetaKv) -> Result<BTreeMap<i32, Registration>, MetaError> {
     let mut out = BTreeMap::new();
-    for item in kv.range(RangeRequest::prefix(prefix())).await? {
+    for item in kv.range_all(prefix().as_bytes()).await? {
         if let Some(id) = parse_key(&item.key) {
             out.insert(id, decode(&item.key, &item.value)?);
         }
@@ -156,7 +156,7 @@ pub async fn session_progress(
 ) -> Result<std::collections::HashMap<String, SessionProgress>, MetaError> {
     let prefix = format!("{}/sessions/", super::ROOT);
     let mut out = std::collections::HashMap::new();
-    for item in kv.range(RangeRequest::prefix(prefix.clone())).await? {
+    for item in kv.range_all(prefix.as_bytes()).await? {
         let k = String::from_utf8_lossy(&item.key[prefix.len()..]).into_owned();
         out.insert(k, decode_json(&item.key, &item.value)?);
     }

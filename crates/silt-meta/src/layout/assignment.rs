@@ -53,7 +53,10 @@ pub fn parse_controller(value: &[u8]) -> Option<i32> {
         .ok()
 }
 
-/// Becomes controller if nobody is; returns whether this session now is.
+/// Becomes controller if nobody is; returns whether this session now is. A key that already
+/// names this session (left by an earlier term of this agent that stepped down while the store
+/// was away, bound to the same live lease) counts as held: nobody else can take it until the
+/// lease ends, so refusing it would leave the pool without a controller.
 pub async fn try_become_controller(
     kv: &dyn MetaKv,
     node_id: i32,
@@ -61,18 +64,25 @@ pub async fn try_become_controller(
     lease: LeaseId,
 ) -> Result<bool, MetaError> {
     let k = controller_key();
+    let mine = controller_value(node_id, session);
     let r = kv
         .txn(Txn {
             compares: vec![Compare::absent(k.clone())],
             success: vec![Op::Put {
-                key: k.into_bytes(),
-                value: controller_value(node_id, session).into_bytes(),
+                key: k.clone().into_bytes(),
+                value: mine.clone().into_bytes(),
                 lease,
             }],
             failure: vec![],
         })
         .await?;
-    Ok(r.succeeded)
+    if r.succeeded {
+        return Ok(true);
+    }
+    Ok(kv
+        .get(k.as_bytes())
+        .await?
+        .is_some_and(|kv| kv.value == mine.as_bytes()))
 }
 
 /// The compare every controller write carries.
@@ -206,6 +216,30 @@ mod tests {
         live.iter()
             .map(|a| cur.values().filter(|x| x.leader == *a).count())
             .collect()
+    }
+
+    /// Rule (issue 11.7): an agent whose controller term ended while the store was away, its key
+    /// still bound to its live lease, takes the role again; another session never does.
+    #[tokio::test]
+    async fn a_controller_key_left_by_this_session_is_taken_back() {
+        use crate::EmbeddedKv;
+        let kv = EmbeddedKv::in_memory(silt_common::ManualClock::new(0));
+        let lease = kv
+            .grant_lease(std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(try_become_controller(&kv, 1, "s1", lease).await.unwrap());
+        assert!(
+            try_become_controller(&kv, 1, "s1", lease).await.unwrap(),
+            "the same session holds the key: it is controller"
+        );
+        assert!(!try_become_controller(&kv, 2, "s2", lease).await.unwrap());
+        assert!(
+            !try_become_controller(&kv, 1, "s1-restarted", lease)
+                .await
+                .unwrap(),
+            "a new session of the same node is not the holder"
+        );
     }
 
     #[test]

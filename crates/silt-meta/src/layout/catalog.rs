@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{archive, decode_json, encode_json, index};
-use crate::kv::{Compare, MetaError, MetaKv, Op, RangeRequest, Txn};
+use crate::kv::{Compare, MetaError, MetaKv, Op, Txn};
 
 /// A topic as stored. Persisted: field names are stable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +49,7 @@ pub fn key(name: &str) -> String {
 
 /// Every topic.
 pub async fn list(kv: &dyn MetaKv) -> Result<Vec<TopicRecord>, MetaError> {
-    kv.range(RangeRequest::prefix(prefix()))
+    kv.range_all(prefix().as_bytes())
         .await?
         .into_iter()
         .map(|kv| decode_json(&kv.key, &kv.value))

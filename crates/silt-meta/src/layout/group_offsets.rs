@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{decode_json, encode_json};
-use crate::kv::{Compare, MetaError, MetaKv, Op, RangeRequest, Txn};
+use crate::kv::{Compare, MetaError, MetaKv, Op, Txn};
 
 /// A committed offset. Persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,7 +167,7 @@ pub struct Stored {
 pub async fn load_all(kv: &dyn MetaKv) -> Result<Stored, MetaError> {
     let prefix = all_prefix();
     let mut out = Stored::default();
-    for item in kv.range(RangeRequest::prefix(prefix.clone())).await? {
+    for item in kv.range_all(prefix.as_bytes()).await? {
         let k = String::from_utf8_lossy(&item.key).into_owned();
         let rest = &k[prefix.len()..];
         if let Some(group) = rest.strip_suffix("/protocol-type") {

@@ -139,7 +139,7 @@ pub async fn referenced_objects(
 ) -> Result<(std::collections::HashSet<String>, usize), MetaError> {
     let mut out = std::collections::HashSet::new();
     let items = kv
-        .range(RangeRequest::prefix(format!("{}/index/", super::ROOT)))
+        .range_all(format!("{}/index/", super::ROOT).as_bytes())
         .await?;
     let keys = items.len();
     for item in items {
@@ -155,7 +155,7 @@ pub async fn load_partition(
     topic_id: &Uuid,
     partition: i32,
 ) -> Result<Vec<IndexEntry>, MetaError> {
-    kv.range(RangeRequest::prefix(partition_prefix(topic_id, partition)))
+    kv.range_all(partition_prefix(topic_id, partition).as_bytes())
         .await?
         .into_iter()
         .map(|kv| decode_json(&kv.key, &kv.value))

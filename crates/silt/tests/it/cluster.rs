@@ -625,3 +625,82 @@ async fn groups_and_admin_work_across_agents_and_survive_a_coordinator_move() {
     });
     assert!(gone.is_some(), "the deletion is seen by every agent");
 }
+
+/// Partitions led by the live agents, and how many of them say they hold the controller key.
+fn live_view(c: &TestCluster, dead: Option<usize>) -> (f64, usize) {
+    let mut led = 0.0;
+    let mut controllers = 0;
+    for (i, a) in c.agents.iter().enumerate() {
+        if Some(i) == dead {
+            continue;
+        }
+        let m = a.metrics();
+        led += m.get("silt_partitions").copied().unwrap_or(0.0);
+        controllers += usize::from(m.get("silt_is_controller").copied() == Some(1.0));
+    }
+    (led, controllers)
+}
+
+/// Rule (issue 11.7): the pool always has a controller. etcd is restarted repeatedly (the
+/// controller's reconcile fails meanwhile) and then an agent — a plain one or the controller
+/// itself — is killed: every partition must have a live, loaded leader and exactly one live
+/// agent must hold the controller role within 2× the lease TTL of the kill. On the old code the
+/// controller stepped down on an unanswered read while its key, bound to its live lease, stayed
+/// in place, so no agent ever reassigned the dead agent's partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pool_always_has_a_controller_through_etcd_restarts_and_deaths() {
+    let mut c = TestCluster::start(3);
+    create_topic(&c.agents[0].bootstrap(), "ctl", 12, &[]).await;
+    let total = 12.0 + 0.0;
+    let settled = |c: &TestCluster, dead: Option<usize>| {
+        let (led, controllers) = live_view(c, dead);
+        led == total && controllers == 1
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || settled(&c, None).then_some(())).is_some(),
+        "the pool settles: {:?}",
+        live_view(&c, None)
+    );
+    let ttl = Duration::from_millis(TTL_MS.parse().unwrap());
+    for round in 0..3 {
+        c.etcd.restart(Duration::from_secs(2));
+        // Let the controller's reconcile run into the outage's aftermath.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let controller = c
+            .agents
+            .iter()
+            .position(|a| a.metrics().get("silt_is_controller").copied() == Some(1.0));
+        let victim = match (round, controller) {
+            (1, Some(ctl)) => ctl,
+            (_, Some(ctl)) => (ctl + 1) % c.agents.len(),
+            (_, None) => round % c.agents.len(),
+        };
+        c.agents[victim].kill();
+        let killed = Instant::now();
+        let recovered = eventually(Duration::from_secs(30), || {
+            settled(&c, Some(victim)).then_some(killed.elapsed())
+        });
+        let took = recovered.unwrap_or_else(|| {
+            panic!(
+                "round {round}: no controller or leaderless partitions 30 s after killing agent {} \
+                 (controller was {controller:?}): {:?}",
+                victim + 1,
+                live_view(&c, Some(victim))
+            )
+        });
+        eprintln!(
+            "round {round}: killed agent {} (controller {controller:?}); every partition led again after {took:?}",
+            victim + 1
+        );
+        assert!(
+            took <= 2 * ttl,
+            "round {round}: took {took:?}, more than 2x the lease TTL"
+        );
+        c.agents[victim].start_again();
+        assert!(
+            eventually(Duration::from_secs(30), || settled(&c, None).then_some(())).is_some(),
+            "round {round}: the restarted agent rejoins: {:?}",
+            live_view(&c, None)
+        );
+    }
+}
