@@ -96,7 +96,7 @@ pub struct Agent {
     controller: JoinHandle<()>,
     archiver: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
-    lease_lost: watch::Receiver<bool>,
+    lease_lost: watch::Receiver<Option<Lost>>,
     lease: silt_meta::LeaseId,
     stop_accepting: watch::Sender<bool>,
     accept: JoinHandle<()>,
@@ -259,9 +259,10 @@ impl Agent {
             flusher: flusher.clone(),
             cache,
             settings,
+            stopping: watch::channel(false).0,
         });
         let flush = tokio::spawn(flusher.run());
-        let (lease_lost_tx, lease_lost) = watch::channel(false);
+        let (lease_lost_tx, lease_lost) = watch::channel(None);
         let keepalive = tokio::spawn(keep_lease(broker.clone(), lease, ttl, lease_lost_tx));
         let reactor = tokio::spawn(
             cluster
@@ -351,11 +352,49 @@ impl Agent {
         &self.broker
     }
 
-    /// Resolves when this agent's lease is lost for good (it was unreachable or stalled for
-    /// longer than the TTL): it is fenced and should exit so a supervisor restarts it.
-    pub async fn lease_lost(&self) {
+    /// Resolves when this session is over: its lease expired (it was cut off from the metadata
+    /// store or stalled for longer than the TTL; [`Agent::abandon`] it and start a new session)
+    /// or another start took its node id (exit).
+    pub async fn lease_lost(&self) -> Lost {
         let mut rx = self.lease_lost.clone();
-        let _ = rx.wait_for(|l| *l).await;
+        let got = rx.wait_for(|l| l.is_some()).await.map(|l| *l);
+        got.ok().flatten().unwrap_or(Lost::Expired)
+    }
+
+    /// Ends a session that lost its lease, at once: no flush (its commits would be refused),
+    /// every buffered write fails, connections close, background work stops. Its partitions
+    /// already belong to other agents. The process then starts a fresh session with
+    /// [`Agent::start`], fenced from this one by the new registration.
+    pub async fn abandon(self) {
+        let _ = self.broker.stopping.send(true);
+        self.broker.flusher.abandon();
+        let mut tasks = vec![
+            self.keepalive,
+            self.archiver,
+            self.controller,
+            self.group_ticker,
+            self.reactor,
+            self.accept,
+            self.flush,
+        ];
+        tasks.extend(self.background);
+        tasks.extend(self.admin);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Connections finish their last response and let go of the session's state (the block
+        // cache's files among it) before a new session opens them.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while Arc::strong_count(&self.broker) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            session = %self.broker.session,
+            "abandoned this agent session: buffered writes failed (producers retry), connections closed"
+        );
     }
 
     /// Graceful stop: refuse new writes (clients retry elsewhere), flush and commit what is
@@ -389,6 +428,7 @@ impl Agent {
         }
         let _ = self.stop_accepting.send(true);
         let _ = self.accept.await;
+        let _ = self.broker.stopping.send(true);
         if let Some(a) = self.admin {
             a.abort();
         }
@@ -401,32 +441,64 @@ impl Agent {
     }
 }
 
-/// Renews the agent's lease every third of its TTL. If the lease is gone (this agent stalled
-/// longer than the TTL and was replaced), the agent stops taking writes: its commits would be
-/// refused anyway.
+/// How an agent session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The lease expired (cut off from the metadata store, or stalled, longer than the TTL):
+    /// start a new session in the same process.
+    Expired,
+    /// Another start registered this node id: this process must stop.
+    TakenOver,
+}
+
+/// Renews the agent's lease every third of its TTL. If the lease is gone (this agent was cut
+/// off or stalled longer than the TTL and its partitions moved), or the flush pipeline was
+/// fenced, the session is over: it stops taking writes (its commits would be refused anyway)
+/// and says why.
 async fn keep_lease(
     broker: Arc<Broker>,
     lease: silt_meta::LeaseId,
     ttl: std::time::Duration,
-    lost: watch::Sender<bool>,
+    lost: watch::Sender<Option<Lost>>,
 ) {
     let mut iv = tokio::time::interval(ttl / 3);
     iv.tick().await;
     loop {
         iv.tick().await;
         if broker.flusher.subscribe().borrow().stopped {
-            // The flush pipeline was fenced (another start took this node id): this agent
-            // must not go on serving as if it led anything.
-            tracing::error!("this agent's commits were fenced; it stops");
-            let _ = lost.send(true);
-            return;
+            // The flush pipeline was fenced: by another start of this node id, or because this
+            // session's registration expired with its lease. Only the store can tell which.
+            let key = agents::key(broker.node.id);
+            match broker.meta.get(key.as_bytes()).await {
+                Ok(Some(kv)) if kv.lease != lease => {
+                    tracing::error!("another start registered this node id; this agent stops");
+                    let _ = lost.send(Some(Lost::TakenOver));
+                    return;
+                }
+                Ok(Some(_)) => {
+                    tracing::error!("this agent's flush pipeline stopped; starting a new session");
+                    let _ = lost.send(Some(Lost::Expired));
+                    return;
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        "this agent's registration expired with its lease; starting a new session"
+                    );
+                    let _ = lost.send(Some(Lost::Expired));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "this agent's commits were refused and the metadata store does not answer; retrying");
+                    continue;
+                }
+            }
         }
         match broker.meta.keep_alive(lease).await {
             Ok(()) => {}
             Err(silt_meta::MetaError::LeaseNotFound(_)) => {
-                tracing::error!("this agent's lease expired (it was unreachable or stalled for longer than metadata.lease_ttl_ms); its partitions moved to other agents and it stops taking writes");
-                broker.flusher.close();
-                let _ = lost.send(true);
+                tracing::error!("this agent's lease expired (it was unreachable or stalled for longer than metadata.lease_ttl_ms); its partitions moved to other agents. Failing its buffered writes and starting a new session");
+                broker.flusher.abandon();
+                let _ = lost.send(Some(Lost::Expired));
                 return;
             }
             Err(e) => tracing::warn!(error = %e, "renewing this agent's lease failed; retrying"),

@@ -67,4 +67,7 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     /// Request and traffic metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Set when this agent session ends (shut down, or abandoned after losing its lease):
+    /// connections served by it close, so clients reconnect to whatever serves next.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }

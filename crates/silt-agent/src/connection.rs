@@ -62,8 +62,17 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_loop(wr, rx, peer));
     let max = broker.settings.max_frame_bytes;
+    let mut stopping = broker.stopping.subscribe();
     loop {
-        let frame = match read_frame(&mut rd, max).await {
+        let read = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|s| *s) => {
+                tracing::info!(%peer, "closing connection: this agent session ended");
+                break;
+            }
+            read = read_frame(&mut rd, max) => read,
+        };
+        let frame = match read {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {

@@ -292,6 +292,13 @@ impl Flusher {
         }
     }
 
+    /// Stops at once: no more writes, and every write not yet committed fails (its waiters are
+    /// told now). For a session that lost its lease, whose commits would be refused anyway.
+    pub fn abandon(&self) {
+        self.close();
+        self.inner.progress.send_modify(|p| p.stopped = true);
+    }
+
     /// Stops taking writes; the run loop flushes what is buffered and ends.
     pub fn close(&self) {
         self.inner

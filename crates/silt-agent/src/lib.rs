@@ -33,4 +33,4 @@ mod test_batches;
 pub mod topic_config;
 pub mod topics;
 
-pub use agent::{Agent, Components, StartError};
+pub use agent::{Agent, Components, Lost, StartError};

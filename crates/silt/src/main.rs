@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use silt_agent::{Agent, Components};
+use silt_agent::{Agent, Components, Lost};
 use std::time::Duration;
 
 use silt_common::config::{MetadataKind, ObjectStoreKind};
@@ -155,16 +155,13 @@ async fn run_agent(
             std::sync::atomic::Ordering::Relaxed,
         );
     }
-    let agent = Agent::start(
-        settings,
-        Components {
-            meta,
-            storage,
-            clock,
-            log_levels: Some(log_levels),
-        },
-    )
-    .await?;
+    let components = Components {
+        meta,
+        storage,
+        clock,
+        log_levels: Some(log_levels),
+    };
+    let mut agent = Agent::start(settings.clone(), components.clone()).await?;
     match agent.admin_addr() {
         Some(a) => eprintln!(
             "silt agent listening on {} (admin http on {a})",
@@ -172,17 +169,52 @@ async fn run_agent(
         ),
         None => eprintln!("silt agent listening on {}", agent.local_addr()),
     }
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = agent.lease_lost() => {
-            // Fenced: its partitions now belong to other agents. Exit non-zero so a
-            // supervisor (systemd, Kubernetes) starts a fresh session.
-            anyhow::bail!("this agent was fenced: its lease expired while it was unreachable or stalled (metadata.lease_ttl_ms), or another start took its node id. It exits so it can be restarted with a fresh session");
+    let mut stop = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            lost = agent.lease_lost() => match lost {
+                Lost::TakenOver => anyhow::bail!(
+                    "another start registered this agent's node id (node_id = {}); this one stops. Give every agent its own node_id, or set node_id = -1",
+                    settings.node_id
+                ),
+                Lost::Expired => {
+                    // Cut off from the metadata store (or stalled) longer than the lease: the
+                    // partitions moved. Start a new session in this process once the store
+                    // answers again, instead of exiting into a supervisor's restart back-off.
+                    agent.abandon().await;
+                    agent = tokio::select! {
+                        _ = &mut stop => return Ok(()),
+                        a = start_again(&settings, &components) => a?,
+                    };
+                }
+            },
         }
     }
     tracing::info!("shutting down: flushing buffered writes and handing partitions over");
     agent.shutdown().await;
     Ok(())
+}
+
+/// Starts a new session after the last one lost its lease, retrying while the metadata store
+/// (or the port, still closing) is unavailable.
+async fn start_again(settings: &Settings, components: &Components) -> anyhow::Result<Agent> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match Agent::start(settings.clone(), components.clone()).await {
+            Ok(a) => {
+                tracing::info!(attempt, "this agent serves again with a new session");
+                return Ok(a);
+            }
+            Err(e @ silt_agent::StartError::NodeIdTaken { .. }) => return Err(e.into()),
+            Err(e) => {
+                let wait = Duration::from_millis((250u64 << attempt.min(3)).min(2_000));
+                tracing::warn!(attempt, error = %e, "starting a new session failed; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

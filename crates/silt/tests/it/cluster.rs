@@ -459,12 +459,30 @@ async fn a_frozen_agent_is_fenced_and_its_late_commits_are_refused() {
     tokio::time::sleep(Duration::from_millis(3_000 + 2_000)).await;
     load.progress(1_000).await;
     c.agents[0].signal("CONT");
-    // Awake, it finds its lease gone: every late commit fails its fence, and it exits.
-    let status = eventually(Duration::from_secs(20), || c.agents[0].exited())
-        .expect("the fenced agent exits");
-    assert!(!status.success(), "a fenced agent exits non-zero");
+    // Awake, it finds its lease gone: every late commit fails its fence, its buffered writes
+    // fail, and it serves again under a new session in the same process (rule 11.8: losing
+    // the lease is not death).
+    let resumed = eventually(Duration::from_secs(20), || {
+        c.agents[0]
+            .log()
+            .contains("this agent serves again with a new session")
+            .then_some(())
+    });
+    assert!(resumed.is_some(), "it resumes: {}", c.agents[0].log());
+    assert!(c.agents[0].exited().is_none(), "in the same process");
     let log = c.agents[0].log();
     assert!(log.contains("lease expired"), "it says why: {log}");
+    // It takes its share again.
+    let shared = eventually(Duration::from_secs(20), || {
+        (c.agents[0]
+            .metrics()
+            .get("silt_partitions")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(())
+    });
+    assert!(shared.is_some(), "the resumed agent leads partitions again");
     load.progress(500).await;
     load.finish(&b)
         .await
