@@ -636,7 +636,6 @@ mod tests {
     use silt_meta::layout::assignment::{self, Assignment};
     use silt_meta::layout::index::load_partition;
     use silt_meta::EmbeddedKv;
-    use silt_meta::MetaError;
 
     fn settings() -> FlushSettings {
         FlushSettings {
@@ -903,57 +902,6 @@ mod tests {
         assert_eq!(reloaded.lock().high_watermark, 20_000);
     }
 
-    /// A store that refuses for good every transaction writing under `prefix`.
-    #[derive(Debug)]
-    struct Refusing {
-        inner: Arc<dyn MetaKv>,
-        prefix: Vec<u8>,
-    }
-
-    #[async_trait::async_trait]
-    impl MetaKv for Refusing {
-        async fn get(&self, key: &[u8]) -> Result<Option<silt_meta::KeyValue>, MetaError> {
-            self.inner.get(key).await
-        }
-        async fn range(
-            &self,
-            req: silt_meta::RangeRequest,
-        ) -> Result<Vec<silt_meta::KeyValue>, MetaError> {
-            self.inner.range(req).await
-        }
-        async fn txn(&self, txn: Txn) -> Result<silt_meta::TxnResponse, MetaError> {
-            let hits = txn.success.iter().any(
-                |o| matches!(o, silt_meta::Op::Put { key, .. } if key.starts_with(&self.prefix)),
-            );
-            if hits {
-                return Err(MetaError::Refused {
-                    doing: "test".into(),
-                    reason: "refused by the test".into(),
-                });
-            }
-            self.inner.txn(txn).await
-        }
-        async fn grant_lease(&self, ttl: Duration) -> Result<silt_meta::LeaseId, MetaError> {
-            self.inner.grant_lease(ttl).await
-        }
-        async fn keep_alive(&self, lease: silt_meta::LeaseId) -> Result<(), MetaError> {
-            self.inner.keep_alive(lease).await
-        }
-        async fn revoke_lease(&self, lease: silt_meta::LeaseId) -> Result<(), MetaError> {
-            self.inner.revoke_lease(lease).await
-        }
-        async fn watch_prefix(
-            &self,
-            prefix: &[u8],
-        ) -> Result<tokio::sync::mpsc::UnboundedReceiver<silt_meta::WatchEvent>, MetaError>
-        {
-            self.inner.watch_prefix(prefix).await
-        }
-        async fn revision(&self) -> Result<i64, MetaError> {
-            self.inner.revision().await
-        }
-    }
-
     /// Rule (issue 11.2): a commit the store refuses for good fails its writes (the partition
     /// is closed, to be reloaded at its committed end) and the pipeline goes on. The old code
     /// stopped the whole pipeline on any error but "unavailable".
@@ -962,10 +910,10 @@ mod tests {
         let (f0, meta, _storage, _) = setup("s").await;
         let p = assigned(meta.as_ref(), 0).await;
         let q = assigned(meta.as_ref(), 1).await;
-        let refusing: Arc<dyn MetaKv> = Arc::new(Refusing {
-            inner: meta.clone(),
-            prefix: index::partition_prefix(&p.topic_id, 0).into_bytes(),
-        });
+        let faulty = crate::test_kv::FaultyKv::new(meta.clone());
+        *faulty.refuse_prefix.lock().unwrap() =
+            Some(index::partition_prefix(&p.topic_id, 0).into_bytes());
+        let refusing: Arc<dyn MetaKv> = Arc::new(faulty);
         let f = Flusher::new(
             settings(),
             Storage::in_memory(),
@@ -990,6 +938,54 @@ mod tests {
         assert!(!f.subscribe().borrow().stopped, "the pipeline goes on");
         assert!(f.stats().refused.load(Ordering::Relaxed) >= 1);
         assert_eq!(q.lock().high_watermark, 1);
+        f.close();
+        run.await.unwrap();
+    }
+
+    /// Rule (issue 11.3): a flush racing a topic's deletion is refused once the deletion lands
+    /// (the assignment goes in the same transaction as the catalog record), so no index key of
+    /// the deleted topic is left behind. On the old code the commit succeeded after the
+    /// deletion and its key kept its object from garbage collection forever.
+    #[tokio::test]
+    async fn a_flush_after_its_topic_was_deleted_leaves_no_key() {
+        use silt_meta::layout::catalog::{self, TopicRecord};
+        let (f, meta, _storage, _) = setup("s").await;
+        let p = assigned(meta.as_ref(), 0).await;
+        let record = TopicRecord {
+            name: "doomed".into(),
+            id: p.topic_id,
+            partitions: 1,
+            configs: Default::default(),
+            created_ms: 0,
+        };
+        assert!(catalog::create(meta.as_ref(), &record).await.unwrap());
+        let run = tokio::spawn(f.clone().run());
+        let g = push(&f, &p, 0, 1).await;
+        f.wait_committed(g, &p).await.unwrap();
+        assert!(catalog::delete(meta.as_ref(), "doomed")
+            .await
+            .unwrap()
+            .is_some());
+        assert!(load_partition(meta.as_ref(), &p.topic_id, 0)
+            .await
+            .unwrap()
+            .is_empty());
+        // The agent has not noticed yet and flushes another batch of the partition.
+        let g = push(&f, &p, 1, 1).await;
+        assert!(f.wait_committed(g, &p).await.is_err(), "refused");
+        assert!(
+            load_partition(meta.as_ref(), &p.topic_id, 0)
+                .await
+                .unwrap()
+                .is_empty(),
+            "no index key of the deleted topic"
+        );
+        assert!(meta
+            .get(assignment::partition_key(&p.topic_id, 0).as_bytes())
+            .await
+            .unwrap()
+            .is_none());
+        assert!(!f.subscribe().borrow().stopped, "the agent keeps writing");
         f.close();
         run.await.unwrap();
     }

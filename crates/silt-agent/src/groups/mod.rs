@@ -17,8 +17,8 @@ use std::time::Duration;
 use kafka_protocol::ResponseError;
 use silt_common::Clock;
 use silt_meta::layout::assignment;
-use silt_meta::layout::group_offsets::{self, Committed};
-use silt_meta::{Compare, MetaError, MetaKv};
+use silt_meta::layout::group_offsets::{self, CommitStop, Committed};
+use silt_meta::{Compare, ErrorClass, MetaError, MetaKv};
 use tokio::sync::oneshot;
 
 use group::{Group, GroupLimits, Join, JoinResult, MemberInfo, State, SyncResult};
@@ -31,6 +31,10 @@ struct Entry {
     stored_protocol_type: Option<String>,
     /// Serialises this group's offset writes so they land in request order.
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// Partitions whose last commit was not answered: whether it is stored is being read
+    /// back; meanwhile OffsetFetch answers COORDINATOR_LOAD_IN_PROGRESS (clients retry) rather
+    /// than an offset that may not be what is durable.
+    unsure: BTreeSet<(String, i32)>,
 }
 
 impl Entry {
@@ -40,6 +44,7 @@ impl Entry {
             offsets: BTreeMap::new(),
             stored_protocol_type: None,
             writes: Arc::default(),
+            unsure: Default::default(),
         }
     }
 }
@@ -66,6 +71,15 @@ pub enum CommitError {
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// The first `written` offsets (in request order) are durable; the rest failed with
+    /// `code`.
+    #[error("only {written} offsets were written (error {code} for the rest)")]
+    Partial {
+        /// Offsets written, a prefix of the request.
+        written: usize,
+        /// The Kafka error code of the others.
+        code: i16,
+    },
 }
 
 /// The group shards coordinated here.
@@ -323,9 +337,10 @@ impl GroupCoordinator {
             .collect()
     }
 
-    /// OffsetCommit: checks membership, writes every partition in one transaction, then caches.
+    /// OffsetCommit: checks membership, writes the offsets (in one transaction when they fit,
+    /// else in order) and caches exactly what is durable as it lands.
     pub async fn commit(
-        &self,
+        self: &Arc<Self>,
         group_id: &str,
         member_id: &str,
         instance_id: Option<&str>,
@@ -360,28 +375,113 @@ impl GroupCoordinator {
         };
         let (writes, record_type) = writes;
         let _ordered = writes.lock().await;
-        if !group_offsets::commit(
-            self.meta.as_ref(),
-            &fence,
-            group_id,
-            &offsets,
-            record_type.as_deref(),
-        )
-        .await?
-        {
-            return Err(CommitError::Refused(ResponseError::NotCoordinator.code()));
+        let mut written = 0usize;
+        let res = {
+            let mut durable = |done: &[(String, i32, Committed)]| {
+                let mut groups = self.lock();
+                let e = groups
+                    .entry(group_id.to_string())
+                    .or_insert_with(Entry::new);
+                for (t, p, c) in done {
+                    e.offsets.insert((t.clone(), *p), c.clone());
+                }
+                if written == 0 && record_type.is_some() {
+                    e.stored_protocol_type = record_type.clone();
+                }
+                written += done.len();
+            };
+            group_offsets::commit(
+                self.meta.as_ref(),
+                &fence,
+                group_id,
+                &offsets,
+                record_type.as_deref(),
+                &mut durable,
+            )
+            .await
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(CommitStop::Fenced) if written == 0 => {
+                Err(CommitError::Refused(ResponseError::NotCoordinator.code()))
+            }
+            Err(CommitStop::Fenced) => Err(CommitError::Partial {
+                written,
+                code: ResponseError::NotCoordinator.code(),
+            }),
+            Err(CommitStop::Failed { error, unsure }) => {
+                tracing::error!(group = group_id, written, error = %error,
+                    "offset commit failed in the metadata store");
+                if error.class() == ErrorClass::OutcomeUnknown && !unsure.is_empty() {
+                    self.read_back_later(group_id, unsure, writes.clone());
+                }
+                Err(CommitError::Partial {
+                    written,
+                    code: ResponseError::CoordinatorNotAvailable.code(),
+                })
+            }
         }
-        let mut groups = self.lock();
-        let e = groups
-            .entry(group_id.to_string())
-            .or_insert_with(Entry::new);
-        for (t, p, c) in offsets {
-            e.offsets.insert((t, p), c);
+    }
+
+    /// After an unanswered commit: marks its partitions unsure and reads their stored values
+    /// back (after the commit in progress, before any later one of the group) until the store
+    /// answers, then caches what is stored.
+    fn read_back_later(
+        self: &Arc<Self>,
+        group_id: &str,
+        unsure: Vec<(String, i32)>,
+        writes: Arc<tokio::sync::Mutex<()>>,
+    ) {
+        if let Some(e) = self.lock().get_mut(group_id) {
+            e.unsure.extend(unsure.iter().cloned());
         }
-        if record_type.is_some() {
-            e.stored_protocol_type = record_type;
+        let me = Arc::downgrade(self);
+        let group = group_id.to_string();
+        tokio::spawn(async move {
+            let _ordered = writes.lock().await;
+            let mut attempt = 0u32;
+            loop {
+                let Some(c) = me.upgrade() else { return };
+                if !c.lock().contains_key(&group) {
+                    return; // the shard moved: its next coordinator loads from the store
+                }
+                match group_offsets::read_back(c.meta.as_ref(), &group, &unsure).await {
+                    Ok(rows) => {
+                        let mut groups = c.lock();
+                        if let Some(e) = groups.get_mut(&group) {
+                            for (t, p, stored) in rows {
+                                match stored {
+                                    Some(v) => e.offsets.insert((t.clone(), p), v),
+                                    None => e.offsets.remove(&(t.clone(), p)),
+                                };
+                                e.unsure.remove(&(t, p));
+                            }
+                        }
+                        tracing::info!(group = %group, "learned the outcome of an unanswered offset commit");
+                        return;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        tracing::warn!(group = %group, attempt, error = %e,
+                            "reading back an unanswered offset commit failed; retrying");
+                        drop(c);
+                        tokio::time::sleep(Duration::from_millis(
+                            (100u64 << attempt.min(5)).min(2_000),
+                        ))
+                        .await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether OffsetFetch may answer for `group_id`: not while the outcome of one of its
+    /// commits is unknown (COORDINATOR_LOAD_IN_PROGRESS: the client retries).
+    pub fn offsets_settled(&self, group_id: &str) -> Result<(), i16> {
+        match self.lock().get(group_id) {
+            Some(e) if !e.unsure.is_empty() => Err(ResponseError::CoordinatorLoadInProgress.code()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Every committed offset of every group coordinated here: (group, topic, partition, offset).
@@ -550,5 +650,139 @@ impl GroupCoordinator {
             }
         }
         Ok(codes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_kv::{Fault, FaultyKv};
+    use silt_common::ManualClock;
+    use silt_meta::layout::assignment::Assignment;
+    use silt_meta::{EmbeddedKv, Txn};
+
+    fn limits() -> GroupLimits {
+        GroupLimits {
+            min_session_timeout_ms: 1,
+            max_session_timeout_ms: 1_000_000,
+            initial_rebalance_delay_ms: 0,
+            max_size: 100,
+            max_assignment_bytes: 1 << 20,
+        }
+    }
+
+    /// A coordinator of `group`'s shard over a store that fails on cue.
+    async fn coordinator(group: &str) -> (Arc<GroupCoordinator>, Arc<FaultyKv>, Arc<dyn MetaKv>) {
+        let inner: Arc<dyn MetaKv> = Arc::new(EmbeddedKv::in_memory(ManualClock::new(0)));
+        let shard = assignment::group_shard(group);
+        let rev = inner
+            .txn(Txn {
+                success: vec![assignment::put_op(
+                    assignment::shard_key(shard),
+                    &Assignment {
+                        leader: 1,
+                        epoch: 0,
+                    },
+                )],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .revision;
+        let faulty = Arc::new(FaultyKv::new(inner.clone()));
+        let c = Arc::new(GroupCoordinator::new(
+            faulty.clone(),
+            ManualClock::new(0),
+            limits(),
+        ));
+        c.follow_shards(&BTreeMap::from([(shard, rev)]), Compare::absent("/none"))
+            .await
+            .unwrap();
+        (c, faulty, inner)
+    }
+
+    fn offsets(n: i32, base: i64) -> Vec<(String, i32, Committed)> {
+        (0..n)
+            .map(|p| {
+                (
+                    "t".to_string(),
+                    p,
+                    Committed {
+                        offset: base + p as i64,
+                        leader_epoch: -1,
+                        metadata: None,
+                        commit_ms: 0,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// What OffsetFetch would answer, and what the store holds, for partitions 0..n.
+    async fn served_and_stored(
+        c: &GroupCoordinator,
+        kv: &dyn MetaKv,
+        n: i32,
+    ) -> (Vec<Option<i64>>, Vec<Option<i64>>) {
+        let ps: Vec<(String, i32)> = (0..n).map(|p| ("t".to_string(), p)).collect();
+        let served = c
+            .committed("g", Some(&ps))
+            .into_iter()
+            .map(|(_, _, c)| c.map(|c| c.offset))
+            .collect();
+        let stored = group_offsets::read_back(kv, "g", &ps)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, c)| c.map(|c| c.offset))
+            .collect();
+        (served, stored)
+    }
+
+    /// Rule (issue 11.4): when a commit of 300 partitions fails part-way, the response says which
+    /// offsets were written and OffsetFetch serves exactly what is durable. On the old code the
+    /// cache kept the previous offsets of partitions whose transaction had been stored.
+    #[tokio::test]
+    async fn a_commit_failing_part_way_serves_exactly_what_is_durable() {
+        let (c, faulty, kv) = coordinator("g").await;
+        c.commit("g", "", None, -1, offsets(300, 0)).await.unwrap();
+        // The second transaction of the next commit fails before it is applied.
+        faulty.cue(1, 1, Fault::Unavailable);
+        let r = c.commit("g", "", None, -1, offsets(300, 1000)).await;
+        let written = match r {
+            Err(CommitError::Partial { written, code }) => {
+                assert_eq!(code, ResponseError::CoordinatorNotAvailable.code());
+                written
+            }
+            other => panic!("expected a partial commit, got {other:?}"),
+        };
+        assert!(written > 0 && written < 300, "{written}");
+        let (served, stored) = served_and_stored(&c, kv.as_ref(), 300).await;
+        assert_eq!(served, stored, "OffsetFetch serves what is durable");
+        assert_eq!(stored[0], Some(1000));
+        assert_eq!(stored[299], Some(299));
+        assert!(c.offsets_settled("g").is_ok());
+    }
+
+    /// Rule (issue 11.4): a transaction applied but not answered leaves its partitions unsure:
+    /// OffsetFetch answers COORDINATOR_LOAD_IN_PROGRESS until the stored values are read back,
+    /// then serves them.
+    #[tokio::test]
+    async fn an_unanswered_commit_is_read_back_before_offsets_are_served() {
+        let (c, faulty, kv) = coordinator("g").await;
+        c.commit("g", "", None, -1, offsets(10, 0)).await.unwrap();
+        faulty.cue(0, 1, Fault::Unanswered);
+        assert!(c.commit("g", "", None, -1, offsets(10, 50)).await.is_err());
+        let settled = async {
+            while c.offsets_settled("g").is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .expect("read back");
+        let (served, stored) = served_and_stored(&c, kv.as_ref(), 10).await;
+        assert_eq!(stored[3], Some(53), "the unanswered commit was applied");
+        assert_eq!(served, stored);
     }
 }

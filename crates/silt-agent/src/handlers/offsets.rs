@@ -63,8 +63,9 @@ pub async fn commit(b: &Arc<Broker>, req: OffsetCommitRequest, v: i16) -> Offset
             slots.push((topic, p.partition_index, err));
         }
     }
+    let n_writes = writes.len();
     let outcome = if writes.is_empty() {
-        0
+        Outcome::All(0)
     } else {
         match b
             .groups
@@ -77,18 +78,31 @@ pub async fn commit(b: &Arc<Broker>, req: OffsetCommitRequest, v: i16) -> Offset
             )
             .await
         {
-            Ok(()) => 0,
-            Err(CommitError::Refused(c)) => c,
+            Ok(()) => Outcome::All(0),
+            Err(CommitError::Refused(c)) => Outcome::All(c),
             Err(CommitError::Meta(e)) => {
                 tracing::error!(group = %group, error = %e, "offset commit failed in the metadata store");
-                ResponseError::CoordinatorNotAvailable.code()
+                Outcome::All(ResponseError::CoordinatorNotAvailable.code())
             }
+            Err(CommitError::Partial { written, code }) => Outcome::Prefix { written, code },
         }
     };
+    // Each written offset's code, in request order.
+    let mut codes = (0..n_writes).map(|i| match outcome {
+        Outcome::All(c) => c,
+        Outcome::Prefix { written, code } => {
+            if i < written {
+                0
+            } else {
+                code
+            }
+        }
+    });
     let topics = by_topic(slots.into_iter().map(|(topic, partition, err)| {
+        let code = err.unwrap_or_else(|| codes.next().unwrap_or(0));
         let p = OffsetCommitResponsePartition::default()
             .with_partition_index(partition)
-            .with_error_code(err.unwrap_or(outcome));
+            .with_error_code(code);
         (topic, p)
     }))
     .into_iter()
@@ -99,6 +113,15 @@ pub async fn commit(b: &Arc<Broker>, req: OffsetCommitRequest, v: i16) -> Offset
     })
     .collect();
     OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// What happened to the offsets an OffsetCommit wrote.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// Every one got this code.
+    All(i16),
+    /// The first `written` were stored; the rest got `code`.
+    Prefix { written: usize, code: i16 },
 }
 
 /// Groups per-partition results by topic, keeping the request's order.
@@ -157,7 +180,11 @@ pub fn fetch(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchRes
                         .map(|t| (t.name.0.to_string(), t.partition_indexes))
                         .collect()
                 });
-                if let Err(code) = b.groups.check(&g.group_id.0) {
+                if let Err(code) = b
+                    .groups
+                    .check(&g.group_id.0)
+                    .and_then(|_| b.groups.offsets_settled(&g.group_id.0))
+                {
                     return OffsetFetchResponseGroup::default()
                         .with_group_id(g.group_id)
                         .with_error_code(code);
@@ -193,7 +220,11 @@ pub fn fetch(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchRes
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    if let Err(code) = b.groups.check(&req.group_id.0) {
+    if let Err(code) = b
+        .groups
+        .check(&req.group_id.0)
+        .and_then(|_| b.groups.offsets_settled(&req.group_id.0))
+    {
         return OffsetFetchResponse::default().with_error_code(code);
     }
     let rows = fetch_group(b, &req.group_id.0, topics);

@@ -95,6 +95,11 @@ pub fn partitions_prefix() -> String {
     format!("{}/assignment/", super::ROOT)
 }
 
+/// Prefix of every partition assignment of a topic.
+pub fn topic_prefix(topic_id: &Uuid) -> String {
+    format!("{}{}/", partitions_prefix(), topic_id.simple())
+}
+
 /// The assignment key of a partition.
 pub fn partition_key(topic_id: &Uuid, partition: i32) -> String {
     format!(

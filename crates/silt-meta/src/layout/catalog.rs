@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{archive, decode_json, encode_json, index};
+use super::{archive, assignment, decode_json, encode_json, index};
 use crate::kv::{Compare, MetaError, MetaKv, Op, Txn};
 
 /// A topic as stored. Persisted: field names are stable.
@@ -69,7 +69,8 @@ pub async fn create(kv: &dyn MetaKv, topic: &TopicRecord) -> Result<bool, MetaEr
     Ok(r.succeeded)
 }
 
-/// Deletes the topic and its offset index; returns the record deleted, if any.
+/// Deletes the topic with every key it had (offset index, log starts, archive progress,
+/// partition assignments) in one transaction; returns the record deleted, if any.
 pub async fn delete(kv: &dyn MetaKv, name: &str) -> Result<Option<TopicRecord>, MetaError> {
     let k = key(name);
     let Some(cur) = kv.get(k.as_bytes()).await? else {
@@ -91,6 +92,12 @@ pub async fn delete(kv: &dyn MetaKv, name: &str) -> Result<Option<TopicRecord>, 
                 },
                 Op::DeletePrefix {
                     prefix: index::log_start_topic_prefix(&topic.id).into_bytes(),
+                },
+                // The partitions' assignments go in the same transaction: every commit to a
+                // partition compares its assignment, so a flush, compaction or archive step
+                // racing the deletion lands before it or is refused — never leaves keys behind.
+                Op::DeletePrefix {
+                    prefix: assignment::topic_prefix(&topic.id).into_bytes(),
                 },
             ],
             failure: vec![],

@@ -77,19 +77,42 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Writes committed offsets for several partitions in one transaction, recording the group's
-/// protocol type with them when `protocol_type` is given. Every write of group state carries
-/// the coordinator's `fence` (its registration and its shard's assignment) and returns `false`,
-/// writing nothing, when the fence no longer holds.
+/// Told each transaction's offsets once they are stored.
+pub type OnDurable<'a> = dyn FnMut(&[(String, i32, Committed)]) + Send + 'a;
+
+/// Why a commit stopped before writing every offset.
+#[derive(Debug)]
+pub enum CommitStop {
+    /// The fence no longer holds: nothing more was written.
+    Fenced,
+    /// The store failed. The offsets of `unsure` (one transaction's worth) may or may not be
+    /// stored when the error's class is [`crate::ErrorClass::OutcomeUnknown`]; later ones were
+    /// not written.
+    Failed {
+        /// The store's error.
+        error: MetaError,
+        /// (topic, partition) of the transaction whose outcome is unknown.
+        unsure: Vec<(String, i32)>,
+    },
+}
+
+/// Writes committed offsets for several partitions, recording the group's protocol type with
+/// them when `protocol_type` is given. Every write of group state carries the coordinator's
+/// `fence` (its registration and its shard's assignment). A commit that fits one transaction
+/// (etcd: 128 operations, 1.5 MiB: a commit of up to 127 partitions) is atomic; a larger one
+/// is written in transactions, in order, and `durable` is called with each transaction's
+/// offsets as soon as it is stored, so a cache fed by it holds exactly what is durable.
+/// Returns how many offsets were written, or why it stopped.
 pub async fn commit(
     kv: &dyn MetaKv,
     fence: &[Compare],
     group: &str,
     offsets: &[(String, i32, Committed)],
     protocol_type: Option<&str>,
-) -> Result<bool, MetaError> {
+    durable: &mut OnDurable<'_>,
+) -> Result<(), CommitStop> {
     if offsets.is_empty() {
-        return Ok(true);
+        return Ok(());
     }
     let mut ops: Vec<Op> = offsets
         .iter()
@@ -98,20 +121,49 @@ pub async fn commit(
     if let Some(pt) = protocol_type {
         ops.insert(0, Op::put(protocol_type_key(group), pt));
     }
-    // etcd caps a transaction at 128 operations: a commit of many partitions takes several,
-    // in order; a refused fence stops at the first.
-    let mut ops = ops.into_iter().peekable();
-    while ops.peek().is_some() {
-        let chunk: Vec<Op> = ops.by_ref().take(OPS_PER_TXN).collect();
-        if !fenced_write(kv, fence, chunk).await? {
-            return Ok(false);
+    let lead = usize::from(protocol_type.is_some());
+    let txns = crate::kv::chunk_ops(fence, ops).map_err(|error| CommitStop::Failed {
+        error,
+        unsure: Vec::new(),
+    })?;
+    let mut done = 0usize;
+    for (i, txn) in txns.into_iter().enumerate() {
+        let n = txn.success.len() - if i == 0 { lead } else { 0 };
+        let these = &offsets[done..done + n];
+        match kv.txn(txn).await {
+            Ok(r) if r.succeeded => {
+                durable(these);
+                done += n;
+            }
+            Ok(_) => return Err(CommitStop::Fenced),
+            Err(error) => {
+                return Err(CommitStop::Failed {
+                    error,
+                    unsure: these.iter().map(|(t, p, _)| (t.clone(), *p)).collect(),
+                })
+            }
         }
     }
-    Ok(true)
+    Ok(())
 }
 
-/// Writes per offset-commit transaction.
-const OPS_PER_TXN: usize = 100;
+/// The stored committed offsets of some partitions of a group (to learn the outcome of a
+/// commit that was not answered).
+pub async fn read_back(
+    kv: &dyn MetaKv,
+    group: &str,
+    partitions: &[(String, i32)],
+) -> Result<Vec<(String, i32, Option<Committed>)>, MetaError> {
+    let mut out = Vec::with_capacity(partitions.len());
+    for (t, p) in partitions {
+        let got = match kv.get(key(group, t, *p).as_bytes()).await? {
+            Some(v) => Some(decode_json(&v.key, &v.value)?),
+            None => None,
+        };
+        out.push((t.clone(), *p, got));
+    }
+    Ok(out)
+}
 
 async fn fenced_write(kv: &dyn MetaKv, fence: &[Compare], ops: Vec<Op>) -> Result<bool, MetaError> {
     kv.txn(Txn {
@@ -139,7 +191,12 @@ pub async fn delete(
             key: key(group, t, *p).into_bytes(),
         })
         .collect();
-    fenced_write(kv, fence, ops).await
+    for txn in crate::kv::chunk_ops(fence, ops)? {
+        if !fenced_write(kv, fence, txn.success).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Deletes every committed offset of a group.
@@ -211,19 +268,31 @@ mod tests {
             commit_ms: 1,
         };
         let two = [("t".into(), 0, c(5)), ("t".into(), 1, c(7))];
-        assert!(commit(&kv, &[], "g/1 %x", &two, Some("consumer"))
+        let mut seen = 0;
+        let mut count = |o: &[(String, i32, Committed)]| seen += o.len();
+        commit(&kv, &[], "g/1 %x", &two, Some("consumer"), &mut count)
             .await
-            .unwrap());
-        commit(&kv, &[], "g", &[("t".into(), 0, c(9))], None)
+            .unwrap();
+        commit(&kv, &[], "g", &[("t".into(), 0, c(9))], None, &mut count)
             .await
             .unwrap();
         let fence = [Compare::value("/silt/agents/1", "x")];
         assert!(
-            !commit(&kv, &fence, "g", &[("t".into(), 0, c(10))], None)
-                .await
-                .unwrap(),
+            matches!(
+                commit(
+                    &kv,
+                    &fence,
+                    "g",
+                    &[("t".into(), 0, c(10))],
+                    None,
+                    &mut count
+                )
+                .await,
+                Err(CommitStop::Fenced)
+            ),
             "a failed fence writes nothing"
         );
+        assert_eq!(seen, 3, "durable offsets are reported");
         let stored = load_all(&kv).await.unwrap();
         assert_eq!(
             stored.protocol_types,
@@ -245,5 +314,41 @@ mod tests {
         assert!(load_all(&kv).await.unwrap().protocol_types.is_empty());
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].0.as_str(), all[0].2), ("g/1 %x", 0));
+    }
+
+    /// Rule (issue 11.4): a commit of 300 partitions is written in transactions within the
+    /// store's limits and every durable one is reported as it lands; a commit that fits one
+    /// transaction is reported once, whole.
+    #[tokio::test]
+    async fn large_commits_report_each_durable_transaction() {
+        let kv = EmbeddedKv::in_memory(ManualClock::new(0));
+        let c = |o| Committed {
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: 1,
+        };
+        let many: Vec<(String, i32, Committed)> = (0..300)
+            .map(|p| ("t".to_string(), p, c(p as i64)))
+            .collect();
+        let mut reports = Vec::new();
+        let mut durable = |o: &[(String, i32, Committed)]| reports.push(o.len());
+        commit(&kv, &[], "big", &many, Some("consumer"), &mut durable)
+            .await
+            .unwrap();
+        assert_eq!(reports.iter().sum::<usize>(), 300);
+        assert!(reports.len() >= 3, "{reports:?}");
+        assert!(reports.iter().all(|n| *n <= crate::LIMITS.max_txn_ops));
+        let mut reports = Vec::new();
+        let mut durable = |o: &[(String, i32, Committed)]| reports.push(o.len());
+        commit(&kv, &[], "small", &many[..100], None, &mut durable)
+            .await
+            .unwrap();
+        assert_eq!(reports, vec![100], "one atomic transaction");
+        let back = read_back(&kv, "big", &[("t".into(), 7), ("t".into(), 999)])
+            .await
+            .unwrap();
+        assert_eq!(back[0].2.as_ref().map(|c| c.offset), Some(7));
+        assert!(back[1].2.is_none());
     }
 }

@@ -1,0 +1,126 @@
+//! A metadata store that fails on cue, for unit tests: transactions refused for good under a
+//! prefix, or the Nth transaction from now failing before it is applied (unavailable) or after
+//! (unanswered: applied, but the caller is told it failed).
+
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use silt_meta::{
+    KeyValue, LeaseId, MetaError, MetaKv, Op, RangeRequest, Txn, TxnResponse, WatchEvent,
+};
+use tokio::sync::mpsc;
+
+/// How the cued transaction fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Fault {
+    /// Not applied; the caller is told the store is unavailable.
+    Unavailable = 0,
+    /// Applied; the caller is told it was not answered.
+    Unanswered = 1,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct FaultyKv {
+    inner: Arc<dyn MetaKv>,
+    /// Transactions putting a key under this prefix are refused for good.
+    pub(crate) refuse_prefix: Mutex<Option<Vec<u8>>>,
+    /// Transactions to let through before the cued one fails (-1: none is cued).
+    pub(crate) fail_after: AtomicI64,
+    /// How many consecutive transactions fail once the cue is reached.
+    pub(crate) fail_count: AtomicI64,
+    fault: AtomicU8,
+}
+
+impl FaultyKv {
+    pub(crate) fn new(inner: Arc<dyn MetaKv>) -> Self {
+        Self {
+            inner,
+            refuse_prefix: Mutex::new(None),
+            fail_after: AtomicI64::new(-1),
+            fail_count: AtomicI64::new(1),
+            fault: AtomicU8::new(0),
+        }
+    }
+
+    /// Cues the transaction `after` transactions from now to fail with `fault`, and `count`
+    /// transactions after it.
+    pub(crate) fn cue(&self, after: i64, count: i64, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+        self.fail_count.store(count, Ordering::SeqCst);
+        self.fail_after.store(after, Ordering::SeqCst);
+    }
+
+    fn err(unanswered: bool) -> MetaError {
+        let source: Box<dyn std::error::Error + Send + Sync> = "injected fault".into();
+        if unanswered {
+            MetaError::Unanswered {
+                doing: "a test".into(),
+                source,
+            }
+        } else {
+            MetaError::Unavailable {
+                doing: "a test".into(),
+                source,
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaKv for FaultyKv {
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MetaError> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, req: RangeRequest) -> Result<Vec<KeyValue>, MetaError> {
+        self.inner.range(req).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
+        if let Some(prefix) = self.refuse_prefix.lock().unwrap().clone() {
+            let hits = txn
+                .success
+                .iter()
+                .any(|o| matches!(o, Op::Put { key, .. } if key.starts_with(&prefix)));
+            if hits {
+                return Err(MetaError::Refused {
+                    doing: "a test".into(),
+                    reason: "refused by the test".into(),
+                });
+            }
+        }
+        let left = self.fail_after.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_after.fetch_sub(1, Ordering::SeqCst);
+        } else if left == 0 {
+            if self.fail_count.fetch_sub(1, Ordering::SeqCst) <= 1 {
+                self.fail_after.store(-1, Ordering::SeqCst);
+            }
+            let unanswered = self.fault.load(Ordering::SeqCst) == Fault::Unanswered as u8;
+            if unanswered {
+                self.inner.txn(txn).await?;
+            }
+            return Err(Self::err(unanswered));
+        }
+        self.inner.txn(txn).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, MetaError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), MetaError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), MetaError> {
+        self.inner.revoke_lease(lease).await
+    }
+    async fn watch_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<mpsc::UnboundedReceiver<WatchEvent>, MetaError> {
+        self.inner.watch_prefix(prefix).await
+    }
+    async fn revision(&self) -> Result<i64, MetaError> {
+        self.inner.revision().await
+    }
+}
