@@ -264,3 +264,70 @@ def test_pyarrow_reads_the_archive_over_s3(agent_factory, topic_name):
         assert all(v == sent[(p, o)][1] for p, o, v in zip(t["partition"].to_pylist(), t["offset"].to_pylist(), t["value"].to_pylist()))
     finally:
         weed.close()
+
+
+def _crc32c(data):
+    """CRC-32C (Castagnoli), as record batches carry it."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _poison_batch(records=3, codec=4):
+    """A v2 record batch whose CRC is valid but whose compressed payload (zstd by default) is
+    garbage: the agent accepts it (it checks framing and CRC, never payloads)."""
+    import struct
+    payload = bytes([0xAB]) * 64
+    now = int(time.time() * 1000)
+    after_crc = struct.pack(">hiqqqhii", codec, records - 1, now, now, -1, -1, -1, records) + payload
+    crc = _crc32c(after_crc)
+    body = struct.pack(">iBI", 0, 2, crc) + after_crc  # leader epoch, magic, crc
+    return struct.pack(">qi", 0, len(body)) + body
+
+
+def _raw_produce(bootstrap, topic, batch):
+    """Produce v3, acks=all, one partition; returns the partition's error code."""
+    import struct
+    from helpers import _kstr, raw_request
+    body = (struct.pack(">h", -1) + struct.pack(">hi", -1, 10_000) + struct.pack(">i", 1) + _kstr(topic)
+            + struct.pack(">i", 1) + struct.pack(">i", 0) + struct.pack(">i", len(batch)) + batch)
+    r = raw_request(bootstrap, 0, 3, body)
+    # topics[1]: name, partitions[1]: index, error_code, base_offset, log_append_time
+    (n,) = struct.unpack(">i", r[:4])
+    (name_len,) = struct.unpack(">h", r[4:6])
+    at = 6 + name_len + 4
+    _index, err, base = struct.unpack(">ihq", r[at:at + 14])
+    return err, base
+
+
+def test_a_poison_batch_is_quarantined_and_archiving_goes_on(agent_factory, topic_name):
+    """Rule (issue 11.6): a batch with a valid CRC whose compressed payload does not decode is
+    left out of the archive, logged with its offsets and counted; the records before and after
+    it are archived and the agent keeps serving. On the old code the archive stopped at it."""
+    agent = _agent(agent_factory)
+    create_topic(agent.bootstrap, topic_name, partitions=1)
+    p = Producer({"bootstrap.servers": agent.bootstrap, "compression.type": "zstd", "linger.ms": 5})
+    for i in range(10):
+        p.produce(topic_name, value=f"before-{i}".encode(), partition=0)
+    assert p.flush(30) == 0
+    err, base = _raw_produce(agent.bootstrap, topic_name, _poison_batch(records=3))
+    assert err == 0 and base == 10, (err, base)
+    for i in range(10):
+        p.produce(topic_name, value=f"after-{i}".encode(), partition=0)
+    assert p.flush(30) == 0
+    done = wait_until(lambda: _archived(agent.admin_port, topic_name, 1), timeout=60,
+                      what="archive past the poison batch")
+    assert done == {0: 23}
+    rows = duckdb.sql(
+        f"SELECT \"offset\", value FROM read_parquet('{_glob(agent)}', hive_partitioning = true) "
+        f"WHERE topic = '{topic_name}' ORDER BY \"offset\"").fetchall()
+    assert [o for o, _ in rows] == list(range(10)) + list(range(13, 23))
+    assert rows[-1][1] == b"after-9"
+    metrics = _get(agent.admin_port, "/metrics")
+    assert f'silt_archive_quarantined_batches_total{{topic="{topic_name}"}} 1' in metrics, metrics
+    log = agent.log_text()
+    assert "could not be decoded" in log, log[-3000:]
+    assert "base_offset=10" in log or '"base_offset":10' in log, log[-3000:]

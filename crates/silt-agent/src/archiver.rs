@@ -19,7 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::records::Record;
 use object_store::path::Path;
-use silt_archive::{decode, layout, writer};
+use silt_archive::decode::{self, Quarantined};
+use silt_archive::{layout, writer};
 use silt_meta::layout::archive::{self, PendingFile, Progress};
 use silt_meta::{MetaError, Txn};
 use silt_storage::StorageError;
@@ -62,6 +63,8 @@ pub struct ArchiveState {
     pub failures: AtomicU64,
     /// Values that did not match their topic's declared schema, per topic.
     pub invalid: Mutex<BTreeMap<String, u64>>,
+    /// Batches left out because they could not be decoded, per topic.
+    pub quarantined: Mutex<BTreeMap<String, u64>>,
     /// Progress of partitions archived here, with the assignment revision it was read under.
     progress: Mutex<HashMap<(Uuid, i32), Tracked>>,
 }
@@ -215,9 +218,25 @@ async fn archive_partition(b: &Broker, p: &Arc<Partition>, topic: &Topic) -> Res
         if from >= hw {
             break;
         }
-        let mut records = collect(b, p, from, hw).await?;
+        let Collected {
+            mut records,
+            mut quarantined,
+        } = collect(b, p, from, hw).await?;
         if records.is_empty() {
-            break;
+            let Some(q) = quarantined.last() else {
+                break;
+            };
+            // Only undecodable batches: move past them without a file.
+            report_quarantined(b, p, &quarantined);
+            let next = Progress {
+                next_offset: q.last_offset + 1,
+                pending: None,
+                files: prog.files,
+            };
+            commit(b, p, &next).await?;
+            prog = next;
+            remember(b, p, &prog);
+            continue;
         }
         // One file per UTC day of its first record.
         let date = layout::date(records[0].timestamp);
@@ -229,6 +248,8 @@ async fn archive_partition(b: &Broker, p: &Arc<Partition>, topic: &Topic) -> Res
         }
         let base = records[0].offset;
         let last = records[records.len() - 1].offset;
+        quarantined.retain(|q| q.base_offset <= last);
+        report_quarantined(b, p, &quarantined);
         let schema = topic.config.value_schema.clone();
         let partition = p.index;
         let built = tokio::task::spawn_blocking(move || {
@@ -318,11 +339,23 @@ async fn finish(
     Ok(())
 }
 
+/// What [`collect`] read.
+struct Collected {
+    /// Records from the first offset asked for, dense but for the quarantined batches.
+    records: Vec<Record>,
+    /// Batches that could not be decoded, in offset order.
+    quarantined: Vec<Quarantined>,
+}
+
 /// Records `from..until` (at most `archive.max_file_records`), read like a catch-up consumer.
-async fn collect(b: &Broker, p: &Partition, from: i64, until: i64) -> Result<Vec<Record>, Failure> {
+/// Batches that do not decode are quarantined, not fatal.
+async fn collect(b: &Broker, p: &Partition, from: i64, until: i64) -> Result<Collected, Failure> {
     let max = b.settings.archive.max_file_records;
+    let cap = b.settings.archive.max_decompressed_batch_bytes;
     let segments = p.lock().locate(from, READ_BUDGET);
     let mut out: Vec<Record> = Vec::new();
+    let mut quarantined: Vec<Quarantined> = Vec::new();
+    let mut next = from;
     for seg in segments {
         if out.len() >= max || seg.base_offset >= until {
             break;
@@ -330,23 +363,58 @@ async fn collect(b: &Broker, p: &Partition, from: i64, until: i64) -> Result<Vec
         let data = crate::read::range_bytes(&b.storage, &b.cache, &seg)
             .await
             .map_err(|e| Failure::Read(e.to_string()))?;
-        let start = out.last().map_or(from, |r| r.offset + 1);
-        out.extend(decode::records(&data, start, until)?);
+        let d = decode::records(&data, next, until, cap)?;
+        out.extend(d.records);
+        quarantined.extend(d.quarantined.into_iter().filter(|q| q.last_offset >= next));
+        next = out
+            .last()
+            .map_or(next, |r| r.offset + 1)
+            .max(quarantined.last().map_or(next, |q| q.last_offset + 1));
     }
     out.truncate(max);
-    // Offsets must be dense from `from`: anything else means the index and data disagree.
-    if let Some((i, r)) = out
-        .iter()
-        .enumerate()
-        .find(|(i, r)| r.offset != from + *i as i64)
-    {
-        return Err(Failure::Read(format!(
-            "expected offset {} but read {} in {}-{}; not archiving past it",
-            from + i as i64,
-            r.offset,
-            p.topic,
-            p.index
-        )));
+    if let Some(last) = out.last().map(|r| r.offset) {
+        quarantined.retain(|q| q.base_offset <= last);
     }
-    Ok(out)
+    // Offsets must be dense from `from` (quarantined batches aside): anything else means the
+    // index and data disagree.
+    let mut expected = from;
+    let mut qs = quarantined.iter().peekable();
+    for r in &out {
+        while let Some(q) = qs.peek() {
+            if q.base_offset <= expected {
+                expected = expected.max(q.last_offset + 1);
+                qs.next();
+            } else {
+                break;
+            }
+        }
+        if r.offset != expected {
+            return Err(Failure::Read(format!(
+                "expected offset {expected} but read {} in {}-{}; not archiving past it",
+                r.offset, p.topic, p.index
+            )));
+        }
+        expected += 1;
+    }
+    Ok(Collected {
+        records: out,
+        quarantined,
+    })
+}
+
+/// Logs and counts batches left out of the archive.
+fn report_quarantined(b: &Broker, p: &Partition, quarantined: &[Quarantined]) {
+    for q in quarantined {
+        tracing::error!(topic = %p.topic, partition = p.index, base_offset = q.base_offset,
+            last_offset = q.last_offset, reason = %q.reason,
+            "a record batch could not be decoded (corrupt compressed payload, or larger than archive.max_decompressed_batch_bytes once decompressed); it is left out of the archive and archiving goes on. Consumers still read it as stored");
+    }
+    if !quarantined.is_empty() {
+        *b.archive
+            .quarantined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(p.topic.clone())
+            .or_default() += quarantined.len() as u64;
+    }
 }

@@ -528,6 +528,24 @@ fn archive(b: &Broker, out: &mut String) {
             label(&t)
         );
     }
+    header(
+        out,
+        "silt_archive_quarantined_batches_total",
+        "Record batches left out of the archive because they could not be decoded (corrupt payload or decompression bomb).",
+        "counter",
+    );
+    let quarantined = a
+        .quarantined
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (t, n) in quarantined {
+        let _ = writeln!(
+            out,
+            "silt_archive_quarantined_batches_total{{topic=\"{}\"}} {n}",
+            label(&t)
+        );
+    }
     let status = a.status();
     header(
         out,

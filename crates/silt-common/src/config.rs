@@ -142,6 +142,10 @@ pub struct ArchiveSettings {
     pub prefix: String,
     /// Most records per Parquet file.
     pub max_file_records: usize,
+    /// Largest size one record batch may decompress to in the archiver; a batch past it (a
+    /// decompression bomb) or whose payload does not decode is left out of the archive and
+    /// counted (`silt_archive_quarantined_batches_total`).
+    pub max_decompressed_batch_bytes: usize,
 }
 
 impl Default for ArchiveSettings {
@@ -150,6 +154,7 @@ impl Default for ArchiveSettings {
             interval_ms: 10_000,
             prefix: "archive".into(),
             max_file_records: 1_000_000,
+            max_decompressed_batch_bytes: 128 << 20,
         }
     }
 }
