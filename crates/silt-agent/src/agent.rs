@@ -347,6 +347,12 @@ impl Agent {
         self.admin_addr
     }
 
+    /// This session's lease (for tests that simulate a crash: revoking it ends the session as
+    /// its expiry would).
+    pub fn lease(&self) -> silt_meta::LeaseId {
+        self.lease
+    }
+
     /// Shared state (for tests and tools).
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker

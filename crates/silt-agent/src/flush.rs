@@ -910,7 +910,7 @@ mod tests {
         let (f0, meta, _storage, _) = setup("s").await;
         let p = assigned(meta.as_ref(), 0).await;
         let q = assigned(meta.as_ref(), 1).await;
-        let faulty = crate::test_kv::FaultyKv::new(meta.clone());
+        let faulty = silt_meta::faults::FaultyKv::new(meta.clone());
         *faulty.refuse_prefix.lock().unwrap() =
             Some(index::partition_prefix(&p.topic_id, 0).into_bytes());
         let refusing: Arc<dyn MetaKv> = Arc::new(faulty);

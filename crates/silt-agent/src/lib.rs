@@ -30,8 +30,6 @@ pub mod producer_ids;
 pub mod read;
 #[cfg(test)]
 mod test_batches;
-#[cfg(test)]
-mod test_kv;
 pub mod topic_config;
 pub mod topics;
 

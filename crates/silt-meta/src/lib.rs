@@ -7,6 +7,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod faults;
 pub mod instrumented;
 pub mod kv;
 pub mod layout;

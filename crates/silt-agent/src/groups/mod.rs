@@ -656,8 +656,8 @@ impl GroupCoordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_kv::{Fault, FaultyKv};
     use silt_common::ManualClock;
+    use silt_meta::faults::{Fault, FaultyKv};
     use silt_meta::layout::assignment::Assignment;
     use silt_meta::{EmbeddedKv, Txn};
 

@@ -1,12 +1,13 @@
-//! A metadata store that fails on cue, for unit tests: transactions refused for good under a
-//! prefix, or the Nth transaction from now failing before it is applied (unavailable) or after
-//! (unanswered: applied, but the caller is told it failed).
+//! Fault injection at the metadata-store seam: a [`MetaKv`] wrapper that fails on cue, for
+//! tests and the storage-engine simulation. Transactions writing under a prefix can be refused
+//! for good, and the Nth transaction from now can fail before it is applied (unavailable) or
+//! after (unanswered: applied, but the caller is told it failed). Never used in production.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use silt_meta::{
+use crate::kv::{
     KeyValue, LeaseId, MetaError, MetaKv, Op, RangeRequest, Txn, TxnResponse, WatchEvent,
 };
 use tokio::sync::mpsc;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 /// How the cued transaction fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum Fault {
+pub enum Fault {
     /// Not applied; the caller is told the store is unavailable.
     Unavailable = 0,
     /// Applied; the caller is told it was not answered.
@@ -23,31 +24,35 @@ pub(crate) enum Fault {
 
 /// See the module docs.
 #[derive(Debug)]
-pub(crate) struct FaultyKv {
+pub struct FaultyKv {
     inner: Arc<dyn MetaKv>,
     /// Transactions putting a key under this prefix are refused for good.
-    pub(crate) refuse_prefix: Mutex<Option<Vec<u8>>>,
+    pub refuse_prefix: Mutex<Option<Vec<u8>>>,
     /// Transactions to let through before the cued one fails (-1: none is cued).
-    pub(crate) fail_after: AtomicI64,
+    pub fail_after: AtomicI64,
     /// How many consecutive transactions fail once the cue is reached.
-    pub(crate) fail_count: AtomicI64,
+    pub fail_count: AtomicI64,
     fault: AtomicU8,
+    /// Faults injected so far.
+    pub injected: AtomicI64,
 }
 
 impl FaultyKv {
-    pub(crate) fn new(inner: Arc<dyn MetaKv>) -> Self {
+    /// Wraps `inner`, with no fault cued.
+    pub fn new(inner: Arc<dyn MetaKv>) -> Self {
         Self {
             inner,
             refuse_prefix: Mutex::new(None),
             fail_after: AtomicI64::new(-1),
             fail_count: AtomicI64::new(1),
             fault: AtomicU8::new(0),
+            injected: AtomicI64::new(0),
         }
     }
 
     /// Cues the transaction `after` transactions from now to fail with `fault`, and `count`
     /// transactions after it.
-    pub(crate) fn cue(&self, after: i64, count: i64, fault: Fault) {
+    pub fn cue(&self, after: i64, count: i64, fault: Fault) {
         self.fault.store(fault as u8, Ordering::SeqCst);
         self.fail_count.store(count, Ordering::SeqCst);
         self.fail_after.store(after, Ordering::SeqCst);
@@ -97,6 +102,7 @@ impl MetaKv for FaultyKv {
             if self.fail_count.fetch_sub(1, Ordering::SeqCst) <= 1 {
                 self.fail_after.store(-1, Ordering::SeqCst);
             }
+            self.injected.fetch_add(1, Ordering::SeqCst);
             let unanswered = self.fault.load(Ordering::SeqCst) == Fault::Unanswered as u8;
             if unanswered {
                 self.inner.txn(txn).await?;

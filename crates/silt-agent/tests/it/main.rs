@@ -1,0 +1,5 @@
+//! Integration tests of the agent library over in-memory stores: the lifecycle property test
+//! and the seeded storage-engine simulation.
+
+mod lifecycle_model;
+mod simulation;
