@@ -164,6 +164,27 @@ fn metadata(b: &Broker, out: &mut String) {
         "counter",
         s.txn_refused.load(r),
     );
+    single(
+        out,
+        "silt_metadata_txn_bytes_total",
+        "Bytes of metadata transactions sent (keys, values and compares).",
+        "counter",
+        s.txn_bytes.load(r),
+    );
+    single(
+        out,
+        "silt_metadata_txn_max_bytes",
+        "The largest metadata transaction sent, in bytes (etcd refuses over 1.5 MiB by default).",
+        "gauge",
+        s.txn_max_bytes.load(r),
+    );
+    single(
+        out,
+        "silt_metadata_txn_max_ops",
+        "The most operations in one list of a metadata transaction sent (etcd refuses over 128 by default).",
+        "gauge",
+        s.txn_max_ops.load(r),
+    );
 }
 
 fn flush(b: &Broker, out: &mut String) {
@@ -405,6 +426,13 @@ fn leadership(b: &Broker, out: &mut String) {
         "Offset-index keys in the metadata store, all partitions (counted by GC on the controller).",
         "gauge",
         g.index_keys.load(r),
+    );
+    single(
+        out,
+        "silt_gc_last_pass_ms",
+        "Milliseconds the last garbage-collection pass took (list, index scan, deletes).",
+        "gauge",
+        g.last_pass_ms.load(r),
     );
     single(
         out,

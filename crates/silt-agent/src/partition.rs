@@ -76,6 +76,28 @@ impl Partition {
     ) -> Result<Self, MetaError> {
         let entries = index::load_partition(meta, &topic_id, index).await?;
         let stored_start = index::load_log_start(meta, &topic_id, index).await?;
+        Ok(Self::from_index(
+            topic,
+            topic_id,
+            index,
+            epoch,
+            fence_revision,
+            entries,
+            stored_start,
+        ))
+    }
+
+    /// A partition led from `fence_revision` at `epoch`, rebuilt from its index `entries` (in
+    /// offset order) and its stored log start: high watermark and idempotent-producer state.
+    pub fn from_index(
+        topic: &str,
+        topic_id: Uuid,
+        index: i32,
+        epoch: i32,
+        fence_revision: i64,
+        entries: Vec<IndexEntry>,
+        stored_start: i64,
+    ) -> Self {
         let mut p = Self::new(topic, topic_id, index);
         p.fence_revision = fence_revision;
         {
@@ -95,7 +117,7 @@ impl Partition {
                 .first()
                 .map_or(stored_start, |s| s.base_offset.max(stored_start));
         }
-        Ok(p)
+        p
     }
 
     /// The compare a commit of this partition carries: leadership has not moved.

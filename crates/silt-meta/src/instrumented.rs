@@ -53,6 +53,12 @@ pub struct MetaStats {
     pub calls: [CallStats; 8],
     /// Transactions that ran but whose compares failed (nothing written).
     pub txn_refused: AtomicU64,
+    /// Bytes of every transaction sent ([`Txn::encoded_len`]).
+    pub txn_bytes: AtomicU64,
+    /// The largest transaction sent, in bytes.
+    pub txn_max_bytes: AtomicU64,
+    /// The most operations in one list of a transaction sent.
+    pub txn_max_ops: AtomicU64,
     /// Unix ms of the last successful call (0: none yet).
     pub last_ok_ms: AtomicU64,
     /// Unix ms of the last failed call (0: none).
@@ -129,6 +135,15 @@ impl MetaKv for InstrumentedKv {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
+        let bytes = txn.encoded_len() as u64;
+        let ops = txn
+            .compares
+            .len()
+            .max(txn.success.len())
+            .max(txn.failure.len()) as u64;
+        self.stats.txn_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.txn_max_bytes.fetch_max(bytes, Ordering::Relaxed);
+        self.stats.txn_max_ops.fetch_max(ops, Ordering::Relaxed);
         let t = Instant::now();
         let r = self.inner.txn(txn).await;
         self.record(2, t, &r);

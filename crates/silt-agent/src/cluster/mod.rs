@@ -31,6 +31,9 @@ use crate::topics::Topic;
 
 /// Partitions loaded at once when leadership arrives.
 const LOAD_CONCURRENCY: usize = 16;
+/// From this many partitions of one topic gained at once, the topic's whole index is read in
+/// pages instead of two reads per partition.
+const BULK_LOAD_PARTITIONS: usize = 32;
 
 /// A partition's identity.
 pub type PartitionKey = (Uuid, i32);
@@ -334,14 +337,61 @@ impl Cluster {
         let started = std::time::Instant::now();
         let n = to_load.len();
         let meta = self.meta.as_ref();
-        let loaded: Vec<_> = futures::stream::iter(to_load)
-            .map(|(k, epoch, rev)| {
-                let name = names[&k.0].to_string();
-                async move { (k, Partition::load(meta, &name, k.0, k.1, epoch, rev).await) }
-            })
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .collect()
-            .await;
+        // Many partitions of one topic (a take-over, a wide topic created): read the topic's
+        // index and log starts in a few paged reads; a few partitions: two reads each.
+        let mut by_topic: BTreeMap<Uuid, Vec<(PartitionKey, i32, i64)>> = BTreeMap::new();
+        for x in to_load {
+            by_topic.entry(x.0 .0).or_default().push(x);
+        }
+        let (bulk, single): (Vec<_>, Vec<_>) = by_topic
+            .into_values()
+            .partition(|ps| ps.len() >= BULK_LOAD_PARTITIONS);
+        let mut loaded: Vec<(PartitionKey, Result<Partition, MetaError>)> =
+            futures::stream::iter(single.into_iter().flatten())
+                .map(|(k, epoch, rev)| {
+                    let name = names[&k.0].to_string();
+                    async move { (k, Partition::load(meta, &name, k.0, k.1, epoch, rev).await) }
+                })
+                .buffer_unordered(LOAD_CONCURRENCY)
+                .collect()
+                .await;
+        for ps in bulk {
+            let topic_id = ps[0].0 .0;
+            let name = names[&topic_id];
+            let read = async {
+                let entries = silt_meta::layout::index::load_topic(meta, &topic_id).await?;
+                let starts =
+                    silt_meta::layout::index::load_topic_log_starts(meta, &topic_id).await?;
+                Ok::<_, MetaError>((entries, starts))
+            };
+            match read.await {
+                Ok((mut entries, starts)) => {
+                    for (k, epoch, rev) in ps {
+                        let p = Partition::from_index(
+                            name,
+                            topic_id,
+                            k.1,
+                            epoch,
+                            rev,
+                            entries.remove(&k.1).unwrap_or_default(),
+                            starts.get(&k.1).copied().unwrap_or(0),
+                        );
+                        loaded.push((k, Ok(p)));
+                    }
+                }
+                Err(e) => {
+                    for (k, _, _) in ps {
+                        loaded.push((
+                            k,
+                            Err(MetaError::Unavailable {
+                                doing: "loading a topic's offset index".into(),
+                                source: e.to_string().into(),
+                            }),
+                        ));
+                    }
+                }
+            }
+        }
         let mut ok = true;
         let mut local = self.local.write().unwrap_or_else(|p| p.into_inner());
         for (k, res) in loaded {

@@ -33,6 +33,8 @@ pub struct GcStats {
     pub candidates: AtomicU64,
     /// Offset-index keys in the metadata store at the last pass.
     pub index_keys: AtomicU64,
+    /// Milliseconds the last pass took.
+    pub last_pass_ms: AtomicU64,
 }
 
 /// Runs passes while this agent is the controller, until the task is aborted.
@@ -47,8 +49,15 @@ pub async fn run(b: Arc<Broker>) {
             since.clear();
             continue;
         }
-        if let Err(e) = pass(&b, &mut since).await {
-            tracing::warn!(error = %e, "garbage collection pass failed; retrying at the next interval");
+        let started = std::time::Instant::now();
+        match pass(&b, &mut since).await {
+            Ok(_) => {
+                b.gc.last_pass_ms
+                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection pass failed; retrying at the next interval")
+            }
         }
     }
 }

@@ -12,4 +12,5 @@ mod kafka;
 mod lifecycle;
 mod protocol;
 mod read_path;
+mod scale;
 mod write_path;
