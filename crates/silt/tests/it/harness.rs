@@ -15,6 +15,10 @@ pub struct AgentProc {
     pub admin_port: u16,
     env: Vec<(String, String)>,
     starts: u32,
+    /// The address it listens on (127.0.0.1, or its network namespace's).
+    pub ip: String,
+    /// The network namespace it runs in, if any.
+    netns: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -33,6 +37,15 @@ impl AgentProc {
         a
     }
 
+    /// Starts an agent inside a network namespace, listening on its address.
+    pub fn start_in(ns: &silt_testkit::NetNs, env: &[(&str, &str)]) -> Self {
+        let mut a = Self::new(env);
+        a.ip = ns.ip.clone();
+        a.netns = Some(ns.name.clone());
+        a.spawn();
+        a
+    }
+
     fn new(env: &[(&str, &str)]) -> Self {
         Self {
             child: None,
@@ -44,6 +57,8 @@ impl AgentProc {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             starts: 0,
+            ip: "127.0.0.1".into(),
+            netns: None,
         }
     }
 
@@ -76,7 +91,7 @@ impl AgentProc {
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -114,7 +129,15 @@ impl AgentProc {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_silt"));
+        let bin = env!("CARGO_BIN_EXE_silt");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("agent")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -122,7 +145,7 @@ impl AgentProc {
             .env("SILT_LISTEN", self.bootstrap())
             .env(
                 "SILT_ADMIN_LISTEN",
-                format!("127.0.0.1:{}", self.admin_port),
+                format!("{}:{}", self.ip, self.admin_port),
             )
             .env("SILT_DATA_DIR", self.data_dir())
             .env("SILT_FLUSH__INTERVAL_MS", "20");
@@ -162,7 +185,7 @@ impl AgentProc {
 
     /// Whether `/readyz` answers 200 now.
     pub fn ready(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.admin_port)) else {
+        let Ok(mut s) = TcpStream::connect((self.ip.as_str(), self.admin_port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -257,7 +280,7 @@ impl AgentProc {
 
     /// `method path` on the admin port: (status code, body).
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin port");
+        let mut s = TcpStream::connect((self.ip.as_str(), self.admin_port)).expect("admin port");
         s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .unwrap();
         let mut resp = String::new();
@@ -273,7 +296,7 @@ impl AgentProc {
 
     /// Counters from `/metrics` (label-free series only, plus labelled ones by full name).
     pub fn metrics(&self) -> HashMap<String, f64> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin port");
+        let mut s = TcpStream::connect((self.ip.as_str(), self.admin_port)).expect("admin port");
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
         let mut body = String::new();

@@ -56,6 +56,17 @@ pub struct Got {
 
 /// Reads every partition of `topic` from the beginning until `want` records arrived (or 60 s).
 pub fn consume(bootstrap: &str, topic: &str, partitions: i32, want: usize) -> Vec<Got> {
+    consume_within(bootstrap, topic, partitions, want, Duration::from_secs(60))
+}
+
+/// [`consume`] with another deadline.
+pub fn consume_within(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+    within: Duration,
+) -> Vec<Got> {
     let c: BaseConsumer = config(
         bootstrap,
         &[
@@ -73,7 +84,7 @@ pub fn consume(bootstrap: &str, topic: &str, partitions: i32, want: usize) -> Ve
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::with_capacity(want);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + within;
     while out.len() < want && Instant::now() < deadline {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => out.push(Got {

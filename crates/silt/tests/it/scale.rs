@@ -13,7 +13,7 @@ use rdkafka::producer::FutureRecord;
 
 use crate::cluster::TestCluster;
 use crate::harness::{eventually, AgentProc};
-use crate::kafka::{config, consume, create_topic};
+use crate::kafka::{config, consume_within, create_topic};
 
 fn partitions() -> i32 {
     std::env::var("SILT_SCALE_PARTITIONS")
@@ -127,9 +127,11 @@ async fn ten_thousand_partitions_on_one_agent() {
         m(&after, "silt_metadata_txn_bytes_total") - m(&before, "silt_metadata_txn_bytes_total");
     let (max_bytes, max_ops) = assert_within_limits(&agent, "one agent");
     let t = Instant::now();
-    let got = tokio::task::spawn_blocking(move || consume(&b, "wide", n, n as usize))
-        .await
-        .unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        consume_within(&b, "wide", n, n as usize, Duration::from_secs(300))
+    })
+    .await
+    .unwrap();
     assert_eq!(got.len(), n as usize, "every record read back");
     let consume_s = t.elapsed().as_secs_f64();
     // Take-over: a restart reloads every partition from the offset index.
@@ -211,9 +213,11 @@ async fn ten_thousand_partitions_on_two_agents_over_etcd_and_s3() {
     let takeover_s = t.elapsed().as_secs_f64();
     let b0 = c.agents[0].bootstrap();
     let t = Instant::now();
-    let got = tokio::task::spawn_blocking(move || consume(&b0, "wide", n, n as usize))
-        .await
-        .unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        consume_within(&b0, "wide", n, n as usize, Duration::from_secs(300))
+    })
+    .await
+    .unwrap();
     assert_eq!(
         got.len(),
         n as usize,
