@@ -25,6 +25,7 @@ use crate::flush::Flusher;
 use crate::groups::group::GroupLimits;
 use crate::groups::GroupCoordinator;
 use crate::producer_ids::ProducerIds;
+use crate::tasks::{Periodic, TaskRunner};
 use crate::topics::Topics;
 
 /// What an agent is built from.
@@ -89,13 +90,12 @@ pub struct Agent {
     broker: Arc<Broker>,
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    admin: Option<JoinHandle<()>>,
-    group_ticker: JoinHandle<()>,
-    keepalive: JoinHandle<()>,
-    reactor: JoinHandle<()>,
-    controller: JoinHandle<()>,
-    archiver: JoinHandle<()>,
-    background: Vec<JoinHandle<()>>,
+    /// The lease keeper and the jobs that write (archiver, compaction, retention, GC, session
+    /// progress): stopped first on shutdown.
+    jobs: TaskRunner,
+    /// What keeps the agent part of the cluster (leadership reactor, controller election, group
+    /// timeouts, the admin port): stopped last.
+    membership: TaskRunner,
     lease_lost: watch::Receiver<Option<Lost>>,
     lease: silt_meta::LeaseId,
     stop_accepting: watch::Sender<bool>,
@@ -201,7 +201,6 @@ impl Agent {
                 max_assignment_bytes: g.max_assignment_bytes,
             },
         ));
-        let group_ticker = groups.spawn_ticker(std::time::Duration::from_millis(100));
         let mut tail = ObjectCache::new(settings.flush.tail_cache_bytes);
         let cs = &settings.cache;
         if cs.memory_bytes > 0 {
@@ -263,29 +262,42 @@ impl Agent {
         });
         let flush = tokio::spawn(flusher.run());
         let (lease_lost_tx, lease_lost) = watch::channel(None);
-        let keepalive = tokio::spawn(keep_lease(broker.clone(), lease, ttl, lease_lost_tx));
-        let reactor = tokio::spawn(
+        let mut jobs = TaskRunner::new();
+        jobs.spawn(
+            "lease-keeper",
+            keep_lease(broker.clone(), lease, ttl, lease_lost_tx),
+        );
+        jobs.every(crate::archiver::ArchiverJob(broker.clone()));
+        jobs.every(crate::lifecycle::retention::RetentionJob(broker.clone()));
+        jobs.every(crate::lifecycle::gc::GcJob::new(broker.clone()));
+        jobs.every(crate::lifecycle::compaction::CompactionJob(broker.clone()));
+        jobs.every(ProgressJob {
+            b: broker.clone(),
+            session: session.clone(),
+            lease,
+            published: None,
+        });
+        let mut membership = TaskRunner::new();
+        membership.spawn(
+            "leadership",
             cluster
                 .clone()
                 .run(broker.topics.subscribe(), broker.groups.clone()),
         );
-        let archiver = tokio::spawn(crate::archiver::run(broker.clone()));
-        let background = vec![
-            tokio::spawn(crate::lifecycle::retention::run(broker.clone())),
-            tokio::spawn(crate::lifecycle::gc::run(broker.clone())),
-            tokio::spawn(crate::lifecycle::compaction::run(broker.clone())),
-            tokio::spawn(publish_progress(broker.clone(), session.clone(), lease)),
-        ];
-        let controller = tokio::spawn(controller::run(
-            broker.meta.clone(),
-            Identity {
-                node_id,
-                session: session.clone(),
-                lease,
-            },
-            cluster.clone(),
-            broker.topics.subscribe(),
-        ));
+        membership.spawn(
+            "controller-election",
+            controller::run(
+                broker.meta.clone(),
+                Identity {
+                    node_id,
+                    session: session.clone(),
+                    lease,
+                },
+                cluster.clone(),
+                broker.topics.subscribe(),
+            ),
+        );
+        membership.every(broker.groups.ticker(std::time::Duration::from_millis(100)));
         // Serve once this agent's share is known and loaded (bounded: a dead agent's
         // partitions wait for its lease to lapse, and clients retry meanwhile).
         let mut settled = cluster.settled();
@@ -295,8 +307,9 @@ impl Agent {
         {
             tracing::warn!("some partitions or group shards have no live leader yet; serving anyway (clients retry until they do)");
         }
-        let admin =
-            admin_listener.map(|l| tokio::spawn(crate::admin_http::serve(l, broker.clone())));
+        if let Some(l) = admin_listener {
+            membership.spawn("admin-http", crate::admin_http::serve(l, broker.clone()));
+        }
         let (stop_accepting, mut stop_rx) = watch::channel(false);
         let b = broker.clone();
         let accept = tokio::spawn(async move {
@@ -322,13 +335,8 @@ impl Agent {
             broker,
             addr,
             admin_addr,
-            admin,
-            group_ticker,
-            keepalive,
-            reactor,
-            controller,
-            archiver,
-            background,
+            jobs,
+            membership,
             lease_lost,
             lease,
             stop_accepting,
@@ -374,22 +382,18 @@ impl Agent {
     pub async fn abandon(self) {
         let _ = self.broker.stopping.send(true);
         self.broker.flusher.abandon();
-        let mut tasks = vec![
-            self.keepalive,
-            self.archiver,
-            self.controller,
-            self.group_ticker,
-            self.reactor,
-            self.accept,
-            self.flush,
-        ];
-        tasks.extend(self.background);
-        tasks.extend(self.admin);
-        for t in &tasks {
-            t.abort();
-        }
-        for t in tasks {
-            let _ = t.await;
+        let _ = self.stop_accepting.send(true);
+        let _ = self.accept.await;
+        // The store may still be away: steps in progress get a moment, not a wait on it.
+        let grace = std::time::Duration::from_millis(500);
+        self.jobs.stop(grace).await;
+        self.membership.stop(grace).await;
+        // The pipeline ends on its own once closed (its last commits are refused); it is not
+        // waited on for longer than the grace period.
+        let mut flush = self.flush;
+        if tokio::time::timeout(grace, &mut flush).await.is_err() {
+            flush.abort();
+            let _ = flush.await;
         }
         // Connections finish their last response and let go of the session's state (the block
         // cache's files among it) before a new session opens them.
@@ -409,11 +413,9 @@ impl Agent {
     /// answering Metadata, then close.
     pub async fn shutdown(self) {
         let started = std::time::Instant::now();
-        self.keepalive.abort();
-        self.archiver.abort();
-        for t in &self.background {
-            t.abort();
-        }
+        // Writing jobs finish the step they are in; the lease keeper stops with them (the
+        // lease is revoked below).
+        self.jobs.stop(std::time::Duration::from_secs(5)).await;
         self.broker.flusher.close();
         // Bounded: with the metadata store unreachable, commits cannot finish; what is not
         // committed was never acknowledged with acks=all.
@@ -421,7 +423,6 @@ impl Agent {
         if tokio::time::timeout(ttl * 3, self.flush).await.is_err() {
             tracing::error!("buffered writes could not be committed before shutdown (is the metadata store reachable?); they were not acknowledged and producers will retry them");
         }
-        self.controller.abort();
         if let Err(e) = self.broker.meta.revoke_lease(self.lease).await {
             tracing::warn!(error = %e, "could not revoke this agent's lease; it expires on its own");
         }
@@ -435,11 +436,9 @@ impl Agent {
         let _ = self.stop_accepting.send(true);
         let _ = self.accept.await;
         let _ = self.broker.stopping.send(true);
-        if let Some(a) = self.admin {
-            a.abort();
-        }
-        self.group_ticker.abort();
-        self.reactor.abort();
+        self.membership
+            .stop(std::time::Duration::from_secs(1))
+            .await;
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
             "agent stopped; every acknowledged write is committed and its partitions handed over"
@@ -515,27 +514,40 @@ async fn keep_lease(
 /// Publishes, under the agent's lease, the last flush generation and compaction step this
 /// session finished, so garbage collection knows which of its unreferenced objects can never be
 /// committed any more. At most once a second, and only on change.
-async fn publish_progress(broker: Arc<Broker>, session: String, lease: silt_meta::LeaseId) {
-    let mut published = None;
-    let mut iv = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        iv.tick().await;
+struct ProgressJob {
+    b: Arc<Broker>,
+    session: String,
+    lease: silt_meta::LeaseId,
+    published: Option<agents::SessionProgress>,
+}
+
+impl Periodic for ProgressJob {
+    fn name(&self) -> &'static str {
+        "session-progress"
+    }
+
+    fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
+    async fn step(&mut self) {
         let now = agents::SessionProgress {
-            flush: broker.flusher.subscribe().borrow().committed,
-            compact: broker
+            flush: self.b.flusher.subscribe().borrow().committed,
+            compact: self
+                .b
                 .compaction
                 .finished
                 .load(std::sync::atomic::Ordering::SeqCst),
         };
-        if published == Some(now) {
-            continue;
+        if self.published == Some(now) {
+            return;
         }
         let txn = silt_meta::Txn {
-            success: vec![agents::session_progress_op(&session, &now, lease)],
+            success: vec![agents::session_progress_op(&self.session, &now, self.lease)],
             ..Default::default()
         };
-        match broker.meta.txn(txn).await {
-            Ok(_) => published = Some(now),
+        match self.b.meta.txn(txn).await {
+            Ok(_) => self.published = Some(now),
             Err(e) => tracing::debug!(error = %e, "publishing session progress failed; retrying"),
         }
     }

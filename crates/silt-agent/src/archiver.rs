@@ -110,13 +110,21 @@ enum Failure {
     Read(String),
 }
 
-/// Runs passes until the task is aborted.
-pub async fn run(b: Arc<Broker>) {
-    let mut iv = tokio::time::interval(Duration::from_millis(b.settings.archive.interval_ms));
-    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        iv.tick().await;
-        pass(&b).await;
+/// Archiving as a periodic job: every `archive.interval_ms`, a pass over every partition led
+/// here.
+pub struct ArchiverJob(pub Arc<Broker>);
+
+impl crate::tasks::Periodic for ArchiverJob {
+    fn name(&self) -> &'static str {
+        "archiver"
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.0.settings.archive.interval_ms)
+    }
+
+    async fn step(&mut self) {
+        pass(&self.0).await;
     }
 }
 

@@ -28,6 +28,7 @@ pub mod partition;
 pub mod producer;
 pub mod producer_ids;
 pub mod read;
+pub mod tasks;
 #[cfg(test)]
 mod test_batches;
 pub mod topic_config;

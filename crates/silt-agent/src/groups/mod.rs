@@ -49,6 +49,29 @@ impl Entry {
     }
 }
 
+/// The periodic job that applies group session and rebalance timeouts.
+#[derive(Debug)]
+pub struct GroupTicker {
+    c: std::sync::Weak<GroupCoordinator>,
+    every: Duration,
+}
+
+impl crate::tasks::Periodic for GroupTicker {
+    fn name(&self) -> &'static str {
+        "group-timeouts"
+    }
+
+    fn interval(&self) -> Duration {
+        self.every
+    }
+
+    async fn step(&mut self) {
+        if let Some(c) = self.c.upgrade() {
+            c.tick();
+        }
+    }
+}
+
 /// A group as DescribeGroups reports it.
 #[derive(Debug, Clone)]
 pub struct Described {
@@ -215,17 +238,12 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    /// Runs session and rebalance timeouts every `every` until the coordinator is dropped.
-    pub fn spawn_ticker(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut iv = tokio::time::interval(every);
-            loop {
-                iv.tick().await;
-                let Some(c) = weak.upgrade() else { break };
-                c.tick();
-            }
-        })
+    /// Session and rebalance timeouts, applied every `every` (until the coordinator is dropped).
+    pub fn ticker(self: &Arc<Self>, every: Duration) -> GroupTicker {
+        GroupTicker {
+            c: Arc::downgrade(self),
+            every,
+        }
     }
 
     /// Applies timeouts at the clock's current time.

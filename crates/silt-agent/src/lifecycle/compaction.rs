@@ -167,17 +167,24 @@ fn fold_producers(entries: &[IndexEntry]) -> Vec<ProducerBatch> {
         .collect()
 }
 
-/// Runs compaction passes until the task is aborted.
-pub async fn run(b: Arc<Broker>) {
-    let every = Duration::from_millis(b.settings.lifecycle.compact_interval_ms);
-    let mut iv = tokio::time::interval(every);
-    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        iv.tick().await;
+/// Compaction as a periodic job: every `lifecycle.compact_interval_ms`, a few steps on each
+/// partition led here, so none starves the others.
+pub struct CompactionJob(pub Arc<Broker>);
+
+impl crate::tasks::Periodic for CompactionJob {
+    fn name(&self) -> &'static str {
+        "compaction"
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.0.settings.lifecycle.compact_interval_ms)
+    }
+
+    async fn step(&mut self) {
+        let b = &self.0;
         for p in b.cluster.local_partitions() {
-            // A few steps per partition per pass, so none starves the others.
             for _ in 0..4 {
-                match step(&b, &p).await {
+                match step(b, &p).await {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {

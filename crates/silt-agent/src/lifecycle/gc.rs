@@ -37,20 +37,40 @@ pub struct GcStats {
     pub last_pass_ms: AtomicU64,
 }
 
-/// Runs passes while this agent is the controller, until the task is aborted.
-pub async fn run(b: Arc<Broker>) {
-    let every = Duration::from_millis(b.settings.lifecycle.gc_interval_ms);
-    let mut iv = tokio::time::interval(every);
-    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut since: HashMap<String, Instant> = HashMap::new();
-    loop {
-        iv.tick().await;
+/// Garbage collection as a periodic job: a pass every `lifecycle.gc_interval_ms` while this
+/// agent is the controller.
+pub struct GcJob {
+    b: Arc<Broker>,
+    since: HashMap<String, Instant>,
+}
+
+impl GcJob {
+    /// The job for this agent.
+    pub fn new(b: Arc<Broker>) -> Self {
+        Self {
+            b,
+            since: HashMap::new(),
+        }
+    }
+}
+
+impl crate::tasks::Periodic for GcJob {
+    fn name(&self) -> &'static str {
+        "gc"
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.b.settings.lifecycle.gc_interval_ms)
+    }
+
+    async fn step(&mut self) {
+        let b = &self.b;
         if b.cluster.controller_id() != Some(b.node.id) {
-            since.clear();
-            continue;
+            self.since.clear();
+            return;
         }
         let started = std::time::Instant::now();
-        match pass(&b, &mut since).await {
+        match pass(b, &mut self.since).await {
             Ok(_) => {
                 b.gc.last_pass_ms
                     .store(started.elapsed().as_millis() as u64, Ordering::Relaxed)

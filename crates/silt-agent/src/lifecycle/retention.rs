@@ -54,13 +54,21 @@ pub fn due(
     )
 }
 
-/// Runs retention passes until the task is aborted.
-pub async fn run(b: Arc<Broker>) {
-    let every = Duration::from_millis(b.settings.lifecycle.retention_interval_ms);
-    let mut iv = tokio::time::interval(every);
-    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        iv.tick().await;
+/// Retention as a periodic job: every `lifecycle.retention_interval_ms`, each partition led
+/// here whose oldest data is past `retention.ms` or `retention.bytes` has its log start moved.
+pub struct RetentionJob(pub Arc<Broker>);
+
+impl crate::tasks::Periodic for RetentionJob {
+    fn name(&self) -> &'static str {
+        "retention"
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.0.settings.lifecycle.retention_interval_ms)
+    }
+
+    async fn step(&mut self) {
+        let b = &self.0;
         for p in b.cluster.local_partitions() {
             let Some(topic) = b.topics.get_by_id(&p.topic_id) else {
                 continue;
@@ -76,7 +84,7 @@ pub async fn run(b: Arc<Broker>) {
                 )
             };
             if let Some(t) = target {
-                if let Err(e) = move_log_start(&b, &p, t).await {
+                if let Err(e) = move_log_start(b, &p, t).await {
                     tracing::warn!(topic = %p.topic, partition = p.index, error = %e,
                         "applying retention failed; retrying at the next interval");
                 }
