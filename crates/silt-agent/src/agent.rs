@@ -237,6 +237,7 @@ impl Agent {
             host,
             port,
         };
+        let settings_connections = settings.connections.clone();
         let broker = Arc::new(Broker {
             producer_ids: ProducerIds::new(c.meta.clone()),
             groups,
@@ -259,6 +260,7 @@ impl Agent {
             cache,
             settings,
             stopping: watch::channel(false).0,
+            limits: crate::limits::ConnectionLimits::new(settings_connections),
         });
         let flush = tokio::spawn(flusher.run());
         let (lease_lost_tx, lease_lost) = watch::channel(None);
@@ -317,9 +319,21 @@ impl Agent {
                 tokio::select! {
                     _ = stop_rx.changed() => break,
                     res = listener.accept() => match res {
-                        Ok((stream, peer)) => {
-                            tokio::spawn(crate::connection::serve(b.clone(), stream, peer));
-                        }
+                        Ok((stream, peer)) => match b.limits.admit(peer.ip()) {
+                            Ok(admitted) => {
+                                tokio::spawn(crate::connection::serve(
+                                    b.clone(),
+                                    stream,
+                                    peer,
+                                    admitted,
+                                ));
+                            }
+                            Err(why) => {
+                                tracing::warn!(%peer, reason = ?why,
+                                    "closing a new connection: too many open (connections.max_total / connections.max_per_ip)");
+                                drop(stream);
+                            }
+                        },
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed");
                             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -67,6 +67,8 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     /// Request and traffic metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Connection and response-memory limits.
+    pub limits: Arc<crate::limits::ConnectionLimits>,
     /// Set when this agent session ends (shut down, or abandoned after losing its lease):
     /// connections served by it close, so clients reconnect to whatever serves next.
     pub stopping: tokio::sync::watch::Sender<bool>,

@@ -23,13 +23,19 @@ use tracing::Instrument;
 use crate::broker::Broker;
 use crate::handlers::{self, Reply};
 
-/// Responses in flight per connection before the agent stops reading more requests. Produce
-/// responses wait for a flush (~`flush.interval_ms`), and librdkafka sends one request per
-/// partition per linger period, so this must cover hundreds; the bytes they carry are bounded
-/// by the flush buffer budget, not by this count.
-const MAX_IN_FLIGHT: usize = 1024;
+/// A response on its way out, and what it holds until written (a fetch's reserved bytes).
+///
+/// Responses in flight per connection are bounded by `connections.max_in_flight`: produce
+/// responses wait for a flush (~`flush.interval_ms`) and librdkafka sends one request per
+/// partition per linger period, so it must cover hundreds; the bytes produce requests carry are
+/// bounded by the flush buffer budget, those of fetch responses by the limits layer
+/// ([`crate::limits`]).
+struct Outgoing {
+    kind: OutKind,
+    _hold: Option<crate::limits::ResponsePermit>,
+}
 
-enum Outgoing {
+enum OutKind {
     Ready(Bytes),
     Pending {
         task: JoinHandle<ResponseKind>,
@@ -40,7 +46,12 @@ enum Outgoing {
 }
 
 /// Serves one connection until the client closes it or sends something unacceptable.
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _admitted: crate::limits::Admitted,
+) {
     broker
         .metrics
         .connections_total
@@ -59,7 +70,9 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
 async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+    let (tx, rx) = mpsc::channel(broker.settings.connections.max_in_flight);
+    let budget = broker.limits.connection_budget();
+    let idle = std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms);
     let writer = tokio::spawn(write_loop(wr, rx, peer));
     let max = broker.settings.max_frame_bytes;
     let mut stopping = broker.stopping.subscribe();
@@ -70,7 +83,15 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
                 tracing::info!(%peer, "closing connection: this agent session ended");
                 break;
             }
-            read = read_frame(&mut rd, max) => read,
+            read = tokio::time::timeout(idle, read_frame(&mut rd, max)) => match read {
+                Ok(read) => read,
+                Err(_) => {
+                    broker.limits.idle_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(%peer, idle_ms = idle.as_millis() as u64,
+                        "closing connection: no complete request within connections.idle_timeout_ms");
+                    break;
+                }
+            },
         };
         let frame = match read {
             Ok(Some(f)) => f,
@@ -99,7 +120,11 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
                 let Ok(b) = encode_response(correlation_id, api, 0, &body) else {
                     break;
                 };
-                if tx.send(Outgoing::Ready(b)).await.is_err() {
+                let out = Outgoing {
+                    kind: OutKind::Ready(b),
+                    _hold: None,
+                };
+                if tx.send(out).await.is_err() {
                     break;
                 }
                 continue;
@@ -108,12 +133,27 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
                 "closing connection: {api:?} v{version} is not supported (this agent serves v{min}-v{max_v})");
             break;
         }
-        let body = match decode_body(&req) {
+        let mut body = match decode_body(&req) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: {e}");
                 break;
             }
+        };
+        // A fetch reserves the bytes its response may take before it runs (and is capped to
+        // them): a client that stops reading stops being read from.
+        let hold = match &mut body {
+            kafka_protocol::messages::RequestKind::Fetch(f) => {
+                let wanted = if f.max_bytes <= 0 {
+                    usize::MAX
+                } else {
+                    f.max_bytes as usize
+                };
+                let permit = broker.limits.reserve(&budget, wanted).await;
+                f.max_bytes = i32::try_from(permit.bytes).unwrap_or(i32::MAX);
+                Some(permit)
+            }
+            _ => None,
         };
         let span = tracing::debug_span!(
             "request",
@@ -135,7 +175,10 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
             Reply::Now(resp) => {
                 broker.metrics.request(api, started.elapsed());
                 match encode_response(correlation_id, api, version, &resp) {
-                    Ok(b) => Outgoing::Ready(b),
+                    Ok(b) => Outgoing {
+                        kind: OutKind::Ready(b),
+                        _hold: hold,
+                    },
                     Err(e) => {
                         tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
                         break;
@@ -144,15 +187,18 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
             }
             Reply::Later(fut) => {
                 let b = broker.clone();
-                Outgoing::Pending {
-                    task: tokio::spawn(async move {
-                        let resp = fut.await;
-                        b.metrics.request(api, started.elapsed());
-                        resp
-                    }),
-                    correlation_id,
-                    api,
-                    version,
+                Outgoing {
+                    kind: OutKind::Pending {
+                        task: tokio::spawn(async move {
+                            let resp = fut.await;
+                            b.metrics.request(api, started.elapsed());
+                            resp
+                        }),
+                        correlation_id,
+                        api,
+                        version,
+                    },
+                    _hold: hold,
                 }
             }
         };
@@ -166,9 +212,9 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
     while let Some(out) = rx.recv().await {
-        let bytes = match out {
-            Outgoing::Ready(b) => b,
-            Outgoing::Pending {
+        let bytes = match out.kind {
+            OutKind::Ready(b) => b,
+            OutKind::Pending {
                 task,
                 correlation_id,
                 api,

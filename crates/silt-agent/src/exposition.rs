@@ -37,6 +37,37 @@ pub async fn render(b: &Broker) -> String {
         "counter",
         m.connections_total.load(Ordering::Relaxed),
     );
+    let l = &b.limits;
+    header(
+        &mut out,
+        "silt_connections_refused_total",
+        "New connections closed at once because too many were open (connections.max_total, connections.max_per_ip).",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "silt_connections_refused_total{{reason=\"total\"}} {}",
+        l.refused_total.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "silt_connections_refused_total{{reason=\"per_ip\"}} {}",
+        l.refused_per_ip.load(Ordering::Relaxed)
+    );
+    single(
+        &mut out,
+        "silt_connections_idle_closed_total",
+        "Connections closed for sending no complete request within connections.idle_timeout_ms.",
+        "counter",
+        l.idle_closed.load(Ordering::Relaxed),
+    );
+    single(
+        &mut out,
+        "silt_response_bytes_reserved",
+        "Bytes reserved by fetch responses not yet written, over all connections (bounded by connections.max_total_response_bytes).",
+        "gauge",
+        l.response_bytes_held(),
+    );
     m.render(&mut out);
     out
 }

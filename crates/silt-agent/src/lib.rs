@@ -22,6 +22,7 @@ pub mod flush;
 pub mod groups;
 pub mod handlers;
 pub mod lifecycle;
+pub mod limits;
 pub mod log_levels;
 pub mod metrics;
 pub mod partition;

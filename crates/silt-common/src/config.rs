@@ -44,6 +44,8 @@ pub struct Settings {
     pub lifecycle: LifecycleSettings,
     /// The block cache for reads that miss the tail cache.
     pub cache: CacheSettings,
+    /// What one client connection, and all of them, may hold.
+    pub connections: ConnectionSettings,
 }
 
 impl Default for Settings {
@@ -64,6 +66,41 @@ impl Default for Settings {
             archive: ArchiveSettings::default(),
             lifecycle: LifecycleSettings::default(),
             cache: CacheSettings::default(),
+            connections: ConnectionSettings::default(),
+        }
+    }
+}
+
+/// Limits on client connections: how many, how long idle, and how much memory their
+/// responses may hold (Kafka's `max.connections`, `max.connections.per.ip`,
+/// `connections.max.idle.ms`, and a bound on queued bytes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionSettings {
+    /// Most client connections open at once; more are closed as they are accepted.
+    pub max_total: usize,
+    /// Most client connections open at once from one IP address.
+    pub max_per_ip: usize,
+    /// A connection that sends no complete request for this long is closed (ms).
+    pub idle_timeout_ms: u64,
+    /// Most requests read from one connection whose responses are not yet written.
+    pub max_in_flight: usize,
+    /// Most bytes of fetch responses one connection may hold unwritten; a client that stops
+    /// reading its responses stops being read from once this is reached.
+    pub max_response_bytes: usize,
+    /// Most bytes of fetch responses all connections together may hold unwritten.
+    pub max_total_response_bytes: usize,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            max_total: 10_000,
+            max_per_ip: 1_000,
+            idle_timeout_ms: 600_000,
+            max_in_flight: 1024,
+            max_response_bytes: 64 << 20,
+            max_total_response_bytes: 1 << 30,
         }
     }
 }
@@ -393,6 +430,31 @@ impl Settings {
         }
         if self.flush.max_bytes == 0 {
             return bad("flush.max_bytes = 0", "must be at least 1");
+        }
+        let c = &self.connections;
+        for (name, v) in [
+            ("connections.max_total", c.max_total),
+            ("connections.max_per_ip", c.max_per_ip),
+            ("connections.max_in_flight", c.max_in_flight),
+        ] {
+            if v == 0 {
+                return bad(&format!("{name} = 0"), "must be at least 1");
+            }
+        }
+        if c.max_response_bytes < 1 << 20 || c.max_total_response_bytes < c.max_response_bytes {
+            return bad(
+                &format!(
+                    "connections.max_response_bytes = {}, connections.max_total_response_bytes = {}",
+                    c.max_response_bytes, c.max_total_response_bytes
+                ),
+                "the per-connection bound must be at least 1 MiB and no larger than the total",
+            );
+        }
+        if c.idle_timeout_ms < 1000 {
+            return bad(
+                &format!("connections.idle_timeout_ms = {}", c.idle_timeout_ms),
+                "must be at least 1000",
+            );
         }
         if self.flush.max_buffered_bytes < self.max_frame_bytes.min(16 * 1024 * 1024) {
             return bad(

@@ -10,6 +10,7 @@ mod groups;
 mod harness;
 mod kafka;
 mod lifecycle;
+mod limits;
 mod netfaults;
 mod protocol;
 mod read_path;
