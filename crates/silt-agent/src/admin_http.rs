@@ -14,8 +14,8 @@ use crate::broker::Broker;
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(stream, broker.clone()));
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, peer, broker.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -25,7 +25,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, broker: Arc<Broker>) {
+async fn handle(mut stream: TcpStream, peer: std::net::SocketAddr, broker: Arc<Broker>) {
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
     let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -51,6 +51,16 @@ async fn handle(mut stream: TcpStream, broker: Arc<Broker>) {
     let target = words.next().unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, ctype, body) = match path {
+        "/loglevel" if method != "GET" => {
+            let token = broker.settings.admin_token.as_ref().map(|t| t.0.as_str());
+            match may_change(token, peer.ip(), bearer(&head)) {
+                Ok(()) => log_level(&broker, method, query),
+                Err(why) => {
+                    tracing::warn!(%peer, "refused a change through the admin port: {why}");
+                    ("401 Unauthorized", "text/plain", format!("{why}\n"))
+                }
+            }
+        }
         "/loglevel" => log_level(&broker, method, query),
         "/archive" => ("200 OK", "application/json", archive_status(&broker)),
         "/metrics" => (
@@ -129,6 +139,49 @@ fn archive_status(b: &Broker) -> String {
 }
 
 /// `GET /loglevel`: the filter in force; `PUT /loglevel?filter=...`: replace it.
+/// The token of an `Authorization: Bearer ...` header, if any.
+fn bearer(head: &str) -> Option<&str> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        if !name.trim().eq_ignore_ascii_case("authorization") {
+            return None;
+        }
+        let v = value.trim();
+        v.get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("bearer "))
+            .map(|_| v[7..].trim())
+    })
+}
+
+/// Whether a mutating admin request may proceed: with `admin_token` set, only with that bearer
+/// token (compared in constant time); without one, only from the loopback interface.
+fn may_change(
+    token: Option<&str>,
+    peer: std::net::IpAddr,
+    given: Option<&str>,
+) -> Result<(), &'static str> {
+    match (token, given) {
+        (Some(t), Some(g)) if t.len() == g.len() => {
+            let diff = t
+                .bytes()
+                .zip(g.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                Ok(())
+            } else {
+                Err("wrong admin token (send Authorization: Bearer <admin_token>)")
+            }
+        }
+        (Some(_), _) => {
+            Err("this endpoint needs the admin token (send Authorization: Bearer <admin_token>)")
+        }
+        (None, _) if peer.is_loopback() => Ok(()),
+        (None, _) => Err(
+            "changes through the admin port are only taken from loopback unless admin_token is set",
+        ),
+    }
+}
+
 fn log_level(b: &Broker, method: &str, query: &str) -> (&'static str, &'static str, String) {
     let Some(levels) = &b.log_levels else {
         return (

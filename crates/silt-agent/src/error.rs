@@ -160,6 +160,26 @@ pub enum TopicError {
     /// Bad partition count.
     #[error("invalid number of partitions {0}: must be at least 1 (or -1 for the default)")]
     InvalidPartitions(i32),
+    /// More partitions than one topic may have.
+    #[error(
+        "{requested} partitions is more than topics.max_partitions_per_topic ({limit}) allows"
+    )]
+    TooManyPartitions {
+        /// Partitions asked for.
+        requested: i32,
+        /// The limit.
+        limit: i32,
+    },
+    /// The agent pool's partition budget would be exceeded.
+    #[error("{requested} more partitions would make {total}, more than topics.max_partitions_total ({limit}) allows")]
+    PartitionBudget {
+        /// Partitions asked for.
+        requested: i32,
+        /// Partitions there would be.
+        total: i64,
+        /// The limit.
+        limit: i64,
+    },
     /// Bad replication factor.
     #[error("invalid replication factor {0}: must be at least 1 (or -1 for the default)")]
     InvalidReplicationFactor(i16),
@@ -180,6 +200,8 @@ impl TopicError {
             Self::Unknown(_) => ResponseError::UnknownTopicOrPartition,
             Self::UnknownId(_) => ResponseError::UnknownTopicId,
             Self::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            Self::TooManyPartitions { .. } => ResponseError::InvalidPartitions,
+            Self::PartitionBudget { .. } => ResponseError::PolicyViolation,
             Self::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
             Self::InvalidConfig(_) => ResponseError::InvalidConfig,
             Self::Meta(_) => ResponseError::KafkaStorageError,

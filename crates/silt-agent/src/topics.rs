@@ -197,9 +197,15 @@ impl Topics {
         validate_name(&t.name)?;
         let partitions = match t.partitions {
             -1 => self.defaults.num_partitions,
-            n if (1..=100_000).contains(&n) => n,
+            n if n >= 1 => n,
             n => return Err(TopicError::InvalidPartitions(n)),
         };
+        if partitions > self.defaults.max_partitions_per_topic {
+            return Err(TopicError::TooManyPartitions {
+                requested: partitions,
+                limit: self.defaults.max_partitions_per_topic,
+            });
+        }
         if t.replication_factor == 0 || t.replication_factor < -1 {
             return Err(TopicError::InvalidReplicationFactor(t.replication_factor));
         }
@@ -221,6 +227,19 @@ impl Topics {
         let _g = self.admin.lock().await;
         if self.get(&t.name).is_some() {
             return Err(TopicError::AlreadyExists(t.name.clone()));
+        }
+        let total: i64 = self
+            .all()
+            .iter()
+            .map(|x| x.record.partitions as i64)
+            .sum::<i64>()
+            + record.partitions as i64;
+        if total > self.defaults.max_partitions_total {
+            return Err(TopicError::PartitionBudget {
+                requested: record.partitions,
+                total,
+                limit: self.defaults.max_partitions_total,
+            });
         }
         if !catalog::create(self.meta.as_ref(), &record).await? {
             return Err(TopicError::AlreadyExists(t.name.clone()));

@@ -18,6 +18,9 @@ pub struct Settings {
     pub listen: String,
     /// Address of the admin HTTP port (`/metrics`, `/healthz`, `/readyz`); empty to disable.
     pub admin_listen: Option<String>,
+    /// Bearer token the admin port's mutating endpoints (log levels) require. Unset: they are
+    /// served only to clients on the loopback interface.
+    pub admin_token: Option<Secret>,
     /// Host advertised to clients in Metadata; defaults to the listen host.
     pub advertised_host: Option<String>,
     /// Port advertised to clients; defaults to the bound port.
@@ -53,6 +56,7 @@ impl Default for Settings {
         Self {
             listen: "127.0.0.1:9092".into(),
             admin_listen: Some("127.0.0.1:9644".into()),
+            admin_token: None,
             advertised_host: None,
             advertised_port: None,
             node_id: 0,
@@ -68,6 +72,17 @@ impl Default for Settings {
             cache: CacheSettings::default(),
             connections: ConnectionSettings::default(),
         }
+    }
+}
+
+/// A secret setting: used as given, never shown (its Debug output is `<redacted>`).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -216,7 +231,7 @@ pub struct ObjectStoreSettings {
 
 /// An S3-compatible bucket (AWS S3, MinIO, SeaweedFS). Credentials and region left unset here
 /// come from the standard `AWS_*` environment variables.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Settings {
     /// Bucket name (must exist).
@@ -233,6 +248,24 @@ pub struct S3Settings {
     pub allow_http: bool,
     /// Address buckets as `bucket.host` instead of `host/bucket` (path style, the default).
     pub virtual_hosted_style: bool,
+}
+
+/// Never prints the secret access key (settings are logged and shown in errors).
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish()
+    }
 }
 
 impl Default for ObjectStoreSettings {
@@ -340,6 +373,10 @@ pub struct TopicDefaults {
     pub max_message_bytes: i32,
     /// Default of the `silt.archive.enable` topic config: archive topics as Parquet.
     pub archive: bool,
+    /// Most partitions one topic may have (CreateTopics past it: INVALID_PARTITIONS).
+    pub max_partitions_per_topic: i32,
+    /// Most partitions of all topics together (a creation past it: POLICY_VIOLATION).
+    pub max_partitions_total: i64,
 }
 
 impl Default for TopicDefaults {
@@ -350,6 +387,8 @@ impl Default for TopicDefaults {
             retention_ms: 7 * 24 * 3600 * 1000,
             max_message_bytes: 1_048_588,
             archive: false,
+            max_partitions_per_topic: 10_000,
+            max_partitions_total: 100_000,
         }
     }
 }
@@ -589,6 +628,23 @@ fn describe(e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No secret in any Debug output of the settings (they are logged and shown in errors).
+    #[test]
+    fn debug_output_never_shows_the_secret_access_key() {
+        let mut s = Settings::default();
+        s.object_store.s3.secret_access_key = Some("very-secret-key-123".into());
+        s.object_store.s3.access_key_id = Some("AKIDEXAMPLE".into());
+        s.admin_token = Some(Secret("very-secret-key-123".into()));
+        for shown in [
+            format!("{s:?}"),
+            format!("{s:#?}"),
+            format!("{:?}", s.object_store),
+        ] {
+            assert!(!shown.contains("very-secret-key-123"), "{shown}");
+            assert!(shown.contains("<redacted>"));
+        }
+    }
     use std::io::Write;
 
     #[test]

@@ -407,6 +407,23 @@ impl Storage {
 mod tests {
     use super::*;
 
+    /// The S3 secret never shows in the store's Debug output.
+    #[test]
+    fn s3_debug_output_hides_the_secret() {
+        let st = Storage::s3(&silt_common::config::S3Settings {
+            bucket: "b".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("AKIDEXAMPLE".into()),
+            secret_access_key: Some("very-secret-key-123".into()),
+            allow_http: true,
+            virtual_hosted_style: false,
+        })
+        .unwrap();
+        let shown = format!("{st:?}");
+        assert!(!shown.contains("very-secret-key-123"), "{shown}");
+    }
+
     #[tokio::test]
     async fn put_get_range_and_counters() {
         let s = Storage::in_memory();

@@ -169,3 +169,21 @@ async fn log_levels_change_at_run_time() {
         "a bad filter changes nothing"
     );
 }
+
+/// With `admin_token` set, changing the log level needs it as a bearer token (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_changes_need_the_admin_token_once_set() {
+    let agent = AgentProc::start(&[("SILT_ADMIN_TOKEN", "t0ken-for-tests")]);
+    let put = "/loglevel?filter=debug";
+    let (code, body) = agent.http("PUT", put);
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = agent.http_with("PUT", put, "Authorization: Bearer wrong-token-here\r\n");
+    assert_eq!(code, 401);
+    let (code, body) = agent.http_with("PUT", put, "Authorization: Bearer t0ken-for-tests\r\n");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(agent.http_get("/loglevel").trim(), "debug");
+    assert!(
+        !agent.log().contains("t0ken-for-tests"),
+        "the token is never logged"
+    );
+}

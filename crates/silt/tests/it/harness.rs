@@ -280,8 +280,13 @@ impl AgentProc {
 
     /// `method path` on the admin port: (status code, body).
     pub fn http(&self, method: &str, path: &str) -> (u16, String) {
+        self.http_with(method, path, "")
+    }
+
+    /// `method path` with extra header lines (each ending in `\r\n`): (status code, body).
+    pub fn http_with(&self, method: &str, path: &str, headers: &str) -> (u16, String) {
         let mut s = TcpStream::connect((self.ip.as_str(), self.admin_port)).expect("admin port");
-        s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes())
             .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();

@@ -105,3 +105,38 @@ async fn connections_past_the_limits_are_closed_and_idle_ones_time_out() {
     assert_eq!(closed, 25, "every idle connection was closed");
     assert!(agent.metrics()["silt_connections_idle_closed_total"] >= served as f64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_counts_are_bounded_per_topic_and_in_all() {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let agent = AgentProc::start(&[
+        ("SILT_TOPICS__MAX_PARTITIONS_PER_TOPIC", "50"),
+        ("SILT_TOPICS__MAX_PARTITIONS_TOTAL", "60"),
+        ("SILT_TOPICS__AUTO_CREATE", "false"),
+    ]);
+    let a = crate::kafka::admin(&agent.bootstrap());
+    let create = |name: &'static str, n: i32| {
+        let a = &a;
+        async move {
+            let r = a
+                .create_topics(
+                    &[NewTopic::new(name, n, TopicReplication::Fixed(1))],
+                    &AdminOptions::new(),
+                )
+                .await
+                .unwrap();
+            r[0].clone().map(|_| ()).map_err(|(_, e)| e)
+        }
+    };
+    assert_eq!(
+        create("too-wide", 51).await,
+        Err(RDKafkaErrorCode::InvalidPartitions)
+    );
+    assert_eq!(create("fits", 40).await, Ok(()));
+    assert_eq!(
+        create("over-budget", 30).await,
+        Err(RDKafkaErrorCode::PolicyViolation)
+    );
+    assert_eq!(create("last", 20).await, Ok(()));
+}
