@@ -73,7 +73,12 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
     let (tx, rx) = mpsc::channel(broker.settings.connections.max_in_flight);
     let budget = broker.limits.connection_budget();
     let idle = std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms);
-    let writer = tokio::spawn(write_loop(wr, rx, peer));
+    let writer = tokio::spawn(write_loop(
+        wr,
+        rx,
+        peer,
+        std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms),
+    ));
     let max = broker.settings.max_frame_bytes;
     let mut stopping = broker.stopping.subscribe();
     loop {
@@ -149,7 +154,16 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
                 } else {
                     f.max_bytes as usize
                 };
-                let permit = broker.limits.reserve(&budget, wanted).await;
+                // Bounded: a client whose earlier responses are never read, or an agent whose
+                // budget is held by such clients, does not keep this connection forever.
+                let permit = tokio::select! {
+                    p = broker.limits.reserve(&budget, wanted) => p,
+                    _ = stopping.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(idle) => {
+                        tracing::info!(%peer, "closing connection: a fetch waited connections.idle_timeout_ms for response memory (responses unread?)");
+                        break;
+                    }
+                };
                 f.max_bytes = i32::try_from(permit.bytes).unwrap_or(i32::MAX);
                 Some(permit)
             }
@@ -210,7 +224,12 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
     let _ = writer.await;
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, peer: SocketAddr) {
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    peer: SocketAddr,
+    stall: std::time::Duration,
+) {
     while let Some(out) = rx.recv().await {
         let bytes = match out.kind {
             OutKind::Ready(b) => b,
@@ -236,9 +255,18 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, pe
                 }
             }
         };
-        if let Err(e) = wr.write_all(&bytes).await {
-            tracing::debug!(%peer, error = %e, "client went away");
-            return;
+        // A client that stops reading for the idle timeout loses its connection (and gives back
+        // the response memory it holds).
+        match tokio::time::timeout(stall, wr.write_all(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "client went away");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "closing connection: the client read none of a response for connections.idle_timeout_ms");
+                return;
+            }
         }
     }
 }

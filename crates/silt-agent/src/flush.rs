@@ -448,7 +448,13 @@ impl Flusher {
             .filter(|((p, _), _)| !p.is_closed())
             .collect();
         let mut committed = 0usize;
-        while !live.is_empty() {
+        loop {
+            // A partition closed by a refused part of its range (or a move) commits nothing
+            // more of this flush: a later entry must never land past a missing earlier one.
+            live.retain(|((p, _), _)| !p.is_closed());
+            if live.is_empty() {
+                break;
+            }
             let mut take = 0;
             let mut bytes = 0;
             while take < live.len().min(PARTITIONS_PER_TXN)
@@ -493,7 +499,11 @@ impl Flusher {
     ) -> Result<(), FlushError> {
         let mut attempt = 0u32;
         let mut refused = 0u32;
-        while !chunk.is_empty() {
+        loop {
+            chunk.retain(|((p, _), _)| !p.is_closed());
+            if chunk.is_empty() {
+                break;
+            }
             let mut compares = Vec::with_capacity(chunk.len() + 1);
             compares.push(self.inner.registered.clone());
             compares.extend(chunk.iter().map(|((p, _), _)| p.fence()));
@@ -988,5 +998,70 @@ mod tests {
         assert!(!f.subscribe().borrow().stopped, "the agent keeps writing");
         f.close();
         run.await.unwrap();
+    }
+
+    /// When one transaction of a flush is refused for good, a partition whose range continues in
+    /// a later transaction commits nothing more: a later entry never lands past a missing
+    /// earlier one (found in review: the gap made offsets vanish and retries misfire).
+    #[tokio::test]
+    async fn a_partition_refused_in_one_chunk_commits_nothing_in_the_next() {
+        let (f0, meta, _storage, _) = setup("s").await;
+        let mut others = Vec::new();
+        for i in 0..59 {
+            others.push(assigned(meta.as_ref(), i).await);
+        }
+        let p = assigned(meta.as_ref(), 99).await;
+        let faulty = silt_meta::faults::FaultyKv::new(meta.clone());
+        *faulty.refuse_prefix.lock().unwrap() =
+            Some(index::partition_prefix(&others[0].topic_id, 0).into_bytes());
+        let mut s = settings();
+        s.interval_ms = 60_000;
+        s.max_bytes = 64 << 20;
+        let f = Flusher::new(
+            s,
+            Storage::in_memory(),
+            Arc::new(faulty),
+            Arc::new(ObjectCache::new(1 << 20)),
+            7,
+            "s".into(),
+            f0.inner.registered.clone(),
+        );
+        for q in &others {
+            push(&f, q, 0, 1).await;
+        }
+        // 1 500 idempotent batches: two entries, the second in the next transaction.
+        let mut gen = 0;
+        for i in 0..1500i64 {
+            let permit = f.reserve(100, Duration::from_secs(5)).await.unwrap();
+            gen = f
+                .push(Pending {
+                    partition: p.clone(),
+                    base_offset: i,
+                    last_offset: i,
+                    max_timestamp: 0,
+                    data: Bytes::from(vec![1u8; 100]),
+                    producer: Some(ProducerBatch {
+                        pid: 5_000 + i,
+                        epoch: 0,
+                        first_seq: 0,
+                        last_seq: 0,
+                        base_offset: i,
+                    }),
+                    permit,
+                })
+                .unwrap();
+        }
+        f.close();
+        let run = tokio::spawn(f.clone().run());
+        assert!(f.wait_committed(gen, &p).await.is_err(), "refused");
+        run.await.unwrap();
+        assert!(p.is_closed());
+        assert!(
+            load_partition(meta.as_ref(), &p.topic_id, 99)
+                .await
+                .unwrap()
+                .is_empty(),
+            "no entry of the partition past its refused first one"
+        );
     }
 }

@@ -54,7 +54,14 @@ pub fn records(
             continue;
         }
         let mut buf = one.clone();
-        let bounded = |b: &mut Bytes, c: Compression| decompress(b, c, max_decompressed);
+        let count = i32::from_be_bytes(one[57..61].try_into().expect("4 bytes"));
+        // Decompress within the bound, then walk the records without allocating before the
+        // decoder sizes vectors from their counts.
+        let bounded = |b: &mut Bytes, c: Compression| {
+            let out = decompress(b, c, max_decompressed)?;
+            check_records(&out, count)?;
+            Ok(out)
+        };
         match RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(bounded)) {
             Ok(set) => out.records.extend(
                 set.records
@@ -93,6 +100,75 @@ fn frame(buf: &[u8]) -> Result<(i64, i64, usize), ArchiveError> {
             ))
         })?;
     Ok((base, base + delta.max(0) as i64, size))
+}
+
+/// A zigzag varint (Kafka's record fields), advancing `b`.
+fn varint(b: &mut &[u8]) -> anyhow::Result<i64> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let Some((&byte, rest)) = b.split_first() else {
+            anyhow::bail!("a record field runs past the batch");
+        };
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
+        }
+    }
+    anyhow::bail!("a varint longer than 10 bytes")
+}
+
+/// Skips `n` bytes of `b` (`-1`: a null field).
+fn skip(b: &mut &[u8], n: i64) -> anyhow::Result<()> {
+    if n == -1 {
+        return Ok(());
+    }
+    let n = usize::try_from(n).map_err(|_| anyhow::anyhow!("a negative field length {n}"))?;
+    if n > b.len() {
+        anyhow::bail!("a field of {n} bytes runs past the batch");
+    }
+    *b = &b[n..];
+    Ok(())
+}
+
+/// Walks `count` records in `buf` without allocating: every length and count must fit in the
+/// bytes that are there, so the decoder never sizes a vector from a forged count.
+fn check_records(buf: &[u8], count: i32) -> anyhow::Result<()> {
+    // The smallest record takes 7 bytes.
+    if count < 0 || count as usize > buf.len() / 7 {
+        anyhow::bail!("{count} records cannot fit in {} bytes", buf.len());
+    }
+    let mut b = buf;
+    for _ in 0..count {
+        let len = varint(&mut b)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= b.len())
+            .ok_or_else(|| anyhow::anyhow!("a record of {len} bytes runs past the batch"))?;
+        let (mut r, rest) = b.split_at(len);
+        b = rest;
+        skip(&mut r, 1)?; // attributes
+        varint(&mut r)?; // timestamp delta
+        varint(&mut r)?; // offset delta
+        let k = varint(&mut r)?;
+        skip(&mut r, k)?;
+        let v = varint(&mut r)?;
+        skip(&mut r, v)?;
+        let headers = varint(&mut r)?;
+        if headers < 0 || headers as usize > r.len() / 2 {
+            anyhow::bail!("{headers} headers cannot fit in {} bytes", r.len());
+        }
+        for _ in 0..headers {
+            let hk = varint(&mut r)?;
+            if hk < 0 {
+                anyhow::bail!("a header with a null key");
+            }
+            skip(&mut r, hk)?;
+            let hv = varint(&mut r)?;
+            skip(&mut r, hv)?;
+        }
+    }
+    Ok(())
 }
 
 /// Decompresses a batch's records, refusing to produce more than `max` bytes.
@@ -296,5 +372,42 @@ mod tests {
             "{:?}",
             got.quarantined
         );
+    }
+
+    /// Forged counts (a record count or a header count far beyond the bytes there) are
+    /// quarantined before the decoder sizes a vector from them.
+    #[test]
+    fn forged_counts_are_quarantined_without_allocating() {
+        let good = batch(0, 3, Compression::None);
+        let mut huge_count = BytesMut::from(&good[..]);
+        huge_count[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&huge_count[21..]);
+        huge_count[17..21].copy_from_slice(&crc.to_be_bytes());
+        let got = records(&huge_count.freeze(), 0, 100, DEFAULT_MAX_DECOMPRESSED).unwrap();
+        assert!(got.records.is_empty());
+        assert!(
+            got.quarantined[0].reason.contains("cannot fit"),
+            "{:?}",
+            got.quarantined
+        );
+        // One record whose header count varint says i32::MAX.
+        let mut rec = BytesMut::new();
+        let body: Vec<u8> = vec![0, 0, 0, 1, 1, 0xfe, 0xff, 0xff, 0xff, 0x0f];
+        rec.extend_from_slice(&[(body.len() as u8) << 1]);
+        rec.extend_from_slice(&body);
+        let forged = with_payload(&batch(0, 1, Compression::None), &rec);
+        let got = records(&forged, 0, 100, DEFAULT_MAX_DECOMPRESSED).unwrap();
+        assert!(got.records.is_empty());
+        assert!(
+            got.quarantined[0].reason.contains("headers"),
+            "{:?}",
+            got.quarantined
+        );
+        // Well-formed batches still pass the walk.
+        for c in [Compression::None, Compression::Zstd] {
+            let ok = records(&batch(0, 5, c), 0, 100, DEFAULT_MAX_DECOMPRESSED).unwrap();
+            assert_eq!(ok.records.len(), 5);
+            assert!(ok.quarantined.is_empty());
+        }
     }
 }

@@ -39,18 +39,16 @@ fn unavailable(doing: &str, e: etcd_client::Error) -> MetaError {
     }
 }
 
-/// A failed transaction: refused as invalid (etcd's own limits, a bad request) or sent and not
-/// answered, so of unknown outcome.
+/// A failed transaction: refused as invalid (etcd's own limits, a bad request), or sent and not
+/// answered, so of unknown outcome. "Too many requests" and "no space" (gRPC resource
+/// exhausted) are not refusals: the same transaction may succeed later.
 fn txn_error(doing: &str, e: etcd_client::Error) -> MetaError {
     match &e {
-        // gRPC codes 3 (invalid argument: too many operations, request too large) and 8
-        // (resource exhausted).
-        etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 3 | 8) => {
-            MetaError::Refused {
-                doing: doing.to_string(),
-                reason: s.message().to_string(),
-            }
-        }
+        // gRPC code 3: invalid argument (too many operations, request too large).
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 3 => MetaError::Refused {
+            doing: doing.to_string(),
+            reason: s.message().to_string(),
+        },
         _ => MetaError::Unanswered {
             doing: doing.to_string(),
             source: Box::new(e),
@@ -182,9 +180,12 @@ impl MetaKv for EtcdKv {
             SortOrder::Ascend
         };
         opts = opts.with_sort(SortTarget::Key, order);
+        // Pages of up to PAGE_KEYS index entries (each well under 1.5 MiB) can exceed gRPC's
+        // default 4 MiB reply limit: decode up to LIMITS.max_reply_bytes.
         let r = self
             .client
-            .clone()
+            .kv_client()
+            .max_decoding_message_size(LIMITS.max_reply_bytes)
             .get(start, Some(opts))
             .await
             .map_err(|e| unavailable("reading a key range", e))?;

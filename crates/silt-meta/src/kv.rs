@@ -197,15 +197,17 @@ pub struct Limits {
     pub max_reply_bytes: usize,
 }
 
-/// etcd's default limits, which every backend enforces.
+/// etcd's default limits, which every backend enforces; replies are decoded up to 64 MiB (the
+/// etcd backend raises gRPC's 4 MiB default), which a page of [`PAGE_KEYS`] keys stays under
+/// for every value Silt writes (index entries are capped at 2 000 idempotent batches, ~250 KB).
 pub const LIMITS: Limits = Limits {
     max_request_bytes: 3 << 19,
     max_txn_ops: 128,
-    max_reply_bytes: 4 << 20,
+    max_reply_bytes: 64 << 20,
 };
 
 /// Keys per page of [`MetaKv::range_all`].
-pub const PAGE_KEYS: usize = 512;
+pub const PAGE_KEYS: usize = 128;
 
 /// Per-operation overhead counted by [`Txn::encoded_len`] (protobuf framing, option fields).
 const OP_OVERHEAD: usize = 16;

@@ -174,11 +174,14 @@ async fn run_agent(
         tokio::select! {
             _ = &mut stop => break,
             lost = agent.lease_lost() => match lost {
-                Lost::TakenOver => anyhow::bail!(
-                    "another start registered this agent's node id (node_id = {}); this one stops. Give every agent its own node_id, or set node_id = -1",
+                // A fixed id taken by another start: two processes claim one broker.
+                Lost::TakenOver if settings.node_id >= 0 => anyhow::bail!(
+                    "another start registered this agent's node id (node_id = {}); this one stops. Give every agent its own node_id, or set node_id = -1 to have one allocated",
                     settings.node_id
                 ),
-                Lost::Expired => {
+                // Expired, or (with node_id = -1) an auto-allocated id reused by another agent
+                // after this one's lapsed: a new session takes the next free id.
+                Lost::Expired | Lost::TakenOver => {
                     // Cut off from the metadata store (or stalled) longer than the lease: the
                     // partitions moved. Start a new session in this process once the store
                     // answers again, instead of exiting into a supervisor's restart back-off.
