@@ -11,9 +11,8 @@
 //! a crash before it leaves a staging file nobody references (garbage) and the same offsets are
 //! archived again. A deposed leader's commit fails, so it never writes a visible file.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,65 +34,7 @@ const FILES_PER_PASS: usize = 8;
 /// Bytes of batches read per file at most.
 const READ_BUDGET: usize = 64 << 20;
 
-/// Where one partition's archive stands (for `/archive` and metrics).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionStatus {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// First offset not archived.
-    pub next_offset: i64,
-    /// High watermark when last looked at.
-    pub high_watermark: i64,
-    /// Visible files written.
-    pub files: u64,
-}
-
-/// Archiver counters and status.
-#[derive(Debug, Default)]
-pub struct ArchiveState {
-    /// Files made visible.
-    pub files: AtomicU64,
-    /// Records archived.
-    pub records: AtomicU64,
-    /// Parquet bytes written.
-    pub bytes: AtomicU64,
-    /// Passes over a partition that failed (retried next interval).
-    pub failures: AtomicU64,
-    /// Values that did not match their topic's declared schema, per topic.
-    pub invalid: Mutex<BTreeMap<String, u64>>,
-    /// Batches left out because they could not be decoded, per topic.
-    pub quarantined: Mutex<BTreeMap<String, u64>>,
-    /// Progress of partitions archived here, with the assignment revision it was read under.
-    progress: Mutex<HashMap<(Uuid, i32), Tracked>>,
-}
-
-/// A partition's progress, the assignment revision it was read under, and its status.
-type Tracked = (i64, Progress, PartitionStatus);
-
-impl ArchiveState {
-    /// Status of every partition archived by this agent, sorted.
-    pub fn status(&self) -> Vec<PartitionStatus> {
-        let mut v: Vec<PartitionStatus> = self
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|x| x.2.clone())
-            .collect();
-        v.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        v
-    }
-
-    /// Invalid values per topic.
-    pub fn invalid(&self) -> BTreeMap<String, u64> {
-        self.invalid
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
+pub use crate::service_state::{ArchiveState, PartitionStatus};
 
 /// Why a pass over a partition stopped.
 #[derive(Debug, thiserror::Error)]

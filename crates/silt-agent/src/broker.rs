@@ -13,16 +13,7 @@ use crate::groups::GroupCoordinator;
 use crate::producer_ids::ProducerIds;
 use crate::topics::Topics;
 
-/// This agent as clients see it.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// Broker id.
-    pub id: i32,
-    /// Advertised host.
-    pub host: String,
-    /// Advertised port.
-    pub port: i32,
-}
+pub use crate::cluster::Node;
 
 /// Shared state of a running agent.
 #[derive(Debug)]
@@ -40,13 +31,13 @@ pub struct Broker {
     /// This agent session's id (names its objects).
     pub session: String,
     /// Parquet archiver state.
-    pub archive: crate::archiver::ArchiveState,
+    pub archive: crate::service_state::ArchiveState,
     /// Serialises log-start moves (retention, DeleteRecords).
     pub lifecycle_lock: tokio::sync::Mutex<()>,
     /// Garbage-collection counters.
-    pub gc: crate::lifecycle::gc::GcStats,
+    pub gc: crate::service_state::GcStats,
     /// Compaction counters.
-    pub compaction: crate::lifecycle::compaction::CompactionStats,
+    pub compaction: crate::service_state::CompactionStats,
     /// Run-time log level control.
     pub log_levels: Option<Arc<dyn crate::log_levels::LogLevels>>,
     /// Object store.

@@ -3,7 +3,10 @@
 //! Layout: [`agent`] starts and stops; [`connection`] owns a client socket; [`handlers`] answer
 //! Kafka APIs; [`append`] and [`flush`] are the write path; [`read`] and [`cache`] the read
 //! path; [`partition`], [`producer`], [`topics`] and [`topic_config`] hold state; [`error`] is
-//! the one map from internal errors to Kafka error codes. The agent depends on the metadata
+//! the one map from internal errors to Kafka error codes. [`broker`] is the core the services
+//! borrow; the services (archiver, lifecycle jobs, controller, group coordinator) are started
+//! and stopped by [`tasks`], keep their exposed state in [`service_state`], and are never
+//! imported by the core. [`limits`] is the limits layer of the request pipeline. The agent depends on the metadata
 //! and object-store traits, never on a backend.
 #![warn(missing_docs)]
 
@@ -29,6 +32,7 @@ pub mod partition;
 pub mod producer;
 pub mod producer_ids;
 pub mod read;
+pub mod service_state;
 pub mod tasks;
 #[cfg(test)]
 mod test_batches;

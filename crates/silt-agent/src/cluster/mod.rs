@@ -23,7 +23,6 @@ use silt_meta::{Compare, MetaError, MetaKv};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::broker::Node;
 use crate::error::PartitionError;
 use crate::groups::GroupCoordinator;
 use crate::partition::Partition;
@@ -34,6 +33,17 @@ const LOAD_CONCURRENCY: usize = 16;
 /// From this many partitions of one topic gained at once, the topic's whole index is read in
 /// pages instead of two reads per partition.
 const BULK_LOAD_PARTITIONS: usize = 32;
+
+/// This agent as clients see it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Broker id.
+    pub id: i32,
+    /// Advertised host.
+    pub host: String,
+    /// Advertised port.
+    pub port: i32,
+}
 
 /// A partition's identity.
 pub type PartitionKey = (Uuid, i32);

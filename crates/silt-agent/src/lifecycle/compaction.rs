@@ -12,7 +12,7 @@
 //! resumable: the next pass starts from whatever is committed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,22 +34,7 @@ const KEEP_RECENT: usize = 4;
 /// Idempotent batches kept per producer in a folded entry (what state rebuilds need).
 const BATCHES_PER_PRODUCER: usize = 5;
 
-/// Compaction counters.
-#[derive(Debug, Default)]
-pub struct CompactionStats {
-    /// Segments committed.
-    pub segments: AtomicU64,
-    /// Index entries folded away.
-    pub entries_folded: AtomicU64,
-    /// Bytes rewritten into segments.
-    pub bytes: AtomicU64,
-    /// Steps that failed (retried next interval).
-    pub failures: AtomicU64,
-    /// Steps started (numbers segment objects).
-    pub started: AtomicU64,
-    /// Every step up to this number is done: its commit was answered for good.
-    pub finished: AtomicU64,
-}
+pub use crate::service_state::CompactionStats;
 
 /// The run to fold next: indices `[from, to)` of `segments`, or `None`.
 pub fn plan(

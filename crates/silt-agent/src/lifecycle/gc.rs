@@ -12,7 +12,7 @@
 //!   located it just before retention dropped its entry still reads it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,22 +20,7 @@ use silt_meta::layout::{agents, archive, index};
 
 use crate::broker::Broker;
 
-/// GC counters.
-#[derive(Debug, Default)]
-pub struct GcStats {
-    /// Passes run (on the controller).
-    pub passes: AtomicU64,
-    /// Objects deleted.
-    pub deleted: AtomicU64,
-    /// Bytes of objects deleted.
-    pub deleted_bytes: AtomicU64,
-    /// Unreferenced objects waiting out the grace period after the last pass.
-    pub candidates: AtomicU64,
-    /// Offset-index keys in the metadata store at the last pass.
-    pub index_keys: AtomicU64,
-    /// Milliseconds the last pass took.
-    pub last_pass_ms: AtomicU64,
-}
+pub use crate::service_state::GcStats;
 
 /// Garbage collection as a periodic job: a pass every `lifecycle.gc_interval_ms` while this
 /// agent is the controller.
