@@ -84,25 +84,12 @@ async fn range_from(
     let holds = |h: &batch::BatchHeader| h.base_offset + h.last_offset_delta as i64 >= offset;
     let mut pos = r.seek(offset).min(r.len);
     if let Some(all) = cache.get(&r.object, r.pos, r.len) {
-        let all = all.slice(pos as usize..);
-        let from = batch::iter(&all)
-            .find(|(h, _)| holds(h))
-            .map(|(_, rg)| rg.start);
-        return Ok(match from {
-            Some(from) => (all.slice(from..), true),
-            None => (Bytes::new(), true),
-        });
+        return Ok((from_holding(all.slice(pos as usize..), offset), true));
     }
     let window = (max_bytes as u64).max(1 << 20) * 2;
     if pos == 0 && r.len <= window {
         let all = stored_bytes(storage, cache, r).await?;
-        let from = batch::iter(&all)
-            .find(|(h, _)| holds(h))
-            .map(|(_, rg)| rg.start);
-        return Ok(match from {
-            Some(from) => (all.slice(from..), true),
-            None => (Bytes::new(), true),
-        });
+        return Ok((from_holding(all, offset), true));
     }
     let corrupt = |at: u64, reason: String| PartitionError::CorruptStored {
         object: r.object.clone(),
@@ -141,6 +128,14 @@ async fn range_from(
         pos += consumed as u64;
     }
     Ok((Bytes::new(), true))
+}
+
+/// The whole batches of `all` from the first that holds `offset` or follows it (empty if none).
+fn from_holding(all: Bytes, offset: i64) -> Bytes {
+    match batch::iter(&all).find(|(h, _)| h.base_offset + h.last_offset_delta as i64 >= offset) {
+        Some((_, rg)) => all.slice(rg.start..),
+        None => Bytes::new(),
+    }
 }
 
 /// `len` bytes of `r` from `pos` (relative to `r`), as a range of its own.

@@ -9,10 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
 use silt_agent::partition::Partition;
 use silt_agent::topics::NewTopic;
 use silt_agent::{Agent, Components};
@@ -20,57 +18,7 @@ use silt_common::{Settings, SystemClock};
 use silt_meta::EmbeddedKv;
 use silt_storage::Storage;
 
-/// A tiny deterministic generator (xorshift), so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn batch(values: &[String]) -> Bytes {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: now,
-            key: None,
-            value: Some(Bytes::from(v.clone())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
-}
+use crate::support::{batch, Rng};
 
 async fn start() -> (Agent, Storage, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +139,12 @@ async fn random_interleavings_never_lose_or_duplicate_an_offset() {
                             format!("v{n}-{}", "x".repeat(rng.below(700) as usize))
                         })
                         .collect();
-                    let data = batch(&values);
+                    let data = batch(
+                        &values
+                            .iter()
+                            .map(|v| Bytes::from(v.clone()))
+                            .collect::<Vec<_>>(),
+                    );
                     let header = silt_wire::batch::validate_single(&data).unwrap();
                     let permit = b
                         .flusher

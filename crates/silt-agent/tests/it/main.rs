@@ -3,3 +3,4 @@
 
 mod lifecycle_model;
 mod simulation;
+mod support;
