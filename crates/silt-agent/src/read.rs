@@ -81,7 +81,7 @@ async fn range_from(
     offset: i64,
     max_bytes: usize,
 ) -> Result<(Bytes, bool), PartitionError> {
-    let holds = |h: &batch::BatchHeader| h.base_offset + h.last_offset_delta as i64 >= offset;
+    let holds = |h: &batch::BatchHeader| reaches(h, offset);
     let mut pos = r.seek(offset).min(r.len);
     if let Some(all) = cache.get(&r.object, r.pos, r.len) {
         return Ok((from_holding(all.slice(pos as usize..), offset), true));
@@ -130,9 +130,14 @@ async fn range_from(
     Ok((Bytes::new(), true))
 }
 
+/// Whether the batch holds `offset` or follows it.
+fn reaches(h: &batch::BatchHeader, offset: i64) -> bool {
+    h.base_offset + h.last_offset_delta as i64 >= offset
+}
+
 /// The whole batches of `all` from the first that holds `offset` or follows it (empty if none).
 fn from_holding(all: Bytes, offset: i64) -> Bytes {
-    match batch::iter(&all).find(|(h, _)| h.base_offset + h.last_offset_delta as i64 >= offset) {
+    match batch::iter(&all).find(|(h, _)| reaches(h, offset)) {
         Some((_, rg)) => all.slice(rg.start..),
         None => Bytes::new(),
     }

@@ -5,7 +5,7 @@
 //! from its log start to its high watermark returns each offset exactly once, with the bytes
 //! that were appended.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use silt_common::{Settings, SystemClock};
 use silt_meta::EmbeddedKv;
 use silt_storage::Storage;
 
-use crate::support::{batch, Rng};
+use crate::support::{batch, referenced_objects_exist, Rng};
 
 async fn start() -> (Agent, Storage, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -63,22 +63,7 @@ async fn check(
     sent: &BTreeMap<i64, String>,
 ) -> Result<(), String> {
     let b = agent.broker();
-    let objects: BTreeSet<String> = storage
-        .list("")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(p, _)| p.to_string())
-        .collect();
-    let (segments, log_start, hw) = {
-        let st = p.lock();
-        (st.segments.clone(), st.log_start, st.high_watermark)
-    };
-    for e in &segments {
-        if !objects.contains(&e.object) {
-            return Err(format!("entry {e:?} references a deleted object"));
-        }
-    }
+    let (log_start, hw) = referenced_objects_exist(storage, p).await?;
     let mut seen = Vec::new();
     let mut offset = log_start;
     while offset < hw {

@@ -32,7 +32,7 @@ use silt_meta::faults::{Fault, FaultyKv};
 use silt_meta::{EmbeddedKv, MetaKv};
 use silt_storage::Storage;
 
-use crate::support::{batch, Rng};
+use crate::support::{batch, referenced_objects_exist, Rng};
 
 const TOPIC: &str = "sim";
 
@@ -254,25 +254,9 @@ impl Sim {
             self.fail(&format!("partition {index} has no leader"));
         };
         let b = self.agents[i].0.broker().clone();
-        let objects: BTreeSet<String> = self
-            .storage
-            .list("")
+        let (log_start, hw) = referenced_objects_exist(&self.storage, &p)
             .await
-            .unwrap()
-            .into_iter()
-            .map(|(p, _)| p.to_string())
-            .collect();
-        let (segments, log_start, hw) = {
-            let st = p.lock();
-            (st.segments.clone(), st.log_start, st.high_watermark)
-        };
-        for e in &segments {
-            if !objects.contains(&e.object) {
-                self.fail(&format!(
-                    "partition {index}: entry {e:?} references a deleted object"
-                ));
-            }
-        }
+            .unwrap_or_else(|e| self.fail(&format!("partition {index}: {e}")));
         if let Some(((_, o), _)) = self.acked.range((index, hw)..(index + 1, 0)).next() {
             self.fail(&format!(
                 "partition {index}: acknowledged offset {o} is at or above the high watermark {hw}: lost"

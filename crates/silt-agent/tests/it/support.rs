@@ -1,5 +1,7 @@
 //! Helpers shared by the agent's integration tests: a seeded generator and record batches.
 
+use std::collections::BTreeSet;
+
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -62,4 +64,27 @@ pub fn batch(values: &[Bytes]) -> Bytes {
     )
     .unwrap();
     buf.freeze()
+}
+
+/// The partition's log start and high watermark, after checking that every object its index
+/// entries reference still exists (Err names the first entry that does not).
+pub async fn referenced_objects_exist(
+    storage: &silt_storage::Storage,
+    p: &silt_agent::partition::Partition,
+) -> Result<(i64, i64), String> {
+    let objects: BTreeSet<String> = storage
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p.to_string())
+        .collect();
+    let (segments, log_start, hw) = {
+        let st = p.lock();
+        (st.segments.clone(), st.log_start, st.high_watermark)
+    };
+    match segments.iter().find(|e| !objects.contains(&e.object)) {
+        Some(e) => Err(format!("entry {e:?} references a deleted object")),
+        None => Ok((log_start, hw)),
+    }
 }

@@ -69,6 +69,36 @@ fn led(agents: &[&AgentProc]) -> f64 {
         .sum()
 }
 
+/// Waits until these agents lead all `n` partitions between them (asserts it happens).
+fn wait_all_led(agents: &[&AgentProc], n: i32) {
+    let all = eventually(Duration::from_secs(300), || {
+        (led(agents) == n as f64).then_some(())
+    });
+    assert!(all.is_some(), "{} of {n} partitions led", led(agents));
+}
+
+/// Reads every partition of "wide" back from `bootstrap` (asserts every record arrives);
+/// returns the seconds it took.
+async fn read_back(bootstrap: String, n: i32) -> f64 {
+    let t = Instant::now();
+    let got = tokio::task::spawn_blocking(move || {
+        consume_within(&bootstrap, "wide", n, n as usize, Duration::from_secs(300))
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.len(), n as usize, "every record read back");
+    t.elapsed().as_secs_f64()
+}
+
+/// How long the agent's last GC pass took, once one ran.
+fn gc_pass_ms(a: &AgentProc) -> f64 {
+    eventually(Duration::from_secs(60), || {
+        let x = a.metrics();
+        (m(&x, "silt_gc_passes_total") >= 1.0).then(|| m(&x, "silt_gc_last_pass_ms"))
+    })
+    .expect("a GC pass ran")
+}
+
 /// The store limits were respected and no flush commit was refused.
 fn assert_within_limits(a: &AgentProc, what: &str) -> (f64, f64) {
     let x = a.metrics();
@@ -102,14 +132,7 @@ async fn ten_thousand_partitions_on_one_agent() {
     let b = agent.bootstrap();
     let t = Instant::now();
     create_topic(&b, "wide", n, &[]).await;
-    let all_led = eventually(Duration::from_secs(300), || {
-        (led(&[&agent]) == n as f64).then_some(())
-    });
-    assert!(
-        all_led.is_some(),
-        "{} of {n} partitions led",
-        led(&[&agent])
-    );
+    wait_all_led(&[&agent], n);
     let create_s = t.elapsed().as_secs_f64();
     let before = agent.metrics();
     let t = Instant::now();
@@ -126,14 +149,7 @@ async fn ten_thousand_partitions_on_one_agent() {
     let bytes =
         m(&after, "silt_metadata_txn_bytes_total") - m(&before, "silt_metadata_txn_bytes_total");
     let (max_bytes, max_ops) = assert_within_limits(&agent, "one agent");
-    let t = Instant::now();
-    let got = tokio::task::spawn_blocking(move || {
-        consume_within(&b, "wide", n, n as usize, Duration::from_secs(300))
-    })
-    .await
-    .unwrap();
-    assert_eq!(got.len(), n as usize, "every record read back");
-    let consume_s = t.elapsed().as_secs_f64();
+    let consume_s = read_back(b, n).await;
     // Take-over: a restart reloads every partition from the offset index.
     agent.kill();
     let t = Instant::now();
@@ -143,11 +159,7 @@ async fn ten_thousand_partitions_on_one_agent() {
     });
     assert!(back.is_some(), "every partition led again after a restart");
     let takeover_s = t.elapsed().as_secs_f64();
-    let gc = eventually(Duration::from_secs(60), || {
-        let x = agent.metrics();
-        (m(&x, "silt_gc_passes_total") >= 1.0).then(|| m(&x, "silt_gc_last_pass_ms"))
-    })
-    .expect("a GC pass ran");
+    let gc = gc_pass_ms(&agent);
     let rss_mib = agent.rss_kib() / 1024;
     eprintln!(
         "scale, one agent, {n} partitions: create+lead {create_s:.1} s; produce one each {produce_s:.1} s \
@@ -172,14 +184,7 @@ async fn ten_thousand_partitions_on_two_agents_over_etcd_and_s3() {
     let b = c.bootstrap();
     let t = Instant::now();
     create_topic(&c.agents[0].bootstrap(), "wide", n, &[]).await;
-    let all_led = eventually(Duration::from_secs(300), || {
-        (led(&[&c.agents[0], &c.agents[1]]) == n as f64).then_some(())
-    });
-    assert!(
-        all_led.is_some(),
-        "{} of {n} partitions led",
-        led(&[&c.agents[0], &c.agents[1]])
-    );
+    wait_all_led(&[&c.agents[0], &c.agents[1]], n);
     let create_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     assert_eq!(
@@ -212,23 +217,8 @@ async fn ten_thousand_partitions_on_two_agents_over_etcd_and_s3() {
     assert!(back.is_some(), "the survivor leads every partition");
     let takeover_s = t.elapsed().as_secs_f64();
     let b0 = c.agents[0].bootstrap();
-    let t = Instant::now();
-    let got = tokio::task::spawn_blocking(move || {
-        consume_within(&b0, "wide", n, n as usize, Duration::from_secs(300))
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        got.len(),
-        n as usize,
-        "every record read back after the take-over"
-    );
-    let consume_s = t.elapsed().as_secs_f64();
-    let gc = eventually(Duration::from_secs(60), || {
-        let x = c.agents[0].metrics();
-        (m(&x, "silt_gc_passes_total") >= 1.0).then(|| m(&x, "silt_gc_last_pass_ms"))
-    })
-    .expect("a GC pass ran");
+    let consume_s = read_back(b0, n).await;
+    let gc = gc_pass_ms(&c.agents[0]);
     let rss_mib = c.agents[0].rss_kib() / 1024;
     eprintln!(
         "scale, two agents on etcd + SeaweedFS, {n} partitions: create+lead {create_s:.1} s; produce one \
