@@ -259,6 +259,16 @@ pub async fn paged_ranges(kv: &dyn MetaKv) {
     }
     let all = kv.range_all(b"/c/paged/").await.unwrap();
     assert_eq!(all.len(), n);
+    // Values adding up to more than gRPC's default 4 MiB reply: one page of them must decode.
+    let big: Vec<Op> = (0..40)
+        .map(|i| Op::put(format!("/c/paged-big/{i:02}"), vec![b'z'; 200_000]))
+        .collect();
+    for txn in chunk_ops(&[], big).expect("chunks fit") {
+        kv.txn(txn).await.unwrap();
+    }
+    let got = kv.range_all(b"/c/paged-big/").await.unwrap();
+    assert_eq!(got.len(), 40, "8 MB of values read back");
+    assert!(got.iter().all(|kv| kv.value.len() == 200_000));
     assert!(all
         .iter()
         .enumerate()
