@@ -16,6 +16,8 @@
 //! /silt/producer-ids/next                            next unallocated producer id (i64)
 //! /silt/groups/{group}/offsets/{topic}/{p:010}       Committed: a group's committed offset
 //! /silt/groups/{group}/protocol-type                 protocol type of a group that had members
+//! /silt/users/{user}/{mechanism}                     ScramRecord: a user's SCRAM credential
+//! /silt/acls/{type}/{name}/{pattern}/{principal}/{host}/{op}/{permission}   AclRecord
 //! ```
 
 pub mod agents;
@@ -26,6 +28,7 @@ pub mod cluster;
 pub mod group_offsets;
 pub mod index;
 pub mod producer_ids;
+pub mod security;
 
 use crate::kv::MetaError;
 

@@ -1,0 +1,19 @@
+//! Who a client is and what it may do.
+//!
+//! - [`tls`]: the rustls server configuration of TLS listeners (reloaded on rotation, mTLS).
+//! - [`sasl`] and [`scram`]: SASL PLAIN and SCRAM-SHA-256/512 against the user database in the
+//!   metadata store.
+//! - [`acl`] and [`authorizer`]: Kafka's ACL model and the authorizer that enforces it.
+//!
+//! The agent's connection layer uses these; the request handlers never do.
+
+pub mod acl;
+pub mod authorizer;
+pub mod error;
+pub mod principal;
+pub mod sasl;
+pub mod scram;
+pub mod tls;
+
+pub use error::{AuthError, TlsError};
+pub use principal::Principal;
