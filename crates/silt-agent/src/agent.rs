@@ -12,7 +12,6 @@ use silt_meta::layout::agents::{self, Registration};
 use silt_meta::layout::cluster;
 use silt_meta::{MetaError, MetaKv};
 use silt_storage::Storage;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -76,6 +75,9 @@ pub enum StartError {
         /// The holder's advertised port.
         port: i32,
     },
+    /// A security setting could not be put to use.
+    #[error("{0}")]
+    Security(String),
     /// The block cache could not be set up.
     #[error("the block cache could not be set up: {0}. Check cache.dir (or data_dir) is writable, or set cache.disk_bytes = 0")]
     Cache(String),
@@ -99,7 +101,8 @@ pub struct Agent {
     lease_lost: watch::Receiver<Option<Lost>>,
     lease: silt_meta::LeaseId,
     stop_accepting: watch::Sender<bool>,
-    accept: JoinHandle<()>,
+    accept: Vec<JoinHandle<()>>,
+    listener_addrs: Vec<(String, SocketAddr)>,
     flush: JoinHandle<()>,
 }
 
@@ -109,47 +112,24 @@ impl Agent {
         let instrumented = silt_meta::instrumented::InstrumentedKv::new(c.meta.clone());
         let meta_stats = instrumented.stats();
         c.meta = Arc::new(instrumented);
-        let listener = TcpListener::bind(&settings.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: settings.listen.clone(),
-                setting: "listen",
-                env: "LISTEN",
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.listen.clone(),
-            setting: "listen",
-            env: "LISTEN",
-            source,
-        })?;
+        let bound = crate::listeners::bind_all(&settings).await?;
+        let addr = bound[0].info.addr;
+        let security = crate::security::Security::start(&settings, c.meta.clone()).await?;
         let admin_listener = match settings.admin_listen.as_deref() {
-            Some(a) if !a.is_empty() => {
-                Some(
-                    TcpListener::bind(a)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            addr: a.to_string(),
-                            setting: "admin_listen",
-                            env: "ADMIN_LISTEN",
-                            source,
-                        })?,
-                )
-            }
+            Some(a) if !a.is_empty() => Some(tokio::net::TcpListener::bind(a).await.map_err(
+                |source| StartError::Bind {
+                    addr: a.to_string(),
+                    setting: "admin_listen",
+                    env: "ADMIN_LISTEN",
+                    source,
+                },
+            )?),
             _ => None,
         };
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let session = uuid::Uuid::new_v4().simple().to_string();
-        let host = settings.advertised_host.clone().unwrap_or_else(|| {
-            let ip = addr.ip();
-            if ip.is_unspecified() {
-                tracing::warn!("listening on all interfaces without advertised_host; advertising 'localhost'. Set advertised_host so remote clients can connect");
-                "localhost".to_string()
-            } else {
-                ip.to_string()
-            }
-        });
-        let port = settings.advertised_port.unwrap_or(addr.port()) as i32;
+        let host = bound[0].info.host.clone();
+        let port = bound[0].info.port;
         let ttl = std::time::Duration::from_millis(settings.metadata.lease_ttl_ms);
         let meta_err = |doing: &'static str| move |source| StartError::Meta { doing, source };
         let lease = c
@@ -161,6 +141,7 @@ impl Agent {
             session: session.clone(),
             host: host.clone(),
             port,
+            listeners: crate::listeners::endpoints(&bound),
         };
         let (node_id, reg_value) =
             match agents::register(c.meta.as_ref(), settings.node_id, &registration, lease)
@@ -236,6 +217,7 @@ impl Agent {
             id: node_id,
             host,
             port,
+            listeners: registration.listeners.clone(),
         };
         let settings_connections = settings.connections.clone();
         let broker = Arc::new(Broker {
@@ -261,6 +243,7 @@ impl Agent {
             settings,
             stopping: watch::channel(false).0,
             limits: crate::limits::ConnectionLimits::new(settings_connections),
+            security,
         });
         let flush = tokio::spawn(flusher.run());
         let (lease_lost_tx, lease_lost) = watch::channel(None);
@@ -312,36 +295,18 @@ impl Agent {
         if let Some(l) = admin_listener {
             membership.spawn("admin-http", crate::admin_http::serve(l, broker.clone()));
         }
-        let (stop_accepting, mut stop_rx) = watch::channel(false);
-        let b = broker.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop_rx.changed() => break,
-                    res = listener.accept() => match res {
-                        Ok((stream, peer)) => match b.limits.admit(peer.ip()) {
-                            Ok(admitted) => {
-                                tokio::spawn(crate::connection::serve(
-                                    b.clone(),
-                                    stream,
-                                    peer,
-                                    admitted,
-                                ));
-                            }
-                            Err(why) => {
-                                tracing::warn!(%peer, reason = ?why,
-                                    "closing a new connection: too many open (connections.max_total / connections.max_per_ip)");
-                                drop(stream);
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }
-        });
+        if let Some(job) = crate::security::TlsReloadJob::new(&broker) {
+            membership.every(job);
+        }
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let listener_addrs = bound
+            .iter()
+            .map(|b| (b.info.name.clone(), b.info.addr))
+            .collect();
+        let accept = bound
+            .into_iter()
+            .map(|b| crate::listeners::accept(b, broker.clone(), stop_rx.clone()))
+            .collect();
         tracing::info!(%addr, node_id = broker.node.id, session = %session,
             topics = broker.topics.all().len(), partitions_led = cluster.local_partitions().len(),
             agents = cluster.brokers().len(), "agent ready");
@@ -355,6 +320,7 @@ impl Agent {
             lease,
             stop_accepting,
             accept,
+            listener_addrs,
             flush,
         })
     }
@@ -362,6 +328,14 @@ impl Agent {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the listener named `name` (`DEFAULT` for `listen`).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listener_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// The bound admin HTTP address, if enabled.
@@ -397,7 +371,9 @@ impl Agent {
         let _ = self.broker.stopping.send(true);
         self.broker.flusher.abandon();
         let _ = self.stop_accepting.send(true);
-        let _ = self.accept.await;
+        for a in self.accept {
+            let _ = a.await;
+        }
         // The store may still be away: steps in progress get a moment, not a wait on it.
         let grace = std::time::Duration::from_millis(500);
         self.jobs.stop(grace).await;
@@ -448,7 +424,9 @@ impl Agent {
             }
         }
         let _ = self.stop_accepting.send(true);
-        let _ = self.accept.await;
+        for a in self.accept {
+            let _ = a.await;
+        }
         let _ = self.broker.stopping.send(true);
         self.membership
             .stop(std::time::Duration::from_secs(1))

@@ -63,4 +63,6 @@ pub struct Broker {
     /// Set when this agent session ends (shut down, or abandoned after losing its lease):
     /// connections served by it close, so clients reconnect to whatever serves next.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// TLS, SASL users and mechanisms, the authorizer.
+    pub security: crate::security::Security,
 }

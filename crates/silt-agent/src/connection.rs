@@ -4,6 +4,10 @@
 //!
 //! A frame that is too large, cannot be parsed, names an unknown API or a version we do not
 //! serve closes this connection with a log line; nothing else is affected.
+//!
+//! Each request passes the pipeline's layers in order: frame → decode → authenticate
+//! ([`crate::session`]) → authorize ([`crate::authz`]) → limits ([`crate::limits`]) → handler.
+//! On TLS listeners the handshake comes first (bounded by `tls.handshake_timeout_ms`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,15 +17,17 @@ use kafka_protocol::messages::{ApiKey, ResponseKind};
 use silt_wire::frame::read_frame;
 use silt_wire::request::{decode_body, parse_header};
 use silt_wire::response::encode_response;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::authz::Verdict;
 use crate::broker::Broker;
 use crate::handlers::{self, Reply};
+use crate::listeners::ListenerInfo;
+use crate::session::{Gate, Session};
 
 /// A response on its way out, and what it holds until written (a fetch's reserved bytes).
 ///
@@ -51,6 +57,7 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     _admitted: crate::limits::Admitted,
+    listener: Arc<ListenerInfo>,
 ) {
     broker
         .metrics
@@ -60,16 +67,52 @@ pub async fn serve(
         .metrics
         .connections_open
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    serve_inner(&broker, stream, peer).await;
+    let _ = stream.set_nodelay(true);
+    match (&broker.security.tls, listener.protocol.tls()) {
+        (Some(tls), true) => {
+            let wait = std::time::Duration::from_millis(broker.settings.tls.handshake_timeout_ms);
+            match tokio::time::timeout(wait, tls.accept(stream)).await {
+                Ok(Ok((tls_stream, cert))) => {
+                    let session = Session::new(listener, peer, cert);
+                    serve_inner(&broker, tls_stream, session).await;
+                }
+                Ok(Err(e)) => {
+                    broker
+                        .security
+                        .stats
+                        .tls_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(%peer, listener = %listener.name, error = %e,
+                        "closing connection: TLS handshake failed (a plaintext client on a TLS listener, an untrusted client certificate, or no common protocol)");
+                }
+                Err(_) => {
+                    broker
+                        .security
+                        .stats
+                        .tls_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(%peer, listener = %listener.name,
+                        "closing connection: no TLS handshake within tls.handshake_timeout_ms");
+                }
+            }
+        }
+        (None, true) => {
+            tracing::error!(listener = %listener.name, "a TLS listener without a TLS configuration; closing the connection");
+        }
+        (_, false) => serve_inner(&broker, stream, Session::new(listener, peer, None)).await,
+    }
     broker
         .metrics
         .connections_open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
+async fn serve_inner<S>(broker: &Arc<Broker>, stream: S, mut session: Session)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = session.peer;
+    let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(broker.settings.connections.max_in_flight);
     let budget = broker.limits.connection_budget();
     let idle = std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms);
@@ -106,6 +149,25 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
                 break;
             }
         };
+        if session.expects_raw_token() {
+            // SaslHandshake v0: the SASL tokens travel bare, without request headers.
+            match session.raw_token(broker, &frame).await {
+                Some(token) => {
+                    let mut out = Vec::with_capacity(4 + token.len());
+                    out.extend_from_slice(&(token.len() as i32).to_be_bytes());
+                    out.extend_from_slice(&token);
+                    let out = Outgoing {
+                        kind: OutKind::Ready(Bytes::from(out)),
+                        _hold: None,
+                    };
+                    if tx.send(out).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                None => break,
+            }
+        }
         let req = match parse_header(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -145,6 +207,59 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
                 break;
             }
         };
+        let answer = |resp: ResponseKind| -> Option<Outgoing> {
+            match encode_response(correlation_id, api, version, &resp) {
+                Ok(b) => Some(Outgoing {
+                    kind: OutKind::Ready(b),
+                    _hold: None,
+                }),
+                Err(e) => {
+                    tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
+                    None
+                }
+            }
+        };
+        let fixup = match session.gate(broker, api, version, &body).await {
+            Gate::Pass => match crate::authz::check(broker, &mut session, &mut body, version) {
+                Verdict::Pass(fixup) => fixup,
+                Verdict::Deny(resp) => {
+                    match answer(resp) {
+                        Some(out) => {
+                            if tx.send(out).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                    continue;
+                }
+                Verdict::Close(why) => {
+                    tracing::warn!(%peer, principal = %session.principal, "closing connection: {why}");
+                    break;
+                }
+            },
+            Gate::Answer(resp) => {
+                match answer(resp) {
+                    Some(out) => {
+                        if tx.send(out).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+                continue;
+            }
+            Gate::AnswerAndClose(resp) => {
+                if let Some(out) = answer(resp) {
+                    let _ = tx.send(out).await;
+                }
+                break;
+            }
+            Gate::Close(why) => {
+                tracing::warn!(%peer, listener = %session.listener.name, "closing connection: {why}");
+                break;
+            }
+        };
         // A fetch reserves the bytes its response may take before it runs (and is capped to
         // them): a client that stops reading stops being read from.
         let hold = match &mut body {
@@ -178,10 +293,10 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
             %peer
         );
         let started = std::time::Instant::now();
-        let out = match handlers::dispatch(broker, &req, body, peer)
+        let reply = handlers::dispatch(broker, &req, body, &mut session)
             .instrument(span)
-            .await
-        {
+            .await;
+        let out = match crate::authz::apply(reply, fixup) {
             Reply::None => {
                 broker.metrics.request(api, started.elapsed());
                 continue;
@@ -224,8 +339,8 @@ async fn serve_inner(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) 
     let _ = writer.await;
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
+    mut wr: WriteHalf<W>,
     mut rx: mpsc::Receiver<Outgoing>,
     peer: SocketAddr,
     stall: std::time::Duration,

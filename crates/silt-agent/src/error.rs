@@ -208,3 +208,23 @@ impl TopicError {
         }
     }
 }
+
+/// The Kafka error a failed SASL exchange is answered with.
+pub fn auth_error_code(e: &silt_security::AuthError) -> ResponseError {
+    use silt_security::AuthError as A;
+    match e {
+        A::Failed { .. } | A::Malformed(_) | A::Store(_) => ResponseError::SaslAuthenticationFailed,
+        A::UnsupportedMechanism(_) => ResponseError::UnsupportedSaslMechanism,
+    }
+}
+
+/// The Kafka error an admin API (ACLs, users) answers when the metadata store fails: a
+/// retryable failure or an unknown outcome is REQUEST_TIMED_OUT (the client retries), a
+/// permanent one UNKNOWN_SERVER_ERROR with the store's message.
+pub fn meta_error_code(e: &MetaError) -> ResponseError {
+    use silt_meta::kv::ErrorClass;
+    match e.class() {
+        ErrorClass::Retryable | ErrorClass::OutcomeUnknown => ResponseError::RequestTimedOut,
+        ErrorClass::Permanent => ResponseError::UnknownServerError,
+    }
+}

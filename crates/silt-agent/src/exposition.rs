@@ -22,6 +22,7 @@ pub async fn render(b: &Broker) -> String {
     leadership(b, &mut out);
     group_lag(b, &mut out).await;
     archive(b, &mut out);
+    security(b, &mut out);
     let m = &b.metrics;
     single(
         &mut out,
@@ -642,4 +643,38 @@ fn archive(b: &Broker, out: &mut String) {
             (hw - s.next_offset).max(0)
         );
     }
+}
+
+fn security(b: &Broker, out: &mut String) {
+    let st = &b.security.stats;
+    header(
+        out,
+        "silt_sasl_authentications_total",
+        "SASL authentications, by result (failed: wrong credentials or a malformed exchange).",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "silt_sasl_authentications_total{{result=\"succeeded\"}} {}",
+        st.auth_succeeded.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "silt_sasl_authentications_total{{result=\"failed\"}} {}",
+        st.auth_failed.load(Ordering::Relaxed)
+    );
+    single(
+        out,
+        "silt_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out (tls.handshake_timeout_ms).",
+        "counter",
+        st.tls_failed.load(Ordering::Relaxed),
+    );
+    single(
+        out,
+        "silt_authorization_denied_total",
+        "Operations on resources refused by the ACL authorizer.",
+        "counter",
+        st.denied.load(Ordering::Relaxed),
+    );
 }

@@ -663,6 +663,7 @@ mod tests {
             session: session.into(),
             host: "h".into(),
             port: 1,
+            listeners: Default::default(),
         };
         let (_, value) = agents::register(meta, 7, &reg, lease)
             .await

@@ -6,7 +6,9 @@
 //! the one map from internal errors to Kafka error codes. [`broker`] is the core the services
 //! borrow; the services (archiver, lifecycle jobs, controller, group coordinator) are started
 //! and stopped by [`tasks`], keep their exposed state in [`service_state`], and are never
-//! imported by the core. [`limits`] is the limits layer of the request pipeline. The agent depends on the metadata
+//! imported by the core. The request pipeline's layers: [`connection`] (frames, decoding), [`session`]
+//! (authentication), [`authz`] (authorization), [`limits`] (connection and memory limits), then
+//! [`handlers`]; [`listeners`] and [`security`] set them up. The agent depends on the metadata
 //! and object-store traits, never on a backend.
 #![warn(missing_docs)]
 
@@ -14,6 +16,7 @@ pub mod admin_http;
 pub mod agent;
 pub mod append;
 pub mod archiver;
+pub mod authz;
 pub mod blocks;
 pub mod broker;
 pub mod cache;
@@ -26,13 +29,16 @@ pub mod groups;
 pub mod handlers;
 pub mod lifecycle;
 pub mod limits;
+pub mod listeners;
 pub mod log_levels;
 pub mod metrics;
 pub mod partition;
 pub mod producer;
 pub mod producer_ids;
 pub mod read;
+pub mod security;
 pub mod service_state;
+pub mod session;
 pub mod tasks;
 #[cfg(test)]
 mod test_batches;

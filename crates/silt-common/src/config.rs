@@ -10,12 +10,27 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::security_config::{
+    AuthorizationSettings, ClientAuthSetting, ListenerSettings, PrincipalFromSetting, SaslSettings,
+    SecurityProtocol, TlsSettings,
+};
+
 /// Everything an agent can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// Address the Kafka listener binds, `host:port`.
+    /// Address the Kafka listener binds, `host:port` (the listener named `DEFAULT`).
     pub listen: String,
+    /// Security protocol of the `listen` listener.
+    pub security_protocol: SecurityProtocol,
+    /// More named listeners, each with its own address and security protocol.
+    pub listeners: Vec<ListenerSettings>,
+    /// TLS of SSL and SASL_SSL listeners.
+    pub tls: TlsSettings,
+    /// SASL of SASL_PLAINTEXT and SASL_SSL listeners.
+    pub sasl: SaslSettings,
+    /// ACL authorization.
+    pub authorization: AuthorizationSettings,
     /// Address of the admin HTTP port (`/metrics`, `/healthz`, `/readyz`); empty to disable.
     pub admin_listen: Option<String>,
     /// Bearer token the admin port's mutating endpoints (log levels) require. Unset: they are
@@ -55,6 +70,11 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9092".into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            listeners: Vec::new(),
+            tls: TlsSettings::default(),
+            sasl: SaslSettings::default(),
+            authorization: AuthorizationSettings::default(),
             admin_listen: Some("127.0.0.1:9644".into()),
             admin_token: None,
             advertised_host: None,
@@ -74,6 +94,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// The name of the listener `listen` defines.
+pub const DEFAULT_LISTENER: &str = "DEFAULT";
 
 /// A secret setting: used as given, never shown (its Debug output is `<redacted>`).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -580,11 +603,64 @@ impl Settings {
                 "must be a non-empty relative key prefix such as \"archive\"",
             );
         }
+        self.validate_security()?;
         if self.max_frame_bytes < 1024 {
             return bad(
                 &format!("max_frame_bytes = {}", self.max_frame_bytes),
                 "must be at least 1024",
             );
+        }
+        Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let bad = |what: String, why: &str| Err(ConfigError::Invalid(format!("{what}: {why}")));
+        let mut names = vec![DEFAULT_LISTENER.to_string()];
+        let mut protocols = vec![self.security_protocol];
+        for l in &self.listeners {
+            if l.name.is_empty() || names.contains(&l.name) {
+                return bad(
+                    format!("listeners name = {:?}", l.name),
+                    "every listener needs its own non-empty name (DEFAULT is the `listen` one)",
+                );
+            }
+            names.push(l.name.clone());
+            protocols.push(l.security_protocol);
+        }
+        if protocols.iter().any(|p| p.tls()) && (self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            return bad(
+                "a listener with security_protocol SSL or SASL_SSL".into(),
+                "set tls.cert and tls.key (PEM files)",
+            );
+        }
+        if self.tls.client_auth != ClientAuthSetting::None && self.tls.client_ca.is_none() {
+            return bad(
+                format!("tls.client_auth = {:?}", self.tls.client_auth),
+                "set tls.client_ca to the PEM bundle client certificates chain to",
+            );
+        }
+        for m in &self.sasl.mechanisms {
+            if !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+                return bad(
+                    format!("sasl.mechanisms contains {m:?}"),
+                    "the mechanisms served are PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512",
+                );
+            }
+        }
+        if protocols.iter().any(|p| p.sasl()) && self.sasl.mechanisms.is_empty() {
+            return bad(
+                "sasl.mechanisms = []".into(),
+                "a SASL listener needs a mechanism",
+            );
+        }
+        for u in &self.authorization.super_users {
+            if !u.starts_with("User:") || u.len() == 5 {
+                return bad(
+                    format!("authorization.super_users contains {u:?}"),
+                    "principals are written User:<name>",
+                );
+            }
         }
         Ok(())
     }

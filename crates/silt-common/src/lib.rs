@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod config;
 pub mod metrics;
+pub mod security_config;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, Settings};

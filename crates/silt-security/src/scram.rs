@@ -309,10 +309,14 @@ impl ServerExchange {
         if channel != Some(expected_channel.as_str()) {
             return Err(bad("channel binding does not match the GS2 header"));
         }
-        if nonce != Some(self.nonce.as_str()) {
+        // RFC 5802 asks for the server's nonce back exactly. librdkafka up to 2.0 (still in
+        // Linux distributions' kcat) sends the client nonce once more in front of it; Kafka
+        // accepts any nonce ending with the server's. Silt accepts exactly those two forms.
+        let doubled = format!("{}{}", self.first.nonce, self.nonce);
+        if nonce != Some(self.nonce.as_str()) && nonce != Some(doubled.as_str()) {
             return Err(AuthError::Failed {
                 user: self.first.user.clone(),
-                why: "the nonce does not match".into(),
+                why: "the nonce does not match the server's".into(),
             });
         }
         let proof = B64.decode(proof).map_err(|_| bad("proof is not base64"))?;
@@ -400,6 +404,33 @@ mod tests {
                 run(m, None, "pencil", "user"),
                 Err(AuthError::Failed { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn the_nonce_comes_back_exactly_or_in_old_librdkafkas_doubled_form() {
+        let m = Mechanism::Sha256;
+        let cred = Credential::from_password(m, "pw", MIN_ITERATIONS);
+        let bare = "n=u,r=cnonce";
+        for (prefix, ok) in [
+            ("", true),
+            ("cnonce", true),
+            ("x", false),
+            ("cnoncecnonce", false),
+        ] {
+            let first = ClientFirst::parse(format!("n,,{bare}").as_bytes()).unwrap();
+            let ex = ServerExchange::start(m, first, Some(cred.clone()));
+            let sf = String::from_utf8(ex.server_first().to_vec()).unwrap();
+            let nonce = sf.split(',').next().unwrap().strip_prefix("r=").unwrap();
+            // A correct proof over what the client sends, so only the nonce check can refuse.
+            let without = format!("c=biws,r={prefix}{nonce}");
+            let auth = format!("{bare},{sf},{without}");
+            let salted = m.salted_password(b"pw", &cred.salt, cred.iterations);
+            let ck = m.hmac(&salted, b"Client Key");
+            let sig = m.hmac(&m.h(&ck), auth.as_bytes());
+            let proof: Vec<u8> = ck.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+            let msg = format!("{without},p={}", B64.encode(proof));
+            assert_eq!(ex.finish(msg.as_bytes()).is_ok(), ok, "prefix {prefix:?}");
         }
     }
 

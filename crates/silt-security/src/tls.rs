@@ -167,6 +167,25 @@ impl TlsServer {
         &self.acceptor
     }
 
+    /// Runs the server side of a handshake; the stream and the principal of the client's
+    /// certificate, if it presented one.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> std::io::Result<(tokio_rustls::server::TlsStream<IO>, Option<Principal>)>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let stream = self.acceptor.accept(io).await?;
+        let principal = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| self.principal(leaf));
+        Ok((stream, principal))
+    }
+
     /// Reloads the certificate and key if their files changed; `Ok(true)` if it did. A pair
     /// that does not load leaves the current one in use (and is reported).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {

@@ -43,6 +43,20 @@ pub struct Node {
     pub host: String,
     /// Advertised port.
     pub port: i32,
+    /// Advertised addresses of its other named listeners.
+    pub listeners: std::collections::BTreeMap<String, silt_meta::layout::agents::Endpoint>,
+}
+
+impl Node {
+    /// Its advertised address on the listener named `listener`, if it has one.
+    pub fn endpoint(&self, listener: &str) -> Option<(&str, i32)> {
+        if listener == silt_common::config::DEFAULT_LISTENER {
+            return Some((&self.host, self.port));
+        }
+        self.listeners
+            .get(listener)
+            .map(|e| (e.host.as_str(), e.port))
+    }
 }
 
 /// A partition's identity.
@@ -153,6 +167,7 @@ impl Cluster {
                 id: *id,
                 host: r.value.host.clone(),
                 port: r.value.port,
+                listeners: r.value.listeners.clone(),
             })
             .collect()
     }
@@ -163,6 +178,7 @@ impl Cluster {
             id,
             host: r.value.host.clone(),
             port: r.value.port,
+            listeners: r.value.listeners.clone(),
         })
     }
 

@@ -299,13 +299,30 @@ pub fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-/// Handles DescribeCluster.
-pub fn describe_cluster(b: &Arc<Broker>, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+/// Handles DescribeCluster: every live agent's address on the client's listener.
+pub fn describe_cluster(
+    b: &Arc<Broker>,
+    _req: DescribeClusterRequest,
+    listener: &str,
+) -> DescribeClusterResponse {
+    let mut nodes = b.cluster.brokers();
+    if !nodes.iter().any(|n| n.id == b.node.id) {
+        nodes.push(b.node.clone());
+    }
+    let brokers = nodes
+        .iter()
+        .filter_map(|n| {
+            let (host, port) = n.endpoint(listener)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(n.id))
+                    .with_host(str_bytes(host))
+                    .with_port(port),
+            )
+        })
+        .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(b.cluster_id.clone()))
-        .with_controller_id(BrokerId(b.node.id))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(b.node.id))
-            .with_host(str_bytes(b.node.host.clone()))
-            .with_port(b.node.port)])
+        .with_controller_id(BrokerId(b.cluster.controller_id().unwrap_or(b.node.id)))
+        .with_brokers(brokers)
 }

@@ -17,7 +17,7 @@ use crate::broker::Broker;
 const KEY_GROUP: i8 = 0;
 const NO_TXN: &str = "transactions are not supported by this Silt version yet";
 
-fn coordinator(b: &Broker, key: StrBytes, key_type: i8) -> Coordinator {
+fn coordinator(b: &Broker, key: StrBytes, key_type: i8, listener: &str) -> Coordinator {
     let shard = assignment::group_shard(&key);
     let c = Coordinator::default().with_key(key);
     if key_type == KEY_GROUP {
@@ -25,11 +25,14 @@ fn coordinator(b: &Broker, key: StrBytes, key_type: i8) -> Coordinator {
             .cluster
             .shard_owner(shard)
             .and_then(|a| b.cluster.node(a.leader));
-        match node {
-            Some(n) => c
-                .with_node_id(BrokerId(n.id))
-                .with_host(str_bytes(n.host))
-                .with_port(n.port),
+        match node
+            .as_ref()
+            .and_then(|n| Some((n.id, n.endpoint(listener)?)))
+        {
+            Some((id, (host, port))) => c
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(host))
+                .with_port(port),
             None => c
                 .with_node_id(BrokerId(-1))
                 .with_port(-1)
@@ -51,6 +54,7 @@ pub fn handle(
     b: &Arc<Broker>,
     req: FindCoordinatorRequest,
     version: i16,
+    listener: &str,
 ) -> FindCoordinatorResponse {
     let key_type = if version >= 1 {
         req.key_type
@@ -61,11 +65,11 @@ pub fn handle(
         let coordinators = req
             .coordinator_keys
             .into_iter()
-            .map(|k| coordinator(b, k, key_type))
+            .map(|k| coordinator(b, k, key_type, listener))
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    let c = coordinator(b, req.key, key_type);
+    let c = coordinator(b, req.key, key_type, listener);
     FindCoordinatorResponse::default()
         .with_error_code(c.error_code)
         .with_error_message(if version >= 1 { c.error_message } else { None })

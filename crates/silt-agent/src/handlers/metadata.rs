@@ -17,19 +17,32 @@ use crate::error::TopicError;
 use crate::topics::{validate_name, Topic};
 
 /// Handles Metadata.
-pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, version: i16) -> MetadataResponse {
+///
+/// Brokers are listed with their addresses on `listener` (the one the client connected
+/// through); an agent without that listener is left out. A missing topic is auto-created only
+/// where `may_create` says the client may create it (always, without authorization).
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: MetadataRequest,
+    version: i16,
+    listener: &str,
+    may_create: &(dyn Fn(&str) -> bool + Sync),
+) -> MetadataResponse {
     let node = &b.node;
     let mut nodes = b.cluster.brokers();
     if !nodes.iter().any(|n| n.id == node.id) {
         nodes.push(node.clone());
     }
     let brokers = nodes
-        .into_iter()
-        .map(|n| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(n.id))
-                .with_host(str_bytes(n.host))
-                .with_port(n.port)
+        .iter()
+        .filter_map(|n| {
+            let (host, port) = n.endpoint(listener)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(n.id))
+                    .with_host(str_bytes(host))
+                    .with_port(port),
+            )
         })
         .collect();
     let controller = b.cluster.controller_id().unwrap_or(node.id);
@@ -48,13 +61,9 @@ pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, version: i16) -> Meta
         for t in req.topics.unwrap_or_default() {
             out.push(match (t.name, t.topic_id.is_nil()) {
                 (Some(name), _) => {
-                    by_name(
-                        b,
-                        &name.0,
-                        req.allow_auto_topic_creation || version < 4,
-                        version,
-                    )
-                    .await
+                    let allowed =
+                        (req.allow_auto_topic_creation || version < 4) && may_create(&name.0);
+                    by_name(b, &name.0, allowed, version).await
                 }
                 (None, false) => match b.topics.get_by_id(&t.topic_id) {
                     Some(topic) => describe(&topic, b, version),

@@ -13,6 +13,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_id;
+mod security_admin;
 
 use std::sync::Arc;
 
@@ -41,14 +42,22 @@ pub async fn dispatch(
     broker: &Arc<Broker>,
     req: &RawRequest,
     body: kafka_protocol::messages::RequestKind,
-    peer: std::net::SocketAddr,
+    session: &mut crate::session::Session,
 ) -> Reply {
+    let peer = session.peer;
+    let listener = session.listener.clone();
+    let listener = listener.name.as_str();
     let client_id = req.header.client_id.as_deref().unwrap_or("");
     use kafka_protocol::messages::RequestKind as R;
     let v = req.version;
     match body {
         R::ApiVersions(_) => now(ResponseKind::ApiVersions(api_versions::handle(v))),
-        R::Metadata(r) => now(ResponseKind::Metadata(metadata::handle(broker, r, v).await)),
+        R::Metadata(r) => {
+            let may_create = crate::authz::creator(broker, session);
+            now(ResponseKind::Metadata(
+                metadata::handle(broker, r, v, listener, &may_create).await,
+            ))
+        }
         R::Produce(r) => produce::handle(broker, r, v).await,
         R::Fetch(r) => fetch::handle(broker, r, v),
         R::ListOffsets(r) => now(ResponseKind::ListOffsets(
@@ -67,11 +76,26 @@ pub async fn dispatch(
             broker, r, v,
         ))),
         R::DescribeCluster(r) => now(ResponseKind::DescribeCluster(admin::describe_cluster(
-            broker, r,
+            broker, r, listener,
         ))),
         R::FindCoordinator(r) => now(ResponseKind::FindCoordinator(coordinator::handle(
-            broker, r, v,
+            broker, r, v, listener,
         ))),
+        R::DescribeAcls(r) => now(ResponseKind::DescribeAcls(
+            security_admin::describe_acls(broker, r).await,
+        )),
+        R::CreateAcls(r) => now(ResponseKind::CreateAcls(
+            security_admin::create_acls(broker, r).await,
+        )),
+        R::DeleteAcls(r) => now(ResponseKind::DeleteAcls(
+            security_admin::delete_acls(broker, r).await,
+        )),
+        R::DescribeUserScramCredentials(r) => now(ResponseKind::DescribeUserScramCredentials(
+            security_admin::describe_users(broker, r).await,
+        )),
+        R::AlterUserScramCredentials(r) => now(ResponseKind::AlterUserScramCredentials(
+            security_admin::alter_users(broker, r).await,
+        )),
         R::JoinGroup(r) => groups::join(broker, r, v, client_id, peer),
         R::SyncGroup(r) => groups::sync(broker, r, v),
         R::Heartbeat(r) => now(ResponseKind::Heartbeat(groups::heartbeat(broker, r))),

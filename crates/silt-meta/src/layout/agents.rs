@@ -22,6 +22,19 @@ pub struct Registration {
     pub host: String,
     /// Port clients connect to.
     pub port: i32,
+    /// The advertised addresses of the agent's other named listeners (absent when it has only
+    /// the default one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, Endpoint>,
+}
+
+/// An advertised address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: i32,
 }
 
 /// Why an agent could not register.
@@ -189,6 +202,7 @@ mod tests {
             session: session.into(),
             host: "h".into(),
             port,
+            listeners: Default::default(),
         }
     }
 

@@ -91,7 +91,9 @@ pub fn user_key(user: &str, mechanism: &str) -> String {
 
 /// `(user, mechanism)` of a credential key.
 pub fn parse_user_key(key: &[u8]) -> Option<(String, String)> {
-    let rest = std::str::from_utf8(key).ok()?.strip_prefix(&users_prefix())?;
+    let rest = std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix(&users_prefix())?;
     let (user, mech) = rest.split_once('/')?;
     Some((unescape(user)?, mech.to_string()))
 }
@@ -133,7 +135,9 @@ pub async fn delete_user(kv: &dyn MetaKv, user: &str, mechanism: &str) -> Result
         .txn(Txn {
             compares: vec![Compare::absent(k.clone())],
             success: vec![],
-            failure: vec![Op::Delete { key: k.into_bytes() }],
+            failure: vec![Op::Delete {
+                key: k.into_bytes(),
+            }],
         })
         .await?;
     Ok(!r.succeeded)

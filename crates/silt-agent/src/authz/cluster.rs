@@ -1,0 +1,119 @@
+//! Cluster APIs: DescribeCluster, DescribeAcls and DescribeUserScramCredentials need DESCRIBE
+//! on the cluster; CreateAcls, DeleteAcls and AlterUserScramCredentials ALTER; InitProducerId
+//! without a transactional id IDEMPOTENT_WRITE on the cluster or WRITE on some topic (as Kafka
+//! 2.8+ allows), with one WRITE on the transactional id.
+
+use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+use kafka_protocol::messages::create_acls_response::AclCreationResult;
+use kafka_protocol::messages::delete_acls_response::DeleteAclsFilterResult;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use silt_security::acl::{Operation, ResourceType};
+
+use super::{Access, Verdict};
+
+const DENIED: ResponseError = ResponseError::ClusterAuthorizationFailed;
+
+pub(super) fn init_producer_id(a: &mut Access<'_>, r: &mut InitProducerIdRequest) -> Verdict {
+    let (ok, code) = match &r.transactional_id {
+        Some(id) => (
+            a.may(Operation::Write, ResourceType::TransactionalId, id),
+            ResponseError::TransactionalIdAuthorizationFailed,
+        ),
+        None => (
+            a.cluster(Operation::IdempotentWrite) || a.writes_any_topic(),
+            DENIED,
+        ),
+    };
+    if ok {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(ResponseKind::InitProducerId(
+        InitProducerIdResponse::default()
+            .with_error_code(code.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    ))
+}
+
+pub(super) fn describe_cluster(a: &mut Access<'_>) -> Verdict {
+    if a.cluster(Operation::Describe) {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(ResponseKind::DescribeCluster(
+        DescribeClusterResponse::default().with_error_code(DENIED.code()),
+    ))
+}
+
+pub(super) fn describe_acls(a: &mut Access<'_>) -> Verdict {
+    if a.cluster(Operation::Describe) {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(ResponseKind::DescribeAcls(
+        DescribeAclsResponse::default().with_error_code(DENIED.code()),
+    ))
+}
+
+pub(super) fn create_acls(a: &mut Access<'_>, r: &mut CreateAclsRequest) -> Verdict {
+    if a.cluster(Operation::Alter) {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(ResponseKind::CreateAcls(
+        CreateAclsResponse::default().with_results(
+            r.creations
+                .iter()
+                .map(|_| AclCreationResult::default().with_error_code(DENIED.code()))
+                .collect(),
+        ),
+    ))
+}
+
+pub(super) fn delete_acls(a: &mut Access<'_>, r: &mut DeleteAclsRequest) -> Verdict {
+    if a.cluster(Operation::Alter) {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(ResponseKind::DeleteAcls(
+        DeleteAclsResponse::default().with_filter_results(
+            r.filters
+                .iter()
+                .map(|_| DeleteAclsFilterResult::default().with_error_code(DENIED.code()))
+                .collect(),
+        ),
+    ))
+}
+
+pub(super) fn describe_users(a: &mut Access<'_>) -> Verdict {
+    if a.cluster(Operation::Describe) {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(ResponseKind::DescribeUserScramCredentials(
+        DescribeUserScramCredentialsResponse::default().with_error_code(DENIED.code()),
+    ))
+}
+
+pub(super) fn alter_users(a: &mut Access<'_>, r: &mut AlterUserScramCredentialsRequest) -> Verdict {
+    if a.cluster(Operation::Alter) {
+        return Verdict::Pass(None);
+    }
+    let mut users: Vec<StrBytes> = r
+        .deletions
+        .iter()
+        .map(|d| d.name.clone())
+        .chain(r.upsertions.iter().map(|u| u.name.clone()))
+        .collect();
+    users.sort();
+    users.dedup();
+    Verdict::Deny(ResponseKind::AlterUserScramCredentials(
+        AlterUserScramCredentialsResponse::default().with_results(
+            users
+                .into_iter()
+                .map(|u| {
+                    AlterUserScramCredentialsResult::default()
+                        .with_user(u)
+                        .with_error_code(DENIED.code())
+                })
+                .collect(),
+        ),
+    ))
+}

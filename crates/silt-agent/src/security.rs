@@ -1,0 +1,148 @@
+//! The agent's security components, built from settings at start: the TLS server of SSL and
+//! SASL_SSL listeners (and its certificate reload job), the user database SASL checks, the
+//! mechanisms offered, and the ACL authorizer when authorization is on. Counters of logins and
+//! denials are exported as metrics.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use silt_common::config::{ClientAuthSetting, PrincipalFromSetting};
+use silt_common::Settings;
+use silt_meta::MetaKv;
+use silt_security::authorizer::{Authorizer, Policy};
+use silt_security::sasl::{SaslMechanism, Users};
+use silt_security::tls::{ClientAuth, PrincipalFrom, TlsFiles, TlsServer};
+use silt_security::Principal;
+
+use crate::agent::StartError;
+use crate::broker::Broker;
+
+/// Login and authorization counters.
+#[derive(Debug, Default)]
+pub struct SecurityStats {
+    /// SASL authentications that succeeded.
+    pub auth_succeeded: AtomicU64,
+    /// SASL authentications that failed (wrong credentials, malformed exchanges).
+    pub auth_failed: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failed: AtomicU64,
+    /// Requests (or parts of them) refused by the authorizer.
+    pub denied: AtomicU64,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Security {
+    /// TLS of SSL and SASL_SSL listeners.
+    pub tls: Option<TlsServer>,
+    /// The user database.
+    pub users: Users,
+    /// Mechanisms offered, in order.
+    pub mechanisms: Vec<SaslMechanism>,
+    /// The authorizer, when authorization is on.
+    pub authorizer: Option<Arc<Authorizer>>,
+    /// Counters.
+    pub stats: SecurityStats,
+}
+
+impl Security {
+    /// Builds them from settings.
+    pub async fn start(s: &Settings, meta: Arc<dyn MetaKv>) -> Result<Self, StartError> {
+        let any_tls =
+            s.security_protocol.tls() || s.listeners.iter().any(|l| l.security_protocol.tls());
+        let tls = match (&s.tls.cert, &s.tls.key) {
+            (Some(cert), Some(key)) if any_tls => Some(
+                TlsServer::new(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: s.tls.client_ca.clone(),
+                    client_auth: match s.tls.client_auth {
+                        ClientAuthSetting::None => ClientAuth::None,
+                        ClientAuthSetting::Requested => ClientAuth::Requested,
+                        ClientAuthSetting::Required => ClientAuth::Required,
+                    },
+                    principal_from: match s.tls.principal_from {
+                        PrincipalFromSetting::Dn => PrincipalFrom::Dn,
+                        PrincipalFromSetting::Cn => PrincipalFrom::Cn,
+                    },
+                })
+                .map_err(|e| StartError::Security(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let mechanisms = s
+            .sasl
+            .mechanisms
+            .iter()
+            .filter_map(|m| SaslMechanism::from_name(m))
+            .collect();
+        let authorizer = if s.authorization.enabled {
+            let policy = Policy {
+                super_users: s
+                    .authorization
+                    .super_users
+                    .iter()
+                    .filter_map(|u| Principal::parse(u))
+                    .collect(),
+                allow_everyone_if_no_acl_found: s.authorization.allow_everyone_if_no_acl_found,
+            };
+            Some(Arc::new(
+                Authorizer::start(meta.clone(), policy)
+                    .await
+                    .map_err(|source| StartError::Meta {
+                        doing: "reading the ACLs",
+                        source,
+                    })?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            tls,
+            users: Users::new(meta),
+            mechanisms,
+            authorizer,
+            stats: SecurityStats::default(),
+        })
+    }
+}
+
+/// Reloads the TLS certificate when its files change.
+pub(crate) struct TlsReloadJob {
+    b: Arc<Broker>,
+    every: Duration,
+}
+
+impl TlsReloadJob {
+    /// A job when TLS is on.
+    pub(crate) fn new(b: &Arc<Broker>) -> Option<Self> {
+        b.security.tls.as_ref()?;
+        Some(Self {
+            b: b.clone(),
+            every: Duration::from_millis(b.settings.tls.reload_interval_ms.max(100)),
+        })
+    }
+}
+
+impl crate::tasks::Periodic for TlsReloadJob {
+    fn name(&self) -> &'static str {
+        "tls-reload"
+    }
+
+    fn interval(&self) -> Duration {
+        self.every
+    }
+
+    async fn step(&mut self) {
+        let Some(tls) = &self.b.security.tls else {
+            return;
+        };
+        match tls.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate reloaded; new connections use it"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e,
+                "the changed TLS certificate or key could not be loaded; still serving the previous one"),
+        }
+    }
+}
