@@ -369,7 +369,7 @@ def _raw(port, api_key, version, body=b""):
 
 
 def test_unauthenticated_clients_can_send_only_the_sasl_apis(secured):
-    s = secured("SASL_PLAINTEXT")
+    s = secured("SASL_PLAINTEXT", SILT_SASL__AUTH_TIMEOUT_MS="1500")
     # ApiVersions is answered before authentication.
     sock = _raw(s.port, 18, 0)
     size = struct.unpack(">i", sock.recv(4))[0]
@@ -387,6 +387,23 @@ def test_unauthenticated_clients_can_send_only_the_sasl_apis(secured):
         finally:
             sock.close()
         assert data == b"", f"api key {key} got an answer before authentication"
+    # A client that connects and never authenticates (idle, or trickling a frame) is closed
+    # after sasl.auth_timeout_ms, long before connections.idle_timeout_ms.
+    for trickle in (False, True):
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        started = time.time()
+        try:
+            if trickle:
+                for b in struct.pack(">i", 100) + b"\x00\x12":
+                    sock.send(bytes([b]))
+                    time.sleep(0.2)
+            data = sock.recv(4)
+        except ConnectionResetError:
+            data = b""
+        finally:
+            sock.close()
+        assert data == b"" and time.time() - started < 8, (trickle, data, time.time() - started)
+    assert "not authenticated within sasl.auth_timeout_ms" in s.agent.log_text()
     assert s.agent.alive()
 
 

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod security;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

@@ -124,15 +124,28 @@ where
     ));
     let max = broker.settings.max_frame_bytes;
     let mut stopping = broker.stopping.subscribe();
+    // A connection on a SASL listener must authenticate within sasl.auth_timeout_ms.
+    let auth_deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(broker.settings.sasl.auth_timeout_ms);
     loop {
+        let wait = if session.authenticated() {
+            idle
+        } else {
+            idle.min(auth_deadline.saturating_duration_since(tokio::time::Instant::now()))
+        };
         let read = tokio::select! {
             biased;
             _ = stopping.wait_for(|s| *s) => {
                 tracing::info!(%peer, "closing connection: this agent session ended");
                 break;
             }
-            read = tokio::time::timeout(idle, read_frame(&mut rd, max)) => match read {
+            read = tokio::time::timeout(wait, read_frame(&mut rd, max)) => match read {
                 Ok(read) => read,
+                Err(_) if !session.authenticated() => {
+                    tracing::info!(%peer, listener = %session.listener.name,
+                        "closing connection: not authenticated within sasl.auth_timeout_ms");
+                    break;
+                }
                 Err(_) => {
                     broker.limits.idle_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(%peer, idle_ms = idle.as_millis() as u64,

@@ -17,6 +17,105 @@ pub enum AdminCommand {
     /// Parquet archive progress per partition.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// SASL/SCRAM users: list, set (create or change the password), delete.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// ACL bindings: list, add, remove.
+    #[command(subcommand)]
+    Acls(AclsCommand),
+}
+
+/// User commands.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Every user and its SCRAM mechanisms.
+    List,
+    /// Create a user or change its password (salted and iterated here; only that is sent).
+    Set {
+        /// User name.
+        name: String,
+        /// The password (or set SILT_USER_PASSWORD).
+        #[arg(long, env = "SILT_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// Only this mechanism (default: SCRAM-SHA-256 and SCRAM-SHA-512).
+        #[arg(long)]
+        mechanism: Option<String>,
+        /// PBKDF2 iterations (4096 to 16384).
+        #[arg(long, default_value_t = 8192)]
+        iterations: i32,
+    },
+    /// Delete a user's credentials.
+    Delete {
+        /// User name.
+        name: String,
+        /// Only this mechanism (default: both).
+        #[arg(long)]
+        mechanism: Option<String>,
+    },
+}
+
+/// One ACL binding on the command line.
+#[derive(Debug, clap::Args)]
+pub struct AclBindingArgs {
+    /// `User:name` or `User:*`.
+    #[arg(long)]
+    principal: String,
+    /// read, write, create, delete, alter, describe, describe-configs, alter-configs,
+    /// idempotent-write, cluster-action or all.
+    #[arg(long)]
+    operation: String,
+    /// A topic (name).
+    #[arg(long, group = "resource")]
+    topic: Option<String>,
+    /// A consumer group (id).
+    #[arg(long, group = "resource")]
+    group: Option<String>,
+    /// A transactional id.
+    #[arg(long, group = "resource")]
+    transactional_id: Option<String>,
+    /// The cluster.
+    #[arg(long, group = "resource")]
+    cluster: bool,
+    /// The name is a prefix: every resource whose name starts with it.
+    #[arg(long)]
+    prefixed: bool,
+    /// Client host the binding applies to.
+    #[arg(long, default_value = "*")]
+    host: String,
+    /// A DENY binding (wins over any ALLOW).
+    #[arg(long)]
+    deny: bool,
+}
+
+impl AclBindingArgs {
+    fn into_args(self) -> silt_admin::security::AclArgs {
+        let (resource_type, name) = match (self.topic, self.group, self.transactional_id) {
+            (Some(t), _, _) => ("topic", t),
+            (_, Some(g), _) => ("group", g),
+            (_, _, Some(t)) => ("transactional-id", t),
+            _ => ("cluster", String::new()),
+        };
+        silt_admin::security::AclArgs {
+            resource_type: resource_type.into(),
+            name,
+            prefixed: self.prefixed,
+            principal: self.principal,
+            host: self.host,
+            operation: self.operation,
+            deny: self.deny,
+        }
+    }
+}
+
+/// ACL commands.
+#[derive(Debug, Subcommand)]
+pub enum AclsCommand {
+    /// Every binding.
+    List,
+    /// Create a binding, e.g. --principal User:alice --operation read --topic orders.
+    Add(AclBindingArgs),
+    /// Delete a binding (the same arguments as add).
+    Remove(AclBindingArgs),
 }
 
 /// Topic commands.
@@ -106,5 +205,33 @@ pub async fn run(bootstrap: &str, cmd: AdminCommand) -> Result<String, silt_admi
         }
         AdminCommand::Agents => c::agents(bootstrap).await,
         AdminCommand::Archive(ArchiveCommand::Status { admin }) => c::archive_status(&admin).await,
+        AdminCommand::Users(UsersCommand::List) => {
+            silt_admin::security::users_list(bootstrap).await
+        }
+        AdminCommand::Users(UsersCommand::Set {
+            name,
+            password,
+            mechanism,
+            iterations,
+        }) => {
+            silt_admin::security::users_set(
+                bootstrap,
+                &name,
+                &password,
+                mechanism.as_deref(),
+                iterations,
+            )
+            .await
+        }
+        AdminCommand::Users(UsersCommand::Delete { name, mechanism }) => {
+            silt_admin::security::users_delete(bootstrap, &name, mechanism.as_deref()).await
+        }
+        AdminCommand::Acls(AclsCommand::List) => silt_admin::security::acls_list(bootstrap).await,
+        AdminCommand::Acls(AclsCommand::Add(a)) => {
+            silt_admin::security::acls_add(bootstrap, &a.into_args()).await
+        }
+        AdminCommand::Acls(AclsCommand::Remove(a)) => {
+            silt_admin::security::acls_remove(bootstrap, &a.into_args()).await
+        }
     }
 }

@@ -187,3 +187,134 @@ async fn log_level_changes_need_the_admin_token_once_set() {
         "the token is never logged"
     );
 }
+
+/// `silt admin users` and `acls` manage who may do what; a librdkafka client (SASL PLAIN over
+/// the rdkafka crate) sees the effect: allowed, refused, revoked, logged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_acls_from_the_command_line_gate_a_sasl_client() {
+    let port = crate::harness::free_port();
+    let listeners = format!(
+        r#"[{{name="SASL",listen="127.0.0.1:{port}",security_protocol="SASL_PLAINTEXT"}}]"#
+    );
+    let agent = AgentProc::start(&[
+        ("SILT_LISTENERS", listeners.as_str()),
+        ("SILT_AUTHORIZATION__ENABLED", "true"),
+        ("SILT_AUTHORIZATION__SUPER_USERS", r#"["User:ANONYMOUS"]"#),
+        ("SILT_SASL__FAILURE_DELAY_MS", "100"),
+    ]);
+    let sasl = format!("127.0.0.1:{port}");
+    crate::kafka::create_topic(&agent.bootstrap(), "cli-sec", 1, &[]).await;
+    crate::kafka::create_topic(&agent.bootstrap(), "cli-sec-other", 1, &[]).await;
+    let out = ok(&agent, &["users", "set", "alice", "--password", "pw-alice"]);
+    assert!(out.contains("SCRAM-SHA-256 and SCRAM-SHA-512"), "{out}");
+    let out = ok(&agent, &["users", "list"]);
+    assert_eq!(line(&out, "alice")[1], "SCRAM-SHA-256");
+    ok(
+        &agent,
+        &[
+            "acls",
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "write",
+            "--topic",
+            "cli-sec",
+        ],
+    );
+    let out = ok(&agent, &["acls", "list"]);
+    assert_eq!(
+        line(&out, "topic:cli-sec"),
+        [
+            "topic:cli-sec",
+            "literal",
+            "User:alice",
+            "*",
+            "Write",
+            "Allow"
+        ]
+    );
+    let conf = [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanism", "PLAIN"),
+        ("sasl.username", "alice"),
+        ("sasl.password", "pw-alice"),
+        ("message.timeout.ms", "10000"),
+    ];
+    let p = producer(&sasl, &conf);
+    assert!(send(&p, "cli-sec", 0, b"k", b"allowed").await >= 0);
+    let refused = p
+        .send(
+            rdkafka::producer::FutureRecord::to("cli-sec-other")
+                .partition(0)
+                .payload(b"refused".as_slice())
+                .key(b"k".as_slice()),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed
+                ),
+                _
+            ))
+        ),
+        "{refused:?}"
+    );
+    let out = ok(
+        &agent,
+        &[
+            "acls",
+            "remove",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "write",
+            "--topic",
+            "cli-sec",
+        ],
+    );
+    assert_eq!(out.trim(), "removed 1 ACL binding(s)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = p
+            .send(
+                rdkafka::producer::FutureRecord::to("cli-sec")
+                    .partition(0)
+                    .payload(b"after".as_slice())
+                    .key(b"k".as_slice()),
+                Duration::from_secs(10),
+            )
+            .await;
+        if r.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed ACL still allowed writes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok(&agent, &["users", "delete", "alice"]);
+    assert!(!ok(&agent, &["users", "list"]).contains("alice"));
+    let (success, _, err) = admin(&agent, &["users", "delete", "alice"]);
+    assert!(!success && err.contains("ResourceNotFound"), "{err}");
+    let (success, _, err) = admin(
+        &agent,
+        &[
+            "acls",
+            "add",
+            "--principal",
+            "alice",
+            "--operation",
+            "read",
+            "--topic",
+            "t",
+        ],
+    );
+    assert!(!success && err.contains("InvalidRequest"), "{err}");
+    assert!(agent.log().contains("SCRAM credential changed"));
+}

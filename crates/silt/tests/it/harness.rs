@@ -21,7 +21,7 @@ pub struct AgentProc {
     netns: Option<String>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
