@@ -236,7 +236,7 @@ where
             Gate::Pass => match crate::authz::check(broker, &mut session, &mut body, version) {
                 Verdict::Pass(fixup) => fixup,
                 Verdict::Deny(resp) => {
-                    match answer(resp) {
+                    match answer(*resp) {
                         Some(out) => {
                             if tx.send(out).await.is_err() {
                                 break;

@@ -80,7 +80,7 @@ impl Mechanism {
     }
 
     /// Output length of the hash, in bytes.
-    pub fn len(self) -> usize {
+    pub fn hash_len(self) -> usize {
         self.digest_alg().output_len()
     }
 
@@ -96,7 +96,7 @@ impl Mechanism {
 
     /// `Hi(password, salt, iterations)`: the salted password.
     pub fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-        let mut out = vec![0u8; self.len()];
+        let mut out = vec![0u8; self.hash_len()];
         let n = NonZeroU32::new(iterations.max(1)).expect("at least one iteration");
         pbkdf2::derive(self.pbkdf2_alg(), n, salt, password, &mut out);
         out

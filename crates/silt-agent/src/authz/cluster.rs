@@ -29,67 +29,67 @@ pub(super) fn init_producer_id(a: &mut Access<'_>, r: &mut InitProducerIdRequest
     if ok {
         return Verdict::Pass(None);
     }
-    Verdict::Deny(ResponseKind::InitProducerId(
+    Verdict::Deny(Box::new(ResponseKind::InitProducerId(
         InitProducerIdResponse::default()
             .with_error_code(code.code())
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1),
-    ))
+    )))
 }
 
 pub(super) fn describe_cluster(a: &mut Access<'_>) -> Verdict {
     if a.cluster(Operation::Describe) {
         return Verdict::Pass(None);
     }
-    Verdict::Deny(ResponseKind::DescribeCluster(
+    Verdict::Deny(Box::new(ResponseKind::DescribeCluster(
         DescribeClusterResponse::default().with_error_code(DENIED.code()),
-    ))
+    )))
 }
 
 pub(super) fn describe_acls(a: &mut Access<'_>) -> Verdict {
     if a.cluster(Operation::Describe) {
         return Verdict::Pass(None);
     }
-    Verdict::Deny(ResponseKind::DescribeAcls(
+    Verdict::Deny(Box::new(ResponseKind::DescribeAcls(
         DescribeAclsResponse::default().with_error_code(DENIED.code()),
-    ))
+    )))
 }
 
 pub(super) fn create_acls(a: &mut Access<'_>, r: &mut CreateAclsRequest) -> Verdict {
     if a.cluster(Operation::Alter) {
         return Verdict::Pass(None);
     }
-    Verdict::Deny(ResponseKind::CreateAcls(
+    Verdict::Deny(Box::new(ResponseKind::CreateAcls(
         CreateAclsResponse::default().with_results(
             r.creations
                 .iter()
                 .map(|_| AclCreationResult::default().with_error_code(DENIED.code()))
                 .collect(),
         ),
-    ))
+    )))
 }
 
 pub(super) fn delete_acls(a: &mut Access<'_>, r: &mut DeleteAclsRequest) -> Verdict {
     if a.cluster(Operation::Alter) {
         return Verdict::Pass(None);
     }
-    Verdict::Deny(ResponseKind::DeleteAcls(
+    Verdict::Deny(Box::new(ResponseKind::DeleteAcls(
         DeleteAclsResponse::default().with_filter_results(
             r.filters
                 .iter()
                 .map(|_| DeleteAclsFilterResult::default().with_error_code(DENIED.code()))
                 .collect(),
         ),
-    ))
+    )))
 }
 
 pub(super) fn describe_users(a: &mut Access<'_>) -> Verdict {
     if a.cluster(Operation::Describe) {
         return Verdict::Pass(None);
     }
-    Verdict::Deny(ResponseKind::DescribeUserScramCredentials(
+    Verdict::Deny(Box::new(ResponseKind::DescribeUserScramCredentials(
         DescribeUserScramCredentialsResponse::default().with_error_code(DENIED.code()),
-    ))
+    )))
 }
 
 pub(super) fn alter_users(a: &mut Access<'_>, r: &mut AlterUserScramCredentialsRequest) -> Verdict {
@@ -104,7 +104,7 @@ pub(super) fn alter_users(a: &mut Access<'_>, r: &mut AlterUserScramCredentialsR
         .collect();
     users.sort();
     users.dedup();
-    Verdict::Deny(ResponseKind::AlterUserScramCredentials(
+    Verdict::Deny(Box::new(ResponseKind::AlterUserScramCredentials(
         AlterUserScramCredentialsResponse::default().with_results(
             users
                 .into_iter()
@@ -115,5 +115,5 @@ pub(super) fn alter_users(a: &mut Access<'_>, r: &mut AlterUserScramCredentialsR
                 })
                 .collect(),
         ),
-    ))
+    )))
 }

@@ -32,7 +32,7 @@ pub(super) fn membership(a: &mut Access<'_>, group: &str, empty: ResponseKind) -
         return Verdict::Pass(None);
     }
     let code = GROUP_DENIED.code();
-    Verdict::Deny(match empty {
+    Verdict::Deny(Box::new(match empty {
         ResponseKind::JoinGroup(r) => {
             ResponseKind::JoinGroup(r.with_error_code(code).with_generation_id(-1))
         }
@@ -40,7 +40,7 @@ pub(super) fn membership(a: &mut Access<'_>, group: &str, empty: ResponseKind) -
         ResponseKind::Heartbeat(r) => ResponseKind::Heartbeat(r.with_error_code(code)),
         ResponseKind::LeaveGroup(r) => ResponseKind::LeaveGroup(r.with_error_code(code)),
         other => other,
-    })
+    }))
 }
 
 fn commit_topic(
@@ -63,7 +63,7 @@ fn commit_topic(
 
 pub(super) fn offset_commit(a: &mut Access<'_>, r: &mut OffsetCommitRequest) -> Verdict {
     if !a.group(Operation::Read, &r.group_id) {
-        return Verdict::Deny(ResponseKind::OffsetCommit(
+        return Verdict::Deny(Box::new(ResponseKind::OffsetCommit(
             OffsetCommitResponse::default().with_topics(
                 r.topics
                     .iter()
@@ -76,7 +76,7 @@ pub(super) fn offset_commit(a: &mut Access<'_>, r: &mut OffsetCommitRequest) -> 
                     })
                     .collect(),
             ),
-        ));
+        )));
     }
     let refused = strip(&mut r.topics, |t| a.topic(Operation::Read, &t.name));
     if refused.is_empty() {
@@ -170,11 +170,11 @@ pub(super) fn offset_fetch(
             .flatten()
             .map(|t| fetch_topic(t.name.clone(), &t.partition_indexes, GROUP_DENIED))
             .collect();
-        return Verdict::Deny(ResponseKind::OffsetFetch(
+        return Verdict::Deny(Box::new(ResponseKind::OffsetFetch(
             OffsetFetchResponse::default()
                 .with_error_code(if version >= 2 { GROUP_DENIED.code() } else { 0 })
                 .with_topics(topics),
-        ));
+        )));
     }
     match &mut r.topics {
         Some(topics) => {
@@ -235,9 +235,9 @@ fn fetch_topic(name: TopicName, parts: &[i32], code: ResponseError) -> OffsetFet
 
 pub(super) fn offset_delete(a: &mut Access<'_>, r: &mut OffsetDeleteRequest) -> Verdict {
     if !a.group(Operation::Delete, &r.group_id) {
-        return Verdict::Deny(ResponseKind::OffsetDelete(
+        return Verdict::Deny(Box::new(ResponseKind::OffsetDelete(
             OffsetDeleteResponse::default().with_error_code(GROUP_DENIED.code()),
-        ));
+        )));
     }
     let refused = strip(&mut r.topics, |t| a.topic(Operation::Read, &t.name));
     if refused.is_empty() {
@@ -285,12 +285,12 @@ pub(super) fn find_coordinator(
         if a.may(Operation::Describe, rt, &r.key) {
             return Verdict::Pass(None);
         }
-        return Verdict::Deny(ResponseKind::FindCoordinator(
+        return Verdict::Deny(Box::new(ResponseKind::FindCoordinator(
             FindCoordinatorResponse::default()
                 .with_error_code(code.code())
                 .with_node_id(BrokerId(-1))
                 .with_port(-1),
-        ));
+        )));
     }
     let refused = strip(&mut r.coordinator_keys, |k| {
         a.may(Operation::Describe, rt, k)

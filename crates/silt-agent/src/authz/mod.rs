@@ -31,7 +31,7 @@ pub enum Verdict {
     /// Run the handler (with the request as narrowed), then apply the fix-up if any.
     Pass(Option<Fixup>),
     /// Answer this without running the handler.
-    Deny(ResponseKind),
+    Deny(Box<ResponseKind>),
     /// Close the connection (an acks=0 produce that was refused, as Kafka does).
     Close(String),
 }

@@ -383,7 +383,7 @@ pub async fn alter_users(
             )));
             continue;
         }
-        if u.salt.is_empty() || u.salted_password.len() != m.len() {
+        if u.salt.is_empty() || u.salted_password.len() != m.hash_len() {
             errors.entry(u.name.to_string()).or_insert(Some((
                 ResponseError::UnacceptableCredential,
                 "empty salt or a salted password of the wrong length".into(),
