@@ -144,3 +144,49 @@ def test_probes_point_at_endpoints_the_agent_serves(agent_factory):
     assert 'prometheus.io/path: /metrics' in prom
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         assert b"silt_partitions" in r.read()
+
+
+def test_secured_kubernetes_variant_starts_an_agent_that_serves_sasl_ssl(agent_factory, tmp_path):
+    """The overlay's settings, given to a real agent (pod IP, port and certificate paths replaced
+    by local ones), serve SCRAM over TLS with ACLs on, and keep PLAINTEXT on loopback."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    from helpers import admin
+    from test_security import make_pki
+
+    sec = K8S / "secured"
+    kust = yaml.safe_load((sec / "kustomization.yaml").read_text())
+    assert kust["resources"] == ["../"]
+    patch = yaml.safe_load((sec / "deployment-patch.yaml").read_text())
+    base = _k8s_objects()["Deployment"][0]
+    assert patch["metadata"]["name"] == base["metadata"]["name"]
+    (ctr,) = patch["spec"]["template"]["spec"]["containers"]
+    assert ctr["name"] == base["spec"]["template"]["spec"]["containers"][0]["name"]
+    svc = yaml.safe_load((sec / "service-patch.yaml").read_text())
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= {p["name"] for p in ctr["ports"]}
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
+    assert env.pop("SILT_LISTEN").startswith("127.0.0.1:"), "PLAINTEXT stays on loopback"
+    assert env.pop("POD_IP") is None
+    pki = make_pki(tmp_path / "pki")
+    port = _free_port()
+    mount = next(m["mountPath"] for m in ctr["volumeMounts"] if m["name"] == "tls")
+    settings = {}
+    for k, v in env.items():
+        v = v.replace("$(POD_IP)", "127.0.0.1").replace("0.0.0.0:9093", f"127.0.0.1:{port}")
+        v = v.replace("advertised_port=9093", f"advertised_port={port}")
+        v = v.replace(f"{mount}/tls.crt", str(pki / "server.pem")).replace(f"{mount}/tls.key", str(pki / "server.key"))
+        settings[k] = v
+    agent = agent_factory(**settings)
+    a = admin(agent.bootstrap)
+    for f in a.alter_user_scram_credentials([UserScramCredentialUpsertion(
+            "admin", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"admin-pw")]).values():
+        f.result(timeout=30)
+    p = Producer({"bootstrap.servers": f"127.0.0.1:{port}", "security.protocol": "SASL_SSL",
+                  "ssl.ca.location": str(pki / "ca.pem"), "sasl.mechanism": "SCRAM-SHA-512",
+                  "sasl.username": "admin", "sasl.password": "admin-pw"})
+    errors = []
+    p.produce("secured-deploy", b"hello", on_delivery=lambda e, m: errors.append(e))
+    assert p.flush(30) == 0 and errors == [None], errors
+    md = p.list_topics(timeout=10)
+    assert {(b.host, b.port) for b in md.brokers.values()} == {("127.0.0.1", port)}

@@ -423,3 +423,133 @@ def test_tls_certificate_rotation_needs_no_restart(secured):
         assert time.time() < deadline, "the rotated certificate was not served within 10 s"
         time.sleep(0.2)
     assert "TLS certificate reloaded" in s.agent.log_text()
+
+
+def _b64url(b):
+    import base64
+
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class TokenIssuer:
+    """An RS256 JWT issuer made with openssl: a key, its JWKS file, and signed tokens."""
+
+    def __init__(self, d):
+        import json
+
+        d.mkdir(parents=True, exist_ok=True)
+        self.d = d
+        _openssl("genrsa", "-out", "jwt.key", "2048", cwd=d)
+        out = subprocess.run([OPENSSL, "rsa", "-in", "jwt.key", "-noout", "-modulus"], cwd=d,
+                             capture_output=True, check=True).stdout.decode()
+        n = bytes.fromhex(out.strip().split("=", 1)[1])
+        (d / "jwks.json").write_text(json.dumps(
+            {"keys": [{"kty": "RSA", "kid": "test-key", "alg": "RS256", "n": _b64url(n), "e": "AQAB"}]}))
+        self.jwks = d / "jwks.json"
+
+    def token(self, **claims):
+        import json
+
+        header = _b64url(json.dumps({"alg": "RS256", "kid": "test-key", "typ": "JWT"}).encode())
+        payload = _b64url(json.dumps(claims).encode())
+        signed = f"{header}.{payload}".encode()
+        sig = subprocess.run([OPENSSL, "dgst", "-sha256", "-sign", "jwt.key"], cwd=self.d, input=signed,
+                             capture_output=True, check=True).stdout
+        return f"{header}.{payload}.{_b64url(sig)}"
+
+
+def test_oauthbearer_tokens_signed_by_the_issuer_log_in_and_others_do_not(secured, topic_name, tmp_path):
+    issuer = TokenIssuer(tmp_path / "jwt")
+    s = secured("SASL_SSL", SILT_SASL__MECHANISMS='["SCRAM-SHA-256","OAUTHBEARER"]',
+                SILT_SASL__OAUTHBEARER__JWKS_FILE=str(issuer.jwks),
+                SILT_SASL__OAUTHBEARER__ISSUER="https://issuer.test", SILT_SASL__OAUTHBEARER__AUDIENCE="silt")
+    create_topic(s.agent.bootstrap, topic_name)
+    s.allow(ResourceType.TOPIC, topic_name, "User:svc-orders", AclOperation.WRITE)
+
+    def conf(token, errors):
+        return {"bootstrap.servers": s.secure, "security.protocol": "SASL_SSL",
+                "ssl.ca.location": str(s.pki / "ca.pem"), "sasl.mechanism": "OAUTHBEARER",
+                "oauth_cb": lambda _cfg: (token, time.time() + 300), "error_cb": errors.append,
+                "message.timeout.ms": 10000}
+
+    now = int(time.time())
+    good = issuer.token(sub="svc-orders", iss="https://issuer.test", aud="silt", exp=now + 300)
+    errors = []
+    assert _produce(conf(good, errors), topic_name, [b"with a token"]) == []
+    for bad in [
+        issuer.token(sub="svc-orders", iss="https://issuer.test", aud="silt", exp=now - 120),  # expired
+        issuer.token(sub="svc-orders", iss="https://other.test", aud="silt", exp=now + 300),  # issuer
+        issuer.token(sub="svc-orders", iss="https://issuer.test", aud="nope", exp=now + 300),  # audience
+        TokenIssuer(tmp_path / "other").token(sub="svc-orders", iss="https://issuer.test", aud="silt",
+                                              exp=now + 300),  # another key
+    ]:
+        errors = []
+        p = Producer(conf(bad, errors))
+        p.produce(topic_name, b"x")
+        p.flush(3)
+        assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+    log = s.agent.log_text()
+    for why in ["the token expired", "wrong issuer", "wrong audience", "the signature does not verify"]:
+        assert why in log, why
+
+
+def test_sessions_expire_and_librdkafka_reauthenticates_in_place(secured, topic_name):
+    """KIP-368: with sasl.max_reauth_ms, librdkafka and kafka-python re-authenticate on their
+    connections and keep producing; a client that does not re-authenticate has its connection
+    closed at its next request after expiry."""
+    from kafka import KafkaProducer
+
+    s = secured("SASL_PLAINTEXT", SILT_SASL__MAX_REAUTH_MS="2000")
+    s.add_user("gina")
+    create_topic(s.agent.bootstrap, topic_name)
+    s.allow(ResourceType.TOPIC, topic_name, "User:gina", AclOperation.WRITE)
+    logins_before = s.metric('silt_sasl_authentications_total{result="succeeded"}')
+    p = Producer({**s.client_conf(user="gina"), "linger.ms": 5})
+    errors = []
+    deadline = time.time() + 7
+    sent = 0
+    while time.time() < deadline:
+        p.produce(topic_name, f"r{sent}".encode(), on_delivery=lambda e, m: errors.append(e))
+        sent += 1
+        p.poll(0.05)
+    assert p.flush(30) == 0
+    assert [e for e in errors if e is not None] == [] and len(errors) == sent
+    assert s.metric('silt_sasl_authentications_total{result="succeeded"}') >= logins_before + 3, \
+        "librdkafka re-authenticated every ~2 s"
+    before = s.metric('silt_sasl_authentications_total{result="succeeded"}')
+    kp = KafkaProducer(bootstrap_servers=s.secure, security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                       sasl_plain_username="gina", sasl_plain_password=PASSWORD, acks="all",
+                       reconnect_backoff_ms=50, retries=5)
+    kp.send(topic_name, b"first").get(timeout=30)
+    time.sleep(2.5)
+    kp.send(topic_name, b"after expiry").get(timeout=30)
+    kp.close()
+    assert s.metric('silt_sasl_authentications_total{result="succeeded"}') >= before + 2
+    # A raw client that authenticates once and never again.
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+
+    def call(api, version, body, corr):
+        frame = struct.pack(">hhi", api, version, corr) + struct.pack(">h", 3) + b"raw" + body
+        sock.sendall(struct.pack(">i", len(frame)) + frame)
+        head = sock.recv(4)
+        if len(head) < 4:
+            return None
+        size = struct.unpack(">i", head)[0]
+        buf = b""
+        while len(buf) < size:
+            buf += sock.recv(size - len(buf))
+        return buf
+
+    assert call(17, 1, struct.pack(">h", 5) + b"PLAIN", 1) is not None
+    token = b"\0gina\0" + PASSWORD.encode()
+    resp = call(36, 1, struct.pack(">i", len(token)) + token, 2)
+    assert resp is not None and struct.unpack(">h", resp[4:6])[0] == 0, resp
+    assert call(3, 1, struct.pack(">i", -1), 3) is not None, "answered while the login holds"
+    time.sleep(2.5)
+    try:
+        late = call(3, 1, struct.pack(">i", -1), 4)
+    except ConnectionResetError:
+        late = None
+    sock.close()
+    assert late is None, "answered after the login expired"
+    assert "authentication of User:gina expired" in s.agent.log_text()

@@ -11,7 +11,8 @@ use silt_common::config::{ClientAuthSetting, PrincipalFromSetting};
 use silt_common::Settings;
 use silt_meta::MetaKv;
 use silt_security::authorizer::{Authorizer, Policy};
-use silt_security::sasl::{SaslMechanism, Users};
+use silt_security::oauth::{JwtRules, JwtValidator};
+use silt_security::sasl::{SaslMechanism, Users, Verifiers};
 use silt_security::tls::{ClientAuth, PrincipalFrom, TlsFiles, TlsServer};
 use silt_security::Principal;
 
@@ -36,8 +37,8 @@ pub struct SecurityStats {
 pub struct Security {
     /// TLS of SSL and SASL_SSL listeners.
     pub tls: Option<TlsServer>,
-    /// The user database.
-    pub users: Users,
+    /// The user database and the bearer-token validator.
+    pub verifiers: Verifiers,
     /// Mechanisms offered, in order.
     pub mechanisms: Vec<SaslMechanism>,
     /// The authorizer, when authorization is on.
@@ -98,9 +99,32 @@ impl Security {
         } else {
             None
         };
+        let jwt = match &s.sasl.oauthbearer.jwks_file {
+            None => None,
+            Some(file) => {
+                let o = &s.sasl.oauthbearer;
+                Some(Arc::new(
+                    JwtValidator::new(JwtRules {
+                        jwks_file: file.clone(),
+                        issuer: o.issuer.clone(),
+                        audience: o.audience.clone(),
+                        principal_claim: o.principal_claim.clone(),
+                        clock_skew: Duration::from_millis(o.clock_skew_ms),
+                    })
+                    .map_err(|e| {
+                        StartError::Security(format!(
+                            "sasl.oauthbearer.jwks_file: {e}. Point it at a JWKS file ({{\"keys\": [...]}}) of the token issuer"
+                        ))
+                    })?,
+                ))
+            }
+        };
         Ok(Self {
             tls,
-            users: Users::new(meta),
+            verifiers: Verifiers {
+                users: Users::new(meta),
+                jwt,
+            },
             mechanisms,
             authorizer,
             stats: SecurityStats::default(),

@@ -173,14 +173,14 @@ impl Session {
             ));
         };
         let stats = &b.security.stats;
-        match ex.step(&b.security.users, &r.auth_bytes).await {
+        match ex.step(&b.security.verifiers, &r.auth_bytes).await {
             Ok(Step::Continue(bytes)) => {
                 self.exchange = Some(ex);
                 Gate::Answer(ResponseKind::SaslAuthenticate(
                     SaslAuthenticateResponse::default().with_auth_bytes(bytes.into()),
                 ))
             }
-            Ok(Step::Done(principal, bytes)) => {
+            Ok(Step::Done(principal, bytes, credential_expiry_ms)) => {
                 if self.authenticated
                     && self.listener.protocol.sasl()
                     && principal != self.principal
@@ -194,15 +194,33 @@ impl Session {
                     ));
                 }
                 stats.auth_succeeded.fetch_add(1, Ordering::Relaxed);
+                // The session lasts until the credential expires (a token's exp) or
+                // sasl.max_reauth_ms passes, whichever is first (KIP-368).
                 let reauth = b.settings.sasl.max_reauth_ms;
-                self.expires = (reauth > 0).then(|| Instant::now() + Duration::from_millis(reauth));
+                let token_left = credential_expiry_ms.map(|exp| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as i64;
+                    (exp - now).max(1) as u64
+                });
+                let lifetime = match (reauth, token_left) {
+                    (0, None) => None,
+                    (0, Some(t)) => Some(t),
+                    (r, None) => Some(r),
+                    (r, Some(t)) => Some(r.min(t)),
+                };
+                self.expires = lifetime.map(|ms| Instant::now() + Duration::from_millis(ms));
                 tracing::debug!(peer = %self.peer, %principal, mechanism = ex.mechanism().name(),
                     "SASL authentication succeeded");
                 self.principal = principal;
                 self.authenticated = true;
                 let mut resp = SaslAuthenticateResponse::default().with_auth_bytes(bytes.into());
                 if version >= 1 {
-                    resp = resp.with_session_lifetime_ms(reauth.min(i64::MAX as u64) as i64);
+                    resp =
+                        resp.with_session_lifetime_ms(
+                            lifetime.unwrap_or(0).min(i64::MAX as u64) as i64
+                        );
                 }
                 Gate::Answer(ResponseKind::SaslAuthenticate(resp))
             }

@@ -641,10 +641,19 @@ impl Settings {
             );
         }
         for m in &self.sasl.mechanisms {
-            if !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+            if !matches!(
+                m.as_str(),
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" | "OAUTHBEARER"
+            ) {
                 return bad(
                     format!("sasl.mechanisms contains {m:?}"),
-                    "the mechanisms served are PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512",
+                    "the mechanisms served are PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 and OAUTHBEARER",
+                );
+            }
+            if m == "OAUTHBEARER" && self.sasl.oauthbearer.jwks_file.is_none() {
+                return bad(
+                    "sasl.mechanisms contains OAUTHBEARER".into(),
+                    "set sasl.oauthbearer.jwks_file to the token issuer's JWKS",
                 );
             }
         }

@@ -125,6 +125,37 @@ pub struct SaslSettings {
     pub max_reauth_ms: u64,
     /// Longest a connection may take from its first byte to a finished authentication, in ms.
     pub auth_timeout_ms: u64,
+    /// OAUTHBEARER: how bearer tokens (JWTs) are validated.
+    pub oauthbearer: OAuthBearerSettings,
+}
+
+/// JWT validation of SASL/OAUTHBEARER tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthBearerSettings {
+    /// JWKS file of the token issuer's public keys (re-read when it changes); required for
+    /// the `OAUTHBEARER` mechanism.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` claim.
+    pub issuer: Option<String>,
+    /// Required `aud` claim.
+    pub audience: Option<String>,
+    /// The claim naming the principal.
+    pub principal_claim: String,
+    /// Tolerated clock difference for `exp` and `nbf`, in ms.
+    pub clock_skew_ms: u64,
+}
+
+impl Default for OAuthBearerSettings {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            principal_claim: "sub".into(),
+            clock_skew_ms: 30_000,
+        }
+    }
 }
 
 impl Default for SaslSettings {
@@ -138,6 +169,7 @@ impl Default for SaslSettings {
             failure_delay_ms: 1_000,
             max_reauth_ms: 0,
             auth_timeout_ms: 10_000,
+            oauthbearer: OAuthBearerSettings::default(),
         }
     }
 }

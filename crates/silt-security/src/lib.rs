@@ -2,7 +2,7 @@
 //!
 //! - [`tls`]: the rustls server configuration of TLS listeners (reloaded on rotation, mTLS).
 //! - [`sasl`] and [`scram`]: SASL PLAIN and SCRAM-SHA-256/512 against the user database in the
-//!   metadata store.
+//!   metadata store; [`oauth`]: OAUTHBEARER with JWTs checked against a JWKS.
 //! - [`acl`] and [`authorizer`]: Kafka's ACL model and the authorizer that enforces it.
 //!
 //! The agent's connection layer uses these; the request handlers never do.
@@ -10,10 +10,14 @@
 pub mod acl;
 pub mod authorizer;
 pub mod error;
+pub mod oauth;
 pub mod principal;
 pub mod sasl;
 pub mod scram;
 pub mod tls;
+
+#[cfg(test)]
+mod mutation_tests;
 
 pub use error::{AuthError, TlsError};
 pub use principal::Principal;

@@ -11,6 +11,7 @@ use silt_meta::layout::security as layout;
 use silt_meta::MetaKv;
 
 use crate::error::AuthError;
+use crate::oauth::{bearer_token, JwtValidator};
 use crate::principal::Principal;
 use crate::scram::{ClientFirst, Credential, Mechanism, ServerExchange};
 
@@ -69,6 +70,16 @@ impl Users {
     }
 }
 
+/// What checks credentials: the user database, and the bearer-token validator when
+/// OAUTHBEARER is configured.
+#[derive(Debug, Clone)]
+pub struct Verifiers {
+    /// SCRAM credentials (PLAIN and SCRAM).
+    pub users: Users,
+    /// JWT validation (OAUTHBEARER).
+    pub jwt: Option<Arc<JwtValidator>>,
+}
+
 /// A SASL mechanism Silt serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaslMechanism {
@@ -76,6 +87,8 @@ pub enum SaslMechanism {
     Plain,
     /// SCRAM-SHA-256 or -512.
     Scram(Mechanism),
+    /// OAUTHBEARER (RFC 7628) with JWTs.
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -84,6 +97,7 @@ impl SaslMechanism {
         match self {
             SaslMechanism::Plain => "PLAIN",
             SaslMechanism::Scram(m) => m.name(),
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 
@@ -91,6 +105,7 @@ impl SaslMechanism {
     pub fn from_name(s: &str) -> Option<Self> {
         match s {
             "PLAIN" => Some(SaslMechanism::Plain),
+            "OAUTHBEARER" => Some(SaslMechanism::OAuthBearer),
             other => Mechanism::from_name(other).map(SaslMechanism::Scram),
         }
     }
@@ -101,8 +116,9 @@ impl SaslMechanism {
 pub enum Step {
     /// Send these bytes and wait for the client's next message.
     Continue(Vec<u8>),
-    /// Authenticated: send these bytes (possibly empty); the connection is this principal.
-    Done(Principal, Vec<u8>),
+    /// Authenticated: send these bytes (possibly empty); the connection is this principal,
+    /// until the credential's expiry (Unix ms) if it has one.
+    Done(Principal, Vec<u8>, Option<i64>),
 }
 
 #[derive(Debug)]
@@ -134,17 +150,26 @@ impl Exchange {
     }
 
     /// Handles the next client message.
-    pub async fn step(&mut self, users: &Users, msg: &[u8]) -> Result<Step, AuthError> {
+    pub async fn step(&mut self, v: &Verifiers, msg: &[u8]) -> Result<Step, AuthError> {
+        let users = &v.users;
         match (
             std::mem::replace(&mut self.state, State::Finished),
             self.mechanism,
         ) {
+            (State::Start, SaslMechanism::OAuthBearer) => {
+                let jwt = v
+                    .jwt
+                    .as_ref()
+                    .ok_or_else(|| AuthError::UnsupportedMechanism("OAUTHBEARER".into()))?;
+                let ok = jwt.validate(bearer_token(msg)?, std::time::SystemTime::now())?;
+                Ok(Step::Done(ok.principal, Vec::new(), Some(ok.expires_ms)))
+            }
             (State::Start, SaslMechanism::Plain) => {
                 let (user, password) = parse_plain(msg)?;
                 for m in Mechanism::ALL {
                     if let Some(c) = users.credential(&user, m).await? {
                         if c.verify_password(m, &password) {
-                            return Ok(Step::Done(Principal::user(user), Vec::new()));
+                            return Ok(Step::Done(Principal::user(user), Vec::new(), None));
                         }
                         return Err(AuthError::Failed {
                             user,
@@ -167,17 +192,18 @@ impl Exchange {
             }
             (State::ScramSent(ex), SaslMechanism::Scram(_)) => {
                 let reply = ex.finish(msg)?;
-                Ok(Step::Done(Principal::user(ex.user()), reply))
+                Ok(Step::Done(Principal::user(ex.user()), reply, None))
             }
-            (State::ScramSent(_), SaslMechanism::Plain) | (State::Finished, _) => Err(
-                AuthError::Malformed("a SASL message after the exchange finished".into()),
-            ),
+            (State::ScramSent(_), SaslMechanism::Plain | SaslMechanism::OAuthBearer)
+            | (State::Finished, _) => Err(AuthError::Malformed(
+                "a SASL message after the exchange finished".into(),
+            )),
         }
     }
 }
 
 /// Parses `[authzid] NUL authcid NUL passwd`; an authzid other than the user is refused.
-fn parse_plain(msg: &[u8]) -> Result<(String, String), AuthError> {
+pub fn parse_plain(msg: &[u8]) -> Result<(String, String), AuthError> {
     let bad = |why: &str| AuthError::Malformed(format!("PLAIN message: {why}"));
     let s = std::str::from_utf8(msg).map_err(|_| bad("not UTF-8"))?;
     let mut parts = s.split('\0');
@@ -201,14 +227,17 @@ fn parse_plain(msg: &[u8]) -> Result<(String, String), AuthError> {
 mod tests {
     use super::*;
 
-    async fn users() -> Users {
+    async fn users() -> Verifiers {
         let kv: Arc<dyn MetaKv> = Arc::new(silt_meta::embedded::EmbeddedKv::in_memory(Arc::new(
             silt_common::SystemClock,
         )));
         let u = Users::new(kv);
         let c = Credential::from_password(Mechanism::Sha512, "pw", 4096);
         u.upsert("alice", Mechanism::Sha512, &c).await.unwrap();
-        u
+        Verifiers {
+            users: u,
+            jwt: None,
+        }
     }
 
     #[tokio::test]
@@ -216,7 +245,7 @@ mod tests {
         let u = users().await;
         let mut ok = Exchange::new(SaslMechanism::Plain);
         match ok.step(&u, b"\0alice\0pw").await.unwrap() {
-            Step::Done(p, _) => assert_eq!(p.to_string(), "User:alice"),
+            Step::Done(p, _, None) => assert_eq!(p.to_string(), "User:alice"),
             s => panic!("{s:?}"),
         }
         for (msg, want_failed) in [
@@ -233,12 +262,21 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        let db = &u.users;
         assert_eq!(
-            u.list().await.unwrap(),
+            db.list().await.unwrap(),
             vec![("alice".into(), Mechanism::Sha512, 4096)]
         );
-        assert!(u.delete("alice", Mechanism::Sha512).await.unwrap());
-        assert!(!u.delete("alice", Mechanism::Sha512).await.unwrap());
+        assert!(db.delete("alice", Mechanism::Sha512).await.unwrap());
+        assert!(!db.delete("alice", Mechanism::Sha512).await.unwrap());
+        // OAUTHBEARER without a validator configured is refused as a mechanism.
+        let r = Exchange::new(SaslMechanism::OAuthBearer)
+            .step(&u, b"n,,\x01auth=Bearer t\x01\x01")
+            .await;
+        assert!(
+            matches!(r, Err(AuthError::UnsupportedMechanism(_))),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]

@@ -275,7 +275,7 @@ pub async fn describe_users(
     r: DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
     let resp = DescribeUserScramCredentialsResponse::default();
-    let users = match b.security.users.list().await {
+    let users = match b.security.verifiers.users.list().await {
         Ok(u) => u,
         Err(e) => {
             let (code, msg) = meta_error(&e);
@@ -404,8 +404,14 @@ pub async fn alter_users(
         let mut outcome = None;
         for (m, change) in changes {
             let r = match change {
-                Some(c) => b.security.users.upsert(&user, m, &c).await.map(|_| true),
-                None => b.security.users.delete(&user, m).await,
+                Some(c) => b
+                    .security
+                    .verifiers
+                    .users
+                    .upsert(&user, m, &c)
+                    .await
+                    .map(|_| true),
+                None => b.security.verifiers.users.delete(&user, m).await,
             };
             match r {
                 Ok(true) => tracing::info!(%user, mechanism = m.name(), "SCRAM credential changed"),
