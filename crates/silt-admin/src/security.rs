@@ -294,3 +294,108 @@ pub async fn acls_list(bootstrap: &str) -> Result<String, AdminError> {
     }
     Ok(out)
 }
+
+/// A quota entity on the command line: a user and/or a client id, each a name or the default
+/// (`None`).
+#[derive(Debug, Clone, Default)]
+pub struct QuotaEntity {
+    /// `Some(Some(name))`, `Some(None)` for the default user, `None` for no user part.
+    pub user: Option<Option<String>>,
+    /// The same for the client id.
+    pub client_id: Option<Option<String>>,
+}
+
+impl QuotaEntity {
+    fn parts(&self) -> Vec<(&'static str, Option<String>)> {
+        let mut out = Vec::new();
+        if let Some(u) = &self.user {
+            out.push(("user", u.clone()));
+        }
+        if let Some(c) = &self.client_id {
+            out.push(("client-id", c.clone()));
+        }
+        out
+    }
+}
+
+/// `quotas list`: every entity with quotas.
+pub async fn quotas_list(bootstrap: &str) -> Result<String, AdminError> {
+    let mut c = Conn::connect(bootstrap).await?;
+    let req = DescribeClientQuotasRequest::default().with_components(vec![]);
+    let r: DescribeClientQuotasResponse = c.call(ApiKey::DescribeClientQuotas, 1, &req).await?;
+    check(r.error_code, "listing quotas", r.error_message.as_deref())?;
+    let mut out = String::from("ENTITY\tQUOTAS\n");
+    for e in r.entries.unwrap_or_default() {
+        let entity: Vec<String> = e
+            .entity
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}={}",
+                    p.entity_type.as_str(),
+                    p.entity_name.as_deref().unwrap_or("<default>")
+                )
+            })
+            .collect();
+        let values: Vec<String> = e
+            .values
+            .iter()
+            .map(|v| format!("{}={}", v.key.as_str(), v.value))
+            .collect();
+        let _ = writeln!(out, "{}\t{}", entity.join(","), values.join(","));
+    }
+    Ok(out)
+}
+
+/// `quotas set` / `quotas remove`: sets (`Some`) or removes (`None`) each given key.
+pub async fn quotas_alter(
+    bootstrap: &str,
+    entity: &QuotaEntity,
+    ops: &[(&str, Option<f64>)],
+) -> Result<String, AdminError> {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    if entity.user.is_none() && entity.client_id.is_none() {
+        return Err(AdminError::Usage(
+            "name a user (--user, --default-user) and/or a client id (--client-id, --default-client-id)".into(),
+        ));
+    }
+    if ops.is_empty() {
+        return Err(AdminError::Usage(
+            "give --producer-byte-rate and/or --consumer-byte-rate".into(),
+        ));
+    }
+    let mut c = Conn::connect(bootstrap).await?;
+    let entry = EntryData::default()
+        .with_entity(
+            entity
+                .parts()
+                .into_iter()
+                .map(|(t, n)| {
+                    EntityData::default()
+                        .with_entity_type(s(t))
+                        .with_entity_name(n.as_deref().map(s))
+                })
+                .collect(),
+        )
+        .with_ops(
+            ops.iter()
+                .map(|(k, v)| {
+                    OpData::default()
+                        .with_key(s(k))
+                        .with_value(v.unwrap_or(0.0))
+                        .with_remove(v.is_none())
+                })
+                .collect(),
+        );
+    let req = AlterClientQuotasRequest::default().with_entries(vec![entry]);
+    let r: AlterClientQuotasResponse = c.call(ApiKey::AlterClientQuotas, 1, &req).await?;
+    for e in &r.entries {
+        check(e.error_code, "changing quotas", e.error_message.as_deref())?;
+    }
+    let described: Vec<String> = entity
+        .parts()
+        .into_iter()
+        .map(|(t, n)| format!("{t}={}", n.as_deref().unwrap_or("<default>")))
+        .collect();
+    Ok(format!("quotas of {} changed\n", described.join(",")))
+}

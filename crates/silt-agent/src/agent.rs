@@ -115,6 +115,12 @@ impl Agent {
         let bound = crate::listeners::bind_all(&settings).await?;
         let addr = bound[0].info.addr;
         let security = crate::security::Security::start(&settings, c.meta.clone()).await?;
+        let quotas = crate::quotas::Quotas::start(c.meta.clone())
+            .await
+            .map_err(|source| StartError::Meta {
+                doing: "reading the client quotas",
+                source,
+            })?;
         let admin_listener = match settings.admin_listen.as_deref() {
             Some(a) if !a.is_empty() => Some(tokio::net::TcpListener::bind(a).await.map_err(
                 |source| StartError::Bind {
@@ -244,6 +250,7 @@ impl Agent {
             stopping: watch::channel(false).0,
             limits: crate::limits::ConnectionLimits::new(settings_connections),
             security,
+            quotas,
         });
         let flush = tokio::spawn(flusher.run());
         let (lease_lost_tx, lease_lost) = watch::channel(None);

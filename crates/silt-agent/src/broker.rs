@@ -65,4 +65,6 @@ pub struct Broker {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// TLS, SASL users and mechanisms, the authorizer.
     pub security: crate::security::Security,
+    /// Client quotas (produce and fetch byte rates).
+    pub quotas: crate::quotas::Quotas,
 }

@@ -39,6 +39,44 @@ use crate::session::{Gate, Session};
 struct Outgoing {
     kind: OutKind,
     _hold: Option<crate::limits::ResponsePermit>,
+    /// A fetch response's quota entity: its bytes are counted when it is written.
+    fetch_quota: Option<(Arc<str>, String)>,
+}
+
+/// Until when (ms since the connection opened) a throttled connection is not read from.
+#[derive(Debug, Default)]
+struct Mute {
+    until_ms: std::sync::atomic::AtomicU64,
+    opened: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Mute {
+    fn now_ms(&self) -> u64 {
+        self.opened
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+    }
+
+    fn extend(&self, d: std::time::Duration) {
+        let until = self.now_ms() + d.as_millis() as u64;
+        self.until_ms
+            .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn remaining(&self) -> std::time::Duration {
+        let until = self.until_ms.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_millis(until.saturating_sub(self.now_ms()))
+    }
+}
+
+/// Writes `ms` into an encoded response's leading `throttle_time_ms` (after the size and the
+/// response header).
+fn set_throttle(bytes: &mut bytes::BytesMut, api: ApiKey, version: i16, ms: i32) {
+    let at = 4 + 4 + usize::from(api.response_header_version(version) >= 1);
+    if let Some(slot) = bytes.get_mut(at..at + 4) {
+        slot.copy_from_slice(&ms.to_be_bytes());
+    }
 }
 
 enum OutKind {
@@ -116,11 +154,14 @@ where
     let (tx, rx) = mpsc::channel(broker.settings.connections.max_in_flight);
     let budget = broker.limits.connection_budget();
     let idle = std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms);
+    let mute = Arc::new(Mute::default());
+    mute.now_ms();
     let writer = tokio::spawn(write_loop(
         wr,
         rx,
         peer,
         std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms),
+        (broker.clone(), mute.clone()),
     ));
     let max = broker.settings.max_frame_bytes;
     let mut stopping = broker.stopping.subscribe();
@@ -128,6 +169,14 @@ where
     let auth_deadline = tokio::time::Instant::now()
         + std::time::Duration::from_millis(broker.settings.sasl.auth_timeout_ms);
     loop {
+        // A throttled client (quotas) is not read from until its throttle time passed.
+        let muted = mute.remaining();
+        if !muted.is_zero() {
+            tokio::select! {
+                _ = stopping.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep(muted) => {}
+            }
+        }
         let wait = if session.authenticated() {
             idle
         } else {
@@ -154,7 +203,7 @@ where
                 }
             },
         };
-        let frame = match read {
+        let frame: Bytes = match read {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
@@ -172,6 +221,7 @@ where
                     let out = Outgoing {
                         kind: OutKind::Ready(Bytes::from(out)),
                         _hold: None,
+                        fetch_quota: None,
                     };
                     if tx.send(out).await.is_err() {
                         break;
@@ -181,6 +231,7 @@ where
                 None => break,
             }
         }
+        let req_len = frame.len() as u64;
         let req = match parse_header(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -203,6 +254,7 @@ where
                 let out = Outgoing {
                     kind: OutKind::Ready(b),
                     _hold: None,
+                    fetch_quota: None,
                 };
                 if tx.send(out).await.is_err() {
                     break;
@@ -225,6 +277,7 @@ where
                 Ok(b) => Some(Outgoing {
                     kind: OutKind::Ready(b),
                     _hold: None,
+                    fetch_quota: None,
                 }),
                 Err(e) => {
                     tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
@@ -305,6 +358,38 @@ where
             client_id = req.header.client_id.as_deref().unwrap_or(""),
             %peer
         );
+        // The quota layer: produce bytes are counted as they arrive; fetch bytes as their
+        // response is written (write_loop).
+        let client_id = req.header.client_id.as_deref().unwrap_or("").to_string();
+        let user: Arc<str> = Arc::from(session.principal.name.as_str());
+        let mut fetch_quota = None;
+        let fixup = match api {
+            ApiKey::Produce => {
+                let t =
+                    broker
+                        .quotas
+                        .record(crate::quotas::Kind::Produce, &user, &client_id, req_len);
+                if t.is_zero() {
+                    fixup
+                } else {
+                    mute.extend(t);
+                    broker
+                        .metrics
+                        .throttled
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::authz::then(fixup, move |r| {
+                        if let ResponseKind::Produce(p) = r {
+                            p.throttle_time_ms = t.as_millis().min(i32::MAX as u128) as i32;
+                        }
+                    })
+                }
+            }
+            ApiKey::Fetch => {
+                fetch_quota = Some((user, client_id));
+                fixup
+            }
+            _ => fixup,
+        };
         let started = std::time::Instant::now();
         let reply = handlers::dispatch(broker, &req, body, &mut session)
             .instrument(span)
@@ -320,6 +405,7 @@ where
                     Ok(b) => Outgoing {
                         kind: OutKind::Ready(b),
                         _hold: hold,
+                        fetch_quota,
                     },
                     Err(e) => {
                         tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
@@ -341,6 +427,7 @@ where
                         version,
                     },
                     _hold: hold,
+                    fetch_quota,
                 }
             }
         };
@@ -357,6 +444,7 @@ async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
     mut rx: mpsc::Receiver<Outgoing>,
     peer: SocketAddr,
     stall: std::time::Duration,
+    (broker, mute): (Arc<Broker>, Arc<Mute>),
 ) {
     while let Some(out) = rx.recv().await {
         let bytes = match out.kind {
@@ -375,7 +463,34 @@ async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
                     }
                 };
                 match encode_response(correlation_id, api, version, &resp) {
-                    Ok(b) => b,
+                    Ok(b) => match &out.fetch_quota {
+                        Some((user, client_id)) => {
+                            let t = broker.quotas.record(
+                                crate::quotas::Kind::Fetch,
+                                user,
+                                client_id,
+                                b.len() as u64,
+                            );
+                            if t.is_zero() {
+                                b
+                            } else {
+                                mute.extend(t);
+                                broker
+                                    .metrics
+                                    .throttled
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let mut m = bytes::BytesMut::from(b);
+                                set_throttle(
+                                    &mut m,
+                                    api,
+                                    version,
+                                    t.as_millis().min(i32::MAX as u128) as i32,
+                                );
+                                m.freeze()
+                            }
+                        }
+                        None => b,
+                    },
                     Err(e) => {
                         tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
                         return;

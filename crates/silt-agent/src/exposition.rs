@@ -672,6 +672,13 @@ fn security(b: &Broker, out: &mut String) {
     );
     single(
         out,
+        "silt_quota_throttled_total",
+        "Produce and fetch responses throttled by a client quota (the connection muted for throttle_time_ms).",
+        "counter",
+        b.metrics.throttled.load(Ordering::Relaxed),
+    );
+    single(
+        out,
         "silt_authorization_denied_total",
         "Operations on resources refused by the ACL authorizer.",
         "counter",

@@ -7,7 +7,7 @@
 //! borrow; the services (archiver, lifecycle jobs, controller, group coordinator) are started
 //! and stopped by [`tasks`], keep their exposed state in [`service_state`], and are never
 //! imported by the core. The request pipeline's layers: [`connection`] (frames, decoding), [`session`]
-//! (authentication), [`authz`] (authorization), [`limits`] (connection and memory limits), then
+//! (authentication), [`authz`] (authorization), [`quotas`] (byte rates), [`limits`] (connection and memory limits), then
 //! [`handlers`]; [`listeners`] and [`security`] set them up. The agent depends on the metadata
 //! and object-store traits, never on a backend.
 #![warn(missing_docs)]
@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod partition;
 pub mod producer;
 pub mod producer_ids;
+pub mod quotas;
 pub mod read;
 pub mod security;
 pub mod service_state;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub connections_open: AtomicI64,
     /// Client connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Responses throttled by a client quota.
+    pub throttled: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Default for Metrics {
             topics: Mutex::default(),
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
         }
     }
 }

@@ -23,6 +23,69 @@ pub enum AdminCommand {
     /// ACL bindings: list, add, remove.
     #[command(subcommand)]
     Acls(AclsCommand),
+    /// Client quotas (produce and fetch byte rates per user and client id): list, set, remove.
+    #[command(subcommand)]
+    Quotas(QuotasCommand),
+}
+
+/// Whose quota.
+#[derive(Debug, clap::Args)]
+pub struct QuotaEntityArgs {
+    /// A user (its principal name).
+    #[arg(long, conflicts_with = "default_user")]
+    user: Option<String>,
+    /// The default of every user without its own quota.
+    #[arg(long)]
+    default_user: bool,
+    /// A client id.
+    #[arg(long, conflicts_with = "default_client_id")]
+    client_id: Option<String>,
+    /// The default of every client id without its own quota.
+    #[arg(long)]
+    default_client_id: bool,
+}
+
+impl QuotaEntityArgs {
+    fn entity(&self) -> silt_admin::security::QuotaEntity {
+        let pick = |name: &Option<String>, default: bool| match (name, default) {
+            (Some(n), _) => Some(Some(n.clone())),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        silt_admin::security::QuotaEntity {
+            user: pick(&self.user, self.default_user),
+            client_id: pick(&self.client_id, self.default_client_id),
+        }
+    }
+}
+
+/// Quota commands.
+#[derive(Debug, Subcommand)]
+pub enum QuotasCommand {
+    /// Every entity with quotas.
+    List,
+    /// Set byte rates, e.g. --user alice --producer-byte-rate 1048576.
+    Set {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// Produce bytes per second (per agent).
+        #[arg(long)]
+        producer_byte_rate: Option<f64>,
+        /// Fetch bytes per second (per agent).
+        #[arg(long)]
+        consumer_byte_rate: Option<f64>,
+    },
+    /// Remove an entity's quotas (both rates unless one is named).
+    Remove {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// Only the produce rate.
+        #[arg(long)]
+        producer_byte_rate: bool,
+        /// Only the fetch rate.
+        #[arg(long)]
+        consumer_byte_rate: bool,
+    },
 }
 
 /// User commands.
@@ -225,6 +288,38 @@ pub async fn run(bootstrap: &str, cmd: AdminCommand) -> Result<String, silt_admi
         }
         AdminCommand::Users(UsersCommand::Delete { name, mechanism }) => {
             silt_admin::security::users_delete(bootstrap, &name, mechanism.as_deref()).await
+        }
+        AdminCommand::Quotas(QuotasCommand::List) => {
+            silt_admin::security::quotas_list(bootstrap).await
+        }
+        AdminCommand::Quotas(QuotasCommand::Set {
+            entity,
+            producer_byte_rate,
+            consumer_byte_rate,
+        }) => {
+            let mut ops = Vec::new();
+            if let Some(v) = producer_byte_rate {
+                ops.push(("producer_byte_rate", Some(v)));
+            }
+            if let Some(v) = consumer_byte_rate {
+                ops.push(("consumer_byte_rate", Some(v)));
+            }
+            silt_admin::security::quotas_alter(bootstrap, &entity.entity(), &ops).await
+        }
+        AdminCommand::Quotas(QuotasCommand::Remove {
+            entity,
+            producer_byte_rate,
+            consumer_byte_rate,
+        }) => {
+            let both = !producer_byte_rate && !consumer_byte_rate;
+            let mut ops = Vec::new();
+            if producer_byte_rate || both {
+                ops.push(("producer_byte_rate", None));
+            }
+            if consumer_byte_rate || both {
+                ops.push(("consumer_byte_rate", None));
+            }
+            silt_admin::security::quotas_alter(bootstrap, &entity.entity(), &ops).await
         }
         AdminCommand::Acls(AclsCommand::List) => silt_admin::security::acls_list(bootstrap).await,
         AdminCommand::Acls(AclsCommand::Add(a)) => {

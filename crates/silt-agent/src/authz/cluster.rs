@@ -1,5 +1,6 @@
 //! Cluster APIs: DescribeCluster, DescribeAcls and DescribeUserScramCredentials need DESCRIBE
-//! on the cluster; CreateAcls, DeleteAcls and AlterUserScramCredentials ALTER; InitProducerId
+//! on the cluster; CreateAcls, DeleteAcls and AlterUserScramCredentials ALTER;
+//! DescribeClientQuotas DESCRIBE_CONFIGS and AlterClientQuotas ALTER_CONFIGS; InitProducerId
 //! without a transactional id IDEMPOTENT_WRITE on the cluster or WRITE on some topic (as Kafka
 //! 2.8+ allows), with one WRITE on the transactional id.
 
@@ -112,6 +113,43 @@ pub(super) fn alter_users(a: &mut Access<'_>, r: &mut AlterUserScramCredentialsR
                     AlterUserScramCredentialsResult::default()
                         .with_user(u)
                         .with_error_code(DENIED.code())
+                })
+                .collect(),
+        ),
+    )))
+}
+
+pub(super) fn describe_quotas(a: &mut Access<'_>) -> Verdict {
+    if a.cluster(Operation::DescribeConfigs) {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(Box::new(ResponseKind::DescribeClientQuotas(
+        DescribeClientQuotasResponse::default().with_error_code(DENIED.code()),
+    )))
+}
+
+pub(super) fn alter_quotas(a: &mut Access<'_>, r: &mut AlterClientQuotasRequest) -> Verdict {
+    use kafka_protocol::messages::alter_client_quotas_response::{EntityData, EntryData};
+    if a.cluster(Operation::AlterConfigs) {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(Box::new(ResponseKind::AlterClientQuotas(
+        AlterClientQuotasResponse::default().with_entries(
+            r.entries
+                .iter()
+                .map(|e| {
+                    EntryData::default()
+                        .with_error_code(DENIED.code())
+                        .with_entity(
+                            e.entity
+                                .iter()
+                                .map(|p| {
+                                    EntityData::default()
+                                        .with_entity_type(p.entity_type.clone())
+                                        .with_entity_name(p.entity_name.clone())
+                                })
+                                .collect(),
+                        )
                 })
                 .collect(),
         ),

@@ -145,6 +145,8 @@ pub fn check(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: 
         R::DeleteAcls(r) => cluster::delete_acls(&mut a, r),
         R::DescribeUserScramCredentials(_) => cluster::describe_users(&mut a),
         R::AlterUserScramCredentials(r) => cluster::alter_users(&mut a, r),
+        R::DescribeClientQuotas(_) => cluster::describe_quotas(&mut a),
+        R::AlterClientQuotas(r) => cluster::alter_quotas(&mut a, r),
         // ApiVersions and the SASL exchange need no permission.
         _ => Verdict::Pass(None),
     }
@@ -167,6 +169,19 @@ pub fn apply(reply: Reply, fixup: Option<Fixup>) -> Reply {
             r
         })),
     }
+}
+
+/// A fix-up followed by another change (the quota layer's throttle time).
+pub fn then(
+    first: Option<Fixup>,
+    next: impl FnOnce(&mut ResponseKind) + Send + 'static,
+) -> Option<Fixup> {
+    Some(Box::new(move |r: &mut ResponseKind| {
+        if let Some(f) = first {
+            f(r);
+        }
+        next(r);
+    }))
 }
 
 /// Whether Metadata may auto-create `topic` for this connection: CREATE on the cluster or on

@@ -13,6 +13,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_id;
+mod quotas;
 mod security_admin;
 
 use std::sync::Arc;
@@ -95,6 +96,12 @@ pub async fn dispatch(
         )),
         R::AlterUserScramCredentials(r) => now(ResponseKind::AlterUserScramCredentials(
             security_admin::alter_users(broker, r).await,
+        )),
+        R::DescribeClientQuotas(r) => now(ResponseKind::DescribeClientQuotas(
+            quotas::describe(broker, r).await,
+        )),
+        R::AlterClientQuotas(r) => now(ResponseKind::AlterClientQuotas(
+            quotas::alter(broker, r).await,
         )),
         R::JoinGroup(r) => groups::join(broker, r, v, client_id, peer),
         R::SyncGroup(r) => groups::sync(broker, r, v),

@@ -18,6 +18,7 @@
 //! /silt/groups/{group}/protocol-type                 protocol type of a group that had members
 //! /silt/users/{user}/{mechanism}                     ScramRecord: a user's SCRAM credential
 //! /silt/acls/{type}/{name}/{pattern}/{principal}/{host}/{op}/{permission}   AclRecord
+//! /silt/quotas/{entity}                              client quotas of user=…,client-id=…
 //! ```
 
 pub mod agents;
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod group_offsets;
 pub mod index;
 pub mod producer_ids;
+pub mod quotas;
 pub mod security;
 
 use crate::kv::MetaError;
