@@ -10,7 +10,7 @@ use std::sync::Arc;
 use silt_common::{Clock, Settings};
 use silt_meta::layout::agents::{self, Registration};
 use silt_meta::layout::cluster;
-use silt_meta::{MetaError, MetaKv};
+use silt_meta::MetaKv;
 use silt_storage::Storage;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -19,11 +19,11 @@ use crate::broker::{Broker, Node};
 use crate::cache::ObjectCache;
 use crate::cluster::controller::{self, Identity};
 use crate::cluster::Cluster;
-use crate::error::TopicError;
 use crate::flush::Flusher;
 use crate::groups::group::GroupLimits;
 use crate::groups::GroupCoordinator;
 use crate::producer_ids::ProducerIds;
+pub use crate::startup::StartError;
 use crate::tasks::{Periodic, TaskRunner};
 use crate::topics::Topics;
 
@@ -38,52 +38,6 @@ pub struct Components {
     pub clock: Arc<dyn Clock>,
     /// Run-time log level control, if the embedding program offers it.
     pub log_levels: Option<Arc<dyn crate::log_levels::LogLevels>>,
-}
-
-/// Why an agent could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The listen address could not be bound.
-    #[error("could not listen on {addr} ({setting}): {source}. Is another agent or Kafka broker using it? Set `{setting}` in the config file or SILT_{env}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The setting that names it.
-        setting: &'static str,
-        /// Its environment variable suffix.
-        env: &'static str,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The metadata store failed during start-up.
-    #[error("metadata store failed while {doing}: {source}")]
-    Meta {
-        /// What start-up was doing.
-        doing: &'static str,
-        /// The cause.
-        #[source]
-        source: MetaError,
-    },
-    /// Another live agent is registered with this node id.
-    #[error("node id {node_id} is registered by a live agent at {host}:{port}. Give every agent its own node_id, or set node_id = -1 to have a free one allocated")]
-    NodeIdTaken {
-        /// The node id.
-        node_id: i32,
-        /// The holder's advertised host.
-        host: String,
-        /// The holder's advertised port.
-        port: i32,
-    },
-    /// A security setting could not be put to use.
-    #[error("{0}")]
-    Security(String),
-    /// The block cache could not be set up.
-    #[error("the block cache could not be set up: {0}. Check cache.dir (or data_dir) is writable, or set cache.disk_bytes = 0")]
-    Cache(String),
-    /// Loading topics failed.
-    #[error("could not load topics: {0}")]
-    Topics(#[from] TopicError),
 }
 
 /// A running agent.
@@ -302,7 +256,7 @@ impl Agent {
         if let Some(l) = admin_listener {
             membership.spawn("admin-http", crate::admin_http::serve(l, broker.clone()));
         }
-        if let Some(job) = crate::security::TlsReloadJob::new(&broker) {
+        if let Some(job) = crate::security::TlsReloadJob::new(&broker.security, &broker.settings) {
             membership.every(job);
         }
         let (stop_accepting, stop_rx) = watch::channel(false);
@@ -312,7 +266,7 @@ impl Agent {
             .collect();
         let accept = bound
             .into_iter()
-            .map(|b| crate::listeners::accept(b, broker.clone(), stop_rx.clone()))
+            .map(|b| crate::connection::accept(b, broker.clone(), stop_rx.clone()))
             .collect();
         tracing::info!(%addr, node_id = broker.node.id, session = %session,
             topics = broker.topics.all().len(), partitions_led = cluster.local_partitions().len(),

@@ -513,3 +513,41 @@ async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
         }
     }
 }
+
+/// Accepts connections on `bound` until `stop` is set; one over the connection limits is closed
+/// at once.
+pub(crate) fn accept(
+    bound: crate::listeners::Bound,
+    broker: Arc<Broker>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                res = bound.socket.accept() => match res {
+                    Ok((stream, peer)) => match broker.limits.admit(peer.ip()) {
+                        Ok(admitted) => {
+                            tokio::spawn(serve(
+                                broker.clone(),
+                                stream,
+                                peer,
+                                admitted,
+                                bound.info.clone(),
+                            ));
+                        }
+                        Err(why) => {
+                            tracing::warn!(%peer, listener = %bound.info.name, reason = ?why,
+                                "closing a new connection: too many open (connections.max_total / connections.max_per_ip)");
+                            drop(stream);
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, listener = %bound.info.name, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    })
+}

@@ -40,6 +40,7 @@ pub mod read;
 pub mod security;
 pub mod service_state;
 pub mod session;
+pub mod startup;
 pub mod tasks;
 #[cfg(test)]
 mod test_batches;

@@ -1,6 +1,6 @@
 //! The agent's Kafka listeners: the `DEFAULT` one (`listen`) and the named ones
-//! (`[[listeners]]`), each with its security protocol and advertised address, bound at start
-//! and served by one accept loop each. Connections over their limits are closed on accept.
+//! (`[[listeners]]`), each with its security protocol and advertised address, bound at start;
+//! [`crate::connection::accept`] serves each.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,11 +10,8 @@ use silt_common::config::{SecurityProtocol, DEFAULT_LISTENER};
 use silt_common::Settings;
 use silt_meta::layout::agents::Endpoint;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::agent::StartError;
-use crate::broker::Broker;
+use crate::startup::StartError;
 
 /// What a connection knows of the listener it came through.
 #[derive(Debug)]
@@ -31,11 +28,11 @@ pub struct ListenerInfo {
     pub port: i32,
 }
 
-/// A bound listener, not yet accepting.
+/// A bound listener, not yet accepting (the connection layer accepts on it).
 #[derive(Debug)]
 pub(crate) struct Bound {
     pub(crate) info: Arc<ListenerInfo>,
-    socket: TcpListener,
+    pub(crate) socket: TcpListener,
 }
 
 async fn bind_one(
@@ -122,41 +119,4 @@ pub(crate) fn endpoints(bound: &[Bound]) -> BTreeMap<String, Endpoint> {
             )
         })
         .collect()
-}
-
-/// Accepts connections on `bound` until `stop` is set.
-pub(crate) fn accept(
-    bound: Bound,
-    broker: Arc<Broker>,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                res = bound.socket.accept() => match res {
-                    Ok((stream, peer)) => match broker.limits.admit(peer.ip()) {
-                        Ok(admitted) => {
-                            tokio::spawn(crate::connection::serve(
-                                broker.clone(),
-                                stream,
-                                peer,
-                                admitted,
-                                bound.info.clone(),
-                            ));
-                        }
-                        Err(why) => {
-                            tracing::warn!(%peer, listener = %bound.info.name, reason = ?why,
-                                "closing a new connection: too many open (connections.max_total / connections.max_per_ip)");
-                            drop(stream);
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, listener = %bound.info.name, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }
-    })
 }

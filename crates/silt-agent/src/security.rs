@@ -16,8 +16,7 @@ use silt_security::sasl::{SaslMechanism, Users, Verifiers};
 use silt_security::tls::{ClientAuth, PrincipalFrom, TlsFiles, TlsServer};
 use silt_security::Principal;
 
-use crate::agent::StartError;
-use crate::broker::Broker;
+use crate::startup::StartError;
 
 /// Login and authorization counters.
 #[derive(Debug, Default)]
@@ -134,17 +133,16 @@ impl Security {
 
 /// Reloads the TLS certificate when its files change.
 pub(crate) struct TlsReloadJob {
-    b: Arc<Broker>,
+    tls: TlsServer,
     every: Duration,
 }
 
 impl TlsReloadJob {
     /// A job when TLS is on.
-    pub(crate) fn new(b: &Arc<Broker>) -> Option<Self> {
-        b.security.tls.as_ref()?;
+    pub(crate) fn new(security: &Security, settings: &Settings) -> Option<Self> {
         Some(Self {
-            b: b.clone(),
-            every: Duration::from_millis(b.settings.tls.reload_interval_ms.max(100)),
+            tls: security.tls.clone()?,
+            every: Duration::from_millis(settings.tls.reload_interval_ms.max(100)),
         })
     }
 }
@@ -159,10 +157,7 @@ impl crate::tasks::Periodic for TlsReloadJob {
     }
 
     async fn step(&mut self) {
-        let Some(tls) = &self.b.security.tls else {
-            return;
-        };
-        match tls.reload_if_changed() {
+        match self.tls.reload_if_changed() {
             Ok(true) => tracing::info!("TLS certificate reloaded; new connections use it"),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e,

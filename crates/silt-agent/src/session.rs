@@ -96,6 +96,20 @@ impl Session {
         }
     }
 
+    /// Whether Metadata may auto-create a topic for this connection: CREATE on the cluster or
+    /// on the topic (always, without authorization).
+    pub fn may_create<'a>(&'a self, b: &'a Broker) -> impl Fn(&str) -> bool + Sync + 'a {
+        use silt_security::acl::{Operation, ResourceType, CLUSTER_NAME};
+        move |topic: &str| match &b.security.authorizer {
+            None => true,
+            Some(az) => {
+                let (p, h) = (&self.principal, &self.host);
+                az.authorize(p, h, Operation::Create, ResourceType::Cluster, CLUSTER_NAME)
+                    || az.authorize(p, h, Operation::Create, ResourceType::Topic, topic)
+            }
+        }
+    }
+
     /// Whether the connection has authenticated (always, on listeners without SASL).
     pub fn authenticated(&self) -> bool {
         self.authenticated

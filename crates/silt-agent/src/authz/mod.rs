@@ -183,26 +183,3 @@ pub fn then(
         next(r);
     }))
 }
-
-/// Whether Metadata may auto-create `topic` for this connection: CREATE on the cluster or on
-/// the topic (always, without authorization).
-pub fn creator<'a>(b: &'a Broker, s: &'a Session) -> impl Fn(&str) -> bool + Sync + 'a {
-    move |topic: &str| match &b.security.authorizer {
-        None => true,
-        Some(az) => {
-            az.authorize(
-                &s.principal,
-                &s.host,
-                Operation::Create,
-                ResourceType::Cluster,
-                CLUSTER_NAME,
-            ) || az.authorize(
-                &s.principal,
-                &s.host,
-                Operation::Create,
-                ResourceType::Topic,
-                topic,
-            )
-        }
-    }
-}

@@ -54,7 +54,7 @@ pub async fn dispatch(
     match body {
         R::ApiVersions(_) => now(ResponseKind::ApiVersions(api_versions::handle(v))),
         R::Metadata(r) => {
-            let may_create = crate::authz::creator(broker, session);
+            let may_create = session.may_create(broker);
             now(ResponseKind::Metadata(
                 metadata::handle(broker, r, v, listener, &may_create).await,
             ))
