@@ -126,6 +126,19 @@ impl Agent {
             doing: "reading the cluster id",
             source,
         })?;
+        let secret = cluster::producer_id_key(
+            c.meta.as_ref(),
+            &silt_security::scram::random_bytes(32)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        )
+        .await
+        .map_err(|source| StartError::Meta {
+            doing: "reading the producer-id secret",
+            source,
+        })?;
+        let sealer = silt_security::producer_ids::PidSealer::new(secret.as_bytes());
         let topics = Topics::load(c.meta.clone(), c.clock.clone(), settings.topics.clone()).await?;
         let cluster = Cluster::start(c.meta.clone(), node_id, reg_value)
             .await
@@ -181,7 +194,7 @@ impl Agent {
         };
         let settings_connections = settings.connections.clone();
         let broker = Arc::new(Broker {
-            producer_ids: ProducerIds::new(c.meta.clone()),
+            producer_ids: ProducerIds::new(c.meta.clone(), sealer),
             groups,
             metrics: crate::metrics::Metrics::default(),
             node,

@@ -330,6 +330,10 @@ pub struct MetadataSettings {
     /// TTL of the agent's registration lease: an agent that stops renewing it loses the right to
     /// write this long after its last renewal.
     pub lease_ttl_ms: u64,
+    /// etcd user, when etcd has authentication enabled.
+    pub etcd_user: Option<String>,
+    /// That user's password (set it from a secret: `SILT_METADATA__ETCD_PASSWORD`).
+    pub etcd_password: Option<Secret>,
 }
 
 impl Default for MetadataSettings {
@@ -340,6 +344,8 @@ impl Default for MetadataSettings {
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             connect_timeout_ms: 5_000,
             lease_ttl_ms: 10_000,
+            etcd_user: None,
+            etcd_password: None,
         }
     }
 }
@@ -547,6 +553,12 @@ impl Settings {
         }
         if self.metadata.kind == MetadataKind::Etcd && self.metadata.etcd_endpoints.is_empty() {
             return bad("metadata.kind = \"etcd\"", "set metadata.etcd_endpoints");
+        }
+        if self.metadata.etcd_user.is_some() != self.metadata.etcd_password.is_some() {
+            return bad(
+                "metadata.etcd_user / metadata.etcd_password",
+                "set both (the password from a secret, SILT_METADATA__ETCD_PASSWORD) or neither",
+            );
         }
         if self.node_id < -1 {
             return bad(

@@ -49,6 +49,14 @@ fn txn_error(doing: &str, e: etcd_client::Error) -> MetaError {
             doing: doing.to_string(),
             reason: s.message().to_string(),
         },
+        // gRPC code 7: the etcd user's role does not cover the key — it never will by retrying.
+        etcd_client::Error::GRpcStatus(s) if s.code() as i32 == 7 => MetaError::Refused {
+            doing: doing.to_string(),
+            reason: format!(
+                "{} (grant metadata.etcd_user's role readwrite on the /silt/ prefix)",
+                s.message()
+            ),
+        },
         _ => MetaError::Unanswered {
             doing: doing.to_string(),
             source: Box::new(e),
@@ -95,14 +103,27 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 impl EtcdKv {
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`), failing after `timeout`.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, MetaError> {
+        Self::connect_as(endpoints, timeout, None).await
+    }
+
+    /// Connects as an etcd user (`(name, password)`) when etcd has authentication enabled; its
+    /// token is refreshed whenever etcd says it expired.
+    pub async fn connect_as(
+        endpoints: &[String],
+        timeout: Duration,
+        user: Option<(&str, &str)>,
+    ) -> Result<Self, MetaError> {
         // HTTP/2 pings find a connection that died silently (a network cut drops packets and
         // sends no reset), so watches break and are re-established instead of waiting forever.
         // etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`).
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout.max(Duration::from_secs(5)))
             .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
+        if let Some((name, password)) = user {
+            opts = opts.with_user(name, password).with_auto_token_refresh(true);
+        }
         let mut client = Client::connect(endpoints, Some(opts)).await.map_err(|e| {
             unavailable(&format!("connecting to etcd at {}", endpoints.join(",")), e)
         })?;
@@ -320,7 +341,9 @@ impl MetaKv for EtcdKv {
         let r = self
             .client
             .clone()
-            .get("/", Some(GetOptions::new().with_count_only()))
+            // Any key answers with the store's revision; Silt's own root is one every role
+            // Silt runs as may read.
+            .get("/silt/", Some(GetOptions::new().with_count_only()))
             .await
             .map_err(|e| unavailable("reading the revision", e))?;
         Ok(r.header().map_or(0, |h| h.revision()))

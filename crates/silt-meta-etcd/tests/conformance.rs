@@ -41,3 +41,70 @@ async fn unreachable_etcd_is_a_clear_error() {
         "the error names what was tried: {err}"
     );
 }
+
+/// With authentication on in etcd, the backend connects as a user, passes the whole suite —
+/// across token expiries (`--auth-token-ttl=2`: the suite runs far longer) — and a connection
+/// without credentials is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_authentication_passes_the_conformance_suite_as_a_user() {
+    let etcd = Etcd::start_args(false, &["--auth-token-ttl=2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut admin = loop {
+        match etcd_client::Client::connect([etcd.url.as_str()], None).await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("etcd never came up: {e}"),
+        }
+    };
+    admin.user_add("root", "root-pw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.user_add("silt", "silt-pw", None).await.unwrap();
+    admin.role_add("silt").await.unwrap();
+    // Least privilege: Silt's keys (and the suite's own, under /c/).
+    for prefix in ["/silt/", "/c/"] {
+        admin
+            .role_grant_permission(
+                "silt",
+                etcd_client::Permission::read_write(prefix).with_prefix(),
+            )
+            .await
+            .unwrap();
+    }
+    admin.user_grant_role("silt", "silt").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let url = std::slice::from_ref(&etcd.url);
+    let err = match EtcdKv::connect(url, Duration::from_secs(2)).await {
+        Ok(_) => panic!("a connection without credentials was let in"),
+        Err(e) => e.to_string(),
+    };
+    let lower = err.to_lowercase();
+    assert!(
+        ["permission", "auth", "token", "user"]
+            .iter()
+            .any(|w| lower.contains(w)),
+        "the error says why: {err}"
+    );
+    let wrong = EtcdKv::connect_as(url, Duration::from_secs(2), Some(("silt", "nope"))).await;
+    assert!(wrong.is_err(), "a wrong password was let in");
+    let kv = EtcdKv::connect_as(url, Duration::from_secs(2), Some(("silt", "silt-pw")))
+        .await
+        .unwrap();
+    silt_meta::conformance::run_all(&kv, &|d| std::thread::sleep(d + Duration::from_millis(700)))
+        .await;
+    // A key outside the role's prefixes is a permanent refusal that says what to grant, not an
+    // outage to retry.
+    use silt_meta::MetaKv as _;
+    let err = kv
+        .txn(silt_meta::Txn {
+            compares: vec![],
+            success: vec![silt_meta::Op::put("/elsewhere/k", "v")],
+            failure: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), silt_meta::ErrorClass::Permanent, "{err}");
+    assert!(err.to_string().contains("/silt/"), "{err}");
+}

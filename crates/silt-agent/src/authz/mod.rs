@@ -10,6 +10,7 @@
 
 mod cluster;
 mod groups;
+mod producers;
 mod topics;
 
 use std::sync::atomic::Ordering;
@@ -96,6 +97,19 @@ pub(crate) fn strip<T>(v: &mut Vec<T>, keep: impl FnMut(&T) -> bool) -> Vec<T> {
 
 /// Runs the layer for one request (see the module documentation).
 pub fn check(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: i16) -> Verdict {
+    // Producer-id ownership holds with or without ACLs.
+    let owned = match body {
+        RequestKind::Produce(r) => producers::check(b, s, r),
+        _ => None,
+    };
+    match (acls(b, s, body, version), owned) {
+        (v, None) => v,
+        (Verdict::Pass(f), Some(o)) => Verdict::Pass(then(f, o)),
+        (other, Some(_)) => other,
+    }
+}
+
+fn acls(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: i16) -> Verdict {
     let Some(az) = b.security.authorizer.clone() else {
         return Verdict::Pass(None);
     };

@@ -119,7 +119,7 @@ pub async fn dispatch(
             delete_records::handle(broker, r).await,
         )),
         R::InitProducerId(r) => now(ResponseKind::InitProducerId(
-            producer_id::handle(broker, r).await,
+            producer_id::handle(broker, r, &session.principal.to_string()).await,
         )),
         other => {
             // The connection layer only decodes APIs listed in SUPPORTED.

@@ -8,8 +8,12 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::Broker;
 
-/// Handles InitProducerId.
-pub async fn handle(b: &Arc<Broker>, req: InitProducerIdRequest) -> InitProducerIdResponse {
+/// Handles InitProducerId; the id is sealed to `principal` (only it may produce with it).
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: InitProducerIdRequest,
+    principal: &str,
+) -> InitProducerIdResponse {
     if let Some(tid) = &req.transactional_id {
         tracing::warn!(transactional_id = %tid.0.as_str(), "transactions are not supported yet; refusing InitProducerId");
         return InitProducerIdResponse::default()
@@ -17,7 +21,7 @@ pub async fn handle(b: &Arc<Broker>, req: InitProducerIdRequest) -> InitProducer
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
     }
-    match b.producer_ids.next().await {
+    match b.producer_ids.next(principal).await {
         Ok(pid) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(pid))
             .with_producer_epoch(0),

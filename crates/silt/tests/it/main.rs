@@ -15,4 +15,5 @@ mod netfaults;
 mod protocol;
 mod read_path;
 mod scale;
+mod security;
 mod write_path;

@@ -25,7 +25,11 @@ pub struct Conn {
 
 impl Conn {
     pub fn open(a: &AgentProc) -> Self {
-        let s = TcpStream::connect(a.bootstrap()).unwrap();
+        Self::to(&a.bootstrap())
+    }
+
+    pub fn to(addr: &str) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         Self { s, next: 1 }
     }
@@ -151,13 +155,13 @@ fn produce(topic_name: &str, acks: i16, records: Bytes) -> ProduceRequest {
                 .with_records(Some(records))])])
 }
 
-fn produce_result(c: &mut Conn, t: &str, records: Bytes) -> (i16, i64) {
+pub fn produce_result(c: &mut Conn, t: &str, records: Bytes) -> (i16, i64) {
     let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce(t, -1, records));
     let p = &r.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
 }
 
-fn metadata(c: &mut Conn, names: &[&str], v: i16) -> MetadataResponse {
+pub fn metadata(c: &mut Conn, names: &[&str], v: i16) -> MetadataResponse {
     let req = MetadataRequest::default()
         .with_topics(Some(
             names

@@ -1,0 +1,117 @@
+//! Security over raw Kafka frames: producer-id ownership between principals.
+
+use std::process::Command;
+
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use crate::harness::AgentProc;
+use crate::protocol::{batch, metadata, produce_result, Conn};
+
+fn login(addr: &str, user: &str, password: &str) -> Conn {
+    let mut c = Conn::to(addr);
+    let h: SaslHandshakeResponse = c.call(
+        ApiKey::SaslHandshake,
+        1,
+        &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+    );
+    assert_eq!(h.error_code, 0);
+    let a: SaslAuthenticateResponse = c.call(
+        ApiKey::SaslAuthenticate,
+        2,
+        &SaslAuthenticateRequest::default()
+            .with_auth_bytes(format!("\0{user}\0{password}").into_bytes().into()),
+    );
+    assert_eq!(a.error_code, 0, "{:?}", a.error_message);
+    c
+}
+
+fn init_producer_id(c: &mut Conn) -> i64 {
+    let r: InitProducerIdResponse = c.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(r.error_code, 0);
+    r.producer_id.0
+}
+
+/// A client cannot append as, or fence, an idempotent producer of another principal by using
+/// its producer id (ids are sealed to the principal they were issued to).
+#[test]
+fn producer_ids_belong_to_the_principal_they_were_issued_to() {
+    let port = crate::harness::free_port();
+    let listeners = format!(
+        r#"[{{name="SASL",listen="127.0.0.1:{port}",security_protocol="SASL_PLAINTEXT"}}]"#
+    );
+    let agent = AgentProc::start(&[("SILT_LISTENERS", listeners.as_str())]);
+    for (user, pw) in [("alice", "pw-a"), ("mallory", "pw-m")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_silt"))
+            .args([
+                "admin",
+                "--bootstrap",
+                &agent.bootstrap(),
+                "users",
+                "set",
+                user,
+                "--password",
+                pw,
+            ])
+            .env_remove("SILT_ADMIN_BOOTSTRAP")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let addr = format!("127.0.0.1:{port}");
+    let mut alice = login(&addr, "alice", "pw-a");
+    let mut mallory = login(&addr, "mallory", "pw-m");
+    metadata(&mut alice, &["owned"], 12);
+    let pid = init_producer_id(&mut alice);
+    assert!(pid >= 1 << 31, "sealed ids are large: {pid}");
+    assert_eq!(
+        produce_result(&mut alice, "owned", batch(2, pid, 0, 0)),
+        (0, 0)
+    );
+    // Mallory uses alice's id: the next sequence, and a higher epoch (which would fence alice).
+    assert_eq!(
+        produce_result(&mut mallory, "owned", batch(1, pid, 0, 2)).0,
+        59,
+        "UNKNOWN_PRODUCER_ID"
+    );
+    assert_eq!(
+        produce_result(&mut mallory, "owned", batch(1, pid, 1, 0)).0,
+        59,
+        "UNKNOWN_PRODUCER_ID"
+    );
+    // Alice goes on undisturbed: nothing of mallory's took an offset or moved her epoch.
+    assert_eq!(
+        produce_result(&mut alice, "owned", batch(1, pid, 0, 2)),
+        (0, 2)
+    );
+    // Mallory's own id works for mallory; an id never issued does not.
+    let mine = init_producer_id(&mut mallory);
+    assert_eq!(
+        produce_result(&mut mallory, "owned", batch(1, mine, 0, 0)),
+        (0, 3)
+    );
+    assert_eq!(
+        produce_result(&mut mallory, "owned", batch(1, mine + 1, 0, 0)).0,
+        59
+    );
+    // Non-idempotent batches (producer id -1) are not affected.
+    assert_eq!(
+        produce_result(&mut mallory, "owned", batch(1, -1, -1, -1)),
+        (0, 4)
+    );
+    assert!(agent
+        .log()
+        .contains("producer id issued to another principal"));
+}
