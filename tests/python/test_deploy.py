@@ -190,3 +190,51 @@ def test_secured_kubernetes_variant_starts_an_agent_that_serves_sasl_ssl(agent_f
     assert p.flush(30) == 0 and errors == [None], errors
     md = p.list_topics(timeout=10)
     assert {(b.host, b.port) for b in md.brokers.values()} == {("127.0.0.1", port)}
+
+
+def test_secured_compose_variant_exposes_only_tls_and_starts_agents_that_serve_it(agent_factory, tmp_path):
+    """compose.secured.yaml overrides compose.yaml's agents: only the SASL_SSL listener and the
+    admin port reach the host; each agent advertises its own host port; the settings start a
+    real agent (paths and ports replaced by local ones) that serves SCRAM over TLS."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    from helpers import admin
+    from test_security import make_pki
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node))
+    sec = yaml.load((ROOT / "deploy" / "compose.secured.yaml").read_text(), Loader=Loader)
+    base = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    agents = {k: v for k, v in sec["services"].items() if k.startswith("agent-")}
+    assert set(agents) == {k for k in base["services"] if k.startswith("agent-")}
+    seen = set()
+    for name, a in agents.items():
+        container_ports = {p.split(":")[1] for p in a["ports"]}
+        assert container_ports == {"9093", "9644"}, f"{name}: PLAINTEXT 9092 must not reach the host"
+        host_port = next(p.split(":")[0] for p in a["ports"] if p.endswith(":9093"))
+        assert f"advertised_port={host_port}" in a["environment"]["SILT_LISTENERS"]
+        seen.add(host_port)
+        assert a["environment"]["SILT_LISTEN"].startswith("127.0.0.1:")
+    assert len(seen) == 3
+    env = dict(agents["agent-1"]["environment"])
+    env.pop("SILT_LISTEN")
+    pki = make_pki(tmp_path / "pki")
+    port = _free_port()
+    env["SILT_LISTENERS"] = env["SILT_LISTENERS"].replace("0.0.0.0:9093", f"127.0.0.1:{port}").replace(
+        "advertised_port=19093", f"advertised_port={port}")
+    env["SILT_TLS__CERT"] = str(pki / "server.pem")
+    env["SILT_TLS__KEY"] = str(pki / "server.key")
+    agent = agent_factory(**env)
+    a = admin(agent.bootstrap)
+    for f in a.alter_user_scram_credentials([UserScramCredentialUpsertion(
+            "admin", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"pw")]).values():
+        f.result(timeout=30)
+    p = Producer({"bootstrap.servers": f"127.0.0.1:{port}", "security.protocol": "SASL_SSL",
+                  "ssl.ca.location": str(pki / "ca.pem"), "sasl.mechanism": "SCRAM-SHA-512",
+                  "sasl.username": "admin", "sasl.password": "pw"})
+    errors = []
+    p.produce("compose-secured", b"x", on_delivery=lambda e, m: errors.append(e))
+    assert p.flush(30) == 0 and errors == [None], errors
