@@ -553,3 +553,44 @@ def test_sessions_expire_and_librdkafka_reauthenticates_in_place(secured, topic_
     sock.close()
     assert late is None, "answered after the login expired"
     assert "authentication of User:gina expired" in s.agent.log_text()
+
+
+
+def test_admin_port_over_tls_takes_changes_from_client_certificates(agent_factory, tmp_path):
+    """admin_tls: the admin port speaks TLS; reads need nothing, a change needs the token or a
+    client certificate from tls.client_ca (mTLS)."""
+    import http.client
+
+    pki = make_pki(tmp_path / "pki")
+    a = agent_factory(SILT_ADMIN_TLS="true", SILT_TLS__CERT=str(pki / "server.pem"),
+                      SILT_TLS__KEY=str(pki / "server.key"), SILT_TLS__CLIENT_CA=str(pki / "ca.pem"),
+                      SILT_ADMIN_TOKEN="tok-123456")
+    port = int(next(l.rsplit(":", 1)[1].strip().rstrip(")") for l in a.log_text().splitlines()
+                    if "admin http on" in l))
+
+    def call(method, path, cert=False, token=None):
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        if cert:
+            ctx.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c.request(method, path, headers=headers)
+        r = c.getresponse()
+        body = r.read().decode()
+        c.close()
+        return r.status, body
+
+    assert call("GET", "/healthz") == (200, "ok\n")
+    status, _ = call("GET", "/metrics")
+    assert status == 200
+    assert call("PUT", "/loglevel?filter=debug")[0] == 401, "no token, no certificate"
+    assert call("PUT", "/loglevel?filter=debug", cert=True)[0] == 200, "a client certificate"
+    assert call("PUT", "/loglevel?filter=info", token="tok-123456")[0] == 200, "the token"
+    # Plain HTTP is not served on a TLS admin port.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            got = raw.recv(100)
+        except ConnectionResetError:
+            got = b""
+        assert not got.startswith(b"HTTP/1.1 200"), got

@@ -2,11 +2,14 @@
 //! alive) and `/readyz` (the agent takes writes, reaches the metadata store and object storage,
 //! and its share of partitions and groups is loaded). A deliberately tiny HTTP/1.1 responder: one
 //! request per connection, bounded request size, no dependencies.
+//!
+//! With `admin_tls` the port speaks TLS with the agent's certificate; with a `tls.client_ca`,
+//! a client certificate that chains to it may also make changes (mTLS), as the admin token does.
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::broker::Broker;
 
@@ -14,9 +17,21 @@ use crate::broker::Broker;
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer, broker.clone()));
-            }
+            Ok((stream, peer)) => match broker.security.admin_tls.clone() {
+                None => {
+                    tokio::spawn(handle(stream, peer, broker.clone(), None));
+                }
+                Some(tls) => {
+                    let b = broker.clone();
+                    tokio::spawn(async move {
+                        let wait = std::time::Duration::from_secs(5);
+                        match tokio::time::timeout(wait, tls.accept(stream)).await {
+                            Ok(Ok((s, cert))) => handle(s, peer, b, cert).await,
+                            _ => tracing::debug!(%peer, "admin port: TLS handshake failed"),
+                        }
+                    });
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -25,7 +40,12 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: std::net::SocketAddr, broker: Arc<Broker>) {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    broker: Arc<Broker>,
+    cert: Option<silt_security::Principal>,
+) {
     let mut buf = vec![0u8; 4096];
     let mut n = 0;
     let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -53,7 +73,15 @@ async fn handle(mut stream: TcpStream, peer: std::net::SocketAddr, broker: Arc<B
     let (status, ctype, body) = match path {
         "/loglevel" if method != "GET" => {
             let token = broker.settings.admin_token.as_ref().map(|t| t.0.as_str());
-            match may_change(token, peer.ip(), bearer(&head)) {
+            // A verified client certificate (mTLS) is as good as the token.
+            let allowed = match &cert {
+                Some(p) => {
+                    tracing::info!(%peer, principal = %p, "admin change by client certificate");
+                    Ok(())
+                }
+                None => may_change(token, peer.ip(), bearer(&head)),
+            };
+            match allowed {
                 Ok(()) => log_level(&broker, method, query),
                 Err(why) => {
                     tracing::warn!(%peer, "refused a change through the admin port: {why}");
@@ -88,6 +116,7 @@ async fn handle(mut stream: TcpStream, peer: std::net::SocketAddr, broker: Arc<B
         body.len()
     );
     let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Why the agent should not receive traffic now, if it should not.

@@ -36,6 +36,9 @@ pub struct SecurityStats {
 pub struct Security {
     /// TLS of SSL and SASL_SSL listeners.
     pub tls: Option<TlsServer>,
+    /// TLS of the admin port (`admin_tls`): client certificates requested, and verified
+    /// against `tls.client_ca` when one is set.
+    pub admin_tls: Option<TlsServer>,
     /// The user database and the bearer-token validator.
     pub verifiers: Verifiers,
     /// Mechanisms offered, in order.
@@ -51,6 +54,28 @@ impl Security {
     pub async fn start(s: &Settings, meta: Arc<dyn MetaKv>) -> Result<Self, StartError> {
         let any_tls =
             s.security_protocol.tls() || s.listeners.iter().any(|l| l.security_protocol.tls());
+        let files = |client_auth: ClientAuth| -> Option<TlsFiles> {
+            Some(TlsFiles {
+                cert: s.tls.cert.clone()?,
+                key: s.tls.key.clone()?,
+                client_ca: s.tls.client_ca.clone(),
+                client_auth,
+                principal_from: match s.tls.principal_from {
+                    PrincipalFromSetting::Dn => PrincipalFrom::Dn,
+                    PrincipalFromSetting::Cn => PrincipalFrom::Cn,
+                },
+            })
+        };
+        let admin_tls = match files(if s.tls.client_ca.is_some() {
+            ClientAuth::Requested
+        } else {
+            ClientAuth::None
+        }) {
+            Some(f) if s.admin_tls => Some(
+                TlsServer::new(f).map_err(|e| StartError::Security(format!("admin_tls: {e}")))?,
+            ),
+            _ => None,
+        };
         let tls = match (&s.tls.cert, &s.tls.key) {
             (Some(cert), Some(key)) if any_tls => Some(
                 TlsServer::new(TlsFiles {
@@ -120,6 +145,7 @@ impl Security {
         };
         Ok(Self {
             tls,
+            admin_tls,
             verifiers: Verifiers {
                 users: Users::new(meta),
                 jwt,
@@ -134,6 +160,7 @@ impl Security {
 /// Reloads the TLS certificate when its files change.
 pub(crate) struct TlsReloadJob {
     tls: TlsServer,
+    admin: Option<TlsServer>,
     every: Duration,
 }
 
@@ -141,7 +168,14 @@ impl TlsReloadJob {
     /// A job when TLS is on.
     pub(crate) fn new(security: &Security, settings: &Settings) -> Option<Self> {
         Some(Self {
-            tls: security.tls.clone()?,
+            tls: security
+                .tls
+                .clone()
+                .or_else(|| security.admin_tls.clone())?,
+            admin: security
+                .admin_tls
+                .clone()
+                .filter(|_| security.tls.is_some()),
             every: Duration::from_millis(settings.tls.reload_interval_ms.max(100)),
         })
     }
@@ -157,6 +191,11 @@ impl crate::tasks::Periodic for TlsReloadJob {
     }
 
     async fn step(&mut self) {
+        if let Some(admin) = &self.admin {
+            if let Err(e) = admin.reload_if_changed() {
+                tracing::error!(error = %e, "the admin port's TLS certificate could not be reloaded");
+            }
+        }
         match self.tls.reload_if_changed() {
             Ok(true) => tracing::info!("TLS certificate reloaded; new connections use it"),
             Ok(false) => {}

@@ -36,6 +36,9 @@ pub struct Settings {
     /// Bearer token the admin port's mutating endpoints (log levels) require. Unset: they are
     /// served only to clients on the loopback interface.
     pub admin_token: Option<Secret>,
+    /// Serve the admin port over TLS (`tls.cert`, `tls.key`); with `tls.client_ca`, a verified
+    /// client certificate may make changes as the token does.
+    pub admin_tls: bool,
     /// Host advertised to clients in Metadata; defaults to the listen host.
     pub advertised_host: Option<String>,
     /// Port advertised to clients; defaults to the bound port.
@@ -77,6 +80,7 @@ impl Default for Settings {
             authorization: AuthorizationSettings::default(),
             admin_listen: Some("127.0.0.1:9644".into()),
             admin_token: None,
+            admin_tls: false,
             advertised_host: None,
             advertised_port: None,
             node_id: 0,
@@ -334,6 +338,12 @@ pub struct MetadataSettings {
     pub etcd_user: Option<String>,
     /// That user's password (set it from a secret: `SILT_METADATA__ETCD_PASSWORD`).
     pub etcd_password: Option<Secret>,
+    /// PEM CA bundle etcd's certificate must chain to (`https://` endpoints).
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for etcd (`--client-cert-auth`).
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub etcd_key_file: Option<PathBuf>,
 }
 
 impl Default for MetadataSettings {
@@ -346,6 +356,9 @@ impl Default for MetadataSettings {
             lease_ttl_ms: 10_000,
             etcd_user: None,
             etcd_password: None,
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
         }
     }
 }
@@ -554,6 +567,20 @@ impl Settings {
         if self.metadata.kind == MetadataKind::Etcd && self.metadata.etcd_endpoints.is_empty() {
             return bad("metadata.kind = \"etcd\"", "set metadata.etcd_endpoints");
         }
+        let m = &self.metadata;
+        let https = m.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+        if m.kind == MetadataKind::Etcd && https != m.etcd_ca_file.is_some() {
+            return bad(
+                "metadata.etcd_endpoints / metadata.etcd_ca_file",
+                "https:// endpoints need etcd_ca_file (the CA etcd's certificate chains to), and etcd_ca_file needs https:// endpoints",
+            );
+        }
+        if m.etcd_cert_file.is_some() != m.etcd_key_file.is_some() {
+            return bad(
+                "metadata.etcd_cert_file / metadata.etcd_key_file",
+                "a client certificate needs its key: set both or neither",
+            );
+        }
         if self.metadata.etcd_user.is_some() != self.metadata.etcd_password.is_some() {
             return bad(
                 "metadata.etcd_user / metadata.etcd_password",
@@ -642,7 +669,7 @@ impl Settings {
         if protocols.iter().any(|p| p.tls()) && (self.tls.cert.is_none() || self.tls.key.is_none())
         {
             return bad(
-                "a listener with security_protocol SSL or SASL_SSL".into(),
+                "admin_tls, or a listener with security_protocol SSL or SASL_SSL".into(),
                 "set tls.cert and tls.key (PEM files)",
             );
         }
@@ -733,10 +760,13 @@ mod tests {
         s.object_store.s3.secret_access_key = Some("very-secret-key-123".into());
         s.object_store.s3.access_key_id = Some("AKIDEXAMPLE".into());
         s.admin_token = Some(Secret("very-secret-key-123".into()));
+        s.metadata.etcd_user = Some("silt".into());
+        s.metadata.etcd_password = Some(Secret("very-secret-key-123".into()));
         for shown in [
             format!("{s:?}"),
             format!("{s:#?}"),
             format!("{:?}", s.object_store),
+            format!("{:?}", s.metadata),
         ] {
             assert!(!shown.contains("very-secret-key-123"), "{shown}");
             assert!(shown.contains("<redacted>"));

@@ -100,6 +100,27 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0] // every key
 }
 
+/// TLS to etcd: PEM bytes of the CA bundle, and of a client certificate and key.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// CA bundle the server's certificate must chain to.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate chain and private key, when etcd asks for them.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca_pem", &format!("{} bytes", self.ca_pem.len()))
+            .field(
+                "identity_pem",
+                &self.identity_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 impl EtcdKv {
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`), failing after `timeout`.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, MetaError> {
@@ -113,6 +134,17 @@ impl EtcdKv {
         timeout: Duration,
         user: Option<(&str, &str)>,
     ) -> Result<Self, MetaError> {
+        Self::connect_with(endpoints, timeout, user, None).await
+    }
+
+    /// Connects with every option: a user, and TLS for `https://` endpoints (a CA bundle to
+    /// trust, and a client certificate and key when etcd requires them).
+    pub async fn connect_with(
+        endpoints: &[String],
+        timeout: Duration,
+        user: Option<(&str, &str)>,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, MetaError> {
         // HTTP/2 pings find a connection that died silently (a network cut drops packets and
         // sends no reset), so watches break and are re-established instead of waiting forever.
         // etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`).
@@ -123,6 +155,14 @@ impl EtcdKv {
             .with_keep_alive_while_idle(true);
         if let Some((name, password)) = user {
             opts = opts.with_user(name, password).with_auto_token_refresh(true);
+        }
+        if let Some(t) = tls {
+            let mut o = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&t.ca_pem));
+            if let Some((cert, key)) = &t.identity_pem {
+                o = o.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            opts = opts.with_tls(o);
         }
         let mut client = Client::connect(endpoints, Some(opts)).await.map_err(|e| {
             unavailable(&format!("connecting to etcd at {}", endpoints.join(",")), e)

@@ -108,3 +108,136 @@ async fn etcd_with_authentication_passes_the_conformance_suite_as_a_user() {
     assert_eq!(err.class(), silt_meta::ErrorClass::Permanent, "{err}");
     assert!(err.to_string().contains("/silt/"), "{err}");
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (apt-get install openssl; scripts/test does)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// etcd over TLS with client certificates: the backend connects with the CA and its client
+/// certificate and passes the whole suite; without a client certificate, or trusting another
+/// CA, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates_passes_the_conformance_suite() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let ext = |name: &str, text: &str| std::fs::write(p.join(name), text).unwrap();
+    ext(
+        "server.ext",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    );
+    ext("client.ext", "extendedKeyUsage=clientAuth\n");
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            p,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca}"),
+            ],
+        );
+    }
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        openssl(
+            p,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            p,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+            ],
+        );
+    }
+    let etcd = Etcd::start_tls(
+        &p.join("server.pem"),
+        &p.join("server.key"),
+        &p.join("ca.pem"),
+    );
+    let read = |n: &str| std::fs::read(p.join(n)).unwrap();
+    let tls = silt_meta_etcd::EtcdTls {
+        ca_pem: read("ca.pem"),
+        identity_pem: Some((read("client.pem"), read("client.key"))),
+    };
+    let url = std::slice::from_ref(&etcd.url);
+    let no_cert = silt_meta_etcd::EtcdTls {
+        ca_pem: read("ca.pem"),
+        identity_pem: None,
+    };
+    assert!(
+        EtcdKv::connect_with(url, Duration::from_secs(2), None, Some(&no_cert))
+            .await
+            .is_err(),
+        "a client without a certificate was let in"
+    );
+    let wrong_ca = silt_meta_etcd::EtcdTls {
+        ca_pem: read("other-ca.pem"),
+        ..tls.clone()
+    };
+    assert!(
+        EtcdKv::connect_with(url, Duration::from_secs(2), None, Some(&wrong_ca))
+            .await
+            .is_err(),
+        "a server certificate from an untrusted CA was accepted"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kv = loop {
+        match EtcdKv::connect_with(url, Duration::from_secs(2), None, Some(&tls)).await {
+            Ok(kv) => break kv,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("could not connect over TLS: {e}"),
+        }
+    };
+    assert!(
+        !format!("{tls:?}").contains("PRIVATE KEY"),
+        "the key is never printed"
+    );
+    silt_meta::conformance::run_all(&kv, &|d| std::thread::sleep(d + Duration::from_millis(700)))
+        .await;
+}

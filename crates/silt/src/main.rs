@@ -105,7 +105,23 @@ async fn run_agent(
                     .as_ref()
                     .map(|p| p.0.as_str()),
             );
-            Arc::new(EtcdKv::connect_as(&endpoints, timeout, user).await.with_context(|| {
+            let m = &settings.metadata;
+            let read = |p: &std::path::PathBuf, what: &str| {
+                std::fs::read(p).with_context(|| {
+                    format!("reading {what} {} (metadata.etcd_{what}_file)", p.display())
+                })
+            };
+            let tls = match &m.etcd_ca_file {
+                None => None,
+                Some(ca) => Some(silt_meta_etcd::EtcdTls {
+                    ca_pem: read(ca, "ca")?,
+                    identity_pem: match (&m.etcd_cert_file, &m.etcd_key_file) {
+                        (Some(c), Some(k)) => Some((read(c, "cert")?, read(k, "key")?)),
+                        _ => None,
+                    },
+                }),
+            };
+            Arc::new(EtcdKv::connect_with(&endpoints, timeout, user, tls.as_ref()).await.with_context(|| {
                 format!(
                     "connecting to etcd at {} (metadata.etcd_endpoints); is etcd running and reachable from here?",
                     endpoints.join(", ")
