@@ -84,9 +84,18 @@ impl fmt::Display for Report {
     }
 }
 
+/// Client settings for every client the tool makes; `SILT_BENCH_CLIENT_CONFIG` adds more,
+/// comma-separated `key=value` (e.g. `security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,...`).
 fn client(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap).set("log_level", "3");
+    if let Ok(extra) = std::env::var("SILT_BENCH_CLIENT_CONFIG") {
+        for kv in extra.split(',').filter(|kv| !kv.is_empty()) {
+            if let Some((k, v)) = kv.split_once('=') {
+                c.set(k.trim(), v.trim());
+            }
+        }
+    }
     c
 }
 
