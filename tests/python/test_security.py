@@ -558,13 +558,14 @@ def test_sessions_expire_and_librdkafka_reauthenticates_in_place(secured, topic_
 
 def test_admin_port_over_tls_takes_changes_from_client_certificates(agent_factory, tmp_path):
     """admin_tls: the admin port speaks TLS; reads need nothing, a change needs the token or a
-    client certificate from tls.client_ca (mTLS)."""
+    client certificate from tls.client_ca whose principal is a super user (mTLS)."""
     import http.client
 
     pki = make_pki(tmp_path / "pki")
     a = agent_factory(SILT_ADMIN_TLS="true", SILT_TLS__CERT=str(pki / "server.pem"),
                       SILT_TLS__KEY=str(pki / "server.key"), SILT_TLS__CLIENT_CA=str(pki / "ca.pem"),
-                      SILT_ADMIN_TOKEN="tok-123456")
+                      SILT_ADMIN_TOKEN="tok-123456",
+                      SILT_AUTHORIZATION__SUPER_USERS='["User:CN=alice,O=Example"]')
     port = int(next(l.rsplit(":", 1)[1].strip().rstrip(")") for l in a.log_text().splitlines()
                     if "admin http on" in l))
 

@@ -4,7 +4,8 @@
 //! request per connection, bounded request size, no dependencies.
 //!
 //! With `admin_tls` the port speaks TLS with the agent's certificate; with a `tls.client_ca`,
-//! a client certificate that chains to it may also make changes (mTLS), as the admin token does.
+//! a client certificate that chains to it and names a super user may also make changes (mTLS),
+//! as the admin token does.
 
 use std::sync::Arc;
 
@@ -74,7 +75,17 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         "/loglevel" if method != "GET" => {
             let token = broker.settings.admin_token.as_ref().map(|t| t.0.as_str());
             // A verified client certificate (mTLS) is as good as the token.
-            let allowed = match &cert {
+            // A client certificate whose principal is a super user is as good as the token;
+            // any other certificate is not enough (every Kafka mTLS client has one).
+            let admin_cert = cert.as_ref().filter(|p| {
+                broker
+                    .settings
+                    .authorization
+                    .super_users
+                    .iter()
+                    .any(|u| *u == p.to_string())
+            });
+            let allowed = match admin_cert {
                 Some(p) => {
                     tracing::info!(%peer, principal = %p, "admin change by client certificate");
                     Ok(())

@@ -43,6 +43,10 @@ struct Outgoing {
     fetch_quota: Option<(Arc<str>, String)>,
 }
 
+/// Largest request accepted before a connection authenticates (Kafka's
+/// `sasl.server.max.receive.size`).
+const UNAUTHENTICATED_MAX_FRAME: usize = 512 * 1024;
+
 /// Until when (ms since the connection opened) a throttled connection is not read from.
 #[derive(Debug, Default)]
 struct Mute {
@@ -177,10 +181,18 @@ where
                 _ = tokio::time::sleep(muted) => {}
             }
         }
-        let wait = if session.authenticated() {
-            idle
+        let (wait, max) = if session.authenticated() {
+            (idle, max)
         } else {
-            idle.min(auth_deadline.saturating_duration_since(tokio::time::Instant::now()))
+            // Before authentication: a small frame limit (Kafka's 512 KB) and a deadline that
+            // holds however busily the client sends ApiVersions.
+            let left = auth_deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                tracing::info!(%peer, listener = %session.listener.name,
+                    "closing connection: not authenticated within sasl.auth_timeout_ms");
+                break;
+            }
+            (idle.min(left), max.min(UNAUTHENTICATED_MAX_FRAME))
         };
         let read = tokio::select! {
             biased;

@@ -47,6 +47,7 @@ pub const KEYS: [&str; 2] = ["producer_byte_rate", "consumer_byte_rate"];
 #[derive(Debug)]
 struct Meter {
     started: Instant,
+    last: Instant,
     /// (second since `started`, bytes in it), newest last.
     windows: Vec<(u64, u64)>,
 }
@@ -55,12 +56,14 @@ impl Meter {
     fn new(now: Instant) -> Self {
         Self {
             started: now,
+            last: now,
             windows: Vec::new(),
         }
     }
 
     /// Adds `bytes` at `now`; the rate over the measured span, in bytes per second.
     fn record(&mut self, now: Instant, bytes: u64) -> f64 {
+        self.last = now;
         let sec = now.duration_since(self.started).as_secs();
         match self.windows.last_mut() {
             Some((s, b)) if *s == sec => *b += bytes,
@@ -135,18 +138,30 @@ impl Quotas {
     }
 
     /// Counts `bytes` for the client; how long to throttle it (zero when within its quota or
-    /// without one). Clients sharing a quota entity share its rate, as in Kafka.
+    /// without one). Clients of one named entity share its rate; under a default entity each user
+    /// (client id) is metered on its own, as in Kafka.
     pub fn record(&self, kind: Kind, user: &str, client_id: &str, bytes: u64) -> Duration {
         let Some((entity, quota)) = self.resolve(kind, user, client_id) else {
             return Duration::ZERO;
         };
+        // A default entity's quota applies to each user (client id) on its own, as in Kafka:
+        // the meter is the client's, not shared by everyone under the default.
+        let metered = Entity {
+            user: entity
+                .user
+                .map(|u| Some(u.unwrap_or_else(|| user.to_string()))),
+            client_id: entity
+                .client_id
+                .map(|c| Some(c.unwrap_or_else(|| client_id.to_string()))),
+        };
         let now = Instant::now();
         let mut meters = self.meters.lock().expect("quota meters");
         if meters.len() > 100_000 {
-            meters.retain(|_, m| now.duration_since(m.started) < Duration::from_secs(3600));
+            // Client ids are chosen by clients: forget the meters idle longer than the window.
+            meters.retain(|_, m| now.duration_since(m.last) < Duration::from_secs(WINDOWS));
         }
         let rate = meters
-            .entry((kind, entity))
+            .entry((kind, metered))
             .or_insert_with(|| Meter::new(now))
             .record(now, bytes);
         throttle(rate, quota)
@@ -215,5 +230,7 @@ mod tests {
         assert_eq!(q.resolve(Kind::Fetch, "alice", "app"), None);
         assert_eq!(q.record(Kind::Produce, "bob", "x", 50), Duration::ZERO);
         assert!(q.record(Kind::Produce, "bob", "x", 5_000) > Duration::from_secs(1));
+        // Under the default user quota, carol has her own meter: bob's bytes do not count.
+        assert_eq!(q.record(Kind::Produce, "carol", "x", 50), Duration::ZERO);
     }
 }

@@ -67,7 +67,7 @@ impl Session {
         Self {
             listener,
             peer,
-            host: peer.ip().to_string(),
+            host: peer.ip().to_canonical().to_string(),
             principal: cert.unwrap_or_else(Principal::anonymous),
             acl: DecisionCache::default(),
             authenticated: !sasl,
@@ -97,15 +97,17 @@ impl Session {
     }
 
     /// Whether Metadata may auto-create a topic for this connection: CREATE on the cluster or
-    /// on the topic (always, without authorization).
+    /// on the topic, and DESCRIBE on it (always, without authorization).
     pub fn may_create<'a>(&'a self, b: &'a Broker) -> impl Fn(&str) -> bool + Sync + 'a {
         use silt_security::acl::{Operation, ResourceType, CLUSTER_NAME};
         move |topic: &str| match &b.security.authorizer {
             None => true,
             Some(az) => {
                 let (p, h) = (&self.principal, &self.host);
-                az.authorize(p, h, Operation::Create, ResourceType::Cluster, CLUSTER_NAME)
-                    || az.authorize(p, h, Operation::Create, ResourceType::Topic, topic)
+                // Kafka creates only what the client may also see.
+                (az.authorize(p, h, Operation::Create, ResourceType::Cluster, CLUSTER_NAME)
+                    || az.authorize(p, h, Operation::Create, ResourceType::Topic, topic))
+                    && az.authorize(p, h, Operation::Describe, ResourceType::Topic, topic)
             }
         }
     }

@@ -702,6 +702,42 @@ impl Settings {
                 "a SASL listener needs a mechanism",
             );
         }
+        // User:ANONYMOUS as a super user is for a loopback PLAINTEXT listener (local tools):
+        // refused when a connection from elsewhere could be ANONYMOUS.
+        let anonymous_super = self.authorization.enabled
+            && self
+                .authorization
+                .super_users
+                .iter()
+                .any(|u| u == "User:ANONYMOUS");
+        if anonymous_super {
+            let loopback = |listen: &str| {
+                let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            };
+            let anonymous_ok = |p: SecurityProtocol| match p {
+                SecurityProtocol::Plaintext => true,
+                SecurityProtocol::Ssl => self.tls.client_auth != ClientAuthSetting::Required,
+                SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl => false,
+            };
+            let exposed = std::iter::once((&self.listen, self.security_protocol))
+                .chain(
+                    self.listeners
+                        .iter()
+                        .map(|l| (&l.listen, l.security_protocol)),
+                )
+                .find(|(listen, p)| anonymous_ok(*p) && !loopback(listen));
+            if let Some((listen, p)) = exposed {
+                return bad(
+                    format!("authorization.super_users has User:ANONYMOUS and {listen} ({p:?}) is not on loopback"),
+                    "anyone reaching that listener would be a super user: bind it to 127.0.0.1, make it SASL or SSL with tls.client_auth = \"required\", or drop User:ANONYMOUS",
+                );
+            }
+        }
         for u in &self.authorization.super_users {
             if !u.starts_with("User:") || u.len() == 5 {
                 return bad(
@@ -802,6 +838,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/silt.toml"), "{err}");
+    }
+
+    #[test]
+    fn anonymous_super_users_are_refused_on_listeners_reachable_from_elsewhere() {
+        let load = |toml: &str| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            writeln!(f, "{toml}").unwrap();
+            Settings::load(Some(f.path())).map_err(|e| e.to_string())
+        };
+        let auth = "[authorization]\nenabled = true\nsuper_users = [\"User:ANONYMOUS\"]";
+        let err = load(&format!("listen = \"0.0.0.0:9092\"\n{auth}")).unwrap_err();
+        assert!(
+            err.contains("User:ANONYMOUS") && err.contains("0.0.0.0:9092"),
+            "{err}"
+        );
+        load(&format!("listen = \"127.0.0.1:9092\"\n{auth}")).unwrap();
+        load(&format!("listen = \"[::1]:9092\"\n{auth}")).unwrap();
+        let sasl = "[[listeners]]\nname = \"C\"\nlisten = \"0.0.0.0:9093\"\nsecurity_protocol = \"SASL_PLAINTEXT\"";
+        load(&format!("listen = \"127.0.0.1:9092\"\n{sasl}\n{auth}")).unwrap();
+        let ssl = "[[listeners]]\nname = \"C\"\nlisten = \"0.0.0.0:9093\"\nsecurity_protocol = \"SSL\"\n[tls]\ncert = \"c\"\nkey = \"k\"";
+        let err = load(&format!("listen = \"127.0.0.1:9092\"\n{ssl}\n{auth}")).unwrap_err();
+        assert!(err.contains("0.0.0.0:9093"), "{err}");
     }
 
     #[test]

@@ -221,6 +221,8 @@ pub struct DecisionCache {
 
 /// Most decisions one connection remembers before starting over.
 const MAX_CACHED: usize = 4096;
+/// Longest resource name a decision is remembered for (Kafka topic names have at most 249).
+const MAX_CACHED_NAME: usize = 255;
 
 impl DecisionCache {
     /// [`Authorizer::authorize`], remembered.
@@ -237,6 +239,11 @@ impl DecisionCache {
         if v != self.version || self.map.len() >= MAX_CACHED {
             self.map.clear();
             self.version = v;
+        }
+        // Names come from requests: long ones are decided each time, never kept, so the cache
+        // stays within MAX_CACHED × MAX_CACHED_NAME bytes.
+        if name.len() > MAX_CACHED_NAME {
+            return a.authorize(principal, host, op, rt, name);
         }
         if let Some(d) = self.map.get(&(op, rt, name.to_string())) {
             return *d;

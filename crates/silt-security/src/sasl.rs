@@ -13,7 +13,7 @@ use silt_meta::MetaKv;
 use crate::error::AuthError;
 use crate::oauth::{bearer_token, JwtValidator};
 use crate::principal::Principal;
-use crate::scram::{ClientFirst, Credential, Mechanism, ServerExchange};
+use crate::scram::{ClientFirst, Credential, Mechanism, ServerExchange, MIN_ITERATIONS};
 
 /// The user database: SCRAM credentials in the metadata store.
 #[derive(Debug, Clone)]
@@ -177,6 +177,8 @@ impl Exchange {
                         });
                     }
                 }
+                // As slow as a wrong password, so timing does not tell users apart.
+                let _ = Credential::from_password(Mechanism::Sha256, &password, MIN_ITERATIONS);
                 Err(AuthError::Failed {
                     user,
                     why: "no such user".into(),

@@ -163,6 +163,16 @@ impl Credential {
     }
 }
 
+/// The salt shown for a user that does not exist: the same on every attempt (as a real user's
+/// is), derived from a per-process secret, so repeated exchanges do not tell users apart.
+fn fake_salt(m: Mechanism, user: &str) -> Vec<u8> {
+    static SECRET: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let key = SECRET.get_or_init(|| random_bytes(32));
+    let mut salt = m.hmac(key, user.as_bytes());
+    salt.truncate(24);
+    salt
+}
+
 /// Random bytes from the system's secure generator.
 pub fn random_bytes(n: usize) -> Vec<u8> {
     use lc_rand::SecureRandom;
@@ -268,7 +278,7 @@ impl ServerExchange {
     pub fn start(mechanism: Mechanism, first: ClientFirst, credential: Option<Credential>) -> Self {
         let (salt, iterations) = match &credential {
             Some(c) => (c.salt.clone(), c.iterations),
-            None => (random_bytes(24), MIN_ITERATIONS),
+            None => (fake_salt(mechanism, &first.user), MIN_ITERATIONS),
         };
         let nonce = format!("{}{}", first.nonce, B64.encode(random_bytes(18)));
         let server_first = format!("r={nonce},s={},i={iterations}", B64.encode(&salt));
@@ -432,6 +442,22 @@ mod tests {
             let msg = format!("{without},p={}", B64.encode(proof));
             assert_eq!(ex.finish(msg.as_bytes()).is_ok(), ok, "prefix {prefix:?}");
         }
+    }
+
+    #[test]
+    fn an_unknown_user_sees_the_same_salt_every_time() {
+        let start = |user: &str| {
+            let f = ClientFirst::parse(format!("n,,n={user},r=abc").as_bytes()).unwrap();
+            let ex = ServerExchange::start(Mechanism::Sha256, f, None);
+            let sf = String::from_utf8(ex.server_first().to_vec()).unwrap();
+            sf.split(',').skip(1).collect::<Vec<_>>().join(",")
+        };
+        assert_eq!(
+            start("ghost"),
+            start("ghost"),
+            "salt and iterations are stable"
+        );
+        assert_ne!(start("ghost"), start("other-ghost"));
     }
 
     #[test]

@@ -177,12 +177,21 @@ impl TlsServer {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let stream = self.acceptor.accept(io).await?;
-        let principal = stream
+        let principal = match stream
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|leaf| self.principal(leaf));
+        {
+            None => None,
+            // A verified certificate always names someone: never User:ANONYMOUS.
+            Some(leaf) => Some(self.principal(leaf).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the client certificate's subject is empty: no principal",
+                )
+            })?),
+        };
         Ok((stream, principal))
     }
 
@@ -199,14 +208,20 @@ impl TlsServer {
     }
 
     /// The principal of a verified client certificate.
+    /// (In `cn` mode a subject without a common name is named by its whole DN, as Kafka's
+    /// default rule does; a certificate with an empty subject has no principal.)
     pub fn principal(&self, leaf: &[u8]) -> Option<Principal> {
         let dn = subject_dn(leaf)?;
-        match self.certs.files.principal_from {
-            PrincipalFrom::Dn => Some(Principal::user(dn.join(","))),
-            PrincipalFrom::Cn => dn
-                .iter()
-                .find_map(|rdn| rdn.strip_prefix("CN="))
-                .map(|cn| Principal::user(cn.replace("\\,", ","))),
+        if dn.is_empty() {
+            return None;
+        }
+        let cn = dn
+            .iter()
+            .find_map(|rdn| rdn.strip_prefix("CN="))
+            .map(|cn| cn.replace("\\,", ","));
+        match (self.certs.files.principal_from, cn) {
+            (PrincipalFrom::Cn, Some(cn)) if !cn.is_empty() => Some(Principal::user(cn)),
+            _ => Some(Principal::user(dn.join(","))),
         }
     }
 }

@@ -103,8 +103,8 @@ pub enum UsersCommand {
         /// Only this mechanism (default: SCRAM-SHA-256 and SCRAM-SHA-512).
         #[arg(long)]
         mechanism: Option<String>,
-        /// PBKDF2 iterations (4096 to 16384).
-        #[arg(long, default_value_t = 8192)]
+        /// PBKDF2 iterations (4096 to 16384; Kafka's tools use 4096).
+        #[arg(long, default_value_t = 4096)]
         iterations: i32,
     },
     /// Delete a user's credentials.

@@ -1,4 +1,4 @@
-//! Cluster APIs: DescribeCluster, DescribeAcls and DescribeUserScramCredentials need DESCRIBE
+//! Cluster APIs: DescribeAcls and DescribeUserScramCredentials need DESCRIBE
 //! on the cluster; CreateAcls, DeleteAcls and AlterUserScramCredentials ALTER;
 //! DescribeClientQuotas DESCRIBE_CONFIGS and AlterClientQuotas ALTER_CONFIGS; InitProducerId
 //! without a transactional id IDEMPOTENT_WRITE on the cluster or WRITE on some topic (as Kafka
@@ -38,13 +38,10 @@ pub(super) fn init_producer_id(a: &mut Access<'_>, r: &mut InitProducerIdRequest
     )))
 }
 
-pub(super) fn describe_cluster(a: &mut Access<'_>) -> Verdict {
-    if a.cluster(Operation::Describe) {
-        return Verdict::Pass(None);
-    }
-    Verdict::Deny(Box::new(ResponseKind::DescribeCluster(
-        DescribeClusterResponse::default().with_error_code(DENIED.code()),
-    )))
+/// DescribeCluster is answered to every client, as Kafka does (its cluster permission only
+/// decides `cluster_authorized_operations`, which Silt does not report).
+pub(super) fn describe_cluster(_a: &mut Access<'_>) -> Verdict {
+    Verdict::Pass(None)
 }
 
 pub(super) fn describe_acls(a: &mut Access<'_>) -> Verdict {

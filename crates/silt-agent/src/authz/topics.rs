@@ -172,7 +172,10 @@ pub(super) fn metadata(a: &mut Access<'_>, r: &mut MetadataRequest, version: i16
         Some(t) => t.is_empty() && version == 0,
     };
     // Decided now (the connection's cache is not reachable from the fix-up); the response
-    // holds the same topics, plus any auto-created ones, which were decided by CREATE.
+    // holds the same topics, plus any auto-created ones, which were decided by CREATE and
+    // DESCRIBE. Topics asked for by id are answered by id: a refused one keeps its id and
+    // loses its name, as Kafka answers.
+    let mut by_id = std::collections::HashSet::new();
     let names: Vec<String> = if listing_all {
         a.broker()
             .topics
@@ -186,11 +189,10 @@ pub(super) fn metadata(a: &mut Access<'_>, r: &mut MetadataRequest, version: i16
             .flatten()
             .filter_map(|t| match &t.name {
                 Some(n) => Some(n.to_string()),
-                None => a
-                    .broker()
-                    .topics
-                    .get_by_id(&t.topic_id)
-                    .map(|t| t.record.name.clone()),
+                None => a.broker().topics.get_by_id(&t.topic_id).map(|topic| {
+                    by_id.insert(t.topic_id);
+                    topic.record.name.clone()
+                }),
             })
             .collect()
     };
@@ -211,7 +213,11 @@ pub(super) fn metadata(a: &mut Access<'_>, r: &mut MetadataRequest, version: i16
                     if t.name.as_ref().is_some_and(|n| hidden.contains(n.as_str())) {
                         t.error_code = TOPIC_DENIED.code();
                         t.partitions.clear();
-                        t.topic_id = uuid::Uuid::nil();
+                        if by_id.contains(&t.topic_id) {
+                            t.name = None;
+                        } else {
+                            t.topic_id = uuid::Uuid::nil();
+                        }
                     }
                 }
             }
