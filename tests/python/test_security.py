@@ -595,3 +595,48 @@ def test_admin_port_over_tls_takes_changes_from_client_certificates(agent_factor
         except ConnectionResetError:
             got = b""
         assert not got.startswith(b"HTTP/1.1 200"), got
+
+
+def test_oauthbearer_keys_come_from_a_jwks_url_and_rotate(secured, topic_name, tmp_path):
+    """sasl.oauthbearer.jwks_url: the agent fetches the issuer's keys at start and again every
+    jwks_refresh_ms; after the issuer rotates its key, new tokens log in and old ones do not."""
+    import functools
+    import http.server
+    import threading
+
+    first = TokenIssuer(tmp_path / "k1")
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "jwks.json").write_text(first.jwks.read_text())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/jwks.json"
+        s = secured("SASL_SSL", SILT_SASL__MECHANISMS='["OAUTHBEARER"]', SILT_SASL__OAUTHBEARER__JWKS_URL=url,
+                    SILT_SASL__OAUTHBEARER__JWKS_REFRESH_MS="300")
+        create_topic(s.agent.bootstrap, topic_name)
+        s.allow(ResourceType.TOPIC, topic_name, "User:svc", AclOperation.WRITE)
+
+        def works(token):
+            errors = []
+            conf = {"bootstrap.servers": s.secure, "security.protocol": "SASL_SSL",
+                    "ssl.ca.location": str(s.pki / "ca.pem"), "sasl.mechanism": "OAUTHBEARER",
+                    "oauth_cb": lambda _c: (token, time.time() + 300), "error_cb": errors.append,
+                    "message.timeout.ms": 5000}
+            p = Producer(conf)
+            p.produce(topic_name, b"x")
+            p.flush(6)
+            return not any(e.code() == KafkaError._AUTHENTICATION for e in errors)
+
+        exp = int(time.time()) + 300
+        assert works(first.token(sub="svc", exp=exp))
+        second = TokenIssuer(tmp_path / "k2")
+        (served / "jwks.json").write_text(second.jwks.read_text())
+        deadline = time.time() + 15
+        while not works(second.token(sub="svc", exp=exp)):
+            assert time.time() < deadline, "the rotated key was not fetched"
+        assert not works(first.token(sub="svc", exp=exp)), "the retired key still logs in"
+    finally:
+        httpd.shutdown()

@@ -269,6 +269,10 @@ impl Agent {
         if let Some(l) = admin_listener {
             membership.spawn("admin-http", crate::admin_http::serve(l, broker.clone()));
         }
+        if let Some(job) = crate::security::JwksRefreshJob::new(&broker.security, &broker.settings)
+        {
+            membership.every(job);
+        }
         if let Some(job) = crate::security::TlsReloadJob::new(&broker.security, &broker.settings) {
             membership.every(job);
         }

@@ -123,25 +123,31 @@ impl Security {
         } else {
             None
         };
-        let jwt = match &s.sasl.oauthbearer.jwks_file {
-            None => None,
-            Some(file) => {
-                let o = &s.sasl.oauthbearer;
-                Some(Arc::new(
-                    JwtValidator::new(JwtRules {
-                        jwks_file: file.clone(),
-                        issuer: o.issuer.clone(),
-                        audience: o.audience.clone(),
-                        principal_claim: o.principal_claim.clone(),
-                        clock_skew: Duration::from_millis(o.clock_skew_ms),
-                    })
-                    .map_err(|e| {
-                        StartError::Security(format!(
-                            "sasl.oauthbearer.jwks_file: {e}. Point it at a JWKS file ({{\"keys\": [...]}}) of the token issuer"
-                        ))
-                    })?,
+        let o = &s.sasl.oauthbearer;
+        let jwt = if o.jwks_file.is_some() || o.jwks_url.is_some() {
+            let v = JwtValidator::new(JwtRules {
+                jwks_file: o.jwks_file.clone(),
+                issuer: o.issuer.clone(),
+                audience: o.audience.clone(),
+                principal_claim: o.principal_claim.clone(),
+                clock_skew: Duration::from_millis(o.clock_skew_ms),
+            })
+            .map_err(|e| {
+                StartError::Security(format!(
+                    "sasl.oauthbearer.jwks_file: {e}. Point it at a JWKS file ({{\"keys\": [...]}}) of the token issuer"
                 ))
+            })?;
+            if let Some(url) = &o.jwks_url {
+                let n = fetch_jwks(url, &v).await.map_err(|e| {
+                    StartError::Security(format!(
+                        "sasl.oauthbearer.jwks_url: {e}. Check the URL serves the issuer's JWKS and is reachable from the agent"
+                    ))
+                })?;
+                tracing::info!(%url, keys = n, "JWKS fetched");
             }
+            Some(Arc::new(v))
+        } else {
+            None
         };
         Ok(Self {
             tls,
@@ -201,6 +207,56 @@ impl crate::tasks::Periodic for TlsReloadJob {
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e,
                 "the changed TLS certificate or key could not be loaded; still serving the previous one"),
+        }
+    }
+}
+
+/// Fetches a JWKS document and gives its keys to the validator; how many it had.
+async fn fetch_jwks(url: &str, v: &JwtValidator) -> Result<usize, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    v.set_jwks(&body)
+}
+
+/// Fetches the JWKS URL again every `sasl.oauthbearer.jwks_refresh_ms` (keys rotate); a failed
+/// fetch keeps the keys in use.
+pub(crate) struct JwksRefreshJob {
+    url: String,
+    validator: Arc<JwtValidator>,
+    every: Duration,
+}
+
+impl JwksRefreshJob {
+    /// A job when the keys come from a URL.
+    pub(crate) fn new(security: &Security, settings: &Settings) -> Option<Self> {
+        Some(Self {
+            url: settings.sasl.oauthbearer.jwks_url.clone()?,
+            validator: security.verifiers.jwt.clone()?,
+            every: Duration::from_millis(settings.sasl.oauthbearer.jwks_refresh_ms.max(100)),
+        })
+    }
+}
+
+impl crate::tasks::Periodic for JwksRefreshJob {
+    fn name(&self) -> &'static str {
+        "jwks-refresh"
+    }
+
+    fn interval(&self) -> Duration {
+        self.every
+    }
+
+    async fn step(&mut self) {
+        if let Err(e) = fetch_jwks(&self.url, &self.validator).await {
+            tracing::warn!(url = %self.url, error = %e,
+                "could not refresh the JWKS; keeping the keys in use");
         }
     }
 }

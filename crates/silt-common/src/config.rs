@@ -689,10 +689,11 @@ impl Settings {
                     "the mechanisms served are PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 and OAUTHBEARER",
                 );
             }
-            if m == "OAUTHBEARER" && self.sasl.oauthbearer.jwks_file.is_none() {
+            let o = &self.sasl.oauthbearer;
+            if m == "OAUTHBEARER" && o.jwks_file.is_some() == o.jwks_url.is_some() {
                 return bad(
                     "sasl.mechanisms contains OAUTHBEARER".into(),
-                    "set sasl.oauthbearer.jwks_file to the token issuer's JWKS",
+                    "set one of sasl.oauthbearer.jwks_file and sasl.oauthbearer.jwks_url (the token issuer's keys)",
                 );
             }
         }

@@ -133,9 +133,14 @@ pub struct SaslSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OAuthBearerSettings {
-    /// JWKS file of the token issuer's public keys (re-read when it changes); required for
-    /// the `OAUTHBEARER` mechanism.
+    /// JWKS file of the token issuer's public keys (re-read when it changes); this or
+    /// `jwks_url` is required for the `OAUTHBEARER` mechanism.
     pub jwks_file: Option<PathBuf>,
+    /// URL of the issuer's JWKS (`https://…/.well-known/jwks.json`), fetched at start and every
+    /// `jwks_refresh_ms`.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS URL is fetched again (keys rotate), in ms.
+    pub jwks_refresh_ms: u64,
     /// Required `iss` claim.
     pub issuer: Option<String>,
     /// Required `aud` claim.
@@ -150,6 +155,8 @@ impl Default for OAuthBearerSettings {
     fn default() -> Self {
         Self {
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_ms: 300_000,
             issuer: None,
             audience: None,
             principal_claim: "sub".into(),

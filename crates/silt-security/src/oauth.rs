@@ -1,5 +1,6 @@
 //! SASL/OAUTHBEARER (RFC 7628) with JWT validation: the client's bearer token must be a JWT
-//! signed by a key of the configured JWKS (RS256, RS384, RS512 or ES256), issued by the
+//! signed by a key of the configured JWKS — a file, or a document the agent fetches from a URL
+//! ([`JwtValidator::set_jwks`]) — (RS256, RS384, RS512 or ES256), issued by the
 //! configured issuer for the configured audience, and unexpired; the principal is one of its
 //! claims (`sub` by default). The token's expiry bounds the session (KIP-368).
 
@@ -19,8 +20,9 @@ use crate::principal::Principal;
 /// What a token must satisfy.
 #[derive(Debug, Clone)]
 pub struct JwtRules {
-    /// JWKS file (`{"keys":[...]}`), re-read when it changes.
-    pub jwks_file: PathBuf,
+    /// JWKS file (`{"keys":[...]}`), re-read when it changes; `None` when the keys come from a
+    /// URL ([`JwtValidator::set_jwks`]).
+    pub jwks_file: Option<PathBuf>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
     /// Required `aud` (a string or one of an array), if set.
@@ -62,7 +64,11 @@ fn failed(why: impl Into<String>) -> AuthError {
 
 fn load_jwks(path: &Path) -> Result<HashMap<String, Key>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_jwks(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn parse_jwks(text: &str) -> Result<HashMap<String, Key>, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
     for k in v["keys"].as_array().ok_or("no \"keys\" array")? {
         let field = |n: &str| k[n].as_str().and_then(|s| B64URL.decode(s).ok());
@@ -91,31 +97,44 @@ fn load_jwks(path: &Path) -> Result<HashMap<String, Key>, String> {
 impl JwtValidator {
     /// Loads the JWKS; fails if it cannot be read or holds no usable key.
     pub fn new(rules: JwtRules) -> Result<Self, String> {
-        let stamp = std::fs::metadata(&rules.jwks_file)
-            .and_then(|m| m.modified())
-            .ok();
-        let keys = load_jwks(&rules.jwks_file)?;
-        if keys.is_empty() {
-            return Err(format!(
-                "{}: no RSA or P-256 key",
-                rules.jwks_file.display()
-            ));
-        }
+        let (stamp, keys) = match &rules.jwks_file {
+            None => (None, HashMap::new()),
+            Some(file) => {
+                let stamp = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+                let keys = load_jwks(file)?;
+                if keys.is_empty() {
+                    return Err(format!("{}: no RSA or P-256 key", file.display()));
+                }
+                (stamp, keys)
+            }
+        };
         Ok(Self {
             rules,
             keys: RwLock::new((stamp, keys)),
         })
     }
 
+    /// Replaces the keys with those of a JWKS document (fetched from a URL); how many usable
+    /// keys it had. A document without one leaves the keys as they were.
+    pub fn set_jwks(&self, json: &str) -> Result<usize, String> {
+        let keys = parse_jwks(json)?;
+        if keys.is_empty() {
+            return Err("no RSA or P-256 key in the JWKS".into());
+        }
+        let n = keys.len();
+        self.keys.write().expect("jwks lock").1 = keys;
+        Ok(n)
+    }
+
     fn key(&self, kid: &str) -> Option<Key> {
-        let stamp = std::fs::metadata(&self.rules.jwks_file)
-            .and_then(|m| m.modified())
-            .ok();
-        if stamp != self.keys.read().expect("jwks lock").0 {
-            match load_jwks(&self.rules.jwks_file) {
-                Ok(keys) => *self.keys.write().expect("jwks lock") = (stamp, keys),
-                Err(e) => {
-                    tracing::error!(error = %e, "the changed JWKS file does not load; keeping the previous keys")
+        if let Some(file) = &self.rules.jwks_file {
+            let stamp = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+            if stamp != self.keys.read().expect("jwks lock").0 {
+                match load_jwks(file) {
+                    Ok(keys) => *self.keys.write().expect("jwks lock") = (stamp, keys),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the changed JWKS file does not load; keeping the previous keys")
+                    }
                 }
             }
         }
@@ -280,7 +299,7 @@ mod tests {
 
         fn validator(&self) -> JwtValidator {
             JwtValidator::new(JwtRules {
-                jwks_file: self.dir.path().join("jwks.json"),
+                jwks_file: Some(self.dir.path().join("jwks.json")),
                 issuer: Some("https://issuer.example".into()),
                 audience: Some("silt".into()),
                 principal_claim: "sub".into(),
@@ -314,6 +333,21 @@ mod tests {
                 "{field} not checked"
             );
         }
+        // Keys from a URL replace the file's: the old issuer's tokens stop validating.
+        let other = Issuer::new();
+        let jwks = std::fs::read_to_string(other.dir.path().join("jwks.json")).unwrap();
+        let url_v = JwtValidator::new(JwtRules {
+            jwks_file: None,
+            ..v.rules.clone()
+        })
+        .unwrap();
+        assert!(
+            url_v.validate(&other.token(good.clone()), now).is_err(),
+            "no keys yet"
+        );
+        assert_eq!(url_v.set_jwks(&jwks), Ok(1));
+        assert!(url_v.validate(&other.token(good.clone()), now).is_ok());
+        assert!(url_v.set_jwks(r#"{"keys":[]}"#).is_err());
         // A token signed by another key, or tampered with, fails.
         let other = Issuer::new();
         assert!(v.validate(&other.token(good.clone()), now).is_err());
