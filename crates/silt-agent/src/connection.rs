@@ -48,18 +48,22 @@ struct Outgoing {
 const UNAUTHENTICATED_MAX_FRAME: usize = 512 * 1024;
 
 /// Until when (ms since the connection opened) a throttled connection is not read from.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Mute {
     until_ms: std::sync::atomic::AtomicU64,
-    opened: std::sync::OnceLock<std::time::Instant>,
+    opened: std::time::Instant,
 }
 
 impl Mute {
+    fn new() -> Self {
+        Self {
+            until_ms: Default::default(),
+            opened: std::time::Instant::now(),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
-        self.opened
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis() as u64
+        self.opened.elapsed().as_millis() as u64
     }
 
     fn extend(&self, d: std::time::Duration) {
@@ -158,8 +162,7 @@ where
     let (tx, rx) = mpsc::channel(broker.settings.connections.max_in_flight);
     let budget = broker.limits.connection_budget();
     let idle = std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms);
-    let mute = Arc::new(Mute::default());
-    mute.now_ms();
+    let mute = Arc::new(Mute::new());
     let writer = tokio::spawn(write_loop(
         wr,
         rx,
@@ -297,45 +300,35 @@ where
                 }
             }
         };
-        let fixup = match session.gate(broker, api, version, &body).await {
+        // The authentication and authorization layers: go on to the handler (with a fix-up
+        // for its response), answer here (and maybe close), or close.
+        let step = match session.gate(broker, api, version, &body).await {
             Gate::Pass => match crate::authz::check(broker, &mut session, &mut body, version) {
-                Verdict::Pass(fixup) => fixup,
-                Verdict::Deny(resp) => {
-                    match answer(*resp) {
-                        Some(out) => {
-                            if tx.send(out).await.is_err() {
-                                break;
-                            }
-                        }
-                        None => break,
-                    }
-                    continue;
-                }
+                Verdict::Pass(fixup) => Ok(fixup),
+                Verdict::Deny(resp) => Err((Some(*resp), false)),
                 Verdict::Close(why) => {
                     tracing::warn!(%peer, principal = %session.principal, "closing connection: {why}");
-                    break;
+                    Err((None, true))
                 }
             },
-            Gate::Answer(resp) => {
-                match answer(resp) {
-                    Some(out) => {
-                        if tx.send(out).await.is_err() {
-                            break;
-                        }
-                    }
-                    None => break,
-                }
-                continue;
-            }
-            Gate::AnswerAndClose(resp) => {
-                if let Some(out) = answer(resp) {
-                    let _ = tx.send(out).await;
-                }
-                break;
-            }
+            Gate::Answer(resp) => Err((Some(resp), false)),
+            Gate::AnswerAndClose(resp) => Err((Some(resp), true)),
             Gate::Close(why) => {
                 tracing::warn!(%peer, listener = %session.listener.name, "closing connection: {why}");
-                break;
+                Err((None, true))
+            }
+        };
+        let fixup = match step {
+            Ok(fixup) => fixup,
+            Err((resp, close)) => {
+                let sent = match resp.and_then(answer) {
+                    Some(out) => tx.send(out).await.is_ok(),
+                    None => false,
+                };
+                if close || !sent {
+                    break;
+                }
+                continue;
             }
         };
         // A fetch reserves the bytes its response may take before it runs (and is capped to
@@ -372,10 +365,20 @@ where
         );
         // The quota layer: produce bytes are counted as they arrive; fetch bytes as their
         // response is written (write_loop).
-        let client_id = req.header.client_id.as_deref().unwrap_or("").to_string();
-        let user: Arc<str> = Arc::from(session.principal.name.as_str());
         let mut fetch_quota = None;
+        let metered = broker.quotas.any() && matches!(api, ApiKey::Produce | ApiKey::Fetch);
+        let client_id = if metered {
+            req.header.client_id.as_deref().unwrap_or("").to_string()
+        } else {
+            String::new()
+        };
+        let user: Arc<str> = Arc::from(if metered {
+            session.principal.name.as_str()
+        } else {
+            ""
+        });
         let fixup = match api {
+            _ if !metered => fixup,
             ApiKey::Produce => {
                 let t =
                     broker

@@ -39,21 +39,15 @@ pub async fn render(b: &Broker) -> String {
         m.connections_total.load(Ordering::Relaxed),
     );
     let l = &b.limits;
-    header(
+    by_label(
         &mut out,
         "silt_connections_refused_total",
         "New connections closed at once because too many were open (connections.max_total, connections.max_per_ip).",
-        "counter",
-    );
-    let _ = writeln!(
-        out,
-        "silt_connections_refused_total{{reason=\"total\"}} {}",
-        l.refused_total.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "silt_connections_refused_total{{reason=\"per_ip\"}} {}",
-        l.refused_per_ip.load(Ordering::Relaxed)
+        "reason",
+        &[
+            ("total", l.refused_total.load(Ordering::Relaxed)),
+            ("per_ip", l.refused_per_ip.load(Ordering::Relaxed)),
+        ],
     );
     single(
         &mut out,
@@ -647,21 +641,15 @@ fn archive(b: &Broker, out: &mut String) {
 
 fn security(b: &Broker, out: &mut String) {
     let st = &b.security.stats;
-    header(
+    by_label(
         out,
         "silt_sasl_authentications_total",
         "SASL authentications, by result (failed: wrong credentials or a malformed exchange).",
-        "counter",
-    );
-    let _ = writeln!(
-        out,
-        "silt_sasl_authentications_total{{result=\"succeeded\"}} {}",
-        st.auth_succeeded.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "silt_sasl_authentications_total{{result=\"failed\"}} {}",
-        st.auth_failed.load(Ordering::Relaxed)
+        "result",
+        &[
+            ("succeeded", st.auth_succeeded.load(Ordering::Relaxed)),
+            ("failed", st.auth_failed.load(Ordering::Relaxed)),
+        ],
     );
     single(
         out,
@@ -684,4 +672,12 @@ fn security(b: &Broker, out: &mut String) {
         "counter",
         st.denied.load(Ordering::Relaxed),
     );
+}
+
+/// A counter with one sample per value of one label.
+fn by_label(out: &mut String, name: &str, help: &str, label_name: &str, samples: &[(&str, u64)]) {
+    header(out, name, help, "counter");
+    for (value, n) in samples {
+        let _ = writeln!(out, "{name}{{{label_name}=\"{value}\"}} {n}");
+    }
 }

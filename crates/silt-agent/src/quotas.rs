@@ -112,6 +112,11 @@ impl Quotas {
         })
     }
 
+    /// Whether any quota is set (without one the layer does nothing).
+    pub fn any(&self) -> bool {
+        !self.mirror.snapshot().items.is_empty()
+    }
+
     /// The entity whose quota applies to `user` and `client_id` for `kind`, and the quota.
     pub fn resolve(&self, kind: Kind, user: &str, client_id: &str) -> Option<(Entity, f64)> {
         let snap = self.mirror.snapshot();

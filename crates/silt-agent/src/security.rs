@@ -76,24 +76,15 @@ impl Security {
             ),
             _ => None,
         };
-        let tls = match (&s.tls.cert, &s.tls.key) {
-            (Some(cert), Some(key)) if any_tls => Some(
-                TlsServer::new(TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: s.tls.client_ca.clone(),
-                    client_auth: match s.tls.client_auth {
-                        ClientAuthSetting::None => ClientAuth::None,
-                        ClientAuthSetting::Requested => ClientAuth::Requested,
-                        ClientAuthSetting::Required => ClientAuth::Required,
-                    },
-                    principal_from: match s.tls.principal_from {
-                        PrincipalFromSetting::Dn => PrincipalFrom::Dn,
-                        PrincipalFromSetting::Cn => PrincipalFrom::Cn,
-                    },
-                })
-                .map_err(|e| StartError::Security(e.to_string()))?,
-            ),
+        let client_auth = match s.tls.client_auth {
+            ClientAuthSetting::None => ClientAuth::None,
+            ClientAuthSetting::Requested => ClientAuth::Requested,
+            ClientAuthSetting::Required => ClientAuth::Required,
+        };
+        let tls = match files(client_auth) {
+            Some(f) if any_tls => {
+                Some(TlsServer::new(f).map_err(|e| StartError::Security(e.to_string()))?)
+            }
             _ => None,
         };
         let mechanisms = s

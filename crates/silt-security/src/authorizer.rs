@@ -346,6 +346,35 @@ mod tests {
         );
     }
 
+    /// More bindings than one metadata transaction may hold (128 ops) and than one page of a
+    /// range read: all stored, all seen by the authorizer.
+    #[tokio::test]
+    async fn thousands_of_bindings_are_stored_in_chunks_and_all_apply() {
+        let acls: Vec<AclRecord> = (0..3000)
+            .map(|i| {
+                bind(
+                    ResourceType::Topic,
+                    &format!("t-{i:05}"),
+                    PatternType::Literal,
+                    "User:alice",
+                    Operation::Read,
+                    Permission::Allow,
+                )
+            })
+            .collect();
+        let a = with(&acls, false).await;
+        assert_eq!(a.bindings().len(), 3000);
+        let alice = Principal::user("alice");
+        for i in [0, 127, 128, 2999] {
+            let t = format!("t-{i:05}");
+            assert!(
+                a.authorize(&alice, "h", Operation::Read, ResourceType::Topic, &t),
+                "{t}"
+            );
+        }
+        assert!(!a.authorize(&alice, "h", Operation::Read, ResourceType::Topic, "t-03000"));
+    }
+
     #[tokio::test]
     async fn caches_forget_decisions_when_bindings_change() {
         let kv: Arc<dyn MetaKv> = Arc::new(silt_meta::embedded::EmbeddedKv::in_memory(Arc::new(

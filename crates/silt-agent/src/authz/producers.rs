@@ -23,7 +23,8 @@ fn producer_id(records: &[u8]) -> Option<i64> {
 /// Takes out of `r` the partitions whose batch carries a foreign producer id; the fix-up puts
 /// them back into the response with UNKNOWN_PRODUCER_ID.
 pub(crate) fn check(b: &Broker, s: &Session, r: &mut ProduceRequest) -> Option<Fixup> {
-    let principal = s.principal.to_string();
+    // Built only for a batch that carries a sealed id (most produce requests carry none).
+    let mut principal: Option<String> = None;
     let mut refused: Vec<(kafka_protocol::messages::TopicName, Vec<i32>)> = Vec::new();
     for t in &mut r.topic_data {
         let mut gone = Vec::new();
@@ -32,8 +33,10 @@ pub(crate) fn check(b: &Broker, s: &Session, r: &mut ProduceRequest) -> Option<F
                 .records
                 .as_deref()
                 .and_then(producer_id)
+                .filter(|pid| *pid >= silt_security::producer_ids::SEALED_FROM)
                 .is_some_and(|pid| {
-                    b.producer_ids.sealer().check(pid, &principal) == PidCheck::Foreign
+                    let who = principal.get_or_insert_with(|| s.principal.to_string());
+                    b.producer_ids.sealer().check(pid, who) == PidCheck::Foreign
                 });
             if foreign {
                 gone.push(p.index);
@@ -41,7 +44,7 @@ pub(crate) fn check(b: &Broker, s: &Session, r: &mut ProduceRequest) -> Option<F
             !foreign
         });
         if !gone.is_empty() {
-            tracing::warn!(principal = %principal, peer = %s.peer, topic = %t.name.as_str(), partitions = ?gone,
+            tracing::warn!(principal = %s.principal, peer = %s.peer, topic = %t.name.as_str(), partitions = ?gone,
                 "produce with a producer id issued to another principal refused (UNKNOWN_PRODUCER_ID)");
             refused.push((t.name.clone(), gone));
         }

@@ -161,6 +161,21 @@ pub fn produce_result(c: &mut Conn, t: &str, records: Bytes) -> (i16, i64) {
     (p.error_code, p.base_offset)
 }
 
+/// An idempotent producer id from InitProducerId (asserts no error).
+pub fn init_producer_id(c: &mut Conn) -> i64 {
+    let r: InitProducerIdResponse = c.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(r.error_code, 0);
+    r.producer_id.0
+}
+
 pub fn metadata(c: &mut Conn, names: &[&str], v: i16) -> MetadataResponse {
     let req = MetadataRequest::default()
         .with_topics(Some(
@@ -403,17 +418,7 @@ fn idempotence_rules_hold_across_a_restart() {
     let mut a = AgentProc::start(&[]);
     let mut c = Conn::open(&a);
     metadata(&mut c, &["idem"], 12);
-    let r: InitProducerIdResponse = c.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
-    );
-    assert_eq!(r.error_code, 0);
-    let pid = r.producer_id.0;
+    let pid = init_producer_id(&mut c);
     assert!(pid >= 0);
 
     assert_eq!(produce_result(&mut c, "idem", batch(3, pid, 0, 0)), (0, 0));
@@ -447,17 +452,9 @@ fn idempotence_rules_hold_across_a_restart() {
         47,
         "older epoch → INVALID_PRODUCER_EPOCH"
     );
-    let r2: InitProducerIdResponse = c.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
-    );
     assert_ne!(
-        r2.producer_id.0, pid,
+        init_producer_id(&mut c),
+        pid,
         "producer ids are never reused across restarts"
     );
 }

@@ -6,7 +6,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use crate::harness::AgentProc;
-use crate::protocol::{batch, metadata, produce_result, Conn};
+use crate::protocol::{batch, init_producer_id, metadata, produce_result, Conn};
 
 fn login(addr: &str, user: &str, password: &str) -> Conn {
     let mut c = Conn::to(addr);
@@ -24,20 +24,6 @@ fn login(addr: &str, user: &str, password: &str) -> Conn {
     );
     assert_eq!(a.error_code, 0, "{:?}", a.error_message);
     c
-}
-
-fn init_producer_id(c: &mut Conn) -> i64 {
-    let r: InitProducerIdResponse = c.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
-    );
-    assert_eq!(r.error_code, 0);
-    r.producer_id.0
 }
 
 /// A client cannot append as, or fence, an idempotent producer of another principal by using
