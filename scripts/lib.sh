@@ -1,6 +1,6 @@
 # Shared by scripts/agent and scripts/test: make sure Debian packages are present, installing
 # them when running as root, otherwise saying exactly what to install.
-# Usage: ensure_packages "command:package" ...
+# Usage: ensure_packages "command:package" ... (a command starting with / is a file to look for)
 ensure_packages() {
   local missing=() pair cmd pkg
   for pair in "$@"; do
@@ -8,6 +8,8 @@ ensure_packages() {
     pkg=${pair#*:}
     if [ "$cmd" = "python3-venv" ]; then
       python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=("$pkg")
+    elif [ "${cmd#/}" != "$cmd" ]; then
+      [ -e "$cmd" ] || missing+=("$pkg")
     else
       command -v "$cmd" >/dev/null || missing+=("$pkg")
     fi

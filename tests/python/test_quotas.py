@@ -84,3 +84,66 @@ def test_producers_and_consumers_over_their_quota_are_throttled_and_others_are_n
 
     silt_admin(agent, "quotas", "remove", "--client-id", "slow-app")
     assert "slow-app" not in silt_admin(agent, "quotas", "list")
+
+
+def _metadata_v4(sock, corr, client_id):
+    """One Metadata v4 request for every topic; the response's throttle_time_ms and how long the
+    answer took."""
+    import struct
+
+    cid = client_id.encode()
+    frame = struct.pack(">hhih", 3, 4, corr, len(cid)) + cid + struct.pack(">i?", -1, False)
+    started = time.monotonic()
+    sock.sendall(struct.pack(">i", len(frame)) + frame)
+
+    def read(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            assert chunk, "connection closed"
+            buf += chunk
+        return buf
+
+    size = struct.unpack(">i", read(4))[0]
+    body = read(size)
+    got_corr, throttle = struct.unpack(">ii", body[:8])
+    assert got_corr == corr
+    return throttle, time.monotonic() - started
+
+
+def test_request_time_over_request_percentage_is_throttled(agent, topic_name):
+    """KIP-124: a client id over its request_percentage gets throttle_time_ms on its responses and
+    its connection is not read from for that long; another client id is not throttled."""
+    import socket
+
+    # Metadata for every partition of a large topic is real work for the agent.
+    create_topic(agent.bootstrap, topic_name, partitions=2000)
+    silt_admin(agent, "quotas", "set", "--client-id", "busy", "--request-percentage", "1")
+    assert "request_percentage=1" in silt_admin(agent, "quotas", "list")
+    host, port = agent.bootstrap.split(":")
+
+    def hammer(client_id, n):
+        s = socket.create_connection((host, int(port)), timeout=60)
+        seen = []
+        try:
+            for corr in range(n):
+                throttle, took = _metadata_v4(s, corr, client_id)
+                seen.append(throttle)
+                if throttle > 0:
+                    # The connection is muted: the next answer waits out the throttle.
+                    _, after = _metadata_v4(s, n + 1, client_id)
+                    return seen, throttle, after
+        finally:
+            s.close()
+        return seen, 0, 0.0
+
+    seen, throttle, after = hammer("idle", 60)
+    assert throttle == 0 and set(seen) == {0}, "a client id without a quota is never throttled"
+    seen, throttle, after = hammer("busy", 2000)
+    assert throttle > 0, f"1% of a thread (10 ms/s) was never exceeded in {len(seen)} requests"
+    assert after >= 0.8 * throttle / 1000, (throttle, after)
+    assert _metric(agent, "silt_quota_throttled_total") > 0
+    print(f"request_percentage=1: throttled after {len(seen)} Metadata requests for "
+          f"{throttle} ms; the next answer took {after:.2f} s")
+    silt_admin(agent, "quotas", "remove", "--client-id", "busy", "--request-percentage")
+    assert "busy" not in silt_admin(agent, "quotas", "list")

@@ -23,6 +23,8 @@ from confluent_kafka.admin import (
     AclBindingFilter,
     AclOperation,
     AclPermissionType,
+    AdminClient,
+    ConfigResource,
     NewTopic,
     ResourcePatternType,
     ResourceType,
@@ -476,6 +478,17 @@ def test_oauthbearer_tokens_signed_by_the_issuer_log_in_and_others_do_not(secure
     good = issuer.token(sub="svc-orders", iss="https://issuer.test", aud="silt", exp=now + 300)
     errors = []
     assert _produce(conf(good, errors), topic_name, [b"with a token"]) == []
+    # Admin calls with the token: the client asks for one on poll().
+    made = f"{topic_name}-admin"
+    s.allow(ResourceType.TOPIC, made, "User:svc-orders", AclOperation.CREATE)
+    s.allow(ResourceType.TOPIC, made, "User:svc-orders", AclOperation.DESCRIBE_CONFIGS)
+    a = AdminClient(conf(good, errors))
+    a.poll(1)
+    for f in a.create_topics([NewTopic(made, num_partitions=1, replication_factor=1)]).values():
+        f.result(timeout=30)
+    described = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, made)])
+    configs = list(described.values())[0].result(timeout=30)
+    assert "retention.ms" in configs
     for bad in [
         issuer.token(sub="svc-orders", iss="https://issuer.test", aud="silt", exp=now - 120),  # expired
         issuer.token(sub="svc-orders", iss="https://other.test", aud="silt", exp=now + 300),  # issuer

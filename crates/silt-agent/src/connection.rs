@@ -27,6 +27,7 @@ use crate::authz::Verdict;
 use crate::broker::Broker;
 use crate::handlers::{self, Reply};
 use crate::listeners::ListenerInfo;
+use crate::quotas::{Mute, Ticket};
 use crate::session::{Gate, Session};
 
 /// A response on its way out, and what it holds until written (a fetch's reserved bytes).
@@ -39,53 +40,13 @@ use crate::session::{Gate, Session};
 struct Outgoing {
     kind: OutKind,
     _hold: Option<crate::limits::ResponsePermit>,
-    /// A fetch response's quota entity: its bytes are counted when it is written.
-    fetch_quota: Option<(Arc<str>, String)>,
+    /// Who the quota layer charges (a fetch response's bytes are counted when it is written).
+    quota: Option<Ticket>,
 }
 
 /// Largest request accepted before a connection authenticates (Kafka's
 /// `sasl.server.max.receive.size`).
 const UNAUTHENTICATED_MAX_FRAME: usize = 512 * 1024;
-
-/// Until when (ms since the connection opened) a throttled connection is not read from.
-#[derive(Debug)]
-struct Mute {
-    until_ms: std::sync::atomic::AtomicU64,
-    opened: std::time::Instant,
-}
-
-impl Mute {
-    fn new() -> Self {
-        Self {
-            until_ms: Default::default(),
-            opened: std::time::Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.opened.elapsed().as_millis() as u64
-    }
-
-    fn extend(&self, d: std::time::Duration) {
-        let until = self.now_ms() + d.as_millis() as u64;
-        self.until_ms
-            .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn remaining(&self) -> std::time::Duration {
-        let until = self.until_ms.load(std::sync::atomic::Ordering::Relaxed);
-        std::time::Duration::from_millis(until.saturating_sub(self.now_ms()))
-    }
-}
-
-/// Writes `ms` into an encoded response's leading `throttle_time_ms` (after the size and the
-/// response header).
-fn set_throttle(bytes: &mut bytes::BytesMut, api: ApiKey, version: i16, ms: i32) {
-    let at = 4 + 4 + usize::from(api.response_header_version(version) >= 1);
-    if let Some(slot) = bytes.get_mut(at..at + 4) {
-        slot.copy_from_slice(&ms.to_be_bytes());
-    }
-}
 
 enum OutKind {
     Ready(Bytes),
@@ -162,7 +123,7 @@ where
     let (tx, rx) = mpsc::channel(broker.settings.connections.max_in_flight);
     let budget = broker.limits.connection_budget();
     let idle = std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms);
-    let mute = Arc::new(Mute::new());
+    let mute = Arc::new(Mute::default());
     let writer = tokio::spawn(write_loop(
         wr,
         rx,
@@ -236,7 +197,7 @@ where
                     let out = Outgoing {
                         kind: OutKind::Ready(Bytes::from(out)),
                         _hold: None,
-                        fetch_quota: None,
+                        quota: None,
                     };
                     if tx.send(out).await.is_err() {
                         break;
@@ -269,7 +230,7 @@ where
                 let out = Outgoing {
                     kind: OutKind::Ready(b),
                     _hold: None,
-                    fetch_quota: None,
+                    quota: None,
                 };
                 if tx.send(out).await.is_err() {
                     break;
@@ -292,7 +253,7 @@ where
                 Ok(b) => Some(Outgoing {
                     kind: OutKind::Ready(b),
                     _hold: None,
-                    fetch_quota: None,
+                    quota: None,
                 }),
                 Err(e) => {
                     tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
@@ -363,48 +324,19 @@ where
             client_id = req.header.client_id.as_deref().unwrap_or(""),
             %peer
         );
-        // The quota layer: produce bytes are counted as they arrive; fetch bytes as their
-        // response is written (write_loop).
-        let mut fetch_quota = None;
-        let metered = broker.quotas.any() && matches!(api, ApiKey::Produce | ApiKey::Fetch);
-        let client_id = if metered {
-            req.header.client_id.as_deref().unwrap_or("").to_string()
-        } else {
-            String::new()
-        };
-        let user: Arc<str> = Arc::from(if metered {
-            session.principal.name.as_str()
-        } else {
-            ""
-        });
-        let fixup = match api {
-            _ if !metered => fixup,
-            ApiKey::Produce => {
-                let t =
-                    broker
-                        .quotas
-                        .record(crate::quotas::Kind::Produce, &user, &client_id, req_len);
-                if t.is_zero() {
-                    fixup
-                } else {
-                    mute.extend(t);
-                    broker
-                        .metrics
-                        .throttled
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    crate::authz::then(fixup, move |r| {
-                        if let ResponseKind::Produce(p) = r {
-                            p.throttle_time_ms = t.as_millis().min(i32::MAX as u128) as i32;
-                        }
-                    })
-                }
-            }
-            ApiKey::Fetch => {
-                fetch_quota = Some((user, client_id));
-                fixup
-            }
-            _ => fixup,
-        };
+        // The quota layer: request time and produce bytes are checked as requests arrive,
+        // fetch bytes as their response is written (write_loop).
+        let (fixup, quota) = crate::quotas::admit(
+            &broker.quotas,
+            &broker.metrics.throttled,
+            &mute,
+            (
+                session.principal.name.as_str(),
+                req.header.client_id.as_deref().unwrap_or(""),
+            ),
+            (api, req_len),
+            fixup,
+        );
         let started = std::time::Instant::now();
         let reply = handlers::dispatch(broker, &req, body, &mut session)
             .instrument(span)
@@ -416,11 +348,15 @@ where
             }
             Reply::Now(resp) => {
                 broker.metrics.request(api, started.elapsed());
-                match encode_response(correlation_id, api, version, &resp) {
+                let encoded = encode_response(correlation_id, api, version, &resp);
+                if let Some(t) = &quota {
+                    t.spent(&broker.quotas, started.elapsed());
+                }
+                match encoded {
                     Ok(b) => Outgoing {
                         kind: OutKind::Ready(b),
                         _hold: hold,
-                        fetch_quota,
+                        quota,
                     },
                     Err(e) => {
                         tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
@@ -430,10 +366,19 @@ where
             }
             Reply::Later(fut) => {
                 let b = broker.clone();
+                let ticket = quota.clone();
+                let dispatched = started.elapsed();
                 Outgoing {
                     kind: OutKind::Pending {
                         task: tokio::spawn(async move {
-                            let resp = fut.await;
+                            let resp = match ticket {
+                                None => fut.await,
+                                Some(t) => {
+                                    let (resp, polled) = crate::quotas::Timed::new(fut).await;
+                                    t.spent(&b.quotas, dispatched + polled);
+                                    resp
+                                }
+                            };
                             b.metrics.request(api, started.elapsed());
                             resp
                         }),
@@ -442,7 +387,7 @@ where
                         version,
                     },
                     _hold: hold,
-                    fetch_quota,
+                    quota,
                 }
             }
         };
@@ -478,14 +423,9 @@ async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
                     }
                 };
                 match encode_response(correlation_id, api, version, &resp) {
-                    Ok(b) => match &out.fetch_quota {
-                        Some((user, client_id)) => {
-                            let t = broker.quotas.record(
-                                crate::quotas::Kind::Fetch,
-                                user,
-                                client_id,
-                                b.len() as u64,
-                            );
+                    Ok(b) => match out.quota.as_ref().filter(|t| t.fetch) {
+                        Some(ticket) => {
+                            let t = ticket.fetched(&broker.quotas, b.len() as u64);
                             if t.is_zero() {
                                 b
                             } else {
@@ -495,9 +435,8 @@ async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
                                     .throttled
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let mut m = bytes::BytesMut::from(b);
-                                set_throttle(
+                                crate::quotas::set_encoded_fetch_throttle(
                                     &mut m,
-                                    api,
                                     version,
                                     t.as_millis().min(i32::MAX as u128) as i32,
                                 );

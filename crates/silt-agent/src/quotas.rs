@@ -1,5 +1,6 @@
-//! The quota layer of the request pipeline (KIP-13, KIP-55, KIP-219): produce and fetch byte
-//! rates per user and client id, measured per agent as Kafka measures them per broker.
+//! The quota layer of the request pipeline (KIP-13, KIP-55, KIP-124, KIP-219): produce and
+//! fetch byte rates and request time per user and client id, measured per agent as Kafka
+//! measures them per broker.
 //!
 //! Quotas live in the metadata store (`/silt/quotas/…`, set with AlterClientQuotas) and every
 //! agent follows them by a watch. A request's quota is the most specific entity that has one,
@@ -8,10 +9,22 @@
 //! counted in one-second windows over the last [`WINDOWS`] seconds; a client over its rate gets
 //! its response with `throttle_time_ms` and its connection is muted (not read from) for that
 //! long, as Kafka does — so a client that ignores the hint is slowed down all the same.
+//!
+//! Request time (`request_percentage`, KIP-124) is the time the agent spends working on a
+//! client's requests — decoding, the handler's polls (not its waits for a flush or a long poll)
+//! and encoding — as a percentage of one thread: 50 allows half a second of work per second.
+//! A client over it has its next response throttled (Kafka throttles the one that crossed it; the
+//! difference is one request).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::{ApiKey, ResponseKind};
 
 use silt_meta::layout::quotas::{self as layout, Entity, Values};
 use silt_meta::mirror::Mirror;
@@ -29,6 +42,8 @@ pub enum Kind {
     Produce,
     /// Fetch response bytes (`consumer_byte_rate`).
     Fetch,
+    /// Microseconds of the agent's work (`request_percentage`, a percentage of one thread).
+    Request,
 }
 
 impl Kind {
@@ -37,12 +52,25 @@ impl Kind {
         match self {
             Kind::Produce => "producer_byte_rate",
             Kind::Fetch => "consumer_byte_rate",
+            Kind::Request => "request_percentage",
+        }
+    }
+
+    /// A stored quota in the unit metered: request percentages become microseconds per second.
+    fn per_second(self, quota: f64) -> f64 {
+        match self {
+            Kind::Request => quota * 10_000.0,
+            _ => quota,
         }
     }
 }
 
 /// The quota keys served.
-pub const KEYS: [&str; 2] = ["producer_byte_rate", "consumer_byte_rate"];
+pub const KEYS: [&str; 3] = [
+    "producer_byte_rate",
+    "consumer_byte_rate",
+    "request_percentage",
+];
 
 #[derive(Debug)]
 struct Meter {
@@ -169,7 +197,189 @@ impl Quotas {
             .entry((kind, metered))
             .or_insert_with(|| Meter::new(now))
             .record(now, bytes);
-        throttle(rate, quota)
+        throttle(rate, kind.per_second(quota))
+    }
+}
+
+/// Until when (ms since the connection opened) a throttled connection is not read from.
+#[derive(Debug)]
+pub struct Mute {
+    until_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl Default for Mute {
+    fn default() -> Self {
+        Self {
+            until_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
+}
+
+impl Mute {
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    /// Mutes the connection for at least `d` from now.
+    pub fn extend(&self, d: Duration) {
+        let until = self.now_ms() + d.as_millis() as u64;
+        self.until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// How long the connection stays muted.
+    pub fn remaining(&self) -> Duration {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(self.now_ms()))
+    }
+}
+
+/// Who a request is charged to, kept until it is answered.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    user: Arc<str>,
+    client_id: Arc<str>,
+    /// A fetch: its response bytes are charged when it is written.
+    pub fetch: bool,
+}
+
+impl Ticket {
+    /// Charges the agent's work on the request.
+    pub fn spent(&self, q: &Quotas, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        q.record(Kind::Request, &self.user, &self.client_id, micros);
+    }
+
+    /// Charges a fetch response's bytes; how long to throttle the client.
+    pub fn fetched(&self, q: &Quotas, bytes: u64) -> Duration {
+        q.record(Kind::Fetch, &self.user, &self.client_id, bytes)
+    }
+}
+
+fn millis(d: Duration) -> i32 {
+    d.as_millis().min(i32::MAX as u128) as i32
+}
+
+/// The quota layer for one request, after authentication and authorization: counts a produce
+/// request's bytes and checks the client's request time; over either quota, the connection is
+/// muted and the response carries `throttle_time_ms`. `None` when no quota is set (the layer
+/// then costs nothing) and for the APIs a client needs before it is anyone (ApiVersions, SASL).
+pub fn admit(
+    q: &Quotas,
+    throttled: &AtomicU64,
+    mute: &Mute,
+    (user, client_id): (&str, &str),
+    (api, request_bytes): (ApiKey, u64),
+    fixup: Option<crate::authz::Fixup>,
+) -> (Option<crate::authz::Fixup>, Option<Ticket>) {
+    if !q.any()
+        || matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        )
+    {
+        return (fixup, None);
+    }
+    let mut t = q.record(Kind::Request, user, client_id, 0);
+    if api == ApiKey::Produce {
+        t = t.max(q.record(Kind::Produce, user, client_id, request_bytes));
+    }
+    let fixup = if t.is_zero() {
+        fixup
+    } else {
+        mute.extend(t);
+        throttled.fetch_add(1, Ordering::Relaxed);
+        let ms = millis(t);
+        crate::authz::then(fixup, move |r| set_throttle_time(r, ms))
+    };
+    let ticket = Ticket {
+        user: user.into(),
+        client_id: client_id.into(),
+        fetch: api == ApiKey::Fetch,
+    };
+    (fixup, Some(ticket))
+}
+
+/// Raises a response's `throttle_time_ms` to `ms` (responses without one are left alone).
+pub fn set_throttle_time(r: &mut ResponseKind, ms: i32) {
+    macro_rules! raise {
+        ($($v:ident),* $(,)?) => {
+            match r {
+                $(ResponseKind::$v(x) => x.throttle_time_ms = x.throttle_time_ms.max(ms),)*
+                _ => {}
+            }
+        };
+    }
+    raise!(
+        AlterClientQuotas,
+        AlterUserScramCredentials,
+        ApiVersions,
+        CreateAcls,
+        CreateTopics,
+        DeleteAcls,
+        DeleteGroups,
+        DeleteRecords,
+        DeleteTopics,
+        DescribeAcls,
+        DescribeClientQuotas,
+        DescribeCluster,
+        DescribeConfigs,
+        DescribeGroups,
+        DescribeUserScramCredentials,
+        Fetch,
+        FindCoordinator,
+        Heartbeat,
+        InitProducerId,
+        JoinGroup,
+        LeaveGroup,
+        ListGroups,
+        ListOffsets,
+        Metadata,
+        OffsetCommit,
+        OffsetDelete,
+        OffsetFetch,
+        OffsetForLeaderEpoch,
+        Produce,
+        SyncGroup,
+    );
+}
+
+/// Raises the leading `throttle_time_ms` of an encoded Fetch response (after the size and the
+/// response header) to `ms`.
+pub fn set_encoded_fetch_throttle(bytes: &mut bytes::BytesMut, version: i16, ms: i32) {
+    let at = 4 + 4 + usize::from(ApiKey::Fetch.response_header_version(version) >= 1);
+    if let Some(slot) = bytes.get_mut(at..at + 4) {
+        let old = i32::from_be_bytes(slot.try_into().expect("4 bytes"));
+        slot.copy_from_slice(&old.max(ms).to_be_bytes());
+    }
+}
+
+/// A future and the time spent polling it: the agent's work on a request, not its waits.
+pub struct Timed<F> {
+    inner: F,
+    spent: Duration,
+}
+
+impl<F> Timed<F> {
+    /// Starts timing `inner`'s polls.
+    pub fn new(inner: F) -> Self {
+        Self {
+            inner,
+            spent: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Timed<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let started = Instant::now();
+        let r = Pin::new(&mut self.inner).poll(cx);
+        self.spent += started.elapsed();
+        let spent = self.spent;
+        r.map(|out| (out, spent))
     }
 }
 
@@ -237,5 +447,43 @@ mod tests {
         assert!(q.record(Kind::Produce, "bob", "x", 5_000) > Duration::from_secs(1));
         // Under the default user quota, carol has her own meter: bob's bytes do not count.
         assert_eq!(q.record(Kind::Produce, "carol", "x", 50), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn request_time_is_a_percentage_of_one_thread_and_waits_are_not_work() {
+        let kv: Arc<dyn MetaKv> = Arc::new(silt_meta::embedded::EmbeddedKv::in_memory(Arc::new(
+            silt_common::SystemClock,
+        )));
+        let e = Entity {
+            user: None,
+            client_id: Some(Some("busy".into())),
+        };
+        let values = [("request_percentage".to_string(), 1.0)].into();
+        layout::set(kv.as_ref(), &e, &values).await.unwrap();
+        let q = Quotas::start(kv).await.unwrap();
+        // 1% of a thread is 10 ms of work per second.
+        assert_eq!(q.record(Kind::Request, "u", "busy", 9_000), Duration::ZERO);
+        assert!(q.record(Kind::Request, "u", "busy", 2_000) > Duration::ZERO);
+        assert_eq!(
+            q.record(Kind::Request, "u", "other", 1_000_000),
+            Duration::ZERO
+        );
+
+        // A handler that waits 200 ms does little work.
+        let fut: futures::future::BoxFuture<'static, u8> = Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            7
+        });
+        let (out, spent) = Timed::new(fut).await;
+        assert_eq!(out, 7);
+        assert!(spent < Duration::from_millis(50), "{spent:?}");
+
+        let mut r = ResponseKind::Metadata(Default::default());
+        set_throttle_time(&mut r, 250);
+        set_throttle_time(&mut r, 100);
+        let ResponseKind::Metadata(m) = r else {
+            unreachable!()
+        };
+        assert_eq!(m.throttle_time_ms, 250, "the larger throttle wins");
     }
 }

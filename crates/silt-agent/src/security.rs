@@ -194,10 +194,12 @@ impl crate::tasks::Periodic for TlsReloadJob {
             }
         }
         match self.tls.reload_if_changed() {
-            Ok(true) => tracing::info!("TLS certificate reloaded; new connections use it"),
+            Ok(true) => tracing::info!(
+                "TLS certificate reloaded: new connections use the current certificate, key and client CA bundle"
+            ),
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e,
-                "the changed TLS certificate or key could not be loaded; still serving the previous one"),
+                "the changed TLS certificate, key or client CA bundle could not be loaded; still serving the previous ones"),
         }
     }
 }

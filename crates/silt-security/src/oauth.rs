@@ -377,4 +377,52 @@ mod tests {
             assert!(bearer_token(bad).is_err(), "{bad:?}");
         }
     }
+
+    #[tokio::test]
+    async fn a_refused_token_gets_the_error_challenge_before_the_failure() {
+        use crate::sasl::{
+            Exchange, SaslMechanism, Step, Users, Verifiers, BEARER_ERROR_CHALLENGE,
+        };
+        let issuer = Issuer::new();
+        let kv: std::sync::Arc<dyn silt_meta::MetaKv> =
+            std::sync::Arc::new(silt_meta::embedded::EmbeddedKv::in_memory(
+                std::sync::Arc::new(silt_common::SystemClock),
+            ));
+        let v = Verifiers {
+            users: Users::new(kv),
+            jwt: Some(std::sync::Arc::new(issuer.validator())),
+        };
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        let msg = |tok: String| format!("n,,\x01auth=Bearer {tok}\x01\x01").into_bytes();
+        let good = issuer.token(serde_json::json!({"sub": "svc", "iss": "https://issuer.example", "aud": "silt", "exp": exp}));
+        match Exchange::new(SaslMechanism::OAuthBearer)
+            .step(&v, &msg(good))
+            .await
+        {
+            Ok(Step::Done(p, reply, Some(_))) => {
+                assert_eq!(p.to_string(), "User:svc");
+                assert!(reply.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = issuer.token(serde_json::json!({"sub": "svc", "iss": "https://other.example", "aud": "silt", "exp": exp}));
+        let mut ex = Exchange::new(SaslMechanism::OAuthBearer);
+        match ex.step(&v, &msg(bad)).await {
+            Ok(Step::Continue(challenge)) => assert_eq!(challenge, BEARER_ERROR_CHALLENGE),
+            other => panic!("{other:?}"),
+        }
+        match ex.step(&v, b"\x01").await {
+            Err(AuthError::Failed { why, .. }) => assert!(why.contains("issuer"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A malformed initial response fails at once, without a challenge.
+        let r = Exchange::new(SaslMechanism::OAuthBearer)
+            .step(&v, b"n,,auth=Bearer")
+            .await;
+        assert!(matches!(r, Err(AuthError::Malformed(_))), "{r:?}");
+    }
 }

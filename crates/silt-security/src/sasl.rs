@@ -111,6 +111,10 @@ impl SaslMechanism {
     }
 }
 
+/// The server's answer to a bearer token that does not validate (RFC 7628 §3.2.2). It names no
+/// reason: why a token was refused is logged, never told to the client.
+pub const BEARER_ERROR_CHALLENGE: &[u8] = br#"{"status":"invalid_token"}"#;
+
 /// What one SaslAuthenticate round produced.
 #[derive(Debug)]
 pub enum Step {
@@ -125,6 +129,8 @@ pub enum Step {
 enum State {
     Start,
     ScramSent(Box<ServerExchange>),
+    /// OAUTHBEARER sent its error challenge (RFC 7628 §3.2.2); the client's `%x01` ends it.
+    BearerRefused(AuthError),
     Finished,
 }
 
@@ -161,8 +167,25 @@ impl Exchange {
                     .jwt
                     .as_ref()
                     .ok_or_else(|| AuthError::UnsupportedMechanism("OAUTHBEARER".into()))?;
-                let ok = jwt.validate(bearer_token(msg)?, std::time::SystemTime::now())?;
-                Ok(Step::Done(ok.principal, Vec::new(), Some(ok.expires_ms)))
+                match jwt.validate(bearer_token(msg)?, std::time::SystemTime::now()) {
+                    Ok(ok) => Ok(Step::Done(ok.principal, Vec::new(), Some(ok.expires_ms))),
+                    // A token that does not validate is answered with the error challenge
+                    // (as Kafka's OAuthBearerSaslServer does); the client acknowledges it with
+                    // a single %x01 and only then is the exchange failed.
+                    Err(e @ AuthError::Failed { .. }) => {
+                        self.state = State::BearerRefused(e);
+                        Ok(Step::Continue(BEARER_ERROR_CHALLENGE.to_vec()))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (State::BearerRefused(e), SaslMechanism::OAuthBearer) => {
+                if msg != [0x01] {
+                    tracing::debug!(
+                        "OAUTHBEARER client did not acknowledge the error challenge with %x01"
+                    );
+                }
+                Err(e)
             }
             (State::Start, SaslMechanism::Plain) => {
                 let (user, password) = parse_plain(msg)?;
@@ -197,6 +220,7 @@ impl Exchange {
                 Ok(Step::Done(Principal::user(ex.user()), reply, None))
             }
             (State::ScramSent(_), SaslMechanism::Plain | SaslMechanism::OAuthBearer)
+            | (State::BearerRefused(_), SaslMechanism::Plain | SaslMechanism::Scram(_))
             | (State::Finished, _) => Err(AuthError::Malformed(
                 "a SASL message after the exchange finished".into(),
             )),

@@ -1,6 +1,7 @@
 //! TLS for Kafka listeners: a rustls server configuration from PEM files (TLS 1.2 and 1.3),
 //! the certificate reloaded when its files change (rotation without a restart), and optional
-//! client certificates verified against a CA bundle (mTLS) whose subject becomes the principal.
+//! client certificates verified against a CA bundle (mTLS) whose subject becomes the principal;
+//! a changed CA bundle applies to the next handshakes, also without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -64,7 +65,9 @@ impl ResolvesServerCert for Reloading {
 /// A TLS server for one or more listeners.
 #[derive(Clone)]
 pub struct TlsServer {
-    acceptor: tokio_rustls::TlsAcceptor,
+    /// The configuration new handshakes use, and the client CA bundle's modification time it
+    /// was built from (a changed bundle builds a new configuration).
+    config: Arc<RwLock<(Arc<rustls::ServerConfig>, Option<SystemTime>)>>,
     certs: Arc<Reloading>,
 }
 
@@ -88,9 +91,19 @@ fn file_err(what: &'static str, path: &Path, why: impl ToString) -> TlsError {
     }
 }
 
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
 fn modified(files: &TlsFiles) -> Option<SystemTime> {
-    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    Some(m(&files.cert)?.max(m(&files.key)?))
+    Some(mtime(&files.cert)?.max(mtime(&files.key)?))
+}
+
+fn ca_modified(files: &TlsFiles) -> Option<SystemTime> {
+    match files.client_auth {
+        ClientAuth::None => None,
+        _ => files.client_ca.as_deref().and_then(mtime),
+    }
 }
 
 fn load_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -114,57 +127,59 @@ fn load_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
         })
 }
 
+/// A server configuration: the protocol versions, the client-certificate verifier (built from
+/// the CA bundle as it is now) and the reloading certificate.
+fn server_config(
+    files: &TlsFiles,
+    certs: Arc<Reloading>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match (&files.client_ca, files.client_auth) {
+        (_, ClientAuth::None) => builder.with_no_client_auth(),
+        (None, _) => {
+            return Err(TlsError::Config(
+                "client certificates are asked for but no client_ca bundle is set".into(),
+            ))
+        }
+        (Some(ca), auth) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err("client CA", ca, e))? {
+                let c = c.map_err(|e| file_err("client CA", ca, e))?;
+                roots.add(c).map_err(|e| file_err("client CA", ca, e))?;
+            }
+            if roots.is_empty() {
+                return Err(file_err("client CA", ca, "no CERTIFICATE in it"));
+            }
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let v = if auth == ClientAuth::Requested {
+                v.allow_unauthenticated()
+            } else {
+                v
+            };
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| TlsError::Config(e.to_string()))?)
+        }
+    };
+    Ok(Arc::new(builder.with_cert_resolver(certs)))
+}
+
 impl TlsServer {
     /// Loads the files and builds the server configuration.
     pub fn new(files: TlsFiles) -> Result<Self, TlsError> {
         let stamp = modified(&files);
+        let ca_stamp = ca_modified(&files);
         let key = load_key(&files)?;
         let certs = Arc::new(Reloading {
             current: RwLock::new((key, stamp)),
             files: files.clone(),
         });
-        let builder = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let builder = match (&files.client_ca, files.client_auth) {
-            (_, ClientAuth::None) => builder.with_no_client_auth(),
-            (None, _) => {
-                return Err(TlsError::Config(
-                    "client certificates are asked for but no client_ca bundle is set".into(),
-                ))
-            }
-            (Some(ca), auth) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in
-                    CertificateDer::pem_file_iter(ca).map_err(|e| file_err("client CA", ca, e))?
-                {
-                    let c = c.map_err(|e| file_err("client CA", ca, e))?;
-                    roots.add(c).map_err(|e| file_err("client CA", ca, e))?;
-                }
-                if roots.is_empty() {
-                    return Err(file_err("client CA", ca, "no CERTIFICATE in it"));
-                }
-                let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-                let v = if auth == ClientAuth::Requested {
-                    v.allow_unauthenticated()
-                } else {
-                    v
-                };
-                builder.with_client_cert_verifier(
-                    v.build().map_err(|e| TlsError::Config(e.to_string()))?,
-                )
-            }
-        };
-        let config = builder.with_cert_resolver(certs.clone());
+        let config = server_config(&files, certs.clone())?;
         Ok(Self {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            config: Arc::new(RwLock::new((config, ca_stamp))),
             certs,
         })
-    }
-
-    /// The acceptor for new connections.
-    pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
-        &self.acceptor
     }
 
     /// Runs the server side of a handshake; the stream and the principal of the client's
@@ -176,7 +191,8 @@ impl TlsServer {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let stream = self.acceptor.accept(io).await?;
+        let config = self.config.read().expect("tls lock").0.clone();
+        let stream = tokio_rustls::TlsAcceptor::from(config).accept(io).await?;
         let principal = match stream
             .get_ref()
             .1
@@ -195,16 +211,25 @@ impl TlsServer {
         Ok((stream, principal))
     }
 
-    /// Reloads the certificate and key if their files changed; `Ok(true)` if it did. A pair
-    /// that does not load leaves the current one in use (and is reported).
+    /// Reloads the certificate and key, and the client CA bundle, if their files changed;
+    /// `Ok(true)` if anything was reloaded. Files that do not load leave the current ones in
+    /// use (and are reported). Connections already open keep what they were verified with.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let stamp = modified(&self.certs.files);
-        if stamp == self.certs.current.read().expect("tls lock").1 {
-            return Ok(false);
+        let files = &self.certs.files;
+        let mut reloaded = false;
+        let stamp = modified(files);
+        if stamp != self.certs.current.read().expect("tls lock").1 {
+            let key = load_key(files)?;
+            *self.certs.current.write().expect("tls lock") = (key, stamp);
+            reloaded = true;
         }
-        let key = load_key(&self.certs.files)?;
-        *self.certs.current.write().expect("tls lock") = (key, stamp);
-        Ok(true)
+        let ca_stamp = ca_modified(files);
+        if ca_stamp != self.config.read().expect("tls lock").1 {
+            let config = server_config(files, self.certs.clone())?;
+            *self.config.write().expect("tls lock") = (config, ca_stamp);
+            reloaded = true;
+        }
+        Ok(reloaded)
     }
 
     /// The principal of a verified client certificate.

@@ -64,7 +64,7 @@ impl QuotaEntityArgs {
 pub enum QuotasCommand {
     /// Every entity with quotas.
     List,
-    /// Set byte rates, e.g. --user alice --producer-byte-rate 1048576.
+    /// Set quotas, e.g. --user alice --producer-byte-rate 1048576.
     Set {
         #[command(flatten)]
         entity: QuotaEntityArgs,
@@ -74,8 +74,12 @@ pub enum QuotasCommand {
         /// Fetch bytes per second (per agent).
         #[arg(long)]
         consumer_byte_rate: Option<f64>,
+        /// Request time, as a percentage of one thread (per agent): 50 is half a second of the
+        /// agent's work per second.
+        #[arg(long)]
+        request_percentage: Option<f64>,
     },
-    /// Remove an entity's quotas (both rates unless one is named).
+    /// Remove an entity's quotas (all of them unless some are named).
     Remove {
         #[command(flatten)]
         entity: QuotaEntityArgs,
@@ -85,6 +89,9 @@ pub enum QuotasCommand {
         /// Only the fetch rate.
         #[arg(long)]
         consumer_byte_rate: bool,
+        /// Only the request-time quota.
+        #[arg(long)]
+        request_percentage: bool,
     },
 }
 
@@ -296,29 +303,35 @@ pub async fn run(bootstrap: &str, cmd: AdminCommand) -> Result<String, silt_admi
             entity,
             producer_byte_rate,
             consumer_byte_rate,
+            request_percentage,
         }) => {
-            let mut ops = Vec::new();
-            if let Some(v) = producer_byte_rate {
-                ops.push(("producer_byte_rate", Some(v)));
-            }
-            if let Some(v) = consumer_byte_rate {
-                ops.push(("consumer_byte_rate", Some(v)));
-            }
+            let ops: Vec<_> = [
+                ("producer_byte_rate", producer_byte_rate),
+                ("consumer_byte_rate", consumer_byte_rate),
+                ("request_percentage", request_percentage),
+            ]
+            .into_iter()
+            .filter(|(_, v)| v.is_some())
+            .collect();
             silt_admin::security::quotas_alter(bootstrap, &entity.entity(), &ops).await
         }
         AdminCommand::Quotas(QuotasCommand::Remove {
             entity,
             producer_byte_rate,
             consumer_byte_rate,
+            request_percentage,
         }) => {
-            let both = !producer_byte_rate && !consumer_byte_rate;
-            let mut ops = Vec::new();
-            if producer_byte_rate || both {
-                ops.push(("producer_byte_rate", None));
-            }
-            if consumer_byte_rate || both {
-                ops.push(("consumer_byte_rate", None));
-            }
+            let named = [
+                ("producer_byte_rate", producer_byte_rate),
+                ("consumer_byte_rate", consumer_byte_rate),
+                ("request_percentage", request_percentage),
+            ];
+            let all = named.iter().all(|(_, n)| !n);
+            let ops: Vec<_> = named
+                .into_iter()
+                .filter(|(_, n)| all || *n)
+                .map(|(k, _)| (k, None))
+                .collect();
             silt_admin::security::quotas_alter(bootstrap, &entity.entity(), &ops).await
         }
         AdminCommand::Acls(AclsCommand::List) => silt_admin::security::acls_list(bootstrap).await,

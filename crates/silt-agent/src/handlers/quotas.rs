@@ -1,5 +1,5 @@
 //! DescribeClientQuotas and AlterClientQuotas: user and client-id quotas in the metadata store
-//! (`producer_byte_rate`, `consumer_byte_rate`), enforced by [`crate::quotas`] on every agent.
+//! (`producer_byte_rate`, `consumer_byte_rate`, `request_percentage`), enforced by [`crate::quotas`] on every agent.
 
 use std::sync::Arc;
 
@@ -144,7 +144,7 @@ pub async fn alter(b: &Arc<Broker>, r: AlterClientQuotasRequest) -> AlterClientQ
         for op in &entry.ops {
             if !crate::quotas::KEYS.contains(&op.key.as_str()) {
                 bad = Some(format!(
-                    "quota {:?} is not supported (producer_byte_rate, consumer_byte_rate)",
+                    "quota {:?} is not supported (producer_byte_rate, consumer_byte_rate, request_percentage)",
                     op.key.as_str()
                 ));
             } else if !op.remove && (op.value <= 0.0 || !op.value.is_finite()) {

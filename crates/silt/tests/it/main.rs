@@ -16,4 +16,5 @@ mod protocol;
 mod read_path;
 mod scale;
 mod security;
+mod tls_clients;
 mod write_path;

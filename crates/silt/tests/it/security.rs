@@ -101,3 +101,74 @@ fn producer_ids_belong_to_the_principal_they_were_issued_to() {
         .log()
         .contains("producer id issued to another principal"));
 }
+
+/// OAUTHBEARER (RFC 7628 §3.2.2): a token that does not validate is answered with the error
+/// challenge `{"status":"invalid_token"}`; the client's `%x01` then gets
+/// SASL_AUTHENTICATION_FAILED and the connection is closed, as Kafka does. A valid token logs in
+/// with an empty final message.
+#[test]
+fn a_refused_bearer_token_gets_the_error_challenge_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = crate::tls_clients::Issuer::new(dir.path().to_path_buf());
+    let jwks = issuer.dir.join("jwks.json").display().to_string();
+    let port = crate::harness::free_port();
+    let listeners = format!(
+        r#"[{{name="SASL",listen="127.0.0.1:{port}",security_protocol="SASL_PLAINTEXT"}}]"#
+    );
+    let _agent = AgentProc::start(&[
+        ("SILT_LISTENERS", listeners.as_str()),
+        ("SILT_SASL__MECHANISMS", r#"["OAUTHBEARER"]"#),
+        ("SILT_SASL__OAUTHBEARER__JWKS_FILE", jwks.as_str()),
+        ("SILT_SASL__FAILURE_DELAY_MS", "50"),
+    ]);
+    let addr = format!("127.0.0.1:{port}");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let start = |token: &str| {
+        let mut c = Conn::to(&addr);
+        let h: SaslHandshakeResponse = c.call(
+            ApiKey::SaslHandshake,
+            1,
+            &SaslHandshakeRequest::default()
+                .with_mechanism(StrBytes::from_static_str("OAUTHBEARER")),
+        );
+        assert_eq!(h.error_code, 0);
+        let a: SaslAuthenticateResponse = c.call(
+            ApiKey::SaslAuthenticate,
+            2,
+            &SaslAuthenticateRequest::default().with_auth_bytes(
+                format!("n,,\x01auth=Bearer {token}\x01\x01")
+                    .into_bytes()
+                    .into(),
+            ),
+        );
+        (c, a)
+    };
+    let good = issuer.token(&format!(r#"{{"sub":"svc","exp":{exp}}}"#));
+    let (_, a) = start(&good);
+    assert_eq!(
+        (a.error_code, a.auth_bytes.len()),
+        (0, 0),
+        "{:?}",
+        a.error_message
+    );
+    assert!(
+        a.session_lifetime_ms > 0,
+        "the token's expiry bounds the session"
+    );
+
+    let expired = issuer.token(&format!(r#"{{"sub":"svc","exp":{}}}"#, exp - 600));
+    let (mut c, a) = start(&expired);
+    assert_eq!(a.error_code, 0);
+    assert_eq!(&a.auth_bytes[..], br#"{"status":"invalid_token"}"#);
+    let f: SaslAuthenticateResponse = c.call(
+        ApiKey::SaslAuthenticate,
+        2,
+        &SaslAuthenticateRequest::default().with_auth_bytes(bytes::Bytes::from_static(b"\x01")),
+    );
+    assert_eq!(f.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+    assert!(c.closed(), "the connection is closed after a failed login");
+}
