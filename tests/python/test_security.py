@@ -362,6 +362,25 @@ def test_mtls_principal_comes_from_the_client_certificate(secured, topic_name):
     assert s.metric("silt_tls_handshake_failures_total") >= 1
 
 
+def test_principal_mapping_rules_name_certificate_principals(secured, topic_name):
+    """Kafka's ssl.principal.mapping.rules (tls.principal_rules): the first rule matching the
+    whole DN names the principal; a certificate that no rule matches is refused."""
+    s = secured("SSL", client_auth="required",
+                SILT_TLS__PRINCIPAL_RULES='["RULE:^CN=([^,]+),OU=Svc$/$1/", "RULE:^CN=([^,]+),O=Example$/$1/U"]')
+    create_topic(s.agent.bootstrap, topic_name)
+    s.allow(ResourceType.TOPIC, topic_name, "User:ALICE", AclOperation.WRITE)
+    cert = {"ssl.certificate.location": str(s.pki / "client.pem"), "ssl.key.location": str(s.pki / "client.key")}
+    assert _produce(s.client_conf(**cert), topic_name, [b"as ALICE"]) == []
+
+    s2 = secured("SSL", client_auth="required", SILT_TLS__PRINCIPAL_RULES='["RULE:^CN=([^,]+),OU=Svc$/$1/"]')
+    errors = []
+    p = Producer(s2.client_conf(error_cb=errors.append, **cert))
+    p.produce(topic_name, b"x")
+    p.flush(3)
+    assert errors, "a certificate no rule maps is refused"
+    assert "no tls.principal_rules rule matches it" in s2.agent.log_text()
+
+
 def _raw(port, api_key, version, body=b""):
     header = struct.pack(">hhi", api_key, version, 1) + struct.pack(">h", 3) + b"raw"
     frame = header + body

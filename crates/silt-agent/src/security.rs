@@ -11,6 +11,7 @@ use silt_common::config::{ClientAuthSetting, PrincipalFromSetting};
 use silt_common::Settings;
 use silt_meta::MetaKv;
 use silt_security::authorizer::{Authorizer, Policy};
+use silt_security::mapping::PrincipalRules;
 use silt_security::oauth::{JwtRules, JwtValidator};
 use silt_security::sasl::{SaslMechanism, Users, Verifiers};
 use silt_security::tls::{ClientAuth, PrincipalFrom, TlsFiles, TlsServer};
@@ -54,16 +55,24 @@ impl Security {
     pub async fn start(s: &Settings, meta: Arc<dyn MetaKv>) -> Result<Self, StartError> {
         let any_tls =
             s.security_protocol.tls() || s.listeners.iter().any(|l| l.security_protocol.tls());
+        let principal_from = if s.tls.principal_rules.is_empty() {
+            match s.tls.principal_from {
+                PrincipalFromSetting::Dn => PrincipalFrom::Dn,
+                PrincipalFromSetting::Cn => PrincipalFrom::Cn,
+            }
+        } else {
+            PrincipalFrom::Rules(Arc::new(
+                PrincipalRules::parse(&s.tls.principal_rules)
+                    .map_err(|e| StartError::Security(format!("tls.principal_rules: {e}")))?,
+            ))
+        };
         let files = |client_auth: ClientAuth| -> Option<TlsFiles> {
             Some(TlsFiles {
                 cert: s.tls.cert.clone()?,
                 key: s.tls.key.clone()?,
                 client_ca: s.tls.client_ca.clone(),
                 client_auth,
-                principal_from: match s.tls.principal_from {
-                    PrincipalFromSetting::Dn => PrincipalFrom::Dn,
-                    PrincipalFromSetting::Cn => PrincipalFrom::Cn,
-                },
+                principal_from: principal_from.clone(),
             })
         };
         let admin_tls = match files(if s.tls.client_ca.is_some() {

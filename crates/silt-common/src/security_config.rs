@@ -92,6 +92,10 @@ pub struct TlsSettings {
     pub client_auth: ClientAuthSetting,
     /// How a client certificate names its principal.
     pub principal_from: PrincipalFromSetting,
+    /// Kafka's `ssl.principal.mapping.rules` (`RULE:pattern/replacement/[LU]` or `DEFAULT`),
+    /// tried in order on the certificate's RFC 2253 name; when set they replace
+    /// `principal_from`.
+    pub principal_rules: Vec<String>,
     /// How often the certificate and key files are checked for changes (rotation), in ms.
     pub reload_interval_ms: u64,
     /// Longest a client may take to finish the TLS handshake, in ms.
@@ -106,6 +110,7 @@ impl Default for TlsSettings {
             client_ca: None,
             client_auth: ClientAuthSetting::None,
             principal_from: PrincipalFromSetting::Dn,
+            principal_rules: Vec::new(),
             reload_interval_ms: 30_000,
             handshake_timeout_ms: 10_000,
         }

@@ -1,6 +1,7 @@
 //! Who a client is and what it may do.
 //!
-//! - [`tls`]: the rustls server configuration of TLS listeners (reloaded on rotation, mTLS).
+//! - [`tls`]: the rustls server configuration of TLS listeners (reloaded on rotation, mTLS);
+//!   [`mapping`]: Kafka's principal mapping rules for client certificates.
 //! - [`sasl`] and [`scram`]: SASL PLAIN and SCRAM-SHA-256/512 against the user database in the
 //!   metadata store; [`oauth`]: OAUTHBEARER with JWTs checked against a JWKS.
 //! - [`acl`] and [`authorizer`]: Kafka's ACL model and the authorizer that enforces it.
@@ -11,6 +12,7 @@
 pub mod acl;
 pub mod authorizer;
 pub mod error;
+pub mod mapping;
 pub mod oauth;
 pub mod principal;
 pub mod producer_ids;

@@ -27,12 +27,14 @@ pub enum ClientAuth {
 }
 
 /// How a client certificate's subject becomes a principal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PrincipalFrom {
     /// The whole distinguished name in RFC 2253 form (`CN=alice,O=Example`), Kafka's default.
     Dn,
     /// The common name alone (`alice`).
     Cn,
+    /// Kafka's `ssl.principal.mapping.rules`, applied to the RFC 2253 name.
+    Rules(Arc<crate::mapping::PrincipalRules>),
 }
 
 /// The files and choices of one TLS configuration.
@@ -204,7 +206,10 @@ impl TlsServer {
             Some(leaf) => Some(self.principal(leaf).ok_or_else(|| {
                 std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
-                    "the client certificate's subject is empty: no principal",
+                    format!(
+                        "the client certificate ({}) names no principal: its subject is empty or no tls.principal_rules rule matches it",
+                        subject_dn(leaf).map(|dn| dn.join(",")).unwrap_or_default()
+                    ),
                 )
             })?),
         };
@@ -244,7 +249,8 @@ impl TlsServer {
             .iter()
             .find_map(|rdn| rdn.strip_prefix("CN="))
             .map(|cn| cn.replace("\\,", ","));
-        match (self.certs.files.principal_from, cn) {
+        match (&self.certs.files.principal_from, cn) {
+            (PrincipalFrom::Rules(rules), _) => rules.apply(&dn.join(",")).map(Principal::user),
             (PrincipalFrom::Cn, Some(cn)) if !cn.is_empty() => Some(Principal::user(cn)),
             _ => Some(Principal::user(dn.join(","))),
         }
