@@ -70,6 +70,7 @@ fn split_rule(body: &str) -> Option<(String, String, &str)> {
 impl PrincipalRules {
     /// Parses the rules; a rule that does not parse is an error that names it.
     pub fn parse(rules: &[String]) -> Result<Self, String> {
+        let group_ref = Regex::new(r"\$(\d+)").expect("static regex");
         let mut out = Vec::new();
         for r in rules {
             let r = r.trim();
@@ -95,10 +96,7 @@ impl PrincipalRules {
             let pattern = Regex::new(&format!("^(?:{pattern})$"))
                 .map_err(|e| bad(&format!("bad pattern: {e}")))?;
             // Java's `$1` is `${1}` here (so `$1x` stays group 1 followed by `x`).
-            let replacement = Regex::new(r"\$(\d+)")
-                .expect("static regex")
-                .replace_all(&replacement, "$${$1}")
-                .into_owned();
+            let replacement = group_ref.replace_all(&replacement, "$${$1}").into_owned();
             out.push(Rule::Replace {
                 pattern,
                 replacement,
