@@ -189,7 +189,15 @@ impl JwtValidator {
                     .verify(signed.as_bytes(), &sig)
                     .is_ok()
             }
-            (alg, _) => return Err(failed(format!("algorithm {alg:?} does not fit the key"))),
+            (Some("none"), _) => return Err(failed(
+                "an unsigned token (alg \"none\"); only tokens signed by a JWKS key are accepted",
+            )),
+            (Some(alg), _) => {
+                return Err(failed(format!(
+                    "algorithm {alg:?} does not fit the key {kid:?}"
+                )))
+            }
+            (None, _) => return Err(failed("the header names no algorithm (alg)")),
         };
         if !ok {
             return Err(failed("the signature does not verify"));
