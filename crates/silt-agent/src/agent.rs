@@ -38,6 +38,8 @@ pub struct Components {
     pub clock: Arc<dyn Clock>,
     /// Run-time log level control, if the embedding program offers it.
     pub log_levels: Option<Arc<dyn crate::log_levels::LogLevels>>,
+    /// Crash points (never armed outside tests).
+    pub crash_points: Arc<crate::crash_points::CrashPoints>,
 }
 
 /// A running agent.
@@ -185,7 +187,8 @@ impl Agent {
             node_id,
             session.clone(),
             cluster.registered(),
-        );
+        )
+        .with_crash_points(c.crash_points.clone());
         let node = Node {
             id: node_id,
             host,
@@ -207,6 +210,7 @@ impl Agent {
             gc: Default::default(),
             compaction: Default::default(),
             log_levels: c.log_levels,
+            crash_points: c.crash_points,
             storage: c.storage,
             clock: c.clock,
             topics,

@@ -20,6 +20,8 @@ pub use crate::cluster::Node;
 pub struct Broker {
     /// Settings it was started with.
     pub settings: Settings,
+    /// Where a test may stop the agent as if it had crashed (never armed outside tests).
+    pub crash_points: Arc<crate::crash_points::CrashPoints>,
     /// Itself.
     pub node: Node,
     /// Cluster id.

@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cache::ObjectCache;
+use crate::crash_points;
 use crate::error::PartitionError;
 use crate::partition::Partition;
 
@@ -128,6 +129,8 @@ struct Inner {
     session: String,
     /// This agent's registration compare.
     registered: Compare,
+    /// Where a test may stop this pipeline as if the agent had crashed.
+    crash: Arc<crate::crash_points::CrashPoints>,
     stats: FlushStats,
 }
 
@@ -209,9 +212,18 @@ impl Flusher {
                 node_id,
                 session,
                 registered,
+                crash: Default::default(),
                 stats: FlushStats::default(),
             }),
         }
+    }
+
+    /// The crash points this pipeline stops at when a test arms them (before it is shared).
+    pub fn with_crash_points(mut self, crash: Arc<crate::crash_points::CrashPoints>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the flusher is shared")
+            .crash = crash;
+        self
     }
 
     /// Counters.
@@ -358,6 +370,7 @@ impl Flusher {
                 self.inner.storage.clone(),
                 prepared.path.clone(),
                 prepared.object.clone(),
+                self.inner.crash.clone(),
             ));
             if tx.send((prepared, put)).await.is_err() {
                 break; // the committer stopped: fenced
@@ -378,6 +391,7 @@ impl Flusher {
                 break;
             }
             let gen = prepared.gen;
+            self.inner.crash.at(crash_points::FLUSH_AFTER_PUT).await;
             if let Err(e) = self.commit(prepared).await {
                 tracing::error!(error = %e, "flush pipeline stopped: {e}");
                 // Take no more writes, and let the builder loop see it.
@@ -515,9 +529,11 @@ impl Flusher {
                     .collect(),
                 failure: vec![],
             };
+            self.inner.crash.at(crash_points::FLUSH_BEFORE_COMMIT).await;
             match self.inner.meta.txn(txn).await {
                 Ok(r) if r.succeeded => {
                     self.inner.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.inner.crash.at(crash_points::FLUSH_AFTER_COMMIT).await;
                     return Ok(());
                 }
                 Ok(_) => {
@@ -610,7 +626,13 @@ struct Prepared {
 
 /// Writes an object, retrying until object storage accepts it; meanwhile producers are held
 /// back by the buffer budget.
-async fn put_until_written(storage: Storage, path: object_store::path::Path, object: Bytes) {
+async fn put_until_written(
+    storage: Storage,
+    path: object_store::path::Path,
+    object: Bytes,
+    crash: Arc<crate::crash_points::CrashPoints>,
+) {
+    crash.at(crash_points::FLUSH_PUT).await;
     let mut attempt = 0u32;
     while let Err(e) = storage.put(&path, object.clone()).await {
         attempt += 1;

@@ -22,6 +22,7 @@ pub mod broker;
 pub mod cache;
 pub mod cluster;
 pub mod connection;
+pub mod crash_points;
 pub mod error;
 pub mod exposition;
 pub mod flush;

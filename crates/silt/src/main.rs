@@ -183,6 +183,7 @@ async fn run_agent(
         storage,
         clock,
         log_levels: Some(log_levels),
+        crash_points: Default::default(),
     };
     let mut agent = Agent::start(settings.clone(), components.clone()).await?;
     match agent.admin_addr() {

@@ -230,6 +230,9 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
     // Steps run one at a time (the lifecycle lock), so step n is done when this returns.
     b.compaction.finished.store(n, Ordering::SeqCst);
     let folded = res?;
+    b.crash_points
+        .at(crate::crash_points::COMPACTION_AFTER_COMMIT)
+        .await;
     {
         let mut st = p.lock();
         let at = st
@@ -266,6 +269,9 @@ async fn commit_segment(
 ) -> Result<IndexEntry, PartitionError> {
     let (first, last) = (&run[0], &run[run.len() - 1]);
     b.storage.put(path, object).await?;
+    b.crash_points
+        .at(crate::crash_points::COMPACTION_AFTER_PUT)
+        .await;
     let folded = IndexEntry {
         object: path.to_string(),
         pos,

@@ -174,6 +174,9 @@ pub async fn pass(b: &Broker, since: &mut HashMap<String, Instant>) -> Result<us
         due = doomed.len(),
         "garbage collection pass"
     );
+    b.crash_points
+        .at(crate::crash_points::GC_BEFORE_DELETES)
+        .await;
     let mut deleted = 0;
     for (path, size) in doomed {
         match b.storage.delete(&path).await {

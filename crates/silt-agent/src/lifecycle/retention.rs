@@ -114,6 +114,9 @@ pub async fn move_log_start(b: &Broker, p: &Partition, offset: i64) -> Result<i6
     let mut chunks = doomed.chunks(DELETES_PER_TXN).peekable();
     if chunks.peek().is_none() {
         commit(b, p, &[], target).await?;
+        b.crash_points
+            .at(crate::crash_points::RETENTION_AFTER_COMMIT)
+            .await;
     }
     while let Some(chunk) = chunks.next() {
         // Intermediate steps start at the next entry still there, so each step is a log
@@ -123,6 +126,9 @@ pub async fn move_log_start(b: &Broker, p: &Partition, offset: i64) -> Result<i6
             None => target,
         };
         commit(b, p, chunk, step).await?;
+        b.crash_points
+            .at(crate::crash_points::RETENTION_AFTER_COMMIT)
+            .await;
         p.lock().truncate_before(step);
     }
     p.lock().truncate_before(target);

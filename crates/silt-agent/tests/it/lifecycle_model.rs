@@ -49,6 +49,7 @@ async fn start() -> (Agent, Storage, tempfile::TempDir) {
             storage: storage.clone(),
             clock,
             log_levels: None,
+            crash_points: Default::default(),
         },
     )
     .await
