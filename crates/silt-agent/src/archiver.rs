@@ -34,7 +34,7 @@ const FILES_PER_PASS: usize = 8;
 /// Bytes of batches read per file at most.
 const READ_BUDGET: usize = 64 << 20;
 
-pub use crate::service_state::{ArchiveState, PartitionStatus};
+pub use crate::service_state::PartitionStatus;
 
 /// Why a pass over a partition stopped.
 #[derive(Debug, thiserror::Error)]

@@ -101,6 +101,7 @@ impl TaskRunner {
     }
 
     /// Names of the tasks started, in order.
+    #[cfg(test)]
     pub fn names(&self) -> Vec<&'static str> {
         self.tasks.iter().map(|(n, _)| *n).collect()
     }

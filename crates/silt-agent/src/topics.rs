@@ -1,7 +1,7 @@
 //! The agent's view of the topic catalog: topic records followed live from the metadata store
 //! (a [`Mirror`] of `/silt/topics/`, so a topic created through any agent is seen by all) and
 //! their resolved configs. Creation and deletion go through the metadata store first; this
-//! view follows. Which partitions this agent leads is [`crate::cluster`]'s business.
+//! view follows. Which partitions this agent leads is `cluster`'s business.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

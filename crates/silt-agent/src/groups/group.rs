@@ -224,6 +224,7 @@ impl Group {
     }
 
     /// Current generation.
+    #[cfg(test)]
     pub fn generation(&self) -> i32 {
         self.generation
     }
@@ -238,17 +239,13 @@ impl Group {
         self.protocol.as_deref()
     }
 
-    /// Number of members.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
     /// Whether the group has no members.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
     /// Whether `member_id` is a member.
+    #[cfg(test)]
     pub fn has_member(&self, member_id: &str) -> bool {
         self.members.contains_key(member_id)
     }

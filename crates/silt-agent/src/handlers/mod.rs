@@ -25,7 +25,7 @@ use silt_wire::request::RawRequest;
 
 use crate::broker::Broker;
 
-pub use api_versions::{supported, unsupported_version_response, SUPPORTED};
+pub use api_versions::{supported, unsupported_version_response};
 
 /// What to send back for a request.
 pub enum Reply {
