@@ -326,7 +326,7 @@ where
         );
         // The quota layer: request time and produce bytes are checked as requests arrive,
         // fetch bytes as their response is written (write_loop).
-        let (fixup, quota) = crate::quotas::admit(
+        let (throttle, quota) = crate::quotas::admit(
             &broker.quotas,
             &broker.metrics.throttled,
             &mute,
@@ -335,8 +335,11 @@ where
                 req.header.client_id.as_deref().unwrap_or(""),
             ),
             (api, req_len),
-            fixup,
         );
+        let fixup = match throttle {
+            Some(ms) => crate::authz::then(fixup, move |r| crate::quotas::set_throttle_time(r, ms)),
+            None => fixup,
+        };
         let started = std::time::Instant::now();
         let reply = handlers::dispatch(broker, &req, body, &mut session)
             .instrument(span)

@@ -263,42 +263,41 @@ fn millis(d: Duration) -> i32 {
 
 /// The quota layer for one request, after authentication and authorization: counts a produce
 /// request's bytes and checks the client's request time; over either quota, the connection is
-/// muted and the response carries `throttle_time_ms`. `None` when no quota is set (the layer
-/// then costs nothing) and for the APIs a client needs before it is anyone (ApiVersions, SASL).
+/// muted and the `throttle_time_ms` its response must carry is returned. No ticket when no quota
+/// is set (the layer then costs nothing) and for the APIs a client needs before it is anyone
+/// (ApiVersions, SASL).
 pub fn admit(
     q: &Quotas,
     throttled: &AtomicU64,
     mute: &Mute,
     (user, client_id): (&str, &str),
     (api, request_bytes): (ApiKey, u64),
-    fixup: Option<crate::authz::Fixup>,
-) -> (Option<crate::authz::Fixup>, Option<Ticket>) {
+) -> (Option<i32>, Option<Ticket>) {
     if !q.any()
         || matches!(
             api,
             ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
         )
     {
-        return (fixup, None);
+        return (None, None);
     }
     let mut t = q.record(Kind::Request, user, client_id, 0);
     if api == ApiKey::Produce {
         t = t.max(q.record(Kind::Produce, user, client_id, request_bytes));
     }
-    let fixup = if t.is_zero() {
-        fixup
+    let throttle = if t.is_zero() {
+        None
     } else {
         mute.extend(t);
         throttled.fetch_add(1, Ordering::Relaxed);
-        let ms = millis(t);
-        crate::authz::then(fixup, move |r| set_throttle_time(r, ms))
+        Some(millis(t))
     };
     let ticket = Ticket {
         user: user.into(),
         client_id: client_id.into(),
         fetch: api == ApiKey::Fetch,
     };
-    (fixup, Some(ticket))
+    (throttle, Some(ticket))
 }
 
 /// Raises a response's `throttle_time_ms` to `ms` (responses without one are left alone).
