@@ -166,6 +166,7 @@ fn split_entries(object: &str, pos: u64, batches: &[&Pending]) -> Vec<IndexEntry
                 max_timestamp: b.max_timestamp,
                 producers: Vec::new(),
                 marks: vec![],
+                txns: vec![],
             });
         }
         let e = out.last_mut().expect("an entry");

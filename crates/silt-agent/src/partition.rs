@@ -1,5 +1,6 @@
 //! One partition's state on its leader: offsets assigned, the committed high watermark, the
-//! committed offset index (which object holds which range), and idempotent-producer state.
+//! committed offset index (which object holds which range), idempotent-producer state and
+//! transactions (open ones bound the last stable offset; aborted ones are listed to readers).
 //!
 //! The state is rebuilt from the metadata store when the partition is loaded; nothing here is
 //! durable by itself. Offsets at or above the high watermark are never read.
@@ -48,6 +49,8 @@ pub struct PartitionState {
     pub segments: Vec<IndexEntry>,
     /// Idempotent producers (includes batches not yet committed).
     pub producers: ProducerStates,
+    /// Open and aborted transactions.
+    pub txns: crate::txn_index::TxnIndex,
 }
 
 impl Partition {
@@ -109,6 +112,7 @@ impl Partition {
                 }
                 st.on_commit(e);
             }
+            st.txns.reset_buffered();
             // With every entry deleted by retention, the log ends where it starts.
             st.high_watermark = st.high_watermark.max(stored_start);
             st.next_offset = st.high_watermark;
@@ -160,6 +164,7 @@ impl PartitionState {
         debug_assert!(entry.base_offset >= self.high_watermark);
         self.high_watermark = entry.last_offset + 1;
         self.next_offset = self.next_offset.max(self.high_watermark);
+        self.txns.apply(&entry.txns);
         self.segments.push(entry);
     }
 
@@ -172,6 +177,7 @@ impl PartitionState {
         }
         self.log_start = offset;
         self.segments.retain(|s| s.last_offset >= offset);
+        self.txns.truncate_before(offset);
     }
 
     /// The committed ranges to read for a fetch at `offset` of up to `max_bytes`.
@@ -227,6 +233,7 @@ mod tests {
             max_timestamp: base * 10,
             producers: vec![],
             marks: vec![],
+            txns: vec![],
         }
     }
 

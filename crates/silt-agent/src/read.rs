@@ -331,6 +331,7 @@ mod tests {
                     max_timestamp: 0,
                     producers: vec![],
                     marks,
+                    txns: vec![],
                 });
             }
             let budgets = [1usize, 1000, 100_000, 1 << 20];
@@ -404,6 +405,7 @@ mod tests {
             max_timestamp: 0,
             producers: vec![],
             marks,
+            txns: vec![],
         });
         // A small range after it: a read cut at the window must not jump to it.
         let mut tail = BytesMut::new();
@@ -424,6 +426,7 @@ mod tests {
             max_timestamp: 0,
             producers: vec![],
             marks: vec![],
+            txns: vec![],
         });
         let mut next = 0i64;
         let mut reads = 0;

@@ -19,7 +19,8 @@ use bytes::{Buf, Bytes, BytesMut};
 pub const HEADER_LEN: usize = 61;
 /// Bytes before the batch-length-covered part (baseOffset + batchLength).
 pub const LOG_OVERHEAD: usize = 12;
-const CRC_START: usize = 21;
+/// Where the CRC-covered part of a batch starts (the attributes).
+pub(crate) const CRC_START: usize = 21;
 /// Attribute bit: timestamps are log-append time.
 pub const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 /// Attribute bit: the batch belongs to a transaction.

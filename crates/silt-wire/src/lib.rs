@@ -9,6 +9,7 @@
 
 pub mod alloc;
 pub mod batch;
+pub mod control;
 pub mod frame;
 pub mod request;
 pub mod response;

@@ -54,11 +54,14 @@ pub fn plan(
         let mut end = start;
         let mut bytes = 0u64;
         let mut kept = ProducerBudget::default();
+        let mut txn_marks = 0usize;
         while end < candidates
             && end - start < ENTRIES_PER_STEP
             && bytes + segments[end].len <= segment_bytes
             && kept.fits(&segments[end])
+            && txn_marks + segments[end].txns.len() <= MAX_FOLDED_TXN_MARKS
         {
+            txn_marks += segments[end].txns.len();
             bytes += segments[end].len;
             kept.add(&segments[end]);
             end += 1;
@@ -71,6 +74,35 @@ pub fn plan(
 /// Most idempotent batches a folded entry may record (about 110 bytes each), keeping its
 /// transaction far inside the metadata store's request limit.
 pub const MAX_FOLDED_PRODUCER_BATCHES: usize = 2000;
+
+/// Most transaction starts and ends a fold may take in (about 60 bytes each).
+pub const MAX_FOLDED_TXN_MARKS: usize = 4000;
+
+/// The transaction marks a folded entry keeps: a transaction that both starts and commits inside
+/// the run needs nothing (read_committed shows it whole); an abort keeps its end (which names
+/// its first offset, for the aborted-transactions list); a start without its end in the run
+/// (still open, or ended later) and an end whose start lies before the run are kept as they are.
+pub fn fold_txns(entries: &[IndexEntry]) -> Vec<index::TxnMark> {
+    let all: Vec<&index::TxnMark> = entries.iter().flat_map(|e| e.txns.iter()).collect();
+    let ended_here: std::collections::HashSet<(i64, i64)> = all
+        .iter()
+        .filter(|m| m.end.is_some())
+        .map(|m| (m.pid, m.first_offset))
+        .collect();
+    let started_here: std::collections::HashSet<(i64, i64)> = all
+        .iter()
+        .filter(|m| m.end.is_none())
+        .map(|m| (m.pid, m.first_offset))
+        .collect();
+    all.into_iter()
+        .filter(|m| match m.end {
+            None => !ended_here.contains(&(m.pid, m.first_offset)),
+            Some((_, true)) => !started_here.contains(&(m.pid, m.first_offset)),
+            Some((_, false)) => true,
+        })
+        .cloned()
+        .collect()
+}
 
 /// Counts the idempotent batches a fold would keep ([`BATCHES_PER_PRODUCER`] per producer).
 #[derive(Default)]
@@ -281,6 +313,7 @@ async fn commit_segment(
         max_timestamp: max_ts,
         producers: fold_producers(run),
         marks,
+        txns: fold_txns(run),
     };
     let mut success: Vec<_> = run
         .iter()
@@ -336,6 +369,7 @@ mod tests {
                 base_offset: base,
             }],
             marks: vec![],
+            txns: vec![],
         }
     }
 

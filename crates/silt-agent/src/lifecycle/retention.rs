@@ -180,6 +180,7 @@ mod tests {
             max_timestamp: ts,
             producers: vec![],
             marks: vec![],
+            txns: vec![],
         }
     }
 

@@ -32,6 +32,20 @@ pub struct ProducerBatch {
     pub base_offset: i64,
 }
 
+/// A transaction's start or end in a range: its first batch in the partition, or its marker
+/// (commit or abort). Read_committed reads rebuild their state from these without reading
+/// objects. Persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnMark {
+    /// Producer id.
+    pub pid: i64,
+    /// Offset of the transaction's first batch in this partition.
+    pub first_offset: i64,
+    /// For an end: the marker's offset and whether the transaction committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<(i64, bool)>,
+}
+
 /// Where a contiguous range of one partition's offsets lives. Persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
@@ -54,6 +68,9 @@ pub struct IndexEntry {
     /// relative to `pos`), ascending, so a read starts near its offset instead of at `pos`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub marks: Vec<(i64, u64)>,
+    /// Transactions that began or ended in the range, in offset order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub txns: Vec<TxnMark>,
 }
 
 impl IndexEntry {
