@@ -1,6 +1,7 @@
 //! Appending one produced batch to a partition: idempotence check, offset assignment, the
-//! rewrite of the batch header, and handing it to the flush pipeline — all under the
-//! partition's lock, so offsets are assigned and buffered in the same order.
+//! rewrite of the batch header, the transaction it opens, and handing it to the flush pipeline —
+//! all under the partition's lock, so offsets are assigned and buffered in the same order.
+//! [`append_marker`] ends a producer's transaction in the partition with a control batch.
 
 use std::sync::Arc;
 
@@ -38,8 +39,15 @@ pub fn append(
     now_ms: i64,
     permit: OwnedSemaphorePermit,
 ) -> Result<Appended, PartitionError> {
-    if header.is_transactional() || header.is_control() {
-        return Err(PartitionError::TransactionsUnsupported);
+    if header.is_control() {
+        return Err(PartitionError::InvalidRecord(
+            "control batches are written by the transaction coordinator, never by clients".into(),
+        ));
+    }
+    if header.is_transactional() && !header.is_idempotent() {
+        return Err(PartitionError::InvalidRecord(
+            "a transactional batch needs a producer id and sequence".into(),
+        ));
     }
     let mut st = partition.lock();
     if partition.is_closed() {
@@ -70,6 +78,7 @@ pub fn append(
         last_seq: header.last_sequence(),
         base_offset,
     });
+    let opens = header.is_transactional() && !st.txns.is_open(header.producer_id);
     let generation = flusher.push(Pending {
         partition: partition.clone(),
         base_offset,
@@ -77,8 +86,16 @@ pub fn append(
         max_timestamp: log_append_time.unwrap_or(header.max_timestamp),
         data: rewritten,
         producer,
+        txn: opens.then_some(silt_meta::layout::index::TxnMark {
+            pid: header.producer_id,
+            first_offset: base_offset,
+            end: None,
+        }),
         permit,
     })?;
+    if opens {
+        st.txns.on_append(header.producer_id, base_offset);
+    }
     st.next_offset = last_offset + 1;
     if idempotent {
         st.producers.record(
@@ -97,4 +114,43 @@ pub fn append(
         base_offset,
         generation,
     })
+}
+
+/// Ends producer `pid`'s transaction in the partition: a commit or abort marker, buffered like
+/// any batch (durable once its flush generation commits). Returns the marker's offset and
+/// generation.
+pub fn append_marker(
+    flusher: &Flusher,
+    partition: &Arc<Partition>,
+    (pid, epoch): (i64, i16),
+    marker: silt_wire::control::Marker,
+    coordinator_epoch: i32,
+    now_ms: i64,
+    permit: OwnedSemaphorePermit,
+) -> Result<(i64, u64), PartitionError> {
+    let data = silt_wire::control::marker_batch(pid, epoch, marker, coordinator_epoch, now_ms);
+    let mut st = partition.lock();
+    if partition.is_closed() {
+        return Err(PartitionError::NotLeader(format!(
+            "leadership of {}-{} moved to another agent",
+            partition.topic, partition.index
+        )));
+    }
+    let offset = st.next_offset;
+    let rewritten = batch::rewrite(&data, offset, st.leader_epoch, None);
+    let mut txns = st.txns.clone();
+    let mark = txns.on_marker(pid, offset, marker == silt_wire::control::Marker::Commit);
+    let generation = flusher.push(Pending {
+        partition: partition.clone(),
+        base_offset: offset,
+        last_offset: offset,
+        max_timestamp: now_ms,
+        data: rewritten,
+        producer: None,
+        txn: Some(mark),
+        permit,
+    })?;
+    st.txns = txns;
+    st.next_offset = offset + 1;
+    Ok((offset, generation))
 }

@@ -54,6 +54,8 @@ pub struct Pending {
     pub data: Bytes,
     /// Idempotence state to persist with it.
     pub producer: Option<ProducerBatch>,
+    /// The transaction it opens or (a marker) ends in its partition.
+    pub txn: Option<silt_meta::layout::index::TxnMark>,
     /// Its share of the buffer budget, released when the flush commits.
     pub permit: OwnedSemaphorePermit,
 }
@@ -174,6 +176,7 @@ fn split_entries(object: &str, pos: u64, batches: &[&Pending]) -> Vec<IndexEntry
         e.last_offset = b.last_offset;
         e.max_timestamp = e.max_timestamp.max(b.max_timestamp);
         e.producers.extend(b.producer.clone());
+        e.txns.extend(b.txn.clone());
         at += b.data.len() as u64;
     }
     out
@@ -181,7 +184,7 @@ fn split_entries(object: &str, pos: u64, batches: &[&Pending]) -> Vec<IndexEntry
 
 /// Roughly the encoded size of an index entry.
 fn entry_size(e: &IndexEntry) -> usize {
-    200 + e.object.len() + 110 * e.producers.len()
+    200 + e.object.len() + 110 * e.producers.len() + 70 * e.txns.len()
 }
 
 impl Flusher {
@@ -740,6 +743,7 @@ mod tests {
             max_timestamp: base,
             data: Bytes::from(vec![base as u8; 100]),
             producer: None,
+            txn: None,
             permit,
         })
         .unwrap()
@@ -807,6 +811,7 @@ mod tests {
             max_timestamp: 0,
             data: Bytes::new(),
             producer: None,
+            txn: None,
             permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
         });
         assert!(
@@ -912,6 +917,7 @@ mod tests {
                         last_seq: 0,
                         base_offset: pid,
                     }),
+                    txn: None,
                     permit,
                 })
                 .unwrap();
@@ -1071,6 +1077,7 @@ mod tests {
                         last_seq: 0,
                         base_offset: i,
                     }),
+                    txn: None,
                     permit,
                 })
                 .unwrap();
@@ -1087,5 +1094,73 @@ mod tests {
                 .is_empty(),
             "no entry of the partition past its refused first one"
         );
+    }
+
+    /// Transactional batches open a transaction in their partition and markers end it; the
+    /// committed index gives the last stable offset and the aborted transactions, and a reload
+    /// from the metadata store gives the same.
+    #[tokio::test]
+    async fn transactions_bound_the_last_stable_offset_and_aborts_are_listed() {
+        use crate::append::{append, append_marker};
+        use silt_wire::control::Marker;
+        let (f, meta, _storage, _) = setup("s").await;
+        let p = assigned(meta.as_ref(), 0).await;
+        let run = tokio::spawn(f.clone().run());
+        let add = |data: Bytes| {
+            let f = f.clone();
+            let p = p.clone();
+            async move {
+                let h = silt_wire::batch::validate_single(&data).unwrap();
+                let permit = f.reserve(h.size, Duration::from_secs(5)).await.unwrap();
+                match append(&f, &p, &data, &h, None, 0, permit).unwrap() {
+                    crate::append::Appended::Buffered { generation, .. } => generation,
+                    d => panic!("{d:?}"),
+                }
+            }
+        };
+        let marker = |m: Marker| {
+            let f = f.clone();
+            let p = p.clone();
+            async move {
+                let permit = f.reserve(100, Duration::from_secs(5)).await.unwrap();
+                append_marker(&f, &p, (9, 0), m, 0, 0, permit).unwrap().1
+            }
+        };
+        let lso = |p: &Partition| {
+            let st = p.lock();
+            (st.txns.last_stable(st.high_watermark), st.high_watermark)
+        };
+        // pid 9 writes 3 records (offsets 0-2) in a transaction; a plain batch follows (3-4).
+        let g = add(crate::test_batches::txn_batch(9, 0, 0, 3)).await;
+        let g2 = add(crate::test_batches::batch_of(0, 2, 10)).await;
+        f.wait_committed(g.max(g2), &p).await.unwrap();
+        assert_eq!(
+            lso(&p),
+            (0, 5),
+            "the open transaction holds the LSO at its start"
+        );
+        // Aborted at 5.
+        let g = marker(Marker::Abort).await;
+        f.wait_committed(g, &p).await.unwrap();
+        assert_eq!(lso(&p), (6, 6));
+        let aborted = p.lock().txns.aborted_between(0, 6);
+        assert_eq!(aborted.len(), 1);
+        assert_eq!((aborted[0].first_offset, aborted[0].last_offset), (0, 5));
+        // A second transaction (6-7), committed at 8.
+        let g = add(crate::test_batches::txn_batch(9, 0, 3, 2)).await;
+        f.wait_committed(g, &p).await.unwrap();
+        assert_eq!(lso(&p), (6, 8));
+        let g = marker(Marker::Commit).await;
+        f.wait_committed(g, &p).await.unwrap();
+        assert_eq!(lso(&p), (9, 9));
+        // A new leader rebuilds the same from the index.
+        let again = Partition::load(meta.as_ref(), "t", p.topic_id, 0, 1, p.fence_revision)
+            .await
+            .unwrap();
+        assert_eq!(lso(&again), (9, 9));
+        assert_eq!(again.lock().txns.aborted_between(0, 9), aborted);
+        assert!(!again.lock().txns.is_open(9));
+        f.close();
+        run.await.unwrap();
     }
 }

@@ -50,7 +50,7 @@ pub(crate) mod tasks;
 #[cfg(test)]
 mod test_batches;
 pub(crate) mod topic_config;
-pub(crate) mod txn_index;
 pub mod topics;
+pub(crate) mod txn_index;
 
 pub use agent::{Agent, Components, Lost, StartError};

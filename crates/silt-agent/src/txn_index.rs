@@ -157,7 +157,10 @@ mod tests {
                 last_offset: 9
             }]
         );
-        assert!(t.aborted_between(10, 12).is_empty(), "ended before the range");
+        assert!(
+            t.aborted_between(10, 12).is_empty(),
+            "ended before the range"
+        );
         assert!(t.aborted_between(0, 5).is_empty(), "starts after the range");
         t.truncate_before(10);
         assert!(t.aborted_between(0, 12).is_empty());
@@ -171,7 +174,11 @@ mod tests {
         assert!(t.is_open(7));
         assert_eq!(t.on_marker(7, 6, false), end(7, 0, 6, false));
         assert!(!t.is_open(7));
-        assert_eq!(t.on_marker(8, 7, true), end(8, 7, 7, true), "an empty transaction");
+        assert_eq!(
+            t.on_marker(8, 7, true),
+            end(8, 7, 7, true),
+            "an empty transaction"
+        );
         // A rebuild from the marks gives the same committed state.
         let mut r = TxnIndex::default();
         r.apply(&[start(7, 0), end(7, 0, 6, false), end(8, 7, 7, true)]);
@@ -205,7 +212,10 @@ mod tests {
             whole.apply(&e.txns);
         }
         let folded = crate::lifecycle::compaction::fold_txns(&entries);
-        assert!(folded.len() < 7, "committed transactions inside the run are dropped");
+        assert!(
+            folded.len() < 7,
+            "committed transactions inside the run are dropped"
+        );
         let mut f = TxnIndex::default();
         f.apply(&folded);
         assert_eq!(f.last_stable(9), whole.last_stable(9));

@@ -139,7 +139,10 @@ mod tests {
             let b = marker_batch(4242, 7, m, 3, 1_700_000_000_000);
             let h = crate::batch::validate_single(&b).expect("valid batch, CRC included");
             assert!(h.is_control() && h.is_transactional());
-            assert_eq!((h.producer_id, h.producer_epoch, h.record_count), (4242, 7, 1));
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.record_count),
+                (4242, 7, 1)
+            );
             assert_eq!(marker_of(&b, &h), Some(m));
             let mut buf = b.clone();
             let set = RecordBatchDecoder::decode(&mut buf).unwrap();
@@ -150,7 +153,10 @@ mod tests {
             let key = r.key.as_ref().unwrap();
             assert_eq!(i16::from_be_bytes([key[2], key[3]]), want);
             let value = r.value.as_ref().unwrap();
-            assert_eq!(i32::from_be_bytes([value[2], value[3], value[4], value[5]]), 3);
+            assert_eq!(
+                i32::from_be_bytes([value[2], value[3], value[4], value[5]]),
+                3
+            );
         }
     }
 

@@ -113,6 +113,10 @@ async fn produce_one(
         BatchError::Corrupt(m) => PartitionError::CorruptMessage(m),
         BatchError::Invalid(m) => PartitionError::InvalidRecord(m),
     })?;
+    if header.is_transactional() {
+        // Until the transaction coordinator serves them (issue 13).
+        return Err(PartitionError::TransactionsUnsupported);
+    }
     let refuse = |e: PartitionError| {
         // A refused idempotent batch holds back the producer's later sequences.
         if header.is_idempotent() && !header.is_transactional() {
