@@ -1103,9 +1103,19 @@ mod tests {
     async fn transactions_bound_the_last_stable_offset_and_aborts_are_listed() {
         use crate::append::{append, append_marker};
         use silt_wire::control::Marker;
-        let (f, meta, _storage, _) = setup("s").await;
+        let (f, meta, storage, _) = setup("s").await;
         let p = assigned(meta.as_ref(), 0).await;
         let run = tokio::spawn(f.clone().run());
+        let cache = ObjectCache::new(0);
+        let read = |isolation| {
+            let (storage, cache, p) = (&storage, &cache, &p);
+            async move {
+                crate::read::read_isolated(storage, cache, p, 0, 1 << 20, isolation)
+                    .await
+                    .unwrap()
+            }
+        };
+        use crate::read::Isolation::{ReadCommitted, ReadUncommitted};
         let add = |data: Bytes| {
             let f = f.clone();
             let p = p.clone();
@@ -1146,6 +1156,13 @@ mod tests {
         let aborted = p.lock().txns.aborted_between(0, 6);
         assert_eq!(aborted.len(), 1);
         assert_eq!((aborted[0].first_offset, aborted[0].last_offset), (0, 5));
+        let r = read(ReadCommitted).await;
+        let batches: Vec<i64> = silt_wire::batch::iter(r.records.as_ref().unwrap())
+            .map(|(h, _)| h.base_offset)
+            .collect();
+        assert_eq!(batches, vec![0, 3, 5], "records, then the abort marker");
+        assert_eq!(r.aborted, aborted, "the aborted transaction is listed to the reader");
+        assert_eq!(r.last_stable, 6);
         // A second transaction (6-7), committed at 8.
         let g = add(crate::test_batches::txn_batch(9, 0, 3, 2)).await;
         f.wait_committed(g, &p).await.unwrap();

@@ -21,6 +21,19 @@ pub struct ReadResult {
     pub high_watermark: i64,
     /// The log start offset.
     pub log_start: i64,
+    /// The last stable offset when the read started (read_committed reads stop there).
+    pub last_stable: i64,
+    /// For read_committed reads: the aborted transactions with records in what was read.
+    pub aborted: Vec<crate::txn_index::Aborted>,
+}
+
+/// Which records a read may return (Kafka's `isolation_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Up to the high watermark.
+    ReadUncommitted,
+    /// Up to the last stable offset, with the aborted transactions listed.
+    ReadCommitted,
 }
 
 /// Offsets a partition can be read at: `[log_start, high_watermark]`.
@@ -153,7 +166,7 @@ fn sub_range(r: &IndexEntry, pos: u64, len: u64) -> IndexEntry {
     part
 }
 
-/// Reads up to `max_bytes` (at least one batch if any) from `offset`.
+/// Reads up to `max_bytes` (at least one batch if any) from `offset`, up to the high watermark.
 pub async fn read(
     storage: &Storage,
     cache: &ObjectCache,
@@ -161,7 +174,34 @@ pub async fn read(
     offset: i64,
     max_bytes: usize,
 ) -> Result<ReadResult, PartitionError> {
+    read_isolated(storage, cache, p, offset, max_bytes, Isolation::ReadUncommitted).await
+}
+
+/// [`read`] at an isolation level: read_committed stops at the last stable offset (an offset
+/// in `[LSO, HW]` reads nothing) and lists the aborted transactions among what it returns.
+pub async fn read_isolated(
+    storage: &Storage,
+    cache: &ObjectCache,
+    p: &Partition,
+    offset: i64,
+    max_bytes: usize,
+    isolation: Isolation,
+) -> Result<ReadResult, PartitionError> {
     let (log_start, high_watermark) = check_offset(p, offset)?;
+    let last_stable = p.lock().txns.last_stable(high_watermark);
+    let end = match isolation {
+        Isolation::ReadUncommitted => high_watermark,
+        Isolation::ReadCommitted => last_stable,
+    };
+    if offset >= end {
+        return Ok(ReadResult {
+            records: None,
+            high_watermark,
+            log_start,
+            last_stable,
+            aborted: Vec::new(),
+        });
+    }
     let ranges = p.lock().locate(offset, max_bytes);
     // Read ahead: the next committed ranges, into the block cache, for catch-up readers.
     if let (Some(blocks), Some(last)) = (&cache.blocks, ranges.last()) {
@@ -187,7 +227,7 @@ pub async fn read(
             if last < offset {
                 continue;
             }
-            if h.base_offset >= high_watermark {
+            if h.base_offset >= end {
                 break 'ranges;
             }
             let taken = out.len() + single.as_ref().map_or(0, |b| b.len());
@@ -213,10 +253,21 @@ pub async fn read(
         _ if out.is_empty() => None,
         _ => Some(out.freeze()),
     };
+    let aborted = match (&records, isolation) {
+        (Some(r), Isolation::ReadCommitted) => {
+            let upto = batch::iter(r)
+                .last()
+                .map_or(offset, |(h, _)| h.base_offset + h.last_offset_delta as i64 + 1);
+            p.lock().txns.aborted_between(offset, upto)
+        }
+        _ => Vec::new(),
+    };
     Ok(ReadResult {
         records,
         high_watermark,
         log_start,
+        last_stable,
+        aborted,
     })
 }
 

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, ResponseKind};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -79,6 +81,11 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
     };
     let mut used = 0usize;
     let mut errors = false;
+    let isolation = if req.isolation_level == 1 {
+        read::Isolation::ReadCommitted
+    } else {
+        read::Isolation::ReadUncommitted
+    };
     let mut topics = Vec::with_capacity(req.topics.len());
     for ft in &req.topics {
         let topic = if version >= 13 {
@@ -112,12 +119,14 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                                 records: None,
                                 high_watermark: hw,
                                 log_start,
+                                last_stable: p.lock().txns.last_stable(hw),
+                                aborted: Vec::new(),
                             }
                         })
                     } else {
                         let limit = (fp.partition_max_bytes.max(0) as usize).min(max_total - used);
                         let span = tracing::debug_span!("partition", topic = %p.topic, partition = p.index);
-                        read::read(&b.storage, &b.cache, p, fp.fetch_offset, limit.max(1))
+                        read::read_isolated(&b.storage, &b.cache, p, fp.fetch_offset, limit.max(1), isolation)
                             .instrument(span)
                             .await
                     }
@@ -126,10 +135,20 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
             parts.push(match res {
                 Ok(r) => {
                     used += r.records.as_ref().map_or(0, |r| r.len());
+                    let aborted = (req.isolation_level == 1).then(|| {
+                        r.aborted
+                            .iter()
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(a.pid))
+                                    .with_first_offset(a.first_offset)
+                            })
+                            .collect()
+                    });
                     pd.with_high_watermark(r.high_watermark)
-                        .with_last_stable_offset(r.high_watermark)
+                        .with_last_stable_offset(r.last_stable)
                         .with_log_start_offset(if version >= 5 { r.log_start } else { -1 })
-                        .with_aborted_transactions((req.isolation_level == 1).then(Vec::new))
+                        .with_aborted_transactions(aborted)
                         .with_records(Some(r.records.unwrap_or_default()))
                 }
                 Err(e) => {

@@ -55,7 +55,7 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> L
                 Err(e) => Err(e),
                 Ok(p) => match check_epoch(&p, lp.current_leader_epoch) {
                     Err(e) => Err(e),
-                    Ok(epoch) => lookup(b, &p, lp.timestamp)
+                    Ok(epoch) => lookup(b, &p, lp.timestamp, req.isolation_level == 1)
                         .await
                         .map(|(o, ts)| (o, ts, epoch)),
                 },
@@ -80,14 +80,25 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> L
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// Offset and timestamp for a ListOffsets target.
-async fn lookup(b: &Broker, p: &Partition, target: i64) -> Result<(i64, i64), PartitionError> {
-    let (log_start, hw) = {
+/// Offset and timestamp for a ListOffsets target; `committed` (read_committed) answers the last
+/// stable offset for the latest offset, as Kafka does.
+async fn lookup(
+    b: &Broker,
+    p: &Partition,
+    target: i64,
+    committed: bool,
+) -> Result<(i64, i64), PartitionError> {
+    let (log_start, hw, lso) = {
         let st = p.lock();
-        (st.log_start, st.high_watermark)
+        (
+            st.log_start,
+            st.high_watermark,
+            st.txns.last_stable(st.high_watermark),
+        )
     };
     match target {
         EARLIEST | EARLIEST_LOCAL => Ok((log_start, -1)),
+        LATEST if committed => Ok((lso, -1)),
         LATEST => Ok((hw, -1)),
         MAX_TIMESTAMP => {
             let Some(seg) = p.lock().max_timestamp_segment() else {

@@ -93,13 +93,15 @@ impl crate::tasks::Periodic for RetentionJob {
     }
 }
 
-/// Moves the log start of `p` to `offset` (clamped to the high watermark; never backwards) and
+/// Moves the log start of `p` to `offset` (clamped to the last stable offset; never backwards) and
 /// deletes the index entries wholly below it. Returns the new log start.
 pub async fn move_log_start(b: &Broker, p: &Partition, offset: i64) -> Result<i64, PartitionError> {
     let _one_at_a_time = b.lifecycle_lock.lock().await;
     let (target, doomed) = {
         let st = p.lock();
-        let target = offset.min(st.high_watermark);
+        // Never past an open transaction's first batch: its start mark must stay in the index
+        // (a new leader rebuilds the last stable offset from it).
+        let target = offset.min(st.txns.last_stable(st.high_watermark));
         if target <= st.log_start {
             return Ok(st.log_start);
         }
