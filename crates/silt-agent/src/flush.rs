@@ -1149,6 +1149,15 @@ mod tests {
             (0, 5),
             "the open transaction holds the LSO at its start"
         );
+        assert!(
+            read(ReadCommitted).await.records.is_none(),
+            "nothing is stable yet"
+        );
+        let r = read(ReadUncommitted).await;
+        assert_eq!(
+            silt_wire::batch::iter(r.records.as_ref().unwrap()).count(),
+            2
+        );
         // Aborted at 5.
         let g = marker(Marker::Abort).await;
         f.wait_committed(g, &p).await.unwrap();
@@ -1161,7 +1170,10 @@ mod tests {
             .map(|(h, _)| h.base_offset)
             .collect();
         assert_eq!(batches, vec![0, 3, 5], "records, then the abort marker");
-        assert_eq!(r.aborted, aborted, "the aborted transaction is listed to the reader");
+        assert_eq!(
+            r.aborted, aborted,
+            "the aborted transaction is listed to the reader"
+        );
         assert_eq!(r.last_stable, 6);
         // A second transaction (6-7), committed at 8.
         let g = add(crate::test_batches::txn_batch(9, 0, 3, 2)).await;

@@ -174,7 +174,15 @@ pub async fn read(
     offset: i64,
     max_bytes: usize,
 ) -> Result<ReadResult, PartitionError> {
-    read_isolated(storage, cache, p, offset, max_bytes, Isolation::ReadUncommitted).await
+    read_isolated(
+        storage,
+        cache,
+        p,
+        offset,
+        max_bytes,
+        Isolation::ReadUncommitted,
+    )
+    .await
 }
 
 /// [`read`] at an isolation level: read_committed stops at the last stable offset (an offset
@@ -255,9 +263,9 @@ pub async fn read_isolated(
     };
     let aborted = match (&records, isolation) {
         (Some(r), Isolation::ReadCommitted) => {
-            let upto = batch::iter(r)
-                .last()
-                .map_or(offset, |(h, _)| h.base_offset + h.last_offset_delta as i64 + 1);
+            let upto = batch::iter(r).last().map_or(offset, |(h, _)| {
+                h.base_offset + h.last_offset_delta as i64 + 1
+            });
             p.lock().txns.aborted_between(offset, upto)
         }
         _ => Vec::new(),

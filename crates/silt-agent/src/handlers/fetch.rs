@@ -126,9 +126,16 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                     } else {
                         let limit = (fp.partition_max_bytes.max(0) as usize).min(max_total - used);
                         let span = tracing::debug_span!("partition", topic = %p.topic, partition = p.index);
-                        read::read_isolated(&b.storage, &b.cache, p, fp.fetch_offset, limit.max(1), isolation)
-                            .instrument(span)
-                            .await
+                        read::read_isolated(
+                            &b.storage,
+                            &b.cache,
+                            p,
+                            fp.fetch_offset,
+                            limit.max(1),
+                            isolation,
+                        )
+                        .instrument(span)
+                        .await
                     }
                 }
             };

@@ -19,6 +19,8 @@
 //! /silt/users/{user}/{mechanism}                     ScramRecord: a user's SCRAM credential
 //! /silt/acls/{type}/{name}/{pattern}/{principal}/{host}/{op}/{permission}   AclRecord
 //! /silt/quotas/{entity}                              client quotas of user=…,client-id=…
+//! /silt/txns/{transactional id}                      TxnRecord: a transactional producer's state
+//! /silt/txn-markers/{topic_id}/{p:010}/{txn id}      MarkerRequest: a marker a leader is to write
 //! ```
 
 pub mod agents;
@@ -31,6 +33,7 @@ pub mod index;
 pub mod producer_ids;
 pub mod quotas;
 pub mod security;
+pub mod txns;
 
 use crate::kv::MetaError;
 
