@@ -77,6 +77,12 @@ impl Agent {
                 doing: "reading the client quotas",
                 source,
             })?;
+        let markers = crate::txn::markers::MarkerRequests::start(c.meta.clone())
+            .await
+            .map_err(|source| StartError::Meta {
+                doing: "reading the transaction marker requests",
+                source,
+            })?;
         let admin_listener = match settings.admin_listen.as_deref() {
             Some(a) if !a.is_empty() => Some(tokio::net::TcpListener::bind(a).await.map_err(
                 |source| StartError::Bind {
@@ -222,6 +228,8 @@ impl Agent {
             limits: crate::limits::ConnectionLimits::new(settings_connections),
             security,
             quotas,
+            markers,
+            txns: Default::default(),
         });
         let flush = tokio::spawn(flusher.run());
         let (lease_lost_tx, lease_lost) = watch::channel(None);
@@ -234,6 +242,8 @@ impl Agent {
         jobs.every(crate::lifecycle::retention::RetentionJob(broker.clone()));
         jobs.every(crate::lifecycle::gc::GcJob::new(broker.clone()));
         jobs.every(crate::lifecycle::compaction::CompactionJob(broker.clone()));
+        jobs.every(crate::txn::markers::MarkerJob(broker.clone()));
+        jobs.every(crate::txn::TxnPassJob(broker.clone()));
         jobs.every(ProgressJob {
             b: broker.clone(),
             session: session.clone(),

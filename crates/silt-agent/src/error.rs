@@ -68,9 +68,9 @@ pub enum PartitionError {
     /// `acks` is not -1, 0 or 1.
     #[error("acks={0} is not one of -1 (all), 0 and 1")]
     InvalidRequiredAcks(i16),
-    /// Transactional batches need the transactions issue.
-    #[error("transactional produce is not supported yet")]
-    TransactionsUnsupported,
+    /// A transactional batch whose partition is not in its producer's open transaction.
+    #[error("transactional write refused: {0}")]
+    TransactionNotVerified(String),
     /// The fetch offset is outside the log.
     #[error("offset {offset} is out of range [{log_start}, {high_watermark}]")]
     OffsetOutOfRange {
@@ -124,7 +124,7 @@ impl PartitionError {
             Self::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
             Self::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
             Self::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
-            Self::TransactionsUnsupported => ResponseError::InvalidTxnState,
+            Self::TransactionNotVerified(_) => ResponseError::InvalidTxnState,
             Self::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             Self::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,
             Self::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,

@@ -51,8 +51,6 @@ pub(crate) mod tasks;
 mod test_batches;
 pub(crate) mod topic_config;
 pub mod topics;
-// The coordinator's rules are tested here and wired to the Kafka APIs next (issue 13).
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod txn;
 pub(crate) mod txn_index;
 

@@ -59,6 +59,8 @@ pub struct Settings {
     pub topics: TopicDefaults,
     /// Consumer groups.
     pub groups: GroupSettings,
+    /// Transactions.
+    pub transactions: TransactionSettings,
     /// Parquet archiving.
     pub archive: ArchiveSettings,
     /// Retention and garbage collection.
@@ -91,6 +93,7 @@ impl Default for Settings {
             flush: FlushSettings::default(),
             topics: TopicDefaults::default(),
             groups: GroupSettings::default(),
+            transactions: TransactionSettings::default(),
             archive: ArchiveSettings::default(),
             lifecycle: LifecycleSettings::default(),
             cache: CacheSettings::default(),
@@ -459,6 +462,27 @@ impl Default for GroupSettings {
             initial_rebalance_delay_ms: 3_000,
             max_size: 1_000,
             max_assignment_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Transactions (Kafka's `transaction.*` broker settings).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionSettings {
+    /// Largest `transaction.timeout.ms` a producer may ask for (`transaction.max.timeout.ms`);
+    /// InitProducerId with more gets INVALID_TRANSACTION_TIMEOUT.
+    pub max_timeout_ms: i32,
+    /// How often open transactions are checked against their timeout (and prepared ones left
+    /// by a failed coordinator are completed), in ms.
+    pub check_interval_ms: u64,
+}
+
+impl Default for TransactionSettings {
+    fn default() -> Self {
+        Self {
+            max_timeout_ms: 900_000,
+            check_interval_ms: 1_000,
         }
     }
 }

@@ -116,6 +116,11 @@ pub enum Op {
 }
 
 impl Op {
+    /// A delete of one key.
+    pub fn delete(key: impl Into<Vec<u8>>) -> Self {
+        Op::Delete { key: key.into() }
+    }
+
     /// A put with no lease.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
         Op::Put {

@@ -12,6 +12,7 @@ mod cluster;
 mod groups;
 mod producers;
 mod topics;
+mod txns;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -153,6 +154,8 @@ fn acls(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: i16) 
         R::ListGroups(_) => groups::list_groups(&mut a),
         R::DeleteGroups(r) => groups::delete_groups(&mut a, r),
         R::InitProducerId(r) => cluster::init_producer_id(&mut a, r),
+        R::AddPartitionsToTxn(r) => txns::add_partitions(&mut a, r),
+        R::EndTxn(r) => txns::end_txn(&mut a, r),
         R::DescribeCluster(_) => cluster::describe_cluster(&mut a),
         R::DescribeAcls(_) => cluster::describe_acls(&mut a),
         R::CreateAcls(r) => cluster::create_acls(&mut a, r),

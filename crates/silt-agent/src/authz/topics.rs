@@ -18,14 +18,26 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
-use silt_security::acl::Operation;
+use silt_security::acl::{Operation, ResourceType};
 
 use super::{fix, strip, Access, Verdict};
 
 const TOPIC_DENIED: ResponseError = ResponseError::TopicAuthorizationFailed;
 
 pub(super) fn produce(a: &mut Access<'_>, r: &mut ProduceRequest) -> Verdict {
-    let refused = strip(&mut r.topic_data, |t| a.topic(Operation::Write, &t.name));
+    // A transactional produce needs WRITE on its transactional id as well.
+    let tid_ok = match &r.transactional_id {
+        Some(id) => a.may(Operation::Write, ResourceType::TransactionalId, id),
+        None => true,
+    };
+    let code = if tid_ok {
+        TOPIC_DENIED
+    } else {
+        ResponseError::TransactionalIdAuthorizationFailed
+    };
+    let refused = strip(&mut r.topic_data, |t| {
+        tid_ok && a.topic(Operation::Write, &t.name)
+    });
     if refused.is_empty() {
         return Verdict::Pass(None);
     }
@@ -52,7 +64,7 @@ pub(super) fn produce(a: &mut Access<'_>, r: &mut ProduceRequest) -> Verdict {
                                 .map(|pd| {
                                     PartitionProduceResponse::default()
                                         .with_index(pd.index)
-                                        .with_error_code(TOPIC_DENIED.code())
+                                        .with_error_code(code.code())
                                         .with_base_offset(-1)
                                 })
                                 .collect(),

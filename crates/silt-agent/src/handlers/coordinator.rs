@@ -1,7 +1,6 @@
-//! FindCoordinator: a group is coordinated by the agent its group shard is assigned to
-//! (COORDINATOR_NOT_AVAILABLE while the shard has no live coordinator, as Kafka answers during a
-//! failover). Transactions are not served yet: transactional keys get COORDINATOR_NOT_AVAILABLE
-//! with a message saying so.
+//! FindCoordinator: a group, and a transactional id, is coordinated by the agent its group shard
+//! is assigned to (COORDINATOR_NOT_AVAILABLE while the shard has no live coordinator, as Kafka
+//! answers during a failover).
 
 use std::sync::Arc;
 
@@ -15,12 +14,12 @@ use super::str_bytes;
 use crate::broker::Broker;
 
 const KEY_GROUP: i8 = 0;
-const NO_TXN: &str = "transactions are not supported by this Silt version yet";
+const KEY_TRANSACTION: i8 = 1;
 
 fn coordinator(b: &Broker, key: StrBytes, key_type: i8, listener: &str) -> Coordinator {
     let shard = assignment::group_shard(&key);
     let c = Coordinator::default().with_key(key);
-    if key_type == KEY_GROUP {
+    if key_type == KEY_GROUP || key_type == KEY_TRANSACTION {
         let node = b
             .cluster
             .shard_owner(shard)
@@ -38,14 +37,14 @@ fn coordinator(b: &Broker, key: StrBytes, key_type: i8, listener: &str) -> Coord
                 .with_port(-1)
                 .with_error_code(ResponseError::CoordinatorNotAvailable.code())
                 .with_error_message(Some(str_bytes(
-                    "the group's coordinator is moving between agents; retry",
+                    "the coordinator is moving between agents; retry",
                 ))),
         }
     } else {
         c.with_node_id(BrokerId(-1))
             .with_port(-1)
-            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-            .with_error_message(Some(str_bytes(NO_TXN)))
+            .with_error_code(ResponseError::InvalidRequest.code())
+            .with_error_message(Some(str_bytes("unknown coordinator key type")))
     }
 }
 

@@ -15,6 +15,7 @@ mod produce;
 mod producer_id;
 mod quotas;
 mod security_admin;
+mod txns;
 
 use std::sync::Arc;
 
@@ -121,6 +122,15 @@ pub async fn dispatch(
         R::InitProducerId(r) => now(ResponseKind::InitProducerId(
             producer_id::handle(broker, r, &session.principal.to_string()).await,
         )),
+        R::AddPartitionsToTxn(r) => now(ResponseKind::AddPartitionsToTxn(
+            txns::add_partitions(broker, r).await,
+        )),
+        R::EndTxn(r) => {
+            let b = broker.clone();
+            Reply::Later(Box::pin(async move {
+                ResponseKind::EndTxn(txns::end(&b, r).await)
+            }))
+        }
         other => {
             // The connection layer only decodes APIs listed in SUPPORTED.
             tracing::error!(api = ?req.api_key, "no handler for a supported API: {other:?}");

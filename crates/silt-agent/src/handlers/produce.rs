@@ -42,8 +42,6 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
         for pd in td.partition_data {
             let slot = if !matches!(acks, -1..=1) {
                 Slot::Failed(PartitionError::InvalidRequiredAcks(acks))
-            } else if req.transactional_id.is_some() {
-                Slot::Failed(PartitionError::TransactionsUnsupported)
             } else {
                 let found = match &topic {
                     None => Err(PartitionError::UnknownTopicOrPartition {
@@ -58,7 +56,8 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                         let lat = t.config.log_append_time.then(|| b.clock.now_ms());
                         let span =
                             tracing::debug_span!("partition", topic = %name, partition = pd.index);
-                        match produce_one(b, &p, pd.records, &t.config, lat, deadline)
+                        let tid = req.transactional_id.as_ref().map(|t| t.0.as_str());
+                        match produce_one(b, &p, pd.records, &t.config, (lat, tid), deadline)
                             .instrument(span)
                             .await
                         {
@@ -104,7 +103,7 @@ async fn produce_one(
     p: &Arc<Partition>,
     records: Option<bytes::Bytes>,
     config: &Resolved,
-    log_append_time: Option<i64>,
+    (log_append_time, transactional_id): (Option<i64>, Option<&str>),
     deadline: Instant,
 ) -> Result<Appended, PartitionError> {
     let max_message_bytes = config.max_message_bytes;
@@ -114,8 +113,35 @@ async fn produce_one(
         BatchError::Invalid(m) => PartitionError::InvalidRecord(m),
     })?;
     if header.is_transactional() {
-        // Until the transaction coordinator serves them (issue 13).
-        return Err(PartitionError::TransactionsUnsupported);
+        let Some(tid) = transactional_id else {
+            return Err(PartitionError::InvalidRecord(
+                "a transactional batch in a produce request without a transactional id".into(),
+            ));
+        };
+        // KIP-890 part 1: a transaction's first batch in a partition is accepted only while
+        // the coordinator has the partition in that producer's open transaction, so a late
+        // batch of an ended transaction can never open a new one.
+        if !p.lock().txns.is_open(header.producer_id) {
+            let producer = (header.producer_id, header.producer_epoch);
+            let ok = crate::txn::coordinator::TxnCoordinator::verify(
+                b,
+                tid,
+                producer,
+                (&p.topic, p.index),
+            )
+            .await
+            .map_err(|_| {
+                PartitionError::TransactionNotVerified(
+                    "the coordinator's state could not be read; retry".into(),
+                )
+            })?;
+            if !ok {
+                return Err(PartitionError::TransactionNotVerified(format!(
+                    "partition {}-{} is not in an open transaction of producer {} epoch {}",
+                    p.topic, p.index, producer.0, producer.1
+                )));
+            }
+        }
     }
     let refuse = |e: PartitionError| {
         // A refused idempotent batch holds back the producer's later sequences.

@@ -1,5 +1,5 @@
-//! InitProducerId for idempotent producers. Transactional ids need the transactions issue and
-//! are refused with a clear message.
+//! InitProducerId: a fresh producer id for an idempotent producer, or, with a transactional id,
+//! the id's producer id with its next epoch from the transaction coordinator.
 
 use std::sync::Arc;
 
@@ -15,11 +15,27 @@ pub async fn handle(
     principal: &str,
 ) -> InitProducerIdResponse {
     if let Some(tid) = &req.transactional_id {
-        tracing::warn!(transactional_id = %tid.0.as_str(), "transactions are not supported yet; refusing InitProducerId");
-        return InitProducerIdResponse::default()
-            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
+        // KIP-360: a client that had an identity says which.
+        let expected = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+        return match b
+            .txns
+            .init_producer_id(
+                b,
+                tid.0.as_str(),
+                req.transaction_timeout_ms,
+                expected,
+                principal,
+            )
+            .await
+        {
+            Ok((pid, epoch)) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch),
+            Err(e) => InitProducerIdResponse::default()
+                .with_error_code(e.code())
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        };
     }
     match b.producer_ids.next(principal).await {
         Ok(pid) => InitProducerIdResponse::default()

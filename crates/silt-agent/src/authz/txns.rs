@@ -1,0 +1,71 @@
+//! Transactional APIs: AddPartitionsToTxn needs WRITE on the transactional id and on each topic
+//! (refused topics get TOPIC_AUTHORIZATION_FAILED, the others OPERATION_NOT_ATTEMPTED, as Kafka
+//! answers); EndTxn WRITE on the transactional id.
+
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::ResponseError;
+use silt_security::acl::{Operation, ResourceType};
+
+use super::{Access, Verdict};
+
+pub(super) fn add_partitions(a: &mut Access<'_>, r: &mut AddPartitionsToTxnRequest) -> Verdict {
+    let tid_ok = a.may(
+        Operation::Write,
+        ResourceType::TransactionalId,
+        &r.v3_and_below_transactional_id,
+    );
+    let refused: Vec<bool> = r
+        .v3_and_below_topics
+        .iter()
+        .map(|t| !tid_ok || !a.topic(Operation::Write, &t.name))
+        .collect();
+    if refused.iter().all(|x| !x) {
+        return Verdict::Pass(None);
+    }
+    let results = r
+        .v3_and_below_topics
+        .iter()
+        .zip(&refused)
+        .map(|(t, refused)| {
+            let code = match (tid_ok, refused) {
+                (false, _) => ResponseError::TransactionalIdAuthorizationFailed,
+                (true, true) => ResponseError::TopicAuthorizationFailed,
+                (true, false) => ResponseError::OperationNotAttempted,
+            };
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(t.name.clone())
+                .with_results_by_partition(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            AddPartitionsToTxnPartitionResult::default()
+                                .with_partition_index(*p)
+                                .with_partition_error_code(code.code())
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    Verdict::Deny(Box::new(ResponseKind::AddPartitionsToTxn(
+        AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results),
+    )))
+}
+
+pub(super) fn end_txn(a: &mut Access<'_>, r: &mut EndTxnRequest) -> Verdict {
+    if a.may(
+        Operation::Write,
+        ResourceType::TransactionalId,
+        &r.transactional_id,
+    ) {
+        return Verdict::Pass(None);
+    }
+    Verdict::Deny(Box::new(ResponseKind::EndTxn(
+        EndTxnResponse::default()
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    )))
+}

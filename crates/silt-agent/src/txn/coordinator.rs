@@ -1,0 +1,395 @@
+//! The transaction coordinator: the agent of a transactional id's group shard keeps the id's
+//! record (`/silt/txns/{id}`) with writes fenced on that shard, like group offsets, so a
+//! coordinator that lost the shard can no longer change it.
+//!
+//! Ending a transaction: the decision (PrepareCommit or PrepareAbort) is stored first; then one
+//! marker request per partition is written (in as few metadata-store transactions as the
+//! store's limits allow) for the partitions' leaders ([`super::markers`]), which write the
+//! markers through their flush pipelines and delete the requests; when none is left the record
+//! is completed. A coordinator taking over a shard finishes what its predecessor prepared (the
+//! periodic [`TxnCoordinator::pass`]), which also aborts transactions past their timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use silt_meta::layout::txns::{self, MarkerRequest, TxnRecord, TxnStatus};
+use silt_meta::{Compare, Txn};
+
+use super::state::{self, End, Init, TxnError};
+use crate::broker::Broker;
+
+/// Marker requests written per metadata-store transaction (etcd allows 128 operations).
+const MARKERS_PER_TXN: usize = 100;
+/// How long EndTxn waits for the markers before answering CONCURRENT_TRANSACTIONS (the
+/// client retries; the periodic pass completes the transaction meanwhile).
+const MARKER_WAIT: Duration = Duration::from_secs(20);
+/// A prepared transaction untouched this long is driven to completion by the periodic pass (its
+/// coordinator moved or failed mid-way).
+const STUCK_MS: i64 = 3_000;
+
+/// The coordinator of the transactional ids of the shards this agent coordinates.
+#[derive(Debug, Default)]
+pub struct TxnCoordinator {
+    /// One operation at a time per transactional id.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn meta_err(e: silt_meta::MetaError) -> ResponseError {
+    tracing::warn!(error = %e, "transaction coordinator: metadata store error");
+    ResponseError::CoordinatorNotAvailable
+}
+
+impl TxnCoordinator {
+    fn lock_for(&self, tid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 10_000 {
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        m.entry(tid.to_string()).or_default().clone()
+    }
+
+    /// The fence of the id's shard if this agent coordinates it.
+    fn fence(b: &Broker, tid: &str) -> Result<Vec<Compare>, ResponseError> {
+        b.groups.check(tid).map_err(|code| {
+            if code == ResponseError::CoordinatorLoadInProgress.code() {
+                ResponseError::CoordinatorLoadInProgress
+            } else {
+                ResponseError::NotCoordinator
+            }
+        })
+    }
+
+    /// Stores `r` if the record is still at `rev` (absent for `None`); the new revision.
+    async fn store(
+        b: &Broker,
+        tid: &str,
+        r: &TxnRecord,
+        rev: Option<i64>,
+    ) -> Result<i64, ResponseError> {
+        let mut compares = Self::fence(b, tid)?;
+        let key = txns::key(tid);
+        compares.push(match rev {
+            Some(rev) => Compare::mod_revision(key, rev),
+            None => Compare::absent(key),
+        });
+        let res = b
+            .meta
+            .txn(Txn {
+                compares,
+                success: vec![txns::put_op(tid, r)],
+                failure: vec![],
+            })
+            .await
+            .map_err(meta_err)?;
+        if res.succeeded {
+            Ok(res.revision)
+        } else {
+            // Fenced (the shard moved) or changed meanwhile: the client retries either way.
+            Self::fence(b, tid)?;
+            Err(ResponseError::ConcurrentTransactions)
+        }
+    }
+
+    async fn load(b: &Broker, tid: &str) -> Result<Option<(TxnRecord, i64)>, ResponseError> {
+        Self::fence(b, tid)?;
+        txns::load(b.meta.as_ref(), tid).await.map_err(meta_err)
+    }
+
+    /// InitProducerId with a transactional id: the producer id and epoch to use.
+    pub async fn init_producer_id(
+        &self,
+        b: &Broker,
+        tid: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+        principal: &str,
+    ) -> Result<(i64, i16), ResponseError> {
+        let lock = self.lock_for(tid);
+        let _one = lock.lock().await;
+        let current = Self::load(b, tid).await?;
+        let fresh = b.producer_ids.next(principal).await.map_err(meta_err)?;
+        let now = b.clock.now_ms();
+        let max = b.settings.transactions.max_timeout_ms;
+        let plan = state::init(
+            current.as_ref().map(|c| &c.0),
+            || fresh,
+            timeout_ms,
+            max,
+            expected,
+            now,
+        )
+        .map_err(TxnError::code)?;
+        let rev = current.as_ref().map(|c| c.1);
+        match plan {
+            Init::Ready(r) => {
+                Self::store(b, tid, &r, rev).await?;
+                tracing::info!(
+                    transactional_id = tid,
+                    pid = r.pid,
+                    epoch = r.epoch,
+                    "transactional producer initialized"
+                );
+                Ok((r.pid, r.epoch))
+            }
+            Init::AbortFirst(r) => {
+                let rev = Self::store(b, tid, &r, rev).await?;
+                tracing::info!(
+                    transactional_id = tid,
+                    pid = r.pid,
+                    epoch = r.epoch,
+                    "a new instance of the producer: aborting its open transaction first"
+                );
+                // The client retries on CONCURRENT_TRANSACTIONS until the abort is complete.
+                let _ = Self::finish(b, tid, r, rev).await;
+                Err(ResponseError::ConcurrentTransactions)
+            }
+        }
+    }
+
+    /// AddPartitionsToTxn / AddOffsetsToTxn.
+    pub async fn add(
+        &self,
+        b: &Broker,
+        tid: &str,
+        producer: (i64, i16),
+        partitions: &[(String, i32)],
+        groups: &[String],
+    ) -> Result<(), ResponseError> {
+        let lock = self.lock_for(tid);
+        let _one = lock.lock().await;
+        let Some((r, rev)) = Self::load(b, tid).await? else {
+            return Err(ResponseError::InvalidProducerIdMapping);
+        };
+        let next = state::add(&r, producer, partitions, groups, b.clock.now_ms())
+            .map_err(TxnError::code)?;
+        if next != r {
+            Self::store(b, tid, &next, Some(rev)).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `partition` is in `tid`'s open transaction of `producer` (KIP-890 part 1: a
+    /// leader accepts a transaction's first batch only then). Read from the store, so any agent
+    /// can answer.
+    pub async fn verify(
+        b: &Broker,
+        tid: &str,
+        producer: (i64, i16),
+        partition: (&str, i32),
+    ) -> Result<bool, ResponseError> {
+        let r = txns::load(b.meta.as_ref(), tid).await.map_err(meta_err)?;
+        Ok(r.is_some_and(|(r, _)| {
+            r.status == TxnStatus::Ongoing
+                && (r.pid, r.epoch) == producer
+                && r.partitions
+                    .iter()
+                    .any(|(t, p)| t == partition.0 && *p == partition.1)
+        }))
+    }
+
+    /// EndTxn.
+    pub async fn end(
+        &self,
+        b: &Broker,
+        tid: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> Result<(), ResponseError> {
+        let lock = self.lock_for(tid);
+        let _one = lock.lock().await;
+        let Some((r, rev)) = Self::load(b, tid).await? else {
+            return Err(ResponseError::InvalidProducerIdMapping);
+        };
+        match state::end(&r, producer, commit, b.clock.now_ms()).map_err(TxnError::code)? {
+            End::Done => Ok(()),
+            End::Prepare(p) => {
+                let rev = Self::store(b, tid, &p, Some(rev)).await?;
+                Self::finish(b, tid, p, rev).await
+            }
+        }
+    }
+
+    /// Writes the markers of a prepared transaction, waits for them, completes the record.
+    async fn finish(b: &Broker, tid: &str, r: TxnRecord, rev: i64) -> Result<(), ResponseError> {
+        let commit = r.status == TxnStatus::PrepareCommit;
+        let request = MarkerRequest {
+            pid: r.pid,
+            epoch: r.epoch,
+            commit,
+            coordinator_epoch: (rev & 0x7fff_ffff) as i32,
+        };
+        let mut keys = Vec::new();
+        let mut puts = Vec::new();
+        for (topic, p) in &r.partitions {
+            // A topic deleted meanwhile needs no marker.
+            if let Some(t) = b.topics.get(topic) {
+                if t.has_partition(*p) {
+                    keys.push(txns::marker_key(&t.record.id, *p, tid));
+                    puts.push(txns::marker_put(&t.record.id, *p, tid, &request));
+                }
+            }
+        }
+        for chunk in puts.chunks(MARKERS_PER_TXN) {
+            let res = b
+                .meta
+                .txn(Txn {
+                    compares: Self::fence(b, tid)?,
+                    success: chunk.to_vec(),
+                    failure: vec![],
+                })
+                .await
+                .map_err(meta_err)?;
+            if !res.succeeded {
+                return Err(ResponseError::NotCoordinator);
+            }
+        }
+        // Wait for the leaders to write them.
+        let deadline = tokio::time::Instant::now() + MARKER_WAIT;
+        let mut left = keys;
+        let mut pause = Duration::from_millis(5);
+        while !left.is_empty() {
+            let mut still = Vec::with_capacity(left.len());
+            for k in left {
+                if b.meta.get(k.as_bytes()).await.map_err(meta_err)?.is_some() {
+                    still.push(k);
+                }
+            }
+            left = still;
+            if left.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    transactional_id = tid,
+                    waiting = left.len(),
+                    "transaction markers not all written yet; the client retries"
+                );
+                return Err(ResponseError::ConcurrentTransactions);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        let done = state::complete(&r, b.clock.now_ms());
+        Self::store(b, tid, &done, Some(rev)).await?;
+        tracing::debug!(
+            transactional_id = tid,
+            pid = r.pid,
+            commit,
+            partitions = r.partitions.len(),
+            "transaction completed"
+        );
+        Ok(())
+    }
+
+    /// One pass over the records of the shards coordinated here: aborts transactions past
+    /// their timeout and completes prepared ones left behind.
+    pub async fn pass(&self, b: &Broker) {
+        let all = match b.meta.range_all(txns::prefix().as_bytes()).await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::debug!(error = %e, "transaction pass: could not list transactions");
+                return;
+            }
+        };
+        let now = b.clock.now_ms();
+        for kv in all {
+            let Ok(r) = txns::decode(&kv.key, &kv.value) else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            let Some(tid) = key.strip_prefix(&txns::prefix()).map(unescape) else {
+                continue;
+            };
+            if b.groups.check(&tid).is_err() {
+                continue;
+            }
+            let due = match r.status {
+                TxnStatus::Ongoing => state::expire(&r, now, || -1).is_some(),
+                TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => now - r.updated_ms > STUCK_MS,
+                _ => false,
+            };
+            if !due {
+                continue;
+            }
+            let lock = self.lock_for(&tid);
+            let _one = lock.lock().await;
+            // Read again under the lock: a client request may have moved it on.
+            let Ok(Some((r, rev))) = Self::load(b, &tid).await else {
+                continue;
+            };
+            let step = match r.status {
+                TxnStatus::Ongoing => {
+                    let fresh = match b.producer_ids.next("").await {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    };
+                    match state::expire(&r, now, || fresh) {
+                        Some(aborting) => {
+                            tracing::info!(transactional_id = %tid, pid = r.pid,
+                                timeout_ms = r.timeout_ms, "transaction timed out; aborting it and fencing its producer");
+                            match Self::store(b, &tid, &aborting, Some(rev)).await {
+                                Ok(rev) => Some((aborting, rev)),
+                                Err(_) => None,
+                            }
+                        }
+                        None => None,
+                    }
+                }
+                TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => Some((r, rev)),
+                _ => None,
+            };
+            if let Some((r, rev)) = step {
+                if let Err(e) = Self::finish(b, &tid, r, rev).await {
+                    tracing::debug!(transactional_id = %tid, error = ?e, "transaction pass: not finished yet");
+                }
+            }
+        }
+    }
+
+    /// Every transactional id coordinated here with its record (DescribeTransactions,
+    /// ListTransactions).
+    pub async fn records(b: &Broker) -> Result<Vec<(String, TxnRecord)>, silt_meta::MetaError> {
+        let all = b.meta.range_all(txns::prefix().as_bytes()).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                let tid = unescape(key.strip_prefix(&txns::prefix())?);
+                let r = txns::decode(&kv.key, &kv.value).ok()?;
+                b.groups.check(&tid).is_ok().then_some((tid, r))
+            })
+            .collect())
+    }
+}
+
+/// Reverses `silt_meta::layout::security::escape`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escaped_ids_come_back() {
+        for id in ["plain", "a/b c", "üñï", "%41", "x%"] {
+            let e = silt_meta::layout::security::escape(id);
+            assert_eq!(super::unescape(&e), id);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+"""Transactions with stock clients against the real agent: a confluent-kafka (librdkafka)
+transactional producer commits and aborts; a read_committed consumer sees every committed
+record once and no aborted one, a read_uncommitted consumer sees both (and no control record);
+an open transaction holds read_committed readers back (last stable offset); a second instance
+of the producer fences the first; a transaction left open past its timeout is aborted."""
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from helpers import create_topic
+
+
+def _producer(agent, tid, **extra):
+    p = Producer({"bootstrap.servers": agent.bootstrap, "transactional.id": tid,
+                  "transaction.timeout.ms": 60000, "linger.ms": 5, **extra})
+    p.init_transactions(30)
+    return p
+
+
+def _read(agent, topic, partitions, isolation, idle=3.0, timeout=60.0):
+    c = Consumer({"bootstrap.servers": agent.bootstrap, "group.id": f"r-{uuid.uuid4().hex[:6]}",
+                  "isolation.level": isolation, "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got, eof, deadline, last = [], set(), time.time() + timeout, time.time()
+    try:
+        while time.time() < deadline:
+            m = c.poll(0.2)
+            if m is None:
+                if len(eof) == partitions and time.time() - last > idle:
+                    break
+                continue
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition())
+                    continue
+                raise KafkaException(m.error())
+            last = time.time()
+            eof.discard(m.partition())
+            got.append((m.partition(), m.value()))
+    finally:
+        c.close()
+    return got
+
+
+def test_committed_records_are_read_once_and_aborted_ones_never(agent, topic_name):
+    create_topic(agent.bootstrap, topic_name, partitions=3)
+    p = _producer(agent, f"tx-{uuid.uuid4().hex[:6]}")
+    committed, aborted = [], []
+    for round_ in range(6):
+        p.begin_transaction()
+        values = [f"r{round_}-{i}".encode() for i in range(30)]
+        for i, v in enumerate(values):
+            p.produce(topic_name, value=v, partition=i % 3)
+        if round_ % 3 == 1:
+            p.flush(30)  # in the log before the abort (unsent records would just be dropped)
+            p.abort_transaction(30)
+            aborted += values
+        else:
+            p.commit_transaction(30)
+            committed += values
+    # Non-transactional records from another producer interleave with them.
+    plain = Producer({"bootstrap.servers": agent.bootstrap})
+    for i in range(10):
+        plain.produce(topic_name, value=f"plain-{i}".encode(), partition=i % 3)
+    assert plain.flush(30) == 0
+    committed += [f"plain-{i}".encode() for i in range(10)]
+
+    seen = [v for _, v in _read(agent, topic_name, 3, "read_committed")]
+    assert sorted(seen) == sorted(committed), "every committed record once, no aborted one"
+    assert not set(seen) & set(aborted)
+    everything = [v for _, v in _read(agent, topic_name, 3, "read_uncommitted")]
+    assert sorted(everything) == sorted(committed + aborted), "no control record is shown"
+
+
+def test_an_open_transaction_holds_read_committed_readers_back(agent, topic_name):
+    create_topic(agent.bootstrap, topic_name, partitions=1)
+    p = _producer(agent, f"tx-{uuid.uuid4().hex[:6]}")
+    p.begin_transaction()
+    p.produce(topic_name, value=b"pending", partition=0)
+    p.flush(30)
+    def latest(isolation):
+        c = Consumer({"bootstrap.servers": agent.bootstrap, "group.id": "lso", "isolation.level": isolation})
+        try:
+            return c.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10, cached=False)[1]
+        finally:
+            c.close()
+
+    assert latest("read_uncommitted") == 1, "the high watermark includes the open transaction"
+    assert latest("read_committed") == 0, "ListOffsets read_committed answers the last stable offset"
+    assert [v for _, v in _read(agent, topic_name, 1, "read_committed", idle=1.0)] == []
+    p.commit_transaction(30)
+    assert latest("read_committed") == 2, "past the records and the commit marker"
+    assert [v for _, v in _read(agent, topic_name, 1, "read_committed")] == [b"pending"]
+
+
+def test_a_new_instance_fences_the_old_one_and_aborts_its_transaction(agent, topic_name):
+    create_topic(agent.bootstrap, topic_name, partitions=1)
+    tid = f"tx-{uuid.uuid4().hex[:6]}"
+    old = _producer(agent, tid)
+    old.begin_transaction()
+    old.produce(topic_name, value=b"zombie", partition=0)
+    old.flush(30)
+    new = _producer(agent, tid)  # bumps the epoch and aborts the open transaction
+    new.begin_transaction()
+    new.produce(topic_name, value=b"fresh", partition=0)
+    new.commit_transaction(30)
+    with pytest.raises(KafkaException) as e:
+        old.commit_transaction(10)
+    assert e.value.args[0].fatal() or e.value.args[0].code() in (
+        KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH), e.value
+    assert [v for _, v in _read(agent, topic_name, 1, "read_committed")] == [b"fresh"]
+
+
+def test_a_transaction_past_its_timeout_is_aborted(agent_factory, topic_name):
+    agent = agent_factory(SILT_TRANSACTIONS__CHECK_INTERVAL_MS="200")
+    create_topic(agent.bootstrap, topic_name, partitions=1)
+    p = _producer(agent, f"tx-{uuid.uuid4().hex[:6]}", **{"transaction.timeout.ms": 2000})
+    p.begin_transaction()
+    p.produce(topic_name, value=b"abandoned", partition=0)
+    p.flush(30)
+    time.sleep(4)
+    # The coordinator aborted it: read_committed readers are no longer held back, and see nothing.
+    assert [v for _, v in _read(agent, topic_name, 1, "read_committed")] == []
+    assert "transaction timed out" in agent.log_text()
+
+
+def test_transactions_survive_agent_kills_all_or_nothing(agent, topic_name):
+    """SIGKILL the agent between and inside transactions: every transaction whose commit
+    returned is read whole, once; a transaction cut by a kill is read not at all (the next
+    instance of the producer aborts it), never in part."""
+    create_topic(agent.bootstrap, topic_name, partitions=2)
+    tid = f"tx-{uuid.uuid4().hex[:6]}"
+    committed, cut = [], []
+    p = _producer(agent, tid)
+    for round_ in range(9):
+        values = [f"k{round_}-{i}".encode() for i in range(20)]
+        try:
+            p.begin_transaction()
+            for i, v in enumerate(values):
+                p.produce(topic_name, value=v, partition=i % 2)
+            p.flush(30)
+            if round_ % 3 == 2:
+                agent.kill()  # inside a transaction: written, never committed
+                agent.restart()
+                raise KafkaException(KafkaError(KafkaError._TRANSPORT, "killed"))
+            p.commit_transaction(30)
+            committed.append(values)
+        except KafkaException:
+            cut.append(values)
+            # A new instance: fences the old one and aborts its open transaction.
+            p = _producer(agent, tid)
+        if round_ % 4 == 3:
+            agent.kill()  # between transactions
+            agent.restart()
+    assert len(committed) >= 5 and len(cut) >= 2
+    seen = [v for _, v in _read(agent, topic_name, 2, "read_committed")]
+    assert len(seen) == len(set(seen)), "no record twice"
+    want = sorted(v for t in committed for v in t)
+    assert sorted(seen) == want, "every committed transaction whole; nothing of a cut one"
