@@ -161,3 +161,46 @@ def test_transactions_survive_agent_kills_all_or_nothing(agent, topic_name):
     assert len(seen) == len(set(seen)), "no record twice"
     want = sorted(v for t in committed for v in t)
     assert sorted(seen) == want, "every committed transaction whole; nothing of a cut one"
+
+
+def test_the_parquet_archive_holds_committed_records_only(agent_factory, topic_name):
+    """The archive reads like a read_committed consumer: no aborted record, no marker, every
+    committed record once — DuckDB's count equals the consumer's."""
+    import json
+    import socket
+    import urllib.request
+
+    import duckdb
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = agent_factory(SILT_ADMIN_LISTEN=f"127.0.0.1:{port}", SILT_TOPICS__ARCHIVE="true",
+                          SILT_ARCHIVE__INTERVAL_MS="200", SILT_ARCHIVE__MAX_FILE_RECORDS="25")
+    create_topic(agent.bootstrap, topic_name, partitions=2)
+    p = _producer(agent, f"tx-{uuid.uuid4().hex[:6]}")
+    for round_ in range(6):
+        p.begin_transaction()
+        for i in range(20):
+            p.produce(topic_name, value=f"a{round_}-{i}".encode(), partition=i % 2)
+        p.flush(30)
+        if round_ % 2:
+            p.abort_transaction(30)
+        else:
+            p.commit_transaction(30)
+    committed = sorted(v for _, v in _read(agent, topic_name, 2, "read_committed"))
+    assert len(committed) == 60
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        rows = [r for r in json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/archive").read())
+                if r["topic"] == topic_name]
+        if len(rows) == 2 and all(r["lag"] == 0 for r in rows):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"archive did not catch up: {rows}")
+    glob = str(agent.data_dir / "objects" / "archive" / "**" / "*.parquet")
+    archived = sorted(bytes(v) for (v,) in duckdb.sql(
+        f"SELECT value FROM read_parquet('{glob}', hive_partitioning = true) WHERE topic = '{topic_name}'").fetchall())
+    assert archived == committed

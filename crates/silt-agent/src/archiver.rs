@@ -159,9 +159,10 @@ async fn archive_partition(b: &Broker, p: &Arc<Partition>, topic: &Topic) -> Res
     remember(b, p, &prog);
     let prefix = b.settings.archive.prefix.clone();
     for _ in 0..FILES_PER_PASS {
+        // Up to the last stable offset: only decided transactions are archived.
         let (hw, log_start) = {
             let st = p.lock();
-            (st.high_watermark, st.log_start)
+            (st.txns.last_stable(st.high_watermark), st.log_start)
         };
         let from = prog.next_offset.max(log_start);
         if from >= hw {
@@ -170,15 +171,21 @@ async fn archive_partition(b: &Broker, p: &Arc<Partition>, topic: &Topic) -> Res
         let Collected {
             mut records,
             mut quarantined,
+            skipped,
         } = collect(b, p, from, hw).await?;
         if records.is_empty() {
-            let Some(q) = quarantined.last() else {
+            let past = quarantined
+                .last()
+                .map(|q| q.last_offset)
+                .max(skipped.last().copied());
+            let Some(past) = past else {
                 break;
             };
-            // Only undecodable batches: move past them without a file.
+            // Only undecodable batches, markers or aborted records: move past them without a
+            // file.
             report_quarantined(b, p, &quarantined);
             let next = Progress {
-                next_offset: q.last_offset + 1,
+                next_offset: past + 1,
                 pending: None,
                 files: prog.files,
             };
@@ -290,20 +297,31 @@ async fn finish(
 
 /// What [`collect`] read.
 struct Collected {
-    /// Records from the first offset asked for, dense but for the quarantined batches.
+    /// Records from the first offset asked for, dense but for the quarantined batches and the
+    /// skipped offsets.
     records: Vec<Record>,
     /// Batches that could not be decoded, in offset order.
     quarantined: Vec<Quarantined>,
+    /// Offsets left out of the archive, ascending: transaction markers and aborted records.
+    skipped: Vec<i64>,
 }
 
-/// Records `from..until` (at most `archive.max_file_records`), read like a catch-up consumer.
+/// Records `from..until` (at most `archive.max_file_records`), read like a read_committed
+/// catch-up consumer: transaction markers and records of aborted transactions are left out.
 /// Batches that do not decode are quarantined, not fatal.
 async fn collect(b: &Broker, p: &Partition, from: i64, until: i64) -> Result<Collected, Failure> {
     let max = b.settings.archive.max_file_records;
     let cap = b.settings.archive.max_decompressed_batch_bytes;
-    let segments = p.lock().locate(from, READ_BUDGET);
+    let (segments, aborted) = {
+        let st = p.lock();
+        (
+            st.locate(from, READ_BUDGET),
+            st.txns.aborted_between(from, until),
+        )
+    };
     let mut out: Vec<Record> = Vec::new();
     let mut quarantined: Vec<Quarantined> = Vec::new();
+    let mut skipped: Vec<i64> = Vec::new();
     let mut next = from;
     for seg in segments {
         if out.len() >= max || seg.base_offset >= until {
@@ -313,25 +331,46 @@ async fn collect(b: &Broker, p: &Partition, from: i64, until: i64) -> Result<Col
             .await
             .map_err(|e| Failure::Read(e.to_string()))?;
         let d = decode::records(&data, next, until, cap)?;
-        out.extend(d.records);
+        for r in d.records {
+            let in_aborted = r.transactional
+                && aborted.iter().any(|a| {
+                    a.pid == r.producer_id
+                        && r.offset >= a.first_offset
+                        && r.offset <= a.last_offset
+                });
+            if in_aborted {
+                skipped.push(r.offset);
+            } else {
+                out.push(r);
+            }
+        }
+        skipped.extend(d.control);
+        skipped.sort_unstable();
         quarantined.extend(d.quarantined.into_iter().filter(|q| q.last_offset >= next));
         next = out
             .last()
             .map_or(next, |r| r.offset + 1)
-            .max(quarantined.last().map_or(next, |q| q.last_offset + 1));
+            .max(quarantined.last().map_or(next, |q| q.last_offset + 1))
+            .max(skipped.last().map_or(next, |s| s + 1));
     }
     out.truncate(max);
     if let Some(last) = out.last().map(|r| r.offset) {
         quarantined.retain(|q| q.base_offset <= last);
     }
-    // Offsets must be dense from `from` (quarantined batches aside): anything else means the
-    // index and data disagree.
+    // Offsets must be dense from `from` (quarantined batches and skipped offsets aside):
+    // anything else means the index and data disagree.
+    let mut gaps: Vec<(i64, i64)> = quarantined
+        .iter()
+        .map(|q| (q.base_offset, q.last_offset))
+        .chain(skipped.iter().map(|s| (*s, *s)))
+        .collect();
+    gaps.sort_unstable();
     let mut expected = from;
-    let mut qs = quarantined.iter().peekable();
+    let mut qs = gaps.iter().peekable();
     for r in &out {
-        while let Some(q) = qs.peek() {
-            if q.base_offset <= expected {
-                expected = expected.max(q.last_offset + 1);
+        while let Some((base, last)) = qs.peek() {
+            if *base <= expected {
+                expected = expected.max(last + 1);
                 qs.next();
             } else {
                 break;
@@ -348,6 +387,7 @@ async fn collect(b: &Broker, p: &Partition, from: i64, until: i64) -> Result<Col
     Ok(Collected {
         records: out,
         quarantined,
+        skipped,
     })
 }
 

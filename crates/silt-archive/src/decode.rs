@@ -32,6 +32,8 @@ pub struct Decoded {
     pub records: Vec<Record>,
     /// Batches whose records could not be decoded, in offset order.
     pub quarantined: Vec<Quarantined>,
+    /// Offsets of control records (transaction markers) left out, in order.
+    pub control: Vec<i64>,
 }
 
 /// Decodes every record of the batches in `data` whose offset is in `from..until`. Control
@@ -63,11 +65,18 @@ pub fn records(
             Ok(out)
         };
         match RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(bounded)) {
-            Ok(set) => out.records.extend(
-                set.records
-                    .into_iter()
-                    .filter(|r| !r.control && r.offset >= from && r.offset < until),
-            ),
+            Ok(set) => {
+                for r in set.records {
+                    if r.offset < from || r.offset >= until {
+                        continue;
+                    }
+                    if r.control {
+                        out.control.push(r.offset);
+                    } else {
+                        out.records.push(r);
+                    }
+                }
+            }
             Err(e) => out.quarantined.push(Quarantined {
                 base_offset: base,
                 last_offset: last,
