@@ -130,6 +130,10 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         20: (1, 6),  # DeleteTopics
         21: (0, 2),  # DeleteRecords
         22: (0, 4),  # InitProducerId
+        24: (0, 3),  # AddPartitionsToTxn
+        25: (0, 3),  # AddOffsetsToTxn
+        26: (0, 3),  # EndTxn
+        28: (0, 3),  # TxnOffsetCommit
         23: (2, 4),  # OffsetForLeaderEpoch
         32: (1, 4),  # DescribeConfigs
         42: (0, 2),  # DeleteGroups

@@ -204,3 +204,62 @@ def test_the_parquet_archive_holds_committed_records_only(agent_factory, topic_n
     archived = sorted(bytes(v) for (v,) in duckdb.sql(
         f"SELECT value FROM read_parquet('{glob}', hive_partitioning = true) WHERE topic = '{topic_name}'").fetchall())
     assert archived == committed
+
+
+def _ctp(agent, src, dst, group, tid, stop_after=None, kill=None):
+    """Consume-transform-produce: reads `src` in `group`, writes value+b"!" to `dst` and commits
+    the input offsets in the same transaction, 10 records per transaction. Stops after
+    `stop_after` transactions (without committing the one in progress if `kill` says so)."""
+    c = Consumer({"bootstrap.servers": agent.bootstrap, "group.id": group, "isolation.level": "read_committed",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c.subscribe([src])
+    p = _producer(agent, tid)
+    done, idle = 0, 0
+    try:
+        while idle < 15:
+            msgs = c.consume(10, 1.0)
+            msgs = [m for m in msgs if not m.error()]
+            if not msgs:
+                idle += 1
+                continue
+            idle = 0
+            p.begin_transaction()
+            for m in msgs:
+                p.produce(dst, key=m.key(), value=m.value() + b"!", partition=m.partition())
+            p.send_offsets_to_transaction(c.position(c.assignment()), c.consumer_group_metadata(), 30)
+            if stop_after is not None and done == stop_after and kill:
+                p.flush(30)
+                return done  # abandoned mid-transaction (the process "dies")
+            p.commit_transaction(30)
+            done += 1
+            if stop_after is not None and done == stop_after:
+                return done
+    finally:
+        c.close()
+    return done
+
+
+def test_consume_transform_produce_writes_every_input_exactly_once(agent, topic_name):
+    """Offsets sent in the transaction commit with its output: an application that dies in the
+    middle of a transaction and is replaced (same transactional id) neither loses nor repeats
+    an input record in the output."""
+    src, dst = topic_name, topic_name + "-out"
+    create_topic(agent.bootstrap, src, partitions=2)
+    create_topic(agent.bootstrap, dst, partitions=2)
+    inputs = [f"in-{i}".encode() for i in range(120)]
+    plain = Producer({"bootstrap.servers": agent.bootstrap})
+    for i, v in enumerate(inputs):
+        plain.produce(src, key=str(i).encode(), value=v, partition=i % 2)
+    assert plain.flush(30) == 0
+    group, tid = f"ctp-{uuid.uuid4().hex[:6]}", f"ctp-{uuid.uuid4().hex[:6]}"
+    # The first instance dies inside its fourth transaction (output and offsets written, not
+    # committed); the second takes over with the same transactional id and finishes.
+    assert _ctp(agent, src, dst, group, tid, stop_after=3, kill=True) == 3
+    _ctp(agent, src, dst, group, tid)
+    out = [v for _, v in _read(agent, dst, 2, "read_committed")]
+    assert sorted(out) == sorted(v + b"!" for v in inputs), "every input once in the output"
+    # The group's committed offsets are at the end of the input.
+    c = Consumer({"bootstrap.servers": agent.bootstrap, "group.id": group})
+    committed = c.committed([TopicPartition(src, 0), TopicPartition(src, 1)], timeout=10)
+    c.close()
+    assert sorted(tp.offset for tp in committed) == [60, 60]

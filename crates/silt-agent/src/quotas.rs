@@ -311,6 +311,10 @@ pub fn set_throttle_time(r: &mut ResponseKind, ms: i32) {
         };
     }
     raise!(
+        AddOffsetsToTxn,
+        AddPartitionsToTxn,
+        EndTxn,
+        TxnOffsetCommit,
         AlterClientQuotas,
         AlterUserScramCredentials,
         ApiVersions,

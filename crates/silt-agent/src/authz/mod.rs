@@ -156,6 +156,8 @@ fn acls(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: i16) 
         R::InitProducerId(r) => cluster::init_producer_id(&mut a, r),
         R::AddPartitionsToTxn(r) => txns::add_partitions(&mut a, r),
         R::EndTxn(r) => txns::end_txn(&mut a, r),
+        R::AddOffsetsToTxn(r) => txns::add_offsets(&mut a, r),
+        R::TxnOffsetCommit(r) => txns::txn_offset_commit(&mut a, r),
         R::DescribeCluster(_) => cluster::describe_cluster(&mut a),
         R::DescribeAcls(_) => cluster::describe_acls(&mut a),
         R::CreateAcls(r) => cluster::create_acls(&mut a, r),

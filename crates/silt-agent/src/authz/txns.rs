@@ -1,6 +1,7 @@
 //! Transactional APIs: AddPartitionsToTxn needs WRITE on the transactional id and on each topic
 //! (refused topics get TOPIC_AUTHORIZATION_FAILED, the others OPERATION_NOT_ATTEMPTED, as Kafka
-//! answers); EndTxn WRITE on the transactional id.
+//! answers); EndTxn WRITE on the transactional id; AddOffsetsToTxn that and READ on the group;
+//! TxnOffsetCommit that, READ on the group and READ on each topic.
 
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
@@ -67,5 +68,70 @@ pub(super) fn end_txn(a: &mut Access<'_>, r: &mut EndTxnRequest) -> Verdict {
             .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1),
+    )))
+}
+
+pub(super) fn add_offsets(a: &mut Access<'_>, r: &mut AddOffsetsToTxnRequest) -> Verdict {
+    let code = if !a.may(
+        Operation::Write,
+        ResourceType::TransactionalId,
+        &r.transactional_id,
+    ) {
+        ResponseError::TransactionalIdAuthorizationFailed
+    } else if !a.group(Operation::Read, &r.group_id) {
+        ResponseError::GroupAuthorizationFailed
+    } else {
+        return Verdict::Pass(None);
+    };
+    Verdict::Deny(Box::new(ResponseKind::AddOffsetsToTxn(
+        AddOffsetsToTxnResponse::default().with_error_code(code.code()),
+    )))
+}
+
+pub(super) fn txn_offset_commit(a: &mut Access<'_>, r: &mut TxnOffsetCommitRequest) -> Verdict {
+    use kafka_protocol::messages::txn_offset_commit_response::{
+        TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+    };
+    let tid_ok = a.may(
+        Operation::Write,
+        ResourceType::TransactionalId,
+        &r.transactional_id,
+    );
+    let group_ok = tid_ok && a.group(Operation::Read, &r.group_id);
+    let refused: Vec<bool> = r
+        .topics
+        .iter()
+        .map(|t| !group_ok || !a.topic(Operation::Read, &t.name))
+        .collect();
+    if refused.iter().all(|x| !x) {
+        return Verdict::Pass(None);
+    }
+    let topics = r
+        .topics
+        .iter()
+        .zip(&refused)
+        .map(|(t, refused)| {
+            let code = match (tid_ok, group_ok, refused) {
+                (false, _, _) => ResponseError::TransactionalIdAuthorizationFailed,
+                (true, false, _) => ResponseError::GroupAuthorizationFailed,
+                (true, true, true) => ResponseError::TopicAuthorizationFailed,
+                (true, true, false) => ResponseError::OperationNotAttempted,
+            };
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            TxnOffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code.code())
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    Verdict::Deny(Box::new(ResponseKind::TxnOffsetCommit(
+        TxnOffsetCommitResponse::default().with_topics(topics),
     )))
 }

@@ -9,6 +9,7 @@
 //! is answered only after its single metadata transaction succeeded.
 
 pub mod group;
+mod txn_offsets;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +36,8 @@ struct Entry {
     /// back; meanwhile OffsetFetch answers COORDINATOR_LOAD_IN_PROGRESS (clients retry) rather
     /// than an offset that may not be what is durable.
     unsure: BTreeSet<(String, i32)>,
+    /// Offsets committed in open transactions, by producer id (TxnOffsetCommit).
+    txn_pending: BTreeMap<i64, Vec<(String, i32, Committed)>>,
 }
 
 impl Entry {
@@ -45,6 +48,7 @@ impl Entry {
             stored_protocol_type: None,
             writes: Arc::default(),
             unsure: Default::default(),
+            txn_pending: BTreeMap::new(),
         }
     }
 }
@@ -219,6 +223,13 @@ impl GroupCoordinator {
                 .or_insert_with(Entry::new)
                 .offsets
                 .insert((t, p), c);
+        }
+        for (g, pid, offsets) in stored.pending.into_iter().filter(|x| mine(&x.0)) {
+            fresh
+                .entry(g)
+                .or_insert_with(Entry::new)
+                .txn_pending
+                .insert(pid, offsets);
         }
         for (g, pt) in stored.protocol_types.into_iter().filter(|x| mine(&x.0)) {
             fresh

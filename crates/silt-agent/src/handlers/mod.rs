@@ -125,6 +125,12 @@ pub async fn dispatch(
         R::AddPartitionsToTxn(r) => now(ResponseKind::AddPartitionsToTxn(
             txns::add_partitions(broker, r).await,
         )),
+        R::AddOffsetsToTxn(r) => now(ResponseKind::AddOffsetsToTxn(
+            txns::add_offsets(broker, r).await,
+        )),
+        R::TxnOffsetCommit(r) => now(ResponseKind::TxnOffsetCommit(
+            txns::offset_commit(broker, r).await,
+        )),
         R::EndTxn(r) => {
             let b = broker.clone();
             Reply::Later(Box::pin(async move {

@@ -190,24 +190,32 @@ pub fn fetch(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchRes
                         .with_error_code(code);
                 }
                 let rows = fetch_group(b, &g.group_id.0, topics);
+                let group = g.group_id.0.to_string();
+                let unstable =
+                    |t: &str, p: i32| req.require_stable && b.groups.unstable(&group, t, p);
                 OffsetFetchResponseGroup::default()
                     .with_group_id(g.group_id)
                     .with_topics(
                         rows.into_iter()
                             .map(|(t, ps)| {
+                                let parts = ps
+                                    .into_iter()
+                                    .map(|(p, o, e, m)| {
+                                        let r = OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(p);
+                                        if unstable(&t, p) {
+                                            return r
+                                                .with_committed_offset(-1)
+                                                .with_error_code(UNSTABLE.code());
+                                        }
+                                        r.with_committed_offset(o)
+                                            .with_committed_leader_epoch(e)
+                                            .with_metadata(m.map(str_bytes))
+                                    })
+                                    .collect();
                                 OffsetFetchResponseTopics::default()
                                     .with_name(topic_name(&t))
-                                    .with_partitions(
-                                        ps.into_iter()
-                                            .map(|(p, o, e, m)| {
-                                                OffsetFetchResponsePartitions::default()
-                                                    .with_partition_index(p)
-                                                    .with_committed_offset(o)
-                                                    .with_committed_leader_epoch(e)
-                                                    .with_metadata(m.map(str_bytes))
-                                            })
-                                            .collect(),
-                                    )
+                                    .with_partitions(parts)
                             })
                             .collect(),
                     )
@@ -228,26 +236,34 @@ pub fn fetch(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchRes
         return OffsetFetchResponse::default().with_error_code(code);
     }
     let rows = fetch_group(b, &req.group_id.0, topics);
+    let group = req.group_id.0.to_string();
+    let unstable = |t: &str, p: i32| req.require_stable && b.groups.unstable(&group, t, p);
     OffsetFetchResponse::default().with_topics(
         rows.into_iter()
             .map(|(t, ps)| {
+                let parts = ps
+                    .into_iter()
+                    .map(|(p, o, e, m)| {
+                        let r = OffsetFetchResponsePartition::default().with_partition_index(p);
+                        if unstable(&t, p) {
+                            return r.with_committed_offset(-1).with_error_code(UNSTABLE.code());
+                        }
+                        r.with_committed_offset(o)
+                            .with_committed_leader_epoch(if v >= 5 { e } else { -1 })
+                            .with_metadata(m.map(str_bytes))
+                    })
+                    .collect();
                 OffsetFetchResponseTopic::default()
                     .with_name(topic_name(&t))
-                    .with_partitions(
-                        ps.into_iter()
-                            .map(|(p, o, e, m)| {
-                                OffsetFetchResponsePartition::default()
-                                    .with_partition_index(p)
-                                    .with_committed_offset(o)
-                                    .with_committed_leader_epoch(if v >= 5 { e } else { -1 })
-                                    .with_metadata(m.map(str_bytes))
-                            })
-                            .collect(),
-                    )
+                    .with_partitions(parts)
             })
             .collect(),
     )
 }
+
+/// What OffsetFetch with `require_stable` answers for a partition whose offset was committed in
+/// a transaction still open (the client retries).
+const UNSTABLE: ResponseError = ResponseError::UnstableOffsetCommit;
 
 /// OffsetDelete.
 pub async fn delete(b: &Arc<Broker>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {

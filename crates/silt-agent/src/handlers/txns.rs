@@ -1,18 +1,23 @@
-//! The transactional producer's APIs: AddPartitionsToTxn (v0-3, the client's form) and EndTxn,
-//! answered by the coordinator of the transactional id (`crate::txn::coordinator`);
-//! InitProducerId with a transactional id is in `producer_id`. Sending offsets in a transaction
-//! (AddOffsetsToTxn, TxnOffsetCommit) is not served yet.
+//! The transactional producer's APIs: AddPartitionsToTxn (v0-3, the client's form),
+//! AddOffsetsToTxn and EndTxn, answered by the coordinator of the transactional id
+//! (`crate::txn::coordinator`), and TxnOffsetCommit, answered by the group's coordinator;
+//! InitProducerId with a transactional id is in `producer_id`.
 
 use std::sync::Arc;
 
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse,
-    ProducerId,
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, ProducerId, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
 };
 use kafka_protocol::ResponseError;
+use silt_meta::layout::group_offsets::Committed;
 
 use crate::broker::Broker;
 
@@ -95,4 +100,76 @@ pub async fn end(b: &Arc<Broker>, req: EndTxnRequest) -> EndTxnResponse {
         .with_error_code(code)
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1)
+}
+
+/// Handles AddOffsetsToTxn: the group joins the transaction (its offsets are ended with it).
+pub async fn add_offsets(b: &Arc<Broker>, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+    let tid = req.transactional_id.0.to_string();
+    let group = req.group_id.0.to_string();
+    let code = match b
+        .txns
+        .add(
+            b,
+            &tid,
+            (req.producer_id.0, req.producer_epoch),
+            &[],
+            &[group],
+        )
+        .await
+    {
+        Ok(()) => 0,
+        Err(e) => e.code(),
+    };
+    AddOffsetsToTxnResponse::default().with_error_code(code)
+}
+
+/// Handles TxnOffsetCommit, on the group's coordinator: the offsets stay pending until the
+/// producer's transaction ends.
+pub async fn offset_commit(
+    b: &Arc<Broker>,
+    req: TxnOffsetCommitRequest,
+) -> TxnOffsetCommitResponse {
+    let now = b.clock.now_ms();
+    let mut offsets = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            offsets.push((
+                t.name.0.to_string(),
+                p.partition_index,
+                Committed {
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                    commit_ms: now,
+                },
+            ));
+        }
+    }
+    let code = match b
+        .groups
+        .txn_commit(&req.group_id.0, req.producer_id.0, offsets)
+        .await
+    {
+        Ok(()) => 0,
+        Err(c) => c,
+    };
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(t.name)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            TxnOffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    TxnOffsetCommitResponse::default().with_topics(topics)
 }

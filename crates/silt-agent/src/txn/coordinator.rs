@@ -231,6 +231,16 @@ impl TxnCoordinator {
                 }
             }
         }
+        // The groups' coordinators make the offsets committed in the transaction the groups'
+        // (or drop them).
+        for g in &r.groups {
+            let k = txns::group_marker_key(g, r.pid);
+            puts.push(silt_meta::Op::put(
+                k.clone(),
+                if commit { "true" } else { "false" },
+            ));
+            keys.push(k);
+        }
         for chunk in puts.chunks(MARKERS_PER_TXN) {
             let res = b
                 .meta
@@ -365,7 +375,7 @@ impl TxnCoordinator {
 }
 
 /// Reverses `silt_meta::layout::security::escape`.
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -26,10 +26,24 @@ fn parse_value(k: &[u8], v: &[u8]) -> Option<MarkerRequest> {
     txns::decode_marker(k, v).ok()
 }
 
+fn parse_group_key(k: &[u8]) -> Option<Vec<u8>> {
+    txns::parse_group_marker_key(k).map(|_| k.to_vec())
+}
+
+fn parse_commit(_k: &[u8], v: &[u8]) -> Option<bool> {
+    match v {
+        b"true" => Some(true),
+        b"false" => Some(false),
+        _ => None,
+    }
+}
+
 /// The marker requests, followed.
 #[derive(Debug)]
 pub struct MarkerRequests {
     mirror: Mirror<Vec<u8>, MarkerRequest>,
+    /// Requests to end transactional offsets of groups: commit (true) or abort.
+    groups: Mirror<Vec<u8>, bool>,
     /// Requests being written by this agent.
     in_flight: Mutex<HashSet<Vec<u8>>>,
 }
@@ -38,7 +52,15 @@ impl MarkerRequests {
     /// Starts following the requests.
     pub async fn start(meta: Arc<dyn MetaKv>) -> Result<Self, MetaError> {
         Ok(Self {
-            mirror: Mirror::start(meta, txns::markers_prefix(), parse_key, parse_value).await?,
+            mirror: Mirror::start(meta.clone(), txns::markers_prefix(), parse_key, parse_value)
+                .await?,
+            groups: Mirror::start(
+                meta,
+                txns::group_markers_prefix(),
+                parse_group_key,
+                parse_commit,
+            )
+            .await?,
             in_flight: Mutex::default(),
         })
     }
@@ -58,6 +80,25 @@ impl crate::tasks::Periodic for MarkerJob {
 
     async fn step(&mut self) {
         let b = &self.0;
+        // Groups coordinated here: end transactional offsets.
+        let groups = b.markers.groups.snapshot();
+        for (key, item) in &groups.items {
+            let Some((escaped, pid)) = txns::parse_group_marker_key(key) else {
+                continue;
+            };
+            let group = super::coordinator::unescape(&escaped);
+            if b.groups.check(&group).is_err() {
+                continue;
+            }
+            let key = String::from_utf8_lossy(key).into_owned();
+            if let Err(code) = b
+                .groups
+                .end_txn_offsets(&group, pid, item.value, (&key, item.mod_revision))
+                .await
+            {
+                tracing::debug!(group = %group, pid, code, "transactional offsets not ended yet; retried");
+            }
+        }
         let snap = b.markers.mirror.snapshot();
         if snap.items.is_empty() {
             return;

@@ -1,6 +1,9 @@
 //! `/silt/groups/{group}/offsets/{topic}/{partition:010}`: a consumer group's committed offsets,
 //! one key per partition, and `/silt/groups/{group}/protocol-type`: the protocol type of a group
-//! that had members (absent for "simple" groups that only commit). A commit of many partitions is
+//! that had members (absent for "simple" groups that only commit), and
+//! `/silt/groups/{group}/txn-offsets/{pid:020}`: offsets a transactional producer committed in
+//! its open transaction (TxnOffsetCommit), made the group's offsets when it commits and dropped
+//! when it aborts. A commit of many partitions is
 //! one transaction (one metadata write); deleting a group is one prefix delete. Persisted: field
 //! names are stable.
 
@@ -41,6 +44,16 @@ pub fn group_prefix(group: &str) -> String {
 
 fn protocol_type_key(group: &str) -> String {
     format!("{}protocol-type", group_prefix(group))
+}
+
+/// The key of a producer's pending transactional offsets for `group`.
+pub fn txn_offsets_key(group: &str, pid: i64) -> String {
+    format!("{}txn-offsets/{pid:020}", group_prefix(group))
+}
+
+/// The put of a producer's pending transactional offsets.
+pub fn txn_offsets_put(group: &str, pid: i64, offsets: &[(String, i32, Committed)]) -> Op {
+    Op::put(txn_offsets_key(group, pid), encode_json(&offsets))
 }
 
 fn key(group: &str, topic: &str, partition: i32) -> String {
@@ -218,6 +231,8 @@ pub struct Stored {
     pub offsets: Vec<(String, String, i32, Committed)>,
     /// (group, protocol type) of groups that had members.
     pub protocol_types: Vec<(String, String)>,
+    /// (group, producer id, offsets) committed in transactions still open.
+    pub pending: Vec<(String, i64, Vec<(String, i32, Committed)>)>,
 }
 
 /// Everything stored for every group.
@@ -235,10 +250,19 @@ pub async fn load_all(kv: &dyn MetaKv) -> Result<Stored, MetaError> {
             continue;
         }
         let mut parts = rest.splitn(3, '/');
-        let (Some(group), Some("offsets"), Some(tp)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(group), Some(kind), Some(tp)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
+        if kind == "txn-offsets" {
+            if let Ok(pid) = tp.parse::<i64>() {
+                let offsets: Vec<(String, i32, Committed)> = decode_json(&item.key, &item.value)?;
+                out.pending.push((unescape(group), pid, offsets));
+            }
+            continue;
+        }
+        if kind != "offsets" {
+            continue;
+        }
         let Some((topic, partition)) = tp.rsplit_once('/') else {
             continue;
         };

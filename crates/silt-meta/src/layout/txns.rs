@@ -102,6 +102,26 @@ pub async fn load(
     }
 }
 
+/// Prefix of every group's offset-marker requests: `/silt/txn-group-markers/{group}/{pid:020}`,
+/// asking the group's coordinator to make a producer's pending transactional offsets the
+/// group's (commit) or drop them (abort). The value is `true` for commit.
+pub fn group_markers_prefix() -> String {
+    format!("{}/txn-group-markers/", super::ROOT)
+}
+
+/// The key of a group offset-marker request.
+pub fn group_marker_key(group: &str, pid: i64) -> String {
+    format!("{}{}/{pid:020}", group_markers_prefix(), escape(group))
+}
+
+/// Parses a group offset-marker request key: (escaped group, producer id).
+pub fn parse_group_marker_key(k: &[u8]) -> Option<(String, i64)> {
+    let s = std::str::from_utf8(k).ok()?;
+    let rest = s.strip_prefix(&group_markers_prefix())?;
+    let (group, pid) = rest.rsplit_once('/')?;
+    Some((group.to_string(), pid.parse().ok()?))
+}
+
 /// A marker request: which producer's transaction ends, and how. Persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MarkerRequest {

@@ -1,0 +1,144 @@
+//! Offsets committed inside transactions (TxnOffsetCommit): kept pending per producer id —
+//! durable under `/silt/groups/{group}/txn-offsets/{pid}` and in memory — until the producer's
+//! transaction ends: a commit makes them the group's offsets, an abort drops them. Meanwhile
+//! OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT for those partitions, so a
+//! read_committed consumer never starts from an offset that may still be rolled back.
+
+use kafka_protocol::ResponseError;
+use silt_meta::layout::group_offsets::{self, Committed};
+use silt_meta::{Compare, Op, Txn};
+
+use super::{Entry, GroupCoordinator};
+
+impl GroupCoordinator {
+    /// TxnOffsetCommit: adds `offsets` to producer `pid`'s pending offsets for `group`.
+    pub async fn txn_commit(
+        &self,
+        group: &str,
+        pid: i64,
+        offsets: Vec<(String, i32, Committed)>,
+    ) -> Result<(), i16> {
+        let fence = self.check(group)?;
+        let writes = {
+            let mut groups = self.lock();
+            groups
+                .entry(group.to_string())
+                .or_insert_with(Entry::new)
+                .writes
+                .clone()
+        };
+        let _ordered = writes.lock().await;
+        let mut merged = {
+            let groups = self.lock();
+            groups
+                .get(group)
+                .and_then(|e| e.txn_pending.get(&pid).cloned())
+                .unwrap_or_default()
+        };
+        for (t, p, c) in offsets {
+            merged.retain(|(t2, p2, _)| !(t2 == &t && *p2 == p));
+            merged.push((t, p, c));
+        }
+        let res = self
+            .meta
+            .txn(Txn {
+                compares: fence,
+                success: vec![group_offsets::txn_offsets_put(group, pid, &merged)],
+                failure: vec![],
+            })
+            .await
+            .map_err(|_| ResponseError::CoordinatorNotAvailable.code())?;
+        if !res.succeeded {
+            return Err(ResponseError::NotCoordinator.code());
+        }
+        self.lock()
+            .entry(group.to_string())
+            .or_insert_with(Entry::new)
+            .txn_pending
+            .insert(pid, merged);
+        Ok(())
+    }
+
+    /// Whether `partition` of `group` has offsets committed in an open transaction.
+    pub fn unstable(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.lock().get(group).is_some_and(|e| {
+            e.txn_pending
+                .values()
+                .any(|v| v.iter().any(|(t, p, _)| t == topic && *p == partition))
+        })
+    }
+
+    /// Ends producer `pid`'s transaction for `group` (a group marker request at revision
+    /// `request_rev`): its pending offsets become the group's on commit, are dropped on abort;
+    /// the pending key and the request are deleted with the last write.
+    pub async fn end_txn_offsets(
+        &self,
+        group: &str,
+        pid: i64,
+        commit: bool,
+        request: (&str, i64),
+    ) -> Result<(), i16> {
+        let fence = self.check(group)?;
+        let writes = {
+            let mut groups = self.lock();
+            groups
+                .entry(group.to_string())
+                .or_insert_with(Entry::new)
+                .writes
+                .clone()
+        };
+        let _ordered = writes.lock().await;
+        let pending = self
+            .lock()
+            .get(group)
+            .and_then(|e| e.txn_pending.get(&pid).cloned())
+            .unwrap_or_default();
+        if commit && !pending.is_empty() {
+            let mut durable = |done: &[(String, i32, Committed)]| {
+                let mut groups = self.lock();
+                let e = groups.entry(group.to_string()).or_insert_with(Entry::new);
+                for (t, p, c) in done {
+                    e.offsets.insert((t.clone(), *p), c.clone());
+                }
+            };
+            group_offsets::commit(
+                self.meta.as_ref(),
+                &fence,
+                group,
+                &pending,
+                None,
+                &mut durable,
+            )
+            .await
+            .map_err(|_| ResponseError::CoordinatorNotAvailable.code())?;
+        }
+        let mut compares = fence;
+        compares.push(Compare::mod_revision(request.0, request.1));
+        let res = self
+            .meta
+            .txn(Txn {
+                compares,
+                success: vec![
+                    Op::delete(group_offsets::txn_offsets_key(group, pid)),
+                    Op::delete(request.0),
+                ],
+                failure: vec![],
+            })
+            .await
+            .map_err(|_| ResponseError::CoordinatorNotAvailable.code())?;
+        if !res.succeeded {
+            return Err(ResponseError::NotCoordinator.code());
+        }
+        if let Some(e) = self.lock().get_mut(group) {
+            e.txn_pending.remove(&pid);
+        }
+        tracing::debug!(
+            group,
+            pid,
+            commit,
+            offsets = pending.len(),
+            "transactional offsets ended"
+        );
+        Ok(())
+    }
+}
