@@ -46,6 +46,9 @@ fn protocol_type_key(group: &str) -> String {
     format!("{}protocol-type", group_prefix(group))
 }
 
+/// Offsets by (topic, partition), as one commit carries them.
+pub type PartitionOffsets = Vec<(String, i32, Committed)>;
+
 /// The key of a producer's pending transactional offsets for `group`.
 pub fn txn_offsets_key(group: &str, pid: i64) -> String {
     format!("{}txn-offsets/{pid:020}", group_prefix(group))
@@ -232,7 +235,7 @@ pub struct Stored {
     /// (group, protocol type) of groups that had members.
     pub protocol_types: Vec<(String, String)>,
     /// (group, producer id, offsets) committed in transactions still open.
-    pub pending: Vec<(String, i64, Vec<(String, i32, Committed)>)>,
+    pub pending: Vec<(String, i64, PartitionOffsets)>,
 }
 
 /// Everything stored for every group.

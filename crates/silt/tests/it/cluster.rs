@@ -427,7 +427,7 @@ async fn every_agent_shows_the_whole_cluster_and_work_is_shared() {
 }
 
 /// Asks every agent for a group's coordinator with a raw FindCoordinator (v1); all must agree.
-fn find_coordinator(c: &TestCluster, group: &str) -> i32 {
+pub fn find_coordinator(c: &TestCluster, group: &str) -> i32 {
     let mut answers = HashSet::new();
     for a in &c.agents {
         let mut conn = crate::protocol::Conn::open(a);

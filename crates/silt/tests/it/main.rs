@@ -17,4 +17,5 @@ mod read_path;
 mod scale;
 mod security;
 mod tls_clients;
+mod transactions;
 mod write_path;

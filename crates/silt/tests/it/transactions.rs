@@ -1,0 +1,175 @@
+//! Transactions on a three-agent cluster (real etcd, real SeaweedFS) with the `rdkafka` crate:
+//! a transactional producer writes to partitions led by every agent (markers are written by
+//! each partition's leader at the coordinator's request) while the coordinator's agent is
+//! SIGKILLed; a read_committed reader then finds every committed transaction whole, once, no
+//! aborted one, and every transaction whose outcome the client could not learn all or nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::cluster::TestCluster;
+use crate::kafka::{config, create_topic};
+
+/// Every record a read_committed reader gets, from the beginning, until nothing new arrives
+/// for a while.
+fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> {
+    let c: BaseConsumer = config(
+        bootstrap,
+        &[
+            ("group.id", "txn-checker"),
+            ("enable.auto.commit", "false"),
+            ("isolation.level", "read_committed"),
+            ("fetch.wait.max.ms", "50"),
+        ],
+    )
+    .create()
+    .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(8) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap());
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+fn txn_producer(bootstrap: &str, tid: &str) -> FutureProducer {
+    let p: FutureProducer = config(
+        bootstrap,
+        &[
+            ("transactional.id", tid),
+            ("transaction.timeout.ms", "30000"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+        ],
+    )
+    .create()
+    .expect("transactional producer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match p.init_transactions(Duration::from_secs(30)) {
+            Ok(()) => return p,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("init_transactions: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("init_transactions: {e}"),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Committed,
+    Aborted,
+    Unknown,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_across_agents_are_all_or_nothing_through_a_coordinator_kill() {
+    let mut c = TestCluster::start(3);
+    let b = c.bootstrap();
+    create_topic(&b, "txc", 6, &[]).await;
+    let tid = "txc-app";
+    let coordinator = crate::cluster::find_coordinator(&c, tid);
+    let mut p = txn_producer(&b, tid);
+    let mut rounds: Vec<(Vec<String>, Outcome)> = Vec::new();
+    let mut killed = None;
+    for round in 0..14 {
+        if round == 6 {
+            let i = (coordinator - 1) as usize;
+            c.agents[i].kill();
+            killed = Some((i, Instant::now()));
+        }
+        if round == 10 {
+            if let Some((i, _)) = killed {
+                c.agents[i].start_again();
+            }
+        }
+        let values: Vec<String> = (0..12).map(|i| format!("t{round}-{i}")).collect();
+        let abort = round % 4 == 3;
+        let mut outcome = Outcome::Unknown;
+        let attempt: Result<(), String> = async {
+            p.begin_transaction().map_err(|e| e.to_string())?;
+            for (i, v) in values.iter().enumerate() {
+                p.send(
+                    FutureRecord::to("txc")
+                        .partition(i as i32 % 6)
+                        .payload(v)
+                        .key(v),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e.to_string())?;
+            }
+            if abort {
+                p.abort_transaction(Duration::from_secs(60))
+                    .map_err(|e| e.to_string())?;
+                outcome = Outcome::Aborted;
+            } else {
+                p.commit_transaction(Duration::from_secs(60))
+                    .map_err(|e| e.to_string())?;
+                outcome = Outcome::Committed;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = attempt {
+            eprintln!("round {round}: {e}; a new producer instance takes over");
+            // Whatever the client saw, the transaction ends whole: the next instance aborts it
+            // if it was open, or its prepared commit is completed.
+            p = txn_producer(&b, tid);
+        }
+        rounds.push((values, outcome));
+    }
+    if let Some((_, at)) = killed {
+        eprintln!(
+            "coordinator agent killed; rounds went on {} s later",
+            at.elapsed().as_secs()
+        );
+    }
+    let seen = read_committed(&b, "txc", 6);
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no record read twice");
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (round, (values, outcome)) in rounds.iter().enumerate() {
+        let present = values.iter().filter(|v| unique.contains(v)).count();
+        *counts
+            .entry(match outcome {
+                Outcome::Committed => "committed",
+                Outcome::Aborted => "aborted",
+                Outcome::Unknown => "unknown",
+            })
+            .or_default() += 1;
+        match outcome {
+            Outcome::Committed => {
+                assert_eq!(present, values.len(), "round {round} committed: all of it")
+            }
+            Outcome::Aborted => assert_eq!(present, 0, "round {round} aborted: none of it"),
+            Outcome::Unknown => assert!(
+                present == 0 || present == values.len(),
+                "round {round}: torn transaction ({present} of {} read)",
+                values.len()
+            ),
+        }
+    }
+    let expected: usize = rounds
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Committed)
+        .count();
+    assert!(expected >= 8, "most rounds committed: {counts:?}");
+    eprintln!("rounds: {counts:?}; records read: {}", seen.len());
+}
