@@ -1,4 +1,5 @@
-"""Transactions with stock clients against the real agent: a confluent-kafka (librdkafka)
+"""Transactions with stock clients against the real agent: a confluent-kafka (librdkafka) and a
+kafka-python
 transactional producer commits and aborts; a read_committed consumer sees every committed
 record once and no aborted one, a read_uncommitted consumer sees both (and no control record);
 an open transaction holds read_committed readers back (last stable offset); a second instance
@@ -263,3 +264,30 @@ def test_consume_transform_produce_writes_every_input_exactly_once(agent, topic_
     committed = c.committed([TopicPartition(src, 0), TopicPartition(src, 1)], timeout=10)
     c.close()
     assert sorted(tp.offset for tp in committed) == [60, 60]
+
+
+def test_kafka_python_transactions_and_read_committed(agent, topic_name):
+    """kafka-python's transactional producer and read_committed consumer."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    create_topic(agent.bootstrap, topic_name, partitions=2)
+    p = KafkaProducer(bootstrap_servers=agent.bootstrap, transactional_id=f"kp-{uuid.uuid4().hex[:6]}")
+    p.init_transactions()
+    committed = []
+    for round_ in range(4):
+        p.begin_transaction()
+        values = [f"kp{round_}-{i}".encode() for i in range(15)]
+        for i, v in enumerate(values):
+            p.send(topic_name, v, partition=i % 2)
+        p.flush()
+        if round_ == 2:
+            p.abort_transaction()
+        else:
+            p.commit_transaction()
+            committed += values
+    p.close()
+    c = KafkaConsumer(topic_name, bootstrap_servers=agent.bootstrap, isolation_level="read_committed",
+                      auto_offset_reset="earliest", consumer_timeout_ms=8000, group_id=None)
+    seen = [m.value for m in c]
+    c.close()
+    assert sorted(seen) == sorted(committed)
