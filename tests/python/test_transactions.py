@@ -1,6 +1,5 @@
-"""Transactions with stock clients against the real agent: a confluent-kafka (librdkafka) and a
-kafka-python
-transactional producer commits and aborts; a read_committed consumer sees every committed
+"""Transactions with stock clients against the real agent: confluent-kafka (librdkafka) and
+kafka-python transactional producers commit and abort; a read_committed consumer sees every committed
 record once and no aborted one, a read_uncommitted consumer sees both (and no control record);
 an open transaction holds read_committed readers back (last stable offset); a second instance
 of the producer fences the first; a transaction left open past its timeout is aborted."""
