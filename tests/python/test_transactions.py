@@ -126,6 +126,14 @@ def test_a_transaction_past_its_timeout_is_aborted(agent_factory, topic_name):
     # The coordinator aborted it: read_committed readers are no longer held back, and see nothing.
     assert [v for _, v in _read(agent, topic_name, 1, "read_committed")] == []
     assert "transaction timed out" in agent.log_text()
+    # The producer, as if it had been frozen past its timeout and resumed: it is fenced and can
+    # neither write into a transaction nor commit one.
+    p.produce(topic_name, value=b"zombie write", partition=0)
+    with pytest.raises(KafkaException):
+        p.commit_transaction(15)
+    assert [v for _, v in _read(agent, topic_name, 1, "read_committed")] == []
+    everything = [v for _, v in _read(agent, topic_name, 1, "read_uncommitted")]
+    assert b"zombie write" not in everything, "a fenced producer's write never lands"
 
 
 def test_transactions_survive_agent_kills_all_or_nothing(agent, topic_name):

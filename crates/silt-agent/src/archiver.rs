@@ -113,23 +113,24 @@ fn cached(b: &Broker, p: &Partition) -> Option<Progress> {
         .map(|(_, prog, _)| prog.clone())
 }
 
+/// Caches the progress and shows it on `/archive` — a file still pending (committed, not yet
+/// visible) is not shown as archived, so a reader that waits for the lag to reach 0 finds it.
 fn remember(b: &Broker, p: &Partition, prog: &Progress) {
     let hw = p.lock().high_watermark;
+    let mut m = b.archive.progress.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (p.topic_id, p.index);
+    let shown = match &prog.pending {
+        None => prog.next_offset,
+        Some(_) => m.get(&key).map_or(0, |(_, _, s)| s.next_offset),
+    };
     let status = PartitionStatus {
         topic: p.topic.clone(),
         partition: p.index,
-        next_offset: prog.next_offset,
+        next_offset: shown,
         high_watermark: hw,
         files: prog.files,
     };
-    b.archive
-        .progress
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            (p.topic_id, p.index),
-            (p.fence_revision, prog.clone(), status),
-        );
+    m.insert(key, (p.fence_revision, prog.clone(), status));
 }
 
 async fn commit(b: &Broker, p: &Partition, prog: &Progress) -> Result<(), Failure> {
