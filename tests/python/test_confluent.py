@@ -134,6 +134,8 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         25: (0, 3),  # AddOffsetsToTxn
         26: (0, 3),  # EndTxn
         28: (0, 3),  # TxnOffsetCommit
+        65: (0, 0),  # DescribeTransactions
+        66: (0, 1),  # ListTransactions
         23: (2, 4),  # OffsetForLeaderEpoch
         32: (1, 4),  # DescribeConfigs
         42: (0, 2),  # DeleteGroups

@@ -313,6 +313,8 @@ pub fn set_throttle_time(r: &mut ResponseKind, ms: i32) {
     raise!(
         AddOffsetsToTxn,
         AddPartitionsToTxn,
+        DescribeTransactions,
+        ListTransactions,
         EndTxn,
         TxnOffsetCommit,
         AlterClientQuotas,

@@ -158,6 +158,8 @@ fn acls(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: i16) 
         R::EndTxn(r) => txns::end_txn(&mut a, r),
         R::AddOffsetsToTxn(r) => txns::add_offsets(&mut a, r),
         R::TxnOffsetCommit(r) => txns::txn_offset_commit(&mut a, r),
+        R::DescribeTransactions(r) => txns::describe_transactions(&mut a, r),
+        R::ListTransactions(_) => txns::list_transactions(&mut a),
         R::DescribeCluster(_) => cluster::describe_cluster(&mut a),
         R::DescribeAcls(_) => cluster::describe_acls(&mut a),
         R::CreateAcls(r) => cluster::create_acls(&mut a, r),

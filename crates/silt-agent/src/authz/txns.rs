@@ -1,7 +1,9 @@
 //! Transactional APIs: AddPartitionsToTxn needs WRITE on the transactional id and on each topic
 //! (refused topics get TOPIC_AUTHORIZATION_FAILED, the others OPERATION_NOT_ATTEMPTED, as Kafka
 //! answers); EndTxn WRITE on the transactional id; AddOffsetsToTxn that and READ on the group;
-//! TxnOffsetCommit that, READ on the group and READ on each topic.
+//! TxnOffsetCommit that, READ on the group and READ on each topic; DescribeTransactions DESCRIBE
+//! on each id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED for the others); ListTransactions lists the
+//! ids the principal may DESCRIBE.
 
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
@@ -134,4 +136,48 @@ pub(super) fn txn_offset_commit(a: &mut Access<'_>, r: &mut TxnOffsetCommitReque
     Verdict::Deny(Box::new(ResponseKind::TxnOffsetCommit(
         TxnOffsetCommitResponse::default().with_topics(topics),
     )))
+}
+
+pub(super) fn describe_transactions(
+    a: &mut Access<'_>,
+    r: &mut DescribeTransactionsRequest,
+) -> Verdict {
+    use kafka_protocol::messages::describe_transactions_response::TransactionState;
+    let refused = super::strip(&mut r.transactional_ids, |id| {
+        a.may(Operation::Describe, ResourceType::TransactionalId, id)
+    });
+    if refused.is_empty() {
+        return Verdict::Pass(None);
+    }
+    super::fix(move |resp| {
+        if let ResponseKind::DescribeTransactions(d) = resp {
+            for id in refused {
+                d.transaction_states.push(
+                    TransactionState::default()
+                        .with_transactional_id(id)
+                        .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code()),
+                );
+            }
+        }
+    })
+}
+
+pub(super) fn list_transactions(a: &mut Access<'_>) -> Verdict {
+    // Decided per id once the handler answered, as Kafka lists only what one may DESCRIBE.
+    let az = a.az.clone();
+    let principal = a.s.principal.clone();
+    let host = a.s.host.clone();
+    super::fix(move |resp| {
+        if let ResponseKind::ListTransactions(l) = resp {
+            l.transaction_states.retain(|t| {
+                az.authorize(
+                    &principal,
+                    &host,
+                    Operation::Describe,
+                    ResourceType::TransactionalId,
+                    &t.transactional_id,
+                )
+            });
+        }
+    })
 }

@@ -131,6 +131,10 @@ pub async fn dispatch(
         R::TxnOffsetCommit(r) => now(ResponseKind::TxnOffsetCommit(
             txns::offset_commit(broker, r).await,
         )),
+        R::DescribeTransactions(r) => now(ResponseKind::DescribeTransactions(
+            txns::describe(broker, r).await,
+        )),
+        R::ListTransactions(r) => now(ResponseKind::ListTransactions(txns::list(broker, r).await)),
         R::EndTxn(r) => {
             let b = broker.clone();
             Reply::Later(Box::pin(async move {

@@ -1,7 +1,8 @@
 //! The transactional producer's APIs: AddPartitionsToTxn (v0-3, the client's form),
 //! AddOffsetsToTxn and EndTxn, answered by the coordinator of the transactional id
 //! (`crate::txn::coordinator`), and TxnOffsetCommit, answered by the group's coordinator;
-//! InitProducerId with a transactional id is in `producer_id`.
+//! InitProducerId with a transactional id is in `producer_id`. DescribeTransactions and
+//! ListTransactions answer from the records of the ids coordinated here.
 
 use std::sync::Arc;
 
@@ -13,8 +14,9 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
-    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, ProducerId, TxnOffsetCommitRequest,
-    TxnOffsetCommitResponse,
+    AddPartitionsToTxnResponse, DescribeTransactionsRequest, DescribeTransactionsResponse,
+    EndTxnRequest, EndTxnResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
+    TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::ResponseError;
 use silt_meta::layout::group_offsets::Committed;
@@ -172,4 +174,109 @@ pub async fn offset_commit(
         })
         .collect();
     TxnOffsetCommitResponse::default().with_topics(topics)
+}
+
+/// Handles DescribeTransactions: the records of ids coordinated here (NOT_COORDINATOR for
+/// others, TRANSACTIONAL_ID_NOT_FOUND for ids never used).
+pub async fn describe(
+    b: &Arc<Broker>,
+    req: DescribeTransactionsRequest,
+) -> DescribeTransactionsResponse {
+    use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
+    let mut states = Vec::with_capacity(req.transactional_ids.len());
+    for id in req.transactional_ids {
+        let s = TransactionState::default().with_transactional_id(id.clone());
+        if let Err(code) = b.groups.check(&id.0) {
+            states.push(s.with_error_code(code));
+            continue;
+        }
+        match silt_meta::layout::txns::load(b.meta.as_ref(), &id.0).await {
+            Ok(Some((r, _))) => {
+                let mut topics: Vec<TopicData> = Vec::new();
+                for (t, p) in &r.partitions {
+                    match topics.iter_mut().find(|x| x.topic.0.as_str() == t) {
+                        Some(x) => x.partitions.push(*p),
+                        None => topics.push(
+                            TopicData::default()
+                                .with_topic(super::topic_name(t))
+                                .with_partitions(vec![*p]),
+                        ),
+                    }
+                }
+                states.push(
+                    s.with_transaction_state(super::str_bytes(r.status.kafka_name()))
+                        .with_transaction_timeout_ms(r.timeout_ms)
+                        .with_transaction_start_time_ms(if r.started_ms > 0 {
+                            r.started_ms
+                        } else {
+                            -1
+                        })
+                        .with_producer_id(ProducerId(r.pid))
+                        .with_producer_epoch(r.epoch)
+                        .with_topics(topics),
+                );
+            }
+            Ok(None) => {
+                states.push(s.with_error_code(ResponseError::TransactionalIdNotFound.code()))
+            }
+            Err(_) => states.push(s.with_error_code(ResponseError::CoordinatorNotAvailable.code())),
+        }
+    }
+    DescribeTransactionsResponse::default().with_transaction_states(states)
+}
+
+/// Handles ListTransactions: the ids coordinated here, filtered by state, producer id and (v1+)
+/// by running longer than `duration_filter` ms.
+pub async fn list(b: &Arc<Broker>, req: ListTransactionsRequest) -> ListTransactionsResponse {
+    use kafka_protocol::messages::list_transactions_response::TransactionState;
+    const STATES: [&str; 6] = [
+        "Empty",
+        "Ongoing",
+        "PrepareCommit",
+        "PrepareAbort",
+        "CompleteCommit",
+        "CompleteAbort",
+    ];
+    let unknown: Vec<_> = req
+        .state_filters
+        .iter()
+        .filter(|s| !STATES.contains(&s.as_str()))
+        .cloned()
+        .collect();
+    let records = match crate::txn::coordinator::TxnCoordinator::records(b).await {
+        Ok(r) => r,
+        Err(_) => {
+            return ListTransactionsResponse::default()
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+        }
+    };
+    let now = b.clock.now_ms();
+    let states = records
+        .into_iter()
+        .filter(|(_, r)| {
+            req.state_filters.is_empty()
+                || req
+                    .state_filters
+                    .iter()
+                    .any(|s| s.as_str() == r.status.kafka_name())
+        })
+        .filter(|(_, r)| {
+            req.producer_id_filters.is_empty()
+                || req.producer_id_filters.iter().any(|p| p.0 == r.pid)
+        })
+        .filter(|(_, r)| {
+            req.duration_filter < 0
+                || (r.status == silt_meta::layout::txns::TxnStatus::Ongoing
+                    && now - r.started_ms >= req.duration_filter)
+        })
+        .map(|(id, r)| {
+            TransactionState::default()
+                .with_transactional_id(TransactionalId(super::str_bytes(id)))
+                .with_producer_id(ProducerId(r.pid))
+                .with_transaction_state(super::str_bytes(r.status.kafka_name()))
+        })
+        .collect();
+    ListTransactionsResponse::default()
+        .with_unknown_state_filters(unknown)
+        .with_transaction_states(states)
 }

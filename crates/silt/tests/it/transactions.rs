@@ -173,3 +173,87 @@ async fn transactions_across_agents_are_all_or_nothing_through_a_coordinator_kil
     assert!(expected >= 8, "most rounds committed: {counts:?}");
     eprintln!("rounds: {counts:?}; records read: {}", seen.len());
 }
+
+/// DescribeTransactions and ListTransactions show an open transaction (its state, producer,
+/// partitions) and then its completion; filters and unknown ids are answered as Kafka does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_are_described_and_listed() {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let agent = crate::harness::AgentProc::start(&[]);
+    let b = agent.bootstrap();
+    create_topic(&b, "described", 2, &[]).await;
+    let p = txn_producer(&b, "desc-app");
+    p.begin_transaction().unwrap();
+    for i in 0..4 {
+        p.send(
+            FutureRecord::to("described")
+                .partition(i % 2)
+                .payload("v")
+                .key("k"),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let mut conn = crate::protocol::Conn::open(&agent);
+    let describe = |conn: &mut crate::protocol::Conn| -> DescribeTransactionsResponse {
+        conn.call(
+            ApiKey::DescribeTransactions,
+            0,
+            &DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                TransactionalId(StrBytes::from_static_str("desc-app")),
+                TransactionalId(StrBytes::from_static_str("never-used")),
+            ]),
+        )
+    };
+    let d = describe(&mut conn);
+    let open = &d.transaction_states[0];
+    assert_eq!(open.error_code, 0);
+    assert_eq!(open.transaction_state.as_str(), "Ongoing");
+    assert!(open.producer_id.0 >= 0 && open.transaction_start_time_ms > 0);
+    let mut parts = open.topics[0].partitions.clone();
+    parts.sort();
+    assert_eq!(
+        (open.topics[0].topic.0.as_str(), parts),
+        ("described", vec![0, 1])
+    );
+    assert_eq!(
+        d.transaction_states[1].error_code, 105,
+        "TRANSACTIONAL_ID_NOT_FOUND"
+    );
+
+    let list =
+        |conn: &mut crate::protocol::Conn, states: &[&'static str]| -> ListTransactionsResponse {
+            conn.call(
+                ApiKey::ListTransactions,
+                1,
+                &ListTransactionsRequest::default()
+                    .with_state_filters(
+                        states
+                            .iter()
+                            .map(|s| StrBytes::from_static_str(s))
+                            .collect(),
+                    )
+                    .with_duration_filter(-1),
+            )
+        };
+    let l = list(&mut conn, &["Ongoing", "Bogus"]);
+    assert_eq!(l.transaction_states.len(), 1);
+    assert_eq!(
+        l.transaction_states[0].transactional_id.0.as_str(),
+        "desc-app"
+    );
+    assert_eq!(l.unknown_state_filters.len(), 1, "Bogus is not a state");
+
+    p.commit_transaction(Duration::from_secs(30)).unwrap();
+    let d = describe(&mut conn);
+    assert_eq!(
+        d.transaction_states[0].transaction_state.as_str(),
+        "CompleteCommit"
+    );
+    assert!(list(&mut conn, &["Ongoing"]).transaction_states.is_empty());
+    assert_eq!(list(&mut conn, &[]).transaction_states.len(), 1);
+}
