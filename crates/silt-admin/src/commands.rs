@@ -103,7 +103,7 @@ async fn offsets(
     Ok(out)
 }
 
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| {
@@ -126,7 +126,7 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn row(cells: &[&dyn std::fmt::Display]) -> Vec<String> {
+pub(crate) fn row(cells: &[&dyn std::fmt::Display]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod commands;
 pub mod security;
+pub mod transactions;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]

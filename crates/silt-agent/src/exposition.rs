@@ -347,6 +347,45 @@ fn leadership(b: &Broker, out: &mut String) {
             p.index
         );
     }
+    let txns: Vec<(usize, i64)> = local
+        .iter()
+        .map(|p| {
+            let st = p.lock();
+            let open = st.txns.open().len();
+            (
+                open,
+                st.high_watermark - st.txns.last_stable(st.high_watermark),
+            )
+        })
+        .collect();
+    header(
+        out,
+        "silt_open_transactions",
+        "Transactions with records in the partition and no marker yet (partitions led here).",
+        "gauge",
+    );
+    for (p, (open, _)) in local.iter().zip(&txns) {
+        let _ = writeln!(
+            out,
+            "silt_open_transactions{{topic=\"{}\",partition=\"{}\"}} {open}",
+            label(&p.topic),
+            p.index
+        );
+    }
+    header(
+        out,
+        "silt_lso_lag",
+        "High watermark minus last stable offset: offsets read_committed readers wait for.",
+        "gauge",
+    );
+    for (p, (_, lag)) in local.iter().zip(&txns) {
+        let _ = writeln!(
+            out,
+            "silt_lso_lag{{topic=\"{}\",partition=\"{}\"}} {lag}",
+            label(&p.topic),
+            p.index
+        );
+    }
     header(
         out,
         "silt_log_start_offset",

@@ -14,6 +14,10 @@ pub enum AdminCommand {
     Groups(GroupsCommand),
     /// Live agents, the controller, and how many partitions each leads.
     Agents,
+    /// Transactional ids: their state, producer, how long their transaction is open, and its
+    /// partitions.
+    #[command(subcommand)]
+    Transactions(TransactionsCommand),
     /// Parquet archive progress per partition.
     #[command(subcommand)]
     Archive(ArchiveCommand),
@@ -216,6 +220,13 @@ pub enum TopicsCommand {
     },
 }
 
+/// Transaction commands.
+#[derive(Debug, Subcommand)]
+pub enum TransactionsCommand {
+    /// Every transactional id each agent coordinates.
+    List,
+}
+
 /// Group commands.
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
@@ -335,6 +346,9 @@ pub async fn run(bootstrap: &str, cmd: AdminCommand) -> Result<String, silt_admi
             silt_admin::security::quotas_alter(bootstrap, &entity.entity(), &ops).await
         }
         AdminCommand::Acls(AclsCommand::List) => silt_admin::security::acls_list(bootstrap).await,
+        AdminCommand::Transactions(TransactionsCommand::List) => {
+            silt_admin::transactions::list(bootstrap).await
+        }
         AdminCommand::Acls(AclsCommand::Add(a)) => {
             silt_admin::security::acls_add(bootstrap, &a.into_args()).await
         }

@@ -248,7 +248,35 @@ async fn transactions_are_described_and_listed() {
     );
     assert_eq!(l.unknown_state_filters.len(), 1, "Bogus is not a state");
 
+    // The command line and the metrics show it too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_silt"))
+        .args(["admin", "--bootstrap", &b, "transactions", "list"])
+        .env_remove("SILT_ADMIN_BOOTSTRAP")
+        .output()
+        .unwrap();
+    let out = String::from_utf8(out.stdout).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("desc-app"))
+        .unwrap_or_else(|| panic!("no desc-app in:\n{out}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[1], "Ongoing", "{line}");
+    assert!(cells[4].parse::<i64>().is_ok(), "open for some ms: {line}");
+    assert_eq!(cells[5], "described-0,described-1", "{line}");
+    let m = agent.metrics();
+    assert_eq!(
+        m[r#"silt_open_transactions{topic="described",partition="0"}"#],
+        1.0
+    );
+    assert_eq!(m[r#"silt_lso_lag{topic="described",partition="1"}"#], 2.0);
+
     p.commit_transaction(Duration::from_secs(30)).unwrap();
+    let m = agent.metrics();
+    assert_eq!(
+        m[r#"silt_open_transactions{topic="described",partition="0"}"#],
+        0.0
+    );
+    assert_eq!(m[r#"silt_lso_lag{topic="described",partition="1"}"#], 0.0);
     let d = describe(&mut conn);
     assert_eq!(
         d.transaction_states[0].transaction_state.as_str(),
