@@ -263,6 +263,10 @@ def test_consume_transform_produce_writes_every_input_exactly_once(agent, topic_
     # The first instance dies inside its fourth transaction (output and offsets written, not
     # committed); the second takes over with the same transactional id and finishes.
     assert _ctp(agent, src, dst, group, tid, stop_after=3, kill=True) == 3
+    # The agent dies too: the open transaction, its pending offsets and the group's committed
+    # offsets come back from the metadata store.
+    agent.kill()
+    agent.restart()
     _ctp(agent, src, dst, group, tid)
     out = [v for _, v in _read(agent, dst, 2, "read_committed")]
     assert sorted(out) == sorted(v + b"!" for v in inputs), "every input once in the output"
@@ -298,3 +302,21 @@ def test_kafka_python_transactions_and_read_committed(agent, topic_name):
     seen = [m.value for m in c]
     c.close()
     assert sorted(seen) == sorted(committed)
+
+
+def test_a_transaction_over_300_partitions_commits_whole(agent, topic_name):
+    """More partitions than one metadata-store transaction takes (marker requests are written
+    100 and deleted 60 at a time; etcd allows 128 operations): every record committed once."""
+    create_topic(agent.bootstrap, topic_name, partitions=300)
+    p = _producer(agent, f"tx-{uuid.uuid4().hex[:6]}")
+    p.begin_transaction()
+    for i in range(300):
+        p.produce(topic_name, value=f"wide-{i}".encode(), partition=i)
+    p.commit_transaction(60)
+    p.begin_transaction()
+    for i in range(300):
+        p.produce(topic_name, value=f"gone-{i}".encode(), partition=i)
+    p.flush(60)
+    p.abort_transaction(60)
+    seen = [v for _, v in _read(agent, topic_name, 300, "read_committed")]
+    assert sorted(seen) == sorted(f"wide-{i}".encode() for i in range(300))

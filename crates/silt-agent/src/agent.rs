@@ -228,7 +228,6 @@ impl Agent {
             limits: crate::limits::ConnectionLimits::new(settings_connections),
             security,
             quotas,
-            markers,
             txns: Default::default(),
         });
         let flush = tokio::spawn(flusher.run());
@@ -242,7 +241,7 @@ impl Agent {
         jobs.every(crate::lifecycle::retention::RetentionJob(broker.clone()));
         jobs.every(crate::lifecycle::gc::GcJob::new(broker.clone()));
         jobs.every(crate::lifecycle::compaction::CompactionJob(broker.clone()));
-        jobs.every(crate::txn::markers::MarkerJob(broker.clone()));
+        jobs.every(crate::txn::markers::MarkerJob::new(broker.clone(), markers));
         jobs.every(crate::txn::TxnPassJob(broker.clone()));
         jobs.every(ProgressJob {
             b: broker.clone(),

@@ -138,8 +138,9 @@ pub fn append_marker(
     }
     let offset = st.next_offset;
     let rewritten = batch::rewrite(&data, offset, st.leader_epoch, None);
-    let mut txns = st.txns.clone();
-    let mark = txns.on_marker(pid, offset, marker == silt_wire::control::Marker::Commit);
+    let mark = st
+        .txns
+        .end_mark(pid, offset, marker == silt_wire::control::Marker::Commit);
     let generation = flusher.push(Pending {
         partition: partition.clone(),
         base_offset: offset,
@@ -150,7 +151,7 @@ pub fn append_marker(
         txn: Some(mark),
         permit,
     })?;
-    st.txns = txns;
+    st.txns.on_marker(pid);
     st.next_offset = offset + 1;
     Ok((offset, generation))
 }

@@ -69,8 +69,6 @@ pub struct Broker {
     pub security: crate::security::Security,
     /// Client quotas (produce and fetch byte rates).
     pub quotas: crate::quotas::Quotas,
-    /// Transaction marker requests to write on partitions led here.
-    pub markers: crate::txn::markers::MarkerRequests,
     /// The transaction coordinator of the shards coordinated here.
     pub txns: crate::txn::coordinator::TxnCoordinator,
 }

@@ -351,7 +351,7 @@ fn leadership(b: &Broker, out: &mut String) {
         .iter()
         .map(|p| {
             let st = p.lock();
-            let open = st.txns.open().len();
+            let open = st.txns.open_count();
             (
                 open,
                 st.high_watermark - st.txns.last_stable(st.high_watermark),

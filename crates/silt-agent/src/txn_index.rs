@@ -73,15 +73,19 @@ impl TxnIndex {
         })
     }
 
-    /// A marker of `pid` buffered at `offset`: the mark to record. A marker with no open
-    /// transaction (nothing was written to this partition) ends an empty one.
-    pub fn on_marker(&mut self, pid: i64, offset: i64, commit: bool) -> TxnMark {
-        let first = self.buffered_open.remove(&pid).unwrap_or(offset);
+    /// The mark a marker of `pid` at `offset` records. A marker with no open transaction
+    /// (nothing was written to this partition) ends an empty one.
+    pub fn end_mark(&self, pid: i64, offset: i64, commit: bool) -> TxnMark {
         TxnMark {
             pid,
-            first_offset: first,
+            first_offset: self.buffered_open.get(&pid).copied().unwrap_or(offset),
             end: Some((offset, commit)),
         }
+    }
+
+    /// A marker of `pid` was buffered: its transaction is no longer open.
+    pub fn on_marker(&mut self, pid: i64) {
+        self.buffered_open.remove(&pid);
     }
 
     /// Whether `pid` has a transaction open here (buffered batches included).
@@ -95,6 +99,11 @@ impl TxnIndex {
             .values()
             .min()
             .map_or(high_watermark, |f| (*f).min(high_watermark))
+    }
+
+    /// How many transactions are open (committed state).
+    pub fn open_count(&self) -> usize {
+        self.open.len()
     }
 
     /// The open transactions (producer id, first offset), oldest first.
@@ -172,10 +181,12 @@ mod tests {
         assert_eq!(t.on_append(7, 0), Some(start(7, 0)));
         assert_eq!(t.on_append(7, 4), None, "already open");
         assert!(t.is_open(7));
-        assert_eq!(t.on_marker(7, 6, false), end(7, 0, 6, false));
+        assert_eq!(t.end_mark(7, 6, false), end(7, 0, 6, false));
+        assert!(t.is_open(7), "until the marker is buffered");
+        t.on_marker(7);
         assert!(!t.is_open(7));
         assert_eq!(
-            t.on_marker(8, 7, true),
+            t.end_mark(8, 7, true),
             end(8, 7, 7, true),
             "an empty transaction"
         );

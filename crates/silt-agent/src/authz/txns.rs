@@ -5,9 +5,8 @@
 //! on each id (TRANSACTIONAL_ID_AUTHORIZATION_FAILED for the others); ListTransactions lists the
 //! ids the principal may DESCRIBE.
 
-use kafka_protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
-};
+use std::collections::HashSet;
+
 use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 use silt_security::acl::{Operation, ResourceType};
@@ -20,41 +19,24 @@ pub(super) fn add_partitions(a: &mut Access<'_>, r: &mut AddPartitionsToTxnReque
         ResourceType::TransactionalId,
         &r.v3_and_below_transactional_id,
     );
-    let refused: Vec<bool> = r
+    let refused: HashSet<String> = r
         .v3_and_below_topics
         .iter()
-        .map(|t| !tid_ok || !a.topic(Operation::Write, &t.name))
+        .filter(|t| !tid_ok || !a.topic(Operation::Write, &t.name))
+        .map(|t| t.name.0.to_string())
         .collect();
-    if refused.iter().all(|x| !x) {
+    if refused.is_empty() {
         return Verdict::Pass(None);
     }
-    let results = r
-        .v3_and_below_topics
-        .iter()
-        .zip(&refused)
-        .map(|(t, refused)| {
-            let code = match (tid_ok, refused) {
-                (false, _) => ResponseError::TransactionalIdAuthorizationFailed,
-                (true, true) => ResponseError::TopicAuthorizationFailed,
-                (true, false) => ResponseError::OperationNotAttempted,
-            };
-            AddPartitionsToTxnTopicResult::default()
-                .with_name(t.name.clone())
-                .with_results_by_partition(
-                    t.partitions
-                        .iter()
-                        .map(|p| {
-                            AddPartitionsToTxnPartitionResult::default()
-                                .with_partition_index(*p)
-                                .with_partition_error_code(code.code())
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    Verdict::Deny(Box::new(ResponseKind::AddPartitionsToTxn(
-        AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results),
-    )))
+    let resp = crate::handlers::txns::add_partitions_response(&r.v3_and_below_topics, |t, _| {
+        match (tid_ok, refused.contains(t)) {
+            (false, _) => ResponseError::TransactionalIdAuthorizationFailed,
+            (true, true) => ResponseError::TopicAuthorizationFailed,
+            (true, false) => ResponseError::OperationNotAttempted,
+        }
+        .code()
+    });
+    Verdict::Deny(Box::new(ResponseKind::AddPartitionsToTxn(resp)))
 }
 
 pub(super) fn end_txn(a: &mut Access<'_>, r: &mut EndTxnRequest) -> Verdict {
@@ -91,51 +73,31 @@ pub(super) fn add_offsets(a: &mut Access<'_>, r: &mut AddOffsetsToTxnRequest) ->
 }
 
 pub(super) fn txn_offset_commit(a: &mut Access<'_>, r: &mut TxnOffsetCommitRequest) -> Verdict {
-    use kafka_protocol::messages::txn_offset_commit_response::{
-        TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
-    };
     let tid_ok = a.may(
         Operation::Write,
         ResourceType::TransactionalId,
         &r.transactional_id,
     );
     let group_ok = tid_ok && a.group(Operation::Read, &r.group_id);
-    let refused: Vec<bool> = r
+    let refused: HashSet<String> = r
         .topics
         .iter()
-        .map(|t| !group_ok || !a.topic(Operation::Read, &t.name))
+        .filter(|t| !group_ok || !a.topic(Operation::Read, &t.name))
+        .map(|t| t.name.0.to_string())
         .collect();
-    if refused.iter().all(|x| !x) {
+    if refused.is_empty() {
         return Verdict::Pass(None);
     }
-    let topics = r
-        .topics
-        .iter()
-        .zip(&refused)
-        .map(|(t, refused)| {
-            let code = match (tid_ok, group_ok, refused) {
-                (false, _, _) => ResponseError::TransactionalIdAuthorizationFailed,
-                (true, false, _) => ResponseError::GroupAuthorizationFailed,
-                (true, true, true) => ResponseError::TopicAuthorizationFailed,
-                (true, true, false) => ResponseError::OperationNotAttempted,
-            };
-            TxnOffsetCommitResponseTopic::default()
-                .with_name(t.name.clone())
-                .with_partitions(
-                    t.partitions
-                        .iter()
-                        .map(|p| {
-                            TxnOffsetCommitResponsePartition::default()
-                                .with_partition_index(p.partition_index)
-                                .with_error_code(code.code())
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    Verdict::Deny(Box::new(ResponseKind::TxnOffsetCommit(
-        TxnOffsetCommitResponse::default().with_topics(topics),
-    )))
+    let resp = crate::handlers::txns::txn_offset_commit_response(&r.topics, |t| {
+        match (tid_ok, group_ok, refused.contains(t)) {
+            (false, _, _) => ResponseError::TransactionalIdAuthorizationFailed,
+            (true, false, _) => ResponseError::GroupAuthorizationFailed,
+            (true, true, true) => ResponseError::TopicAuthorizationFailed,
+            (true, true, false) => ResponseError::OperationNotAttempted,
+        }
+        .code()
+    });
+    Verdict::Deny(Box::new(ResponseKind::TxnOffsetCommit(resp)))
 }
 
 pub(super) fn describe_transactions(

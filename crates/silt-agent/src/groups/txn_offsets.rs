@@ -11,6 +11,23 @@ use silt_meta::{Compare, Op, Txn};
 use super::{Entry, GroupCoordinator};
 
 impl GroupCoordinator {
+    /// The lock that orders `group`'s offset writes.
+    fn writes_of(&self, group: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.lock()
+            .entry(group.to_string())
+            .or_insert_with(Entry::new)
+            .writes
+            .clone()
+    }
+
+    /// Producer `pid`'s pending offsets for `group`.
+    fn pending_of(&self, group: &str, pid: i64) -> Vec<(String, i32, Committed)> {
+        self.lock()
+            .get(group)
+            .and_then(|e| e.txn_pending.get(&pid).cloned())
+            .unwrap_or_default()
+    }
+
     /// TxnOffsetCommit: adds `offsets` to producer `pid`'s pending offsets for `group`.
     pub async fn txn_commit(
         &self,
@@ -19,22 +36,9 @@ impl GroupCoordinator {
         offsets: Vec<(String, i32, Committed)>,
     ) -> Result<(), i16> {
         let fence = self.check(group)?;
-        let writes = {
-            let mut groups = self.lock();
-            groups
-                .entry(group.to_string())
-                .or_insert_with(Entry::new)
-                .writes
-                .clone()
-        };
+        let writes = self.writes_of(group);
         let _ordered = writes.lock().await;
-        let mut merged = {
-            let groups = self.lock();
-            groups
-                .get(group)
-                .and_then(|e| e.txn_pending.get(&pid).cloned())
-                .unwrap_or_default()
-        };
+        let mut merged = self.pending_of(group, pid);
         for (t, p, c) in offsets {
             merged.retain(|(t2, p2, _)| !(t2 == &t && *p2 == p));
             merged.push((t, p, c));
@@ -79,20 +83,9 @@ impl GroupCoordinator {
         request: (&str, i64),
     ) -> Result<(), i16> {
         let fence = self.check(group)?;
-        let writes = {
-            let mut groups = self.lock();
-            groups
-                .entry(group.to_string())
-                .or_insert_with(Entry::new)
-                .writes
-                .clone()
-        };
+        let writes = self.writes_of(group);
         let _ordered = writes.lock().await;
-        let pending = self
-            .lock()
-            .get(group)
-            .and_then(|e| e.txn_pending.get(&pid).cloned())
-            .unwrap_or_default();
+        let pending = self.pending_of(group, pid);
         if commit && !pending.is_empty() {
             let mut durable = |done: &[(String, i32, Committed)]| {
                 let mut groups = self.lock();

@@ -15,7 +15,7 @@ mod produce;
 mod producer_id;
 mod quotas;
 mod security_admin;
-mod txns;
+pub(crate) mod txns;
 
 use std::sync::Arc;
 

@@ -124,7 +124,7 @@ async fn produce_one(
         if !p.lock().txns.is_open(header.producer_id) {
             let producer = (header.producer_id, header.producer_epoch);
             let ok = crate::txn::coordinator::TxnCoordinator::verify(
-                b,
+                &crate::txn::deps(b),
                 tid,
                 producer,
                 (&p.topic, p.index),

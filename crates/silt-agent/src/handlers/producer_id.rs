@@ -20,7 +20,7 @@ pub async fn handle(
         return match b
             .txns
             .init_producer_id(
-                b,
+                &crate::txn::deps(b),
                 tid.0.as_str(),
                 req.transaction_timeout_ms,
                 expected,

@@ -23,6 +23,62 @@ use silt_meta::layout::group_offsets::Committed;
 
 use crate::broker::Broker;
 
+/// Kafka's error code of a coordinator's answer (0 for success).
+fn code(r: Result<(), ResponseError>) -> i16 {
+    r.err().map_or(0, |e| e.code())
+}
+
+/// An AddPartitionsToTxn response (v0-3) with `code(topic, partition)` for each partition.
+pub(crate) fn add_partitions_response(
+    topics: &[kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic],
+    mut code: impl FnMut(&str, i32) -> i16,
+) -> AddPartitionsToTxnResponse {
+    let results = topics
+        .iter()
+        .map(|t| {
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(t.name.clone())
+                .with_results_by_partition(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            AddPartitionsToTxnPartitionResult::default()
+                                .with_partition_index(*p)
+                                .with_partition_error_code(code(&t.name.0, *p))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
+}
+
+/// A TxnOffsetCommit response with `code(topic)` for each partition of the topic.
+pub(crate) fn txn_offset_commit_response(
+    topics: &[kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestTopic],
+    mut code: impl FnMut(&str) -> i16,
+) -> TxnOffsetCommitResponse {
+    let topics = topics
+        .iter()
+        .map(|t| {
+            let c = code(&t.name.0);
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            TxnOffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(c)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    TxnOffsetCommitResponse::default().with_topics(topics)
+}
+
 /// Handles AddPartitionsToTxn: every partition gets the coordinator's answer, or
 /// UNKNOWN_TOPIC_OR_PARTITION (then the others OPERATION_NOT_ATTEMPTED, as Kafka answers).
 pub async fn add_partitions(
@@ -45,61 +101,41 @@ pub async fn add_partitions(
             wanted.push((t.name.0.to_string(), *p));
         }
     }
-    let code = if unknown {
+    let decided = if unknown {
         None
     } else {
-        Some(match b.txns.add(b, &tid, producer, &wanted, &[]).await {
-            Ok(()) => 0,
-            Err(e) => e.code(),
-        })
+        Some(code(
+            b.txns
+                .add(&crate::txn::deps(b), &tid, producer, &wanted, &[])
+                .await,
+        ))
     };
-    let results = req
-        .v3_and_below_topics
-        .into_iter()
-        .map(|t| {
-            let topic = b.topics.get(&t.name.0);
-            let parts = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let c = code.unwrap_or_else(|| {
-                        if topic.as_ref().is_some_and(|x| x.has_partition(*p)) {
-                            ResponseError::OperationNotAttempted.code()
-                        } else {
-                            ResponseError::UnknownTopicOrPartition.code()
-                        }
-                    });
-                    AddPartitionsToTxnPartitionResult::default()
-                        .with_partition_index(*p)
-                        .with_partition_error_code(c)
-                })
-                .collect();
-            AddPartitionsToTxnTopicResult::default()
-                .with_name(t.name)
-                .with_results_by_partition(parts)
+    add_partitions_response(&req.v3_and_below_topics, |t, p| {
+        decided.unwrap_or_else(|| {
+            let known = b.topics.get(t).is_some_and(|x| x.has_partition(p));
+            if known {
+                ResponseError::OperationNotAttempted.code()
+            } else {
+                ResponseError::UnknownTopicOrPartition.code()
+            }
         })
-        .collect();
-    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
+    })
 }
 
 /// Handles EndTxn.
 pub async fn end(b: &Arc<Broker>, req: EndTxnRequest) -> EndTxnResponse {
     let tid = req.transactional_id.0.to_string();
-    let code = match b
+    let r = b
         .txns
         .end(
-            b,
+            &crate::txn::deps(b),
             &tid,
             (req.producer_id.0, req.producer_epoch),
             req.committed,
         )
-        .await
-    {
-        Ok(()) => 0,
-        Err(e) => e.code(),
-    };
+        .await;
     EndTxnResponse::default()
-        .with_error_code(code)
+        .with_error_code(code(r))
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1)
 }
@@ -108,21 +144,17 @@ pub async fn end(b: &Arc<Broker>, req: EndTxnRequest) -> EndTxnResponse {
 pub async fn add_offsets(b: &Arc<Broker>, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
     let tid = req.transactional_id.0.to_string();
     let group = req.group_id.0.to_string();
-    let code = match b
+    let r = b
         .txns
         .add(
-            b,
+            &crate::txn::deps(b),
             &tid,
             (req.producer_id.0, req.producer_epoch),
             &[],
             &[group],
         )
-        .await
-    {
-        Ok(()) => 0,
-        Err(e) => e.code(),
-    };
-    AddOffsetsToTxnResponse::default().with_error_code(code)
+        .await;
+    AddOffsetsToTxnResponse::default().with_error_code(code(r))
 }
 
 /// Handles TxnOffsetCommit, on the group's coordinator: the offsets stay pending until the
@@ -147,7 +179,7 @@ pub async fn offset_commit(
             ));
         }
     }
-    let code = match b
+    let c = match b
         .groups
         .txn_commit(&req.group_id.0, req.producer_id.0, offsets)
         .await
@@ -155,25 +187,7 @@ pub async fn offset_commit(
         Ok(()) => 0,
         Err(c) => c,
     };
-    let topics = req
-        .topics
-        .into_iter()
-        .map(|t| {
-            TxnOffsetCommitResponseTopic::default()
-                .with_name(t.name)
-                .with_partitions(
-                    t.partitions
-                        .iter()
-                        .map(|p| {
-                            TxnOffsetCommitResponsePartition::default()
-                                .with_partition_index(p.partition_index)
-                                .with_error_code(code)
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
-    TxnOffsetCommitResponse::default().with_topics(topics)
+    txn_offset_commit_response(&req.topics, |_| c)
 }
 
 /// Handles DescribeTransactions: the records of ids coordinated here (NOT_COORDINATOR for
@@ -243,7 +257,8 @@ pub async fn list(b: &Arc<Broker>, req: ListTransactionsRequest) -> ListTransact
         .filter(|s| !STATES.contains(&s.as_str()))
         .cloned()
         .collect();
-    let records = match crate::txn::coordinator::TxnCoordinator::records(b).await {
+    let records = match crate::txn::coordinator::TxnCoordinator::records(&crate::txn::deps(b)).await
+    {
         Ok(r) => r,
         Err(_) => {
             return ListTransactionsResponse::default()

@@ -9,7 +9,8 @@
 //! is completed. A coordinator taking over a shard finishes what its predecessor prepared (the
 //! periodic [`TxnCoordinator::pass`]), which also aborts transactions past their timeout.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +19,25 @@ use silt_meta::layout::txns::{self, MarkerRequest, TxnRecord, TxnStatus};
 use silt_meta::{Compare, Txn};
 
 use super::state::{self, End, Init, TxnError};
-use crate::broker::Broker;
+use crate::groups::GroupCoordinator;
+use crate::producer_ids::ProducerIds;
+use crate::topics::Topics;
+
+/// What the coordinator uses of its agent (passed in, so it does not depend on the broker).
+pub struct Deps<'a> {
+    /// The metadata store.
+    pub meta: &'a dyn silt_meta::MetaKv,
+    /// Shard ownership and fencing (a transactional id lives on its group shard).
+    pub groups: &'a GroupCoordinator,
+    /// Producer id allocation.
+    pub producer_ids: &'a ProducerIds,
+    /// Topic names to ids (marker requests).
+    pub topics: &'a Topics,
+    /// Time.
+    pub clock: &'a dyn silt_common::Clock,
+    /// `transactions.max_timeout_ms`.
+    pub max_timeout_ms: i32,
+}
 
 /// Marker requests written per metadata-store transaction (etcd allows 128 operations).
 const MARKERS_PER_TXN: usize = 100;
@@ -29,11 +48,19 @@ const MARKER_WAIT: Duration = Duration::from_secs(20);
 /// coordinator moved or failed mid-way).
 const STUCK_MS: i64 = 3_000;
 
+/// Every this many passes, the pass reads every record (ids a previous coordinator of a shard
+/// left open or prepared); in between only the ids it knows to be open or prepared.
+const FULL_SCAN_EVERY: u64 = 30;
+
 /// The coordinator of the transactional ids of the shards this agent coordinates.
 #[derive(Debug, Default)]
 pub struct TxnCoordinator {
     /// One operation at a time per transactional id.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Ids whose record is open or prepared, as last stored or read here.
+    active: Mutex<BTreeSet<String>>,
+    /// Passes made.
+    passes: AtomicU64,
 }
 
 fn meta_err(e: silt_meta::MetaError) -> ResponseError {
@@ -51,7 +78,7 @@ impl TxnCoordinator {
     }
 
     /// The fence of the id's shard if this agent coordinates it.
-    fn fence(b: &Broker, tid: &str) -> Result<Vec<Compare>, ResponseError> {
+    fn fence(b: &Deps<'_>, tid: &str) -> Result<Vec<Compare>, ResponseError> {
         b.groups.check(tid).map_err(|code| {
             if code == ResponseError::CoordinatorLoadInProgress.code() {
                 ResponseError::CoordinatorLoadInProgress
@@ -63,7 +90,8 @@ impl TxnCoordinator {
 
     /// Stores `r` if the record is still at `rev` (absent for `None`); the new revision.
     async fn store(
-        b: &Broker,
+        &self,
+        b: &Deps<'_>,
         tid: &str,
         r: &TxnRecord,
         rev: Option<i64>,
@@ -84,6 +112,7 @@ impl TxnCoordinator {
             .await
             .map_err(meta_err)?;
         if res.succeeded {
+            self.track(tid, r.status);
             Ok(res.revision)
         } else {
             // Fenced (the shard moved) or changed meanwhile: the client retries either way.
@@ -92,15 +121,28 @@ impl TxnCoordinator {
         }
     }
 
-    async fn load(b: &Broker, tid: &str) -> Result<Option<(TxnRecord, i64)>, ResponseError> {
+    /// Remembers whether `tid` is open or prepared (the pass looks at those).
+    fn track(&self, tid: &str, status: TxnStatus) {
+        let mut a = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        match status {
+            TxnStatus::Ongoing | TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
+                a.insert(tid.to_string());
+            }
+            _ => {
+                a.remove(tid);
+            }
+        }
+    }
+
+    async fn load(b: &Deps<'_>, tid: &str) -> Result<Option<(TxnRecord, i64)>, ResponseError> {
         Self::fence(b, tid)?;
-        txns::load(b.meta.as_ref(), tid).await.map_err(meta_err)
+        txns::load(b.meta, tid).await.map_err(meta_err)
     }
 
     /// InitProducerId with a transactional id: the producer id and epoch to use.
     pub async fn init_producer_id(
         &self,
-        b: &Broker,
+        b: &Deps<'_>,
         tid: &str,
         timeout_ms: i32,
         expected: Option<(i64, i16)>,
@@ -109,9 +151,14 @@ impl TxnCoordinator {
         let lock = self.lock_for(tid);
         let _one = lock.lock().await;
         let current = Self::load(b, tid).await?;
-        let fresh = b.producer_ids.next(principal).await.map_err(meta_err)?;
+        // A new producer id only when one is needed (a new id, or an exhausted epoch).
+        let fresh = if state::needs_new_pid(current.as_ref().map(|c| &c.0)) {
+            b.producer_ids.next(principal).await.map_err(meta_err)?
+        } else {
+            -1
+        };
         let now = b.clock.now_ms();
-        let max = b.settings.transactions.max_timeout_ms;
+        let max = b.max_timeout_ms;
         let plan = state::init(
             current.as_ref().map(|c| &c.0),
             || fresh,
@@ -124,7 +171,7 @@ impl TxnCoordinator {
         let rev = current.as_ref().map(|c| c.1);
         match plan {
             Init::Ready(r) => {
-                Self::store(b, tid, &r, rev).await?;
+                self.store(b, tid, &r, rev).await?;
                 tracing::info!(
                     transactional_id = tid,
                     pid = r.pid,
@@ -134,7 +181,7 @@ impl TxnCoordinator {
                 Ok((r.pid, r.epoch))
             }
             Init::AbortFirst(r) => {
-                let rev = Self::store(b, tid, &r, rev).await?;
+                let rev = self.store(b, tid, &r, rev).await?;
                 tracing::info!(
                     transactional_id = tid,
                     pid = r.pid,
@@ -142,7 +189,7 @@ impl TxnCoordinator {
                     "a new instance of the producer: aborting its open transaction first"
                 );
                 // The client retries on CONCURRENT_TRANSACTIONS until the abort is complete.
-                let _ = Self::finish(b, tid, r, rev).await;
+                let _ = self.finish(b, tid, r, rev).await;
                 Err(ResponseError::ConcurrentTransactions)
             }
         }
@@ -151,7 +198,7 @@ impl TxnCoordinator {
     /// AddPartitionsToTxn / AddOffsetsToTxn.
     pub async fn add(
         &self,
-        b: &Broker,
+        b: &Deps<'_>,
         tid: &str,
         producer: (i64, i16),
         partitions: &[(String, i32)],
@@ -165,7 +212,7 @@ impl TxnCoordinator {
         let next = state::add(&r, producer, partitions, groups, b.clock.now_ms())
             .map_err(TxnError::code)?;
         if next != r {
-            Self::store(b, tid, &next, Some(rev)).await?;
+            self.store(b, tid, &next, Some(rev)).await?;
         }
         Ok(())
     }
@@ -174,12 +221,12 @@ impl TxnCoordinator {
     /// leader accepts a transaction's first batch only then). Read from the store, so any agent
     /// can answer.
     pub async fn verify(
-        b: &Broker,
+        b: &Deps<'_>,
         tid: &str,
         producer: (i64, i16),
         partition: (&str, i32),
     ) -> Result<bool, ResponseError> {
-        let r = txns::load(b.meta.as_ref(), tid).await.map_err(meta_err)?;
+        let r = txns::load(b.meta, tid).await.map_err(meta_err)?;
         Ok(r.is_some_and(|(r, _)| {
             r.status == TxnStatus::Ongoing
                 && (r.pid, r.epoch) == producer
@@ -192,7 +239,7 @@ impl TxnCoordinator {
     /// EndTxn.
     pub async fn end(
         &self,
-        b: &Broker,
+        b: &Deps<'_>,
         tid: &str,
         producer: (i64, i16),
         commit: bool,
@@ -205,14 +252,20 @@ impl TxnCoordinator {
         match state::end(&r, producer, commit, b.clock.now_ms()).map_err(TxnError::code)? {
             End::Done => Ok(()),
             End::Prepare(p) => {
-                let rev = Self::store(b, tid, &p, Some(rev)).await?;
-                Self::finish(b, tid, p, rev).await
+                let rev = self.store(b, tid, &p, Some(rev)).await?;
+                self.finish(b, tid, p, rev).await
             }
         }
     }
 
     /// Writes the markers of a prepared transaction, waits for them, completes the record.
-    async fn finish(b: &Broker, tid: &str, r: TxnRecord, rev: i64) -> Result<(), ResponseError> {
+    async fn finish(
+        &self,
+        b: &Deps<'_>,
+        tid: &str,
+        r: TxnRecord,
+        rev: i64,
+    ) -> Result<(), ResponseError> {
         let commit = r.status == TxnStatus::PrepareCommit;
         let request = MarkerRequest {
             pid: r.pid,
@@ -282,7 +335,7 @@ impl TxnCoordinator {
             pause = (pause * 2).min(Duration::from_millis(100));
         }
         let done = state::complete(&r, b.clock.now_ms());
-        Self::store(b, tid, &done, Some(rev)).await?;
+        self.store(b, tid, &done, Some(rev)).await?;
         tracing::debug!(
             transactional_id = tid,
             pid = r.pid,
@@ -293,28 +346,55 @@ impl TxnCoordinator {
         Ok(())
     }
 
-    /// One pass over the records of the shards coordinated here: aborts transactions past
-    /// their timeout and completes prepared ones left behind.
-    pub async fn pass(&self, b: &Broker) {
-        let all = match b.meta.range_all(txns::prefix().as_bytes()).await {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::debug!(error = %e, "transaction pass: could not list transactions");
-                return;
+    /// One pass over the open and prepared transactions of the shards coordinated here
+    /// (every record, every [`FULL_SCAN_EVERY`] passes): aborts transactions past their
+    /// timeout and completes prepared ones left behind.
+    pub async fn pass(&self, b: &Deps<'_>) {
+        let full = self
+            .passes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FULL_SCAN_EVERY);
+        let candidates: Vec<(String, TxnRecord)> = if full {
+            match b.meta.range_all(txns::prefix().as_bytes()).await {
+                Ok(all) => all
+                    .into_iter()
+                    .filter_map(|kv| {
+                        Some((
+                            txns::parse_key(&kv.key)?,
+                            txns::decode(&kv.key, &kv.value).ok()?,
+                        ))
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "transaction pass: could not list transactions");
+                    return;
+                }
             }
+        } else {
+            let ids: Vec<String> = self
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                match txns::load(b.meta, &id).await {
+                    Ok(Some((r, _))) => out.push((id, r)),
+                    Ok(None) => self.track(&id, TxnStatus::Empty),
+                    Err(_) => return,
+                }
+            }
+            out
         };
         let now = b.clock.now_ms();
-        for kv in all {
-            let Ok(r) = txns::decode(&kv.key, &kv.value) else {
-                continue;
-            };
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            let Some(tid) = key.strip_prefix(&txns::prefix()).map(unescape) else {
-                continue;
-            };
+        for (tid, r) in candidates {
             if b.groups.check(&tid).is_err() {
+                self.track(&tid, TxnStatus::Empty); // another agent's now
                 continue;
             }
+            self.track(&tid, r.status);
             let due = match r.status {
                 TxnStatus::Ongoing => state::expire(&r, now, || -1).is_some(),
                 TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => now - r.updated_ms > STUCK_MS,
@@ -331,15 +411,19 @@ impl TxnCoordinator {
             };
             let step = match r.status {
                 TxnStatus::Ongoing => {
-                    let fresh = match b.producer_ids.next("").await {
-                        Ok(p) => p,
-                        Err(_) => continue,
+                    let fresh = if state::needs_new_pid(Some(&r)) {
+                        match b.producer_ids.next("").await {
+                            Ok(p) => p,
+                            Err(_) => continue,
+                        }
+                    } else {
+                        -1
                     };
                     match state::expire(&r, now, || fresh) {
                         Some(aborting) => {
                             tracing::info!(transactional_id = %tid, pid = r.pid,
                                 timeout_ms = r.timeout_ms, "transaction timed out; aborting it and fencing its producer");
-                            match Self::store(b, &tid, &aborting, Some(rev)).await {
+                            match self.store(b, &tid, &aborting, Some(rev)).await {
                                 Ok(rev) => Some((aborting, rev)),
                                 Err(_) => None,
                             }
@@ -351,7 +435,7 @@ impl TxnCoordinator {
                 _ => None,
             };
             if let Some((r, rev)) = step {
-                if let Err(e) = Self::finish(b, &tid, r, rev).await {
+                if let Err(e) = self.finish(b, &tid, r, rev).await {
                     tracing::debug!(transactional_id = %tid, error = ?e, "transaction pass: not finished yet");
                 }
             }
@@ -360,46 +444,15 @@ impl TxnCoordinator {
 
     /// Every transactional id coordinated here with its record (DescribeTransactions,
     /// ListTransactions).
-    pub async fn records(b: &Broker) -> Result<Vec<(String, TxnRecord)>, silt_meta::MetaError> {
+    pub async fn records(b: &Deps<'_>) -> Result<Vec<(String, TxnRecord)>, silt_meta::MetaError> {
         let all = b.meta.range_all(txns::prefix().as_bytes()).await?;
         Ok(all
             .into_iter()
             .filter_map(|kv| {
-                let key = String::from_utf8_lossy(&kv.key).into_owned();
-                let tid = unescape(key.strip_prefix(&txns::prefix())?);
+                let tid = txns::parse_key(&kv.key)?;
                 let r = txns::decode(&kv.key, &kv.value).ok()?;
                 b.groups.check(&tid).is_ok().then_some((tid, r))
             })
             .collect())
-    }
-}
-
-/// Reverses `silt_meta::layout::security::escape`.
-pub(crate) fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn escaped_ids_come_back() {
-        for id in ["plain", "a/b c", "üñï", "%41", "x%"] {
-            let e = silt_meta::layout::security::escape(id);
-            assert_eq!(super::unescape(&e), id);
-        }
     }
 }

@@ -8,7 +8,7 @@
 //! one and changes nothing a reader sees).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use silt_meta::layout::txns::{self, MarkerRequest};
@@ -44,8 +44,6 @@ pub struct MarkerRequests {
     mirror: Mirror<Vec<u8>, MarkerRequest>,
     /// Requests to end transactional offsets of groups: commit (true) or abort.
     groups: Mirror<Vec<u8>, bool>,
-    /// Requests being written by this agent.
-    in_flight: Mutex<HashSet<Vec<u8>>>,
 }
 
 impl MarkerRequests {
@@ -61,13 +59,33 @@ impl MarkerRequests {
                 parse_commit,
             )
             .await?,
-            in_flight: Mutex::default(),
         })
     }
 }
 
-/// The job that writes the markers of partitions led here.
-pub struct MarkerJob(pub Arc<Broker>);
+/// The job that writes the markers of partitions led here and ends the transactional offsets
+/// of groups coordinated here.
+pub struct MarkerJob {
+    b: Arc<Broker>,
+    requests: MarkerRequests,
+    /// Requests (key, revision) this job carried out: the mirror may still show one for a
+    /// moment after its deletion, and it must not be carried out twice.
+    done: HashSet<(Vec<u8>, i64)>,
+    /// Markers written whose requests could not be deleted yet: retried, never rewritten.
+    undeleted: Vec<(Vec<u8>, i64, Arc<crate::partition::Partition>)>,
+}
+
+impl MarkerJob {
+    /// The job of an agent.
+    pub fn new(b: Arc<Broker>, requests: MarkerRequests) -> Self {
+        Self {
+            b,
+            requests,
+            done: HashSet::new(),
+            undeleted: Vec::new(),
+        }
+    }
+}
 
 impl crate::tasks::Periodic for MarkerJob {
     fn name(&self) -> &'static str {
@@ -79,32 +97,43 @@ impl crate::tasks::Periodic for MarkerJob {
     }
 
     async fn step(&mut self) {
-        let b = &self.0;
-        // Groups coordinated here: end transactional offsets.
-        let groups = b.markers.groups.snapshot();
+        let b = self.b.clone();
+        let partitions = self.requests.mirror.snapshot();
+        let groups = self.requests.groups.snapshot();
+        // Forget what the store no longer shows.
+        self.done.retain(|(k, rev)| {
+            partitions.items.get(k).map(|i| i.mod_revision) == Some(*rev)
+                || groups.items.get(k).map(|i| i.mod_revision) == Some(*rev)
+        });
         for (key, item) in &groups.items {
-            let Some((escaped, pid)) = txns::parse_group_marker_key(key) else {
+            let Some((group, pid)) = txns::parse_group_marker_key(key) else {
                 continue;
             };
-            let group = super::coordinator::unescape(&escaped);
-            if b.groups.check(&group).is_err() {
+            if b.groups.check(&group).is_err()
+                || self.done.contains(&(key.clone(), item.mod_revision))
+            {
                 continue;
             }
-            let key = String::from_utf8_lossy(key).into_owned();
-            if let Err(code) = b
+            let k = String::from_utf8_lossy(key).into_owned();
+            match b
                 .groups
-                .end_txn_offsets(&group, pid, item.value, (&key, item.mod_revision))
+                .end_txn_offsets(&group, pid, item.value, (&k, item.mod_revision))
                 .await
             {
-                tracing::debug!(group = %group, pid, code, "transactional offsets not ended yet; retried");
+                Ok(()) => {
+                    self.done.insert((key.clone(), item.mod_revision));
+                }
+                Err(code) => {
+                    tracing::debug!(group = %group, pid, code, "transactional offsets not ended yet; retried")
+                }
             }
         }
-        let snap = b.markers.mirror.snapshot();
-        if snap.items.is_empty() {
-            return;
-        }
-        let mut batch = Vec::new();
-        for (key, item) in &snap.items {
+        // Append every marker of partitions led here, then wait for the flushes that carry them.
+        let mut written = Vec::new();
+        for (key, item) in &partitions.items {
+            if self.done.contains(&(key.clone(), item.mod_revision)) {
+                continue;
+            }
             let Some((topic_id, index)) = txns::parse_marker_key(key) else {
                 continue;
             };
@@ -114,24 +143,7 @@ impl crate::tasks::Periodic for MarkerJob {
             let Ok(p) = b.cluster.partition(&topic, index) else {
                 continue; // not led here
             };
-            {
-                let mut busy = b
-                    .markers
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                if !busy.insert(key.clone()) {
-                    continue;
-                }
-            }
-            batch.push((key.clone(), item.mod_revision, item.value.clone(), p));
-        }
-        if batch.is_empty() {
-            return;
-        }
-        // Append every marker, then wait for the flushes that carry them.
-        let mut written = Vec::new();
-        for (key, rev, m, p) in batch {
+            let m = &item.value;
             let marker = if m.commit {
                 Marker::Commit
             } else {
@@ -150,31 +162,23 @@ impl crate::tasks::Periodic for MarkerJob {
                 Err(e) => Err(e),
             };
             match res {
-                Ok((offset, gen)) => written.push((key, rev, p, offset, gen)),
+                Ok((offset, gen)) => written.push((key.clone(), item.mod_revision, p, offset, gen)),
                 Err(e) => {
-                    tracing::debug!(topic = %p.topic, partition = p.index, error = %e, "transaction marker not appended; retried");
-                    b.markers
-                        .in_flight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key);
+                    tracing::debug!(topic = %p.topic, partition = p.index, error = %e, "transaction marker not appended; retried")
                 }
             }
         }
-        let mut done = Vec::new();
+        let mut durable = std::mem::take(&mut self.undeleted);
         for (key, rev, p, offset, gen) in written {
             if b.flusher.wait_committed(gen, &p).await.is_ok() {
                 tracing::debug!(topic = %p.topic, partition = p.index, offset, "transaction marker written");
-                done.push((key, rev, p));
-            } else {
-                b.markers
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
+                self.done.insert((key.clone(), rev));
+                durable.push((key, rev, p));
             }
         }
-        for chunk in done.chunks(60) {
+        // Delete the requests carried out, fenced on each partition's leadership. A request
+        // left behind (a failed delete) is carried out again by this partition's next leader.
+        for chunk in durable.chunks(60) {
             let mut compares = vec![b.cluster.registered()];
             let mut success = Vec::new();
             for (key, rev, p) in chunk {
@@ -191,15 +195,11 @@ impl crate::tasks::Periodic for MarkerJob {
                 })
                 .await;
             if let Err(e) = &res {
-                tracing::warn!(error = %e, "transaction marker requests not deleted; they are written again");
-            }
-            let mut busy = b
-                .markers
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for (key, _, _) in chunk {
-                busy.remove(key);
+                tracing::warn!(error = %e, "transaction marker requests not deleted yet; retried");
+                // Only while this agent still leads the partition: a next leader writes the
+                // marker again (a second marker ends an empty transaction).
+                self.undeleted
+                    .extend(chunk.iter().filter(|(_, _, p)| !p.is_closed()).cloned());
             }
         }
     }

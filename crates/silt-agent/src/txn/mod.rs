@@ -13,6 +13,18 @@ pub mod coordinator;
 pub mod markers;
 pub mod state;
 
+/// The coordinator's view of an agent.
+pub fn deps(b: &Broker) -> coordinator::Deps<'_> {
+    coordinator::Deps {
+        meta: b.meta.as_ref(),
+        groups: &b.groups,
+        producer_ids: &b.producer_ids,
+        topics: &b.topics,
+        clock: b.clock.as_ref(),
+        max_timeout_ms: b.settings.transactions.max_timeout_ms,
+    }
+}
+
 /// The coordinator's periodic pass: timeouts and transactions left half-ended.
 pub struct TxnPassJob(pub Arc<Broker>);
 
@@ -27,6 +39,6 @@ impl crate::tasks::Periodic for TxnPassJob {
 
     async fn step(&mut self) {
         let b = &self.0;
-        b.txns.pass(b).await;
+        b.txns.pass(&deps(b)).await;
     }
 }

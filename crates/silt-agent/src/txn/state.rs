@@ -118,6 +118,12 @@ pub fn init(
     }
 }
 
+/// Whether InitProducerId or a timeout needs a new producer id for `current` (a new
+/// transactional id, or an exhausted epoch); allocate one only then.
+pub fn needs_new_pid(current: Option<&TxnRecord>) -> bool {
+    current.is_none_or(|r| r.epoch >= MAX_EPOCH)
+}
+
 /// The record with the next epoch (a new producer id when the epoch is exhausted).
 fn bumped(r: &TxnRecord, fresh_pid: impl FnOnce() -> i64) -> TxnRecord {
     let mut next = r.clone();
@@ -333,6 +339,7 @@ mod tests {
         // An exhausted epoch gets a new producer id.
         let mut old = c.clone();
         old.epoch = MAX_EPOCH;
+        assert!(needs_new_pid(Some(&old)) && needs_new_pid(None) && !needs_new_pid(Some(&c)));
         let n = ready(init(Some(&old), || 77, 1_000, MAX, None, 0));
         assert_eq!((n.pid, n.epoch), (77, 0));
         assert_eq!(

@@ -114,12 +114,18 @@ pub fn group_marker_key(group: &str, pid: i64) -> String {
     format!("{}{}/{pid:020}", group_markers_prefix(), escape(group))
 }
 
-/// Parses a group offset-marker request key: (escaped group, producer id).
+/// Parses a group offset-marker request key: (group, producer id).
 pub fn parse_group_marker_key(k: &[u8]) -> Option<(String, i64)> {
     let s = std::str::from_utf8(k).ok()?;
     let rest = s.strip_prefix(&group_markers_prefix())?;
     let (group, pid) = rest.rsplit_once('/')?;
-    Some((group.to_string(), pid.parse().ok()?))
+    Some((super::security::unescape(group)?, pid.parse().ok()?))
+}
+
+/// The transactional id of a record's key.
+pub fn parse_key(k: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(k).ok()?;
+    super::security::unescape(s.strip_prefix(&prefix())?)
 }
 
 /// A marker request: which producer's transaction ends, and how. Persisted.
@@ -194,6 +200,11 @@ mod tests {
         assert!(k.ends_with("/0000000007/orders%2Fapp%201"), "{k}");
         assert_eq!(parse_marker_key(k.as_bytes()), Some((t, 7)));
         assert_eq!(parse_marker_key(b"/silt/txn-markers/nope"), None);
+        assert_eq!(
+            parse_group_marker_key(group_marker_key("g/1 x", 42).as_bytes()),
+            Some(("g/1 x".to_string(), 42))
+        );
+        assert_eq!(parse_key(key("a/b c").as_bytes()).as_deref(), Some("a/b c"));
         assert_eq!(key("a/b"), "/silt/txns/a%2Fb");
         let r = TxnRecord {
             pid: 5,
