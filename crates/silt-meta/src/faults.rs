@@ -28,6 +28,9 @@ pub struct FaultyKv {
     inner: Arc<dyn MetaKv>,
     /// Transactions putting a key under this prefix are refused for good.
     pub refuse_prefix: Mutex<Option<Vec<u8>>>,
+    /// When set, only transactions writing under one of these prefixes count towards the cue
+    /// and take its fault (the rest pass untouched), so a test can aim at one path.
+    pub only_prefixes: Mutex<Vec<Vec<u8>>>,
     /// Transactions to let through before the cued one fails (-1: none is cued).
     pub fail_after: AtomicI64,
     /// How many consecutive transactions fail once the cue is reached.
@@ -43,6 +46,7 @@ impl FaultyKv {
         Self {
             inner,
             refuse_prefix: Mutex::new(None),
+            only_prefixes: Mutex::new(Vec::new()),
             fail_after: AtomicI64::new(-1),
             fail_count: AtomicI64::new(1),
             fault: AtomicU8::new(0),
@@ -94,6 +98,20 @@ impl MetaKv for FaultyKv {
                     reason: "refused by the test".into(),
                 });
             }
+        }
+        let aimed = {
+            let only = self.only_prefixes.lock().unwrap();
+            only.is_empty()
+                || txn.success.iter().any(|o| {
+                    let key = match o {
+                        Op::Put { key, .. } | Op::Delete { key } => key,
+                        Op::DeletePrefix { prefix } => prefix,
+                    };
+                    only.iter().any(|p| key.starts_with(p))
+                })
+        };
+        if !aimed {
+            return self.inner.txn(txn).await;
         }
         let left = self.fail_after.load(Ordering::SeqCst);
         if left > 0 {

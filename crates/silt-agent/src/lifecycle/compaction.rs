@@ -286,8 +286,8 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
     Ok(true)
 }
 
-/// Writes the segment and commits it, retrying an unanswered commit until the metadata store
-/// says yes or no: garbage collection relies on a finished step having a definite outcome.
+/// Writes the segment and commits it, with a definite outcome ([`super::commit_answered`]):
+/// garbage collection relies on a finished step having one.
 #[allow(clippy::too_many_arguments)]
 async fn commit_segment(
     b: &Broker,
@@ -328,25 +328,8 @@ async fn commit_segment(
         success,
         failure: vec![],
     };
-    let mut attempt = 0u32;
-    loop {
-        match b.meta.txn(txn.clone()).await {
-            Ok(r) if r.succeeded => return Ok(folded),
-            Ok(_) => {
-                return Err(PartitionError::NotLeader(format!(
-                    "leadership of {}-{} moved during compaction; the segment is garbage",
-                    p.topic, p.index
-                )))
-            }
-            Err(e) if e.is_transient() => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e, "compaction commit unanswered; retrying");
-                tokio::time::sleep(Duration::from_millis((100u64 << attempt.min(5)).min(3_000)))
-                    .await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    super::commit_answered(b, p, txn, "compaction (the segment is garbage if refused)").await?;
+    Ok(folded)
 }
 
 #[cfg(test)]

@@ -150,22 +150,12 @@ async fn commit(
         .map(|e| index::delete_op(&p.topic_id, p.index, e.base_offset))
         .collect();
     success.push(index::log_start_op(&p.topic_id, p.index, log_start));
-    let r = b
-        .meta
-        .txn(Txn {
-            compares: vec![b.cluster.registered(), p.fence()],
-            success,
-            failure: vec![],
-        })
-        .await?;
-    if r.succeeded {
-        Ok(())
-    } else {
-        Err(PartitionError::NotLeader(format!(
-            "leadership of {}-{} moved while its log start was being moved",
-            p.topic, p.index
-        )))
-    }
+    let txn = Txn {
+        compares: vec![b.cluster.registered(), p.fence()],
+        success,
+        failure: vec![],
+    };
+    super::commit_answered(b, p, txn, "moving the log start").await
 }
 
 #[cfg(test)]

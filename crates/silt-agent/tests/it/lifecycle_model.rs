@@ -1,9 +1,11 @@
 //! A property test of the storage lifecycle: random interleavings of appends (flushes),
 //! compaction steps, retention moves and garbage-collection passes (with no grace period, the
-//! harshest setting) on a real agent over an in-memory object store and metadata store. After
-//! every step: every object an index entry references still exists, and reading the partition
-//! from its log start to its high watermark returns each offset exactly once, with the bytes
-//! that were appended.
+//! harshest setting) on a real agent over an in-memory object store and metadata store, with
+//! index transactions now and then failing before they apply (unavailable) or after (applied,
+//! unanswered). After every step: the leader's in-memory index and log start are the store's,
+//! every object an index entry references still exists, and reading the partition from its log
+//! start to its high watermark returns each offset exactly once, with the bytes that were
+//! appended.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,12 +17,14 @@ use silt_agent::partition::Partition;
 use silt_agent::topics::NewTopic;
 use silt_agent::{Agent, Components};
 use silt_common::{Settings, SystemClock};
-use silt_meta::EmbeddedKv;
+use silt_meta::faults::{Fault, FaultyKv};
+use silt_meta::layout::index;
+use silt_meta::{EmbeddedKv, MetaKv};
 use silt_storage::Storage;
 
 use crate::support::{batch, referenced_objects_exist, Rng};
 
-async fn start() -> (Agent, Storage, tempfile::TempDir) {
+async fn start() -> (Agent, Storage, Arc<FaultyKv>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings {
         listen: "127.0.0.1:0".into(),
@@ -41,11 +45,17 @@ async fn start() -> (Agent, Storage, tempfile::TempDir) {
     s.lifecycle.segment_bytes = 16 * 1024;
     let clock = Arc::new(SystemClock);
     let storage = Storage::in_memory();
-    let meta = Arc::new(EmbeddedKv::in_memory(clock.clone()));
+    let inner: Arc<dyn MetaKv> = Arc::new(EmbeddedKv::in_memory(clock.clone()));
+    let meta = Arc::new(FaultyKv::new(inner));
+    // Faults are aimed at the index (entries and log starts) only.
+    *meta.only_prefixes.lock().unwrap() = vec![
+        format!("{}/index/", silt_meta::layout::ROOT).into_bytes(),
+        format!("{}/log-start/", silt_meta::layout::ROOT).into_bytes(),
+    ];
     let agent = Agent::start(
         s,
         Components {
-            meta,
+            meta: meta.clone(),
             storage: storage.clone(),
             clock,
             log_levels: None,
@@ -54,7 +64,7 @@ async fn start() -> (Agent, Storage, tempfile::TempDir) {
     )
     .await
     .unwrap();
-    (agent, storage, dir)
+    (agent, storage, meta, dir)
 }
 
 async fn check(
@@ -64,6 +74,30 @@ async fn check(
     sent: &BTreeMap<i64, String>,
 ) -> Result<(), String> {
     let b = agent.broker();
+    // The leader remembers exactly what the store holds (garbage collection goes by the store).
+    let stored = index::load_partition(b.meta.as_ref(), &p.topic_id, p.index)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stored_start = index::load_log_start(b.meta.as_ref(), &p.topic_id, p.index)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mine, my_start) = {
+        let st = p.lock();
+        (st.segments.clone(), st.log_start)
+    };
+    let key = |e: &index::IndexEntry| (e.base_offset, e.last_offset, e.object.clone());
+    if stored.iter().map(key).ne(mine.iter().map(key)) {
+        return Err(format!(
+            "the leader's index differs from the store's: {:?} in memory, {:?} stored",
+            mine.iter().map(key).collect::<Vec<_>>(),
+            stored.iter().map(key).collect::<Vec<_>>()
+        ));
+    }
+    if stored_start != my_start {
+        return Err(format!(
+            "the store's log start {stored_start} is not the leader's {my_start}"
+        ));
+    }
     let (log_start, hw) = referenced_objects_exist(storage, p).await?;
     let mut seen = Vec::new();
     let mut offset = log_start;
@@ -97,7 +131,7 @@ async fn check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_interleavings_never_lose_or_duplicate_an_offset() {
     for seed in [1u64, 7, 42] {
-        let (agent, storage, _dir) = start().await;
+        let (agent, storage, faults, _dir) = start().await;
         let b = agent.broker().clone();
         let topic = b
             .topics
@@ -117,6 +151,15 @@ async fn random_interleavings_never_lose_or_duplicate_an_offset() {
         let mut n = 0u64;
         for step in 0..200 {
             let action = rng.below(10);
+            // Now and then the next index transaction fails: before applying or after.
+            let fault = match rng.below(10) {
+                0 => Some(Fault::Unavailable),
+                1 => Some(Fault::Unanswered),
+                _ => None,
+            };
+            if let Some(f) = fault {
+                faults.cue(0, 1 + rng.below(2) as i64, f);
+            }
             let what = match action {
                 0..=4 => {
                     let values: Vec<String> = (0..1 + rng.below(5))
@@ -191,6 +234,10 @@ async fn random_interleavings_never_lose_or_duplicate_an_offset() {
         if let Err(e) = check(&agent, &storage, &p, &sent).await {
             panic!("seed {seed}, final GC: {e}");
         }
+        assert!(
+            faults.injected.load(std::sync::atomic::Ordering::SeqCst) > 10,
+            "seed {seed}: index transactions failed"
+        );
         let m = &b.compaction;
         assert!(
             m.segments.load(std::sync::atomic::Ordering::Relaxed) > 0,
