@@ -4,13 +4,21 @@ record once and no aborted one, a read_uncommitted consumer sees both (and no co
 an open transaction holds read_committed readers back (last stable offset); a second instance
 of the producer fences the first; a transaction left open past its timeout is aborted."""
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from conftest import wait_until
 from helpers import create_topic
+
+APPS = Path(__file__).parent / "apps"
 
 
 def _producer(agent, tid, **extra):
@@ -134,6 +142,35 @@ def test_a_transaction_past_its_timeout_is_aborted(agent_factory, topic_name):
     assert [v for _, v in _read(agent, topic_name, 1, "read_committed")] == []
     everything = [v for _, v in _read(agent, topic_name, 1, "read_uncommitted")]
     assert b"zombie write" not in everything, "a fenced producer's write never lands"
+
+
+def test_a_producer_frozen_past_its_timeout_cannot_commit_or_write(agent_factory, topic_name):
+    """A real zombie: the producer's whole process is frozen (SIGSTOP) past its transaction
+    timeout, so the coordinator aborts the transaction; resumed, it can neither write into it
+    nor commit it, and nothing it wrote is ever visible."""
+    agent = agent_factory(SILT_TRANSACTIONS__CHECK_INTERVAL_MS="200")
+    create_topic(agent.bootstrap, topic_name, partitions=1)
+    app = subprocess.Popen(
+        [sys.executable, str(APPS / "zombie_producer.py"), agent.bootstrap, topic_name,
+         f"tx-{uuid.uuid4().hex[:6]}", "3000"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert app.stdout.readline().strip() == "ready"
+        os.kill(app.pid, signal.SIGSTOP)
+        time.sleep(6)  # twice the transaction timeout
+        wait_until(lambda: "transaction timed out" in agent.log_text(), what="the abort")
+        os.kill(app.pid, signal.SIGCONT)
+        app.stdin.write("go\n")
+        app.stdin.flush()
+        verdict = app.stdout.readline().strip()
+        assert verdict.startswith("refused"), verdict
+        app.wait(30)
+    finally:
+        app.kill()
+    assert _read(agent, topic_name, 1, "read_committed") == []
+    everything = [v for _, v in _read(agent, topic_name, 1, "read_uncommitted")]
+    assert sorted(everything) == [f"before-{i}".encode() for i in range(5)], \
+        "the frozen producer's later writes never land"
 
 
 def test_transactions_survive_agent_kills_all_or_nothing(agent, topic_name):

@@ -44,6 +44,19 @@ pub enum Verdict {
     Duplicate(SeenBatch),
 }
 
+/// A producer's state as DescribeProducers shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveProducer {
+    /// Producer id.
+    pub pid: i64,
+    /// Its epoch.
+    pub epoch: i16,
+    /// The last sequence appended.
+    pub last_seq: i32,
+    /// When it last wrote here (agent clock, ms); -1 when only replayed from the index.
+    pub last_write_ms: i64,
+}
+
 /// Producers idle this long are forgotten (Kafka's `producer.id.expiration.ms` default, 1 day);
 /// a forgotten producer that comes back is accepted as new, as in Kafka.
 pub const EXPIRATION_MS: i64 = 24 * 3600 * 1000;
@@ -197,6 +210,29 @@ impl ProducerStates {
             },
             0,
         );
+    }
+
+    /// Every tracked producer that appended here, by producer id (DescribeProducers).
+    pub fn active(&self) -> Vec<ActiveProducer> {
+        let mut v: Vec<ActiveProducer> = self
+            .entries
+            .iter()
+            .filter_map(|(pid, e)| {
+                let last = e.batches.back()?;
+                Some(ActiveProducer {
+                    pid: *pid,
+                    epoch: e.epoch,
+                    last_seq: last.last_seq,
+                    last_write_ms: if e.last_write_ms == 0 {
+                        -1
+                    } else {
+                        e.last_write_ms
+                    },
+                })
+            })
+            .collect();
+        v.sort_unstable_by_key(|a| a.pid);
+        v
     }
 
     /// Number of producers tracked.

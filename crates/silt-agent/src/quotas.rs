@@ -314,6 +314,7 @@ pub fn set_throttle_time(r: &mut ResponseKind, ms: i32) {
         AddOffsetsToTxn,
         AddPartitionsToTxn,
         DescribeTransactions,
+        DescribeProducers,
         ListTransactions,
         EndTxn,
         TxnOffsetCommit,

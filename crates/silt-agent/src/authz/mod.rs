@@ -120,6 +120,7 @@ fn acls(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: i16) 
         R::Produce(r) => topics::produce(&mut a, r),
         R::Fetch(r) => topics::fetch(&mut a, r),
         R::ListOffsets(r) => topics::list_offsets(&mut a, r),
+        R::DescribeProducers(r) => topics::describe_producers(&mut a, r),
         R::OffsetForLeaderEpoch(r) => topics::offset_for_leader_epoch(&mut a, r),
         R::Metadata(r) => topics::metadata(&mut a, r, version),
         R::CreateTopics(r) => topics::create_topics(&mut a, r),

@@ -146,6 +146,34 @@ pub(super) fn list_offsets(a: &mut Access<'_>, r: &mut ListOffsetsRequest) -> Ve
     })
 }
 
+/// DescribeProducers: READ on each topic, as Kafka asks.
+pub(super) fn describe_producers(a: &mut Access<'_>, r: &mut DescribeProducersRequest) -> Verdict {
+    let refused = strip(&mut r.topics, |t| a.topic(Operation::Read, &t.name));
+    if refused.is_empty() {
+        return Verdict::Pass(None);
+    }
+    fix(move |resp| {
+        if let ResponseKind::DescribeProducers(d) = resp {
+            for t in refused {
+                d.topics.push(
+                    describe_producers_response::TopicResponse::default()
+                        .with_name(t.name)
+                        .with_partitions(
+                            t.partition_indexes
+                                .iter()
+                                .map(|p| {
+                                    describe_producers_response::PartitionResponse::default()
+                                        .with_partition_index(*p)
+                                        .with_error_code(TOPIC_DENIED.code())
+                                })
+                                .collect(),
+                        ),
+                );
+            }
+        }
+    })
+}
+
 pub(super) fn offset_for_leader_epoch(
     a: &mut Access<'_>,
     r: &mut OffsetForLeaderEpochRequest,

@@ -6,6 +6,7 @@ mod admin;
 mod api_versions;
 mod coordinator;
 mod delete_records;
+mod describe_producers;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -135,6 +136,9 @@ pub async fn dispatch(
             txns::describe(broker, r).await,
         )),
         R::ListTransactions(r) => now(ResponseKind::ListTransactions(txns::list(broker, r).await)),
+        R::DescribeProducers(r) => now(ResponseKind::DescribeProducers(
+            describe_producers::handle(broker, r),
+        )),
         R::EndTxn(r) => {
             let b = broker.clone();
             Reply::Later(Box::pin(async move {

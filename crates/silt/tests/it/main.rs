@@ -18,4 +18,5 @@ mod scale;
 mod security;
 mod tls_clients;
 mod transactions;
+mod txn_checker;
 mod write_path;

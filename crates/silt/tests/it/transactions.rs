@@ -240,6 +240,36 @@ async fn transactions_are_described_and_listed() {
                     .with_duration_filter(-1),
             )
         };
+    // DescribeProducers: the producer on each partition, its open transaction's first offset.
+    let producers = |conn: &mut crate::protocol::Conn| -> DescribeProducersResponse {
+        conn.call(
+            ApiKey::DescribeProducers,
+            0,
+            &DescribeProducersRequest::default().with_topics(vec![
+                describe_producers_request::TopicRequest::default()
+                    .with_name(TopicName(StrBytes::from_static_str("described")))
+                    .with_partition_indexes(vec![0, 1, 7]),
+                describe_producers_request::TopicRequest::default()
+                    .with_name(TopicName(StrBytes::from_static_str("nope")))
+                    .with_partition_indexes(vec![0]),
+            ]),
+        )
+    };
+    let dp = producers(&mut conn);
+    let parts = &dp.topics[0].partitions;
+    for part in &parts[..2] {
+        assert_eq!(part.error_code, 0, "{part:?}");
+        assert_eq!(part.active_producers.len(), 1, "{part:?}");
+        let a = &part.active_producers[0];
+        assert_eq!(a.producer_id, open.producer_id);
+        assert_eq!(a.producer_epoch, open.producer_epoch as i32);
+        assert_eq!(a.last_sequence, 1, "two records on each partition: {a:?}");
+        assert_eq!(a.current_txn_start_offset, 0, "the open transaction starts at 0");
+        assert!(a.last_timestamp > 0);
+    }
+    assert_eq!(parts[2].error_code, 3, "partition 7: UNKNOWN_TOPIC_OR_PARTITION");
+    assert_eq!(dp.topics[1].partitions[0].error_code, 3, "unknown topic");
+
     let l = list(&mut conn, &["Ongoing", "Bogus"]);
     assert_eq!(l.transaction_states.len(), 1);
     assert_eq!(
@@ -283,5 +313,12 @@ async fn transactions_are_described_and_listed() {
         "CompleteCommit"
     );
     assert!(list(&mut conn, &["Ongoing"]).transaction_states.is_empty());
+    let dp = producers(&mut conn);
+    let a = &dp.topics[0].partitions[0].active_producers[0];
+    assert_eq!(
+        (a.last_sequence, a.current_txn_start_offset),
+        (1, -1),
+        "committed: no open transaction, the marker leaves the sequence alone"
+    );
     assert_eq!(list(&mut conn, &[]).transaction_states.len(), 1);
 }
