@@ -254,6 +254,40 @@ def test_missing_acls_get_kafkas_errors_and_hide_topics(secured, topic_name):
     assert s.metric("silt_authorization_denied_total") >= 4
 
 
+def test_transactions_need_write_on_the_transactional_id(secured, topic_name):
+    """A transactional producer needs WRITE on its transactional id (and on the topic), as in
+    Kafka: without it InitProducerId gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED; with it the
+    transaction commits and a read_committed reader with READ sees it."""
+    s = secured("SASL_PLAINTEXT")
+    s.add_user("dave")
+    create_topic(s.agent.bootstrap, topic_name)
+    tid = f"tx-{uuid.uuid4().hex[:6]}"
+    s.allow(ResourceType.TOPIC, topic_name, "User:dave", AclOperation.WRITE)
+    s.allow(ResourceType.TOPIC, topic_name, "User:dave", AclOperation.READ)
+    s.allow(ResourceType.GROUP, "dave-", "User:dave", AclOperation.READ, pattern=ResourcePatternType.PREFIXED)
+    conf = s.client_conf(user="dave")
+    p = Producer({**conf, "transactional.id": tid})
+    with pytest.raises(KafkaException) as e:
+        p.init_transactions(20)
+    assert e.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, e.value
+    s.allow(ResourceType.TRANSACTIONAL_ID, tid, "User:dave", AclOperation.WRITE)
+    p = Producer({**conf, "transactional.id": tid})
+    p.init_transactions(30)
+    p.begin_transaction()
+    p.produce(topic_name, value=b"granted", partition=0)
+    p.commit_transaction(30)
+    c = Consumer({**conf, "group.id": "dave-reader", "isolation.level": "read_committed",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic_name])
+    got, deadline = [], time.time() + 30
+    while not got and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.append(m.value())
+    c.close()
+    assert got == [b"granted"]
+
+
 def test_a_revoked_acl_bites_on_a_live_connection(secured, topic_name):
     s = secured("SASL_PLAINTEXT")
     s.add_user("carol")
