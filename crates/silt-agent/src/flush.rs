@@ -76,6 +76,9 @@ struct Buffer {
     bytes: usize,
     first_at: Option<Instant>,
     closed: bool,
+    /// Something buffered is waited on by a transaction's commit: flush without waiting out
+    /// the interval.
+    urgent: bool,
 }
 
 /// Counters of the flush pipeline.
@@ -279,6 +282,18 @@ impl Flusher {
         Ok(gen)
     }
 
+    /// Flushes what is buffered now instead of at the end of the interval (transaction markers:
+    /// a producer's commit waits on them). Costs one flush — one object PUT — per call at most.
+    pub fn expedite(&self) {
+        let mut b = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if b.items.is_empty() {
+            return;
+        }
+        b.urgent = true;
+        drop(b);
+        self.inner.wake.notify_one();
+    }
+
     /// A receiver of flush progress (acks and fetch long-polls wait on it).
     pub fn subscribe(&self) -> watch::Receiver<FlushProgress> {
         self.inner.progress.subscribe()
@@ -338,7 +353,7 @@ impl Flusher {
                 let b = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
                 (
                     b.first_at.map(|t| t + interval),
-                    b.bytes >= self.inner.settings.max_bytes,
+                    b.bytes >= self.inner.settings.max_bytes || b.urgent,
                     b.closed,
                     b.items.is_empty(),
                 )
@@ -367,6 +382,7 @@ impl Flusher {
                 b.generation += 1;
                 b.bytes = 0;
                 b.first_at = None;
+                b.urgent = false;
                 (gen, std::mem::take(&mut b.items))
             };
             let prepared = self.prepare(gen, items);

@@ -11,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::stats::Latencies;
@@ -41,6 +41,15 @@ pub struct ProduceArgs {
     /// librdkafka linger.ms.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// An idempotent producer (enable.idempotence=true).
+    #[arg(long)]
+    pub idempotent: bool,
+    /// A transactional producer committing every this many ms (0: not transactional).
+    #[arg(long, default_value_t = 0)]
+    pub transaction_ms: u64,
+    /// librdkafka queue.buffering.max.kbytes: how far the client may run ahead of the broker.
+    #[arg(long, default_value_t = 1_048_576)]
+    pub queue_kbytes: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -114,11 +123,17 @@ async fn ensure_topic(a: &ProduceArgs) {
 }
 
 fn producer(a: &ProduceArgs) -> anyhow::Result<FutureProducer> {
-    Ok(client(&a.bootstrap)
-        .set("acks", &a.acks)
+    let mut c = client(&a.bootstrap);
+    if a.idempotent {
+        c.set("enable.idempotence", "true");
+    }
+    if a.transaction_ms > 0 {
+        c.set("transactional.id", format!("silt-bench-{}", std::process::id()));
+    }
+    Ok(c.set("acks", &a.acks)
         .set("linger.ms", a.linger_ms.to_string())
         .set("batch.size", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.kbytes", a.queue_kbytes.to_string())
         .set("queue.buffering.max.messages", "1000000")
         .set("message.timeout.ms", "60000")
         .create()?)
@@ -135,6 +150,13 @@ fn now_us() -> u64 {
 async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyhow::Result<Report> {
     ensure_topic(a).await;
     let p = producer(a)?;
+    let txn = (a.transaction_ms > 0).then(|| Duration::from_millis(a.transaction_ms));
+    let mut commits = 0u64;
+    let mut txn_started = Instant::now();
+    if txn.is_some() {
+        tokio::task::block_in_place(|| p.init_transactions(Duration::from_secs(30)))?;
+        p.begin_transaction()?;
+    }
     let lat = Arc::new(Mutex::new(Latencies::default()));
     let errors = Arc::new(Mutex::new(0u64));
     let (tx, mut rx) =
@@ -180,6 +202,15 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
         if stamp {
             value[..8].copy_from_slice(&now_us().to_be_bytes());
         }
+        if let Some(every) = txn {
+            if txn_started.elapsed() >= every {
+                // Committing waits for every record of the transaction (librdkafka flushes).
+                tokio::task::block_in_place(|| p.commit_transaction(Duration::from_secs(60)))?;
+                p.begin_transaction()?;
+                commits += 1;
+                txn_started = Instant::now();
+            }
+        }
         let part = (sent % a.partitions as u64) as i32;
         let mut rec = FutureRecord::to(&a.topic)
             .partition(part)
@@ -201,6 +232,11 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
         if in_window {
             measured += 1;
         }
+    }
+    if txn.is_some() {
+        tokio::task::block_in_place(|| p.commit_transaction(Duration::from_secs(60)))?;
+        commits += 1;
+        eprintln!("{commits} transactions committed");
     }
     drop(tx);
     let acked_total = collector.await?;

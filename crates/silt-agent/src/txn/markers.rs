@@ -168,6 +168,10 @@ impl crate::tasks::Periodic for MarkerJob {
                 }
             }
         }
+        if !written.is_empty() {
+            // A producer's commit waits on these: no need to wait out the flush interval.
+            b.flusher.expedite();
+        }
         let mut durable = std::mem::take(&mut self.undeleted);
         for (key, rev, p, offset, gen) in written {
             if b.flusher.wait_committed(gen, &p).await.is_ok() {

@@ -57,8 +57,10 @@ pub struct TxnRecord {
     pub timeout_ms: i32,
     /// Where its transaction stands.
     pub status: TxnStatus,
-    /// Partitions in the current (or last) transaction: (topic, partition).
-    #[serde(default)]
+    /// Partitions in the current (or last) transaction: (topic, partition). Stored grouped by
+    /// topic (`{"topic": [0, 1, ...]}`), so a transaction over every partition of a
+    /// 10 000-partition topic with a long name stays far below the store's request limit.
+    #[serde(default, with = "grouped")]
     pub partitions: Vec<(String, i32)>,
     /// Groups whose offsets the current (or last) transaction commits.
     #[serde(default)]
@@ -69,6 +71,39 @@ pub struct TxnRecord {
     /// When the record last changed (Unix ms).
     #[serde(default)]
     pub updated_ms: i64,
+}
+
+/// The stored form of [`TxnRecord::partitions`]: grouped by topic; a list of pairs (the first
+/// form) is still read.
+mod grouped {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[(String, i32)], s: S) -> Result<S::Ok, S::Error> {
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (t, p) in v {
+            by_topic.entry(t.as_str()).or_default().push(*p);
+        }
+        by_topic.serialize(s)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Grouped(BTreeMap<String, Vec<i32>>),
+        Pairs(Vec<(String, i32)>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, i32)>, D::Error> {
+        Ok(match Form::deserialize(d)? {
+            Form::Grouped(m) => m
+                .into_iter()
+                .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+                .collect(),
+            Form::Pairs(v) => v,
+        })
+    }
 }
 
 /// The key of a transactional id's record.
@@ -192,6 +227,35 @@ pub fn decode_marker(k: &[u8], v: &[u8]) -> Result<MarkerRequest, MetaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_are_stored_by_topic_and_the_first_form_still_reads() {
+        let name = "t".repeat(249);
+        let r = TxnRecord {
+            pid: 5,
+            epoch: 2,
+            timeout_ms: 60_000,
+            status: TxnStatus::Ongoing,
+            partitions: (0..10_000).map(|p| (name.clone(), p)).collect(),
+            groups: vec![],
+            started_ms: 1,
+            updated_ms: 2,
+        };
+        let Op::Put { value, .. } = put_op("x", &r) else {
+            panic!("a put")
+        };
+        assert!(
+            value.len() < 64 << 10,
+            "10 000 partitions of a 249-character topic: {} bytes",
+            value.len()
+        );
+        assert_eq!(decode(b"k", &value).unwrap(), r);
+        let old = br#"{"pid":1,"epoch":0,"timeout_ms":1000,"status":"ongoing","partitions":[["a",1],["b",0]]}"#;
+        assert_eq!(
+            decode(b"k", old).unwrap().partitions,
+            vec![("a".to_string(), 1), ("b".to_string(), 0)]
+        );
+    }
 
     #[test]
     fn keys_escape_ids_and_parse_back() {

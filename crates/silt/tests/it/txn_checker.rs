@@ -93,32 +93,38 @@ fn requires_abort(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(t) if t.txn_requires_abort())
 }
 
-/// Runs one transaction; the outcome, and whether the producer must be replaced.
-fn run_txn(p: &Producer_, values: &[String], parts: &[i32], abort: bool) -> (Outcome, bool) {
-    if p.begin_transaction().is_err() {
-        return (Outcome::Aborted, true); // nothing was written in it
+/// Runs one transaction: the outcome, whether the producer must be replaced, and the first
+/// error met.
+fn run_txn(
+    p: &Producer_,
+    values: &[String],
+    parts: &[i32],
+    abort: bool,
+) -> (Outcome, bool, Option<String>) {
+    if let Err(e) = p.begin_transaction() {
+        return (Outcome::Aborted, true, Some(e.to_string())); // nothing was written in it
     }
-    let mut failed = false;
+    let mut error = None;
     for (v, part) in values.iter().zip(parts) {
         let rec = BaseRecord::to(TOPIC).partition(*part).key(v).payload(v);
-        if p.send(rec).is_err() {
-            failed = true;
+        if let Err((e, _)) = p.send(rec) {
+            error = Some(e.to_string());
             break;
         }
     }
-    if failed || abort {
+    if error.is_some() || abort {
         return match p.abort_transaction(Duration::from_secs(60)) {
-            Ok(()) => (Outcome::Aborted, false),
-            Err(_) => (Outcome::Unknown, true),
+            Ok(()) => (Outcome::Aborted, false, error),
+            Err(e) => (Outcome::Unknown, true, Some(e.to_string())),
         };
     }
     match p.commit_transaction(Duration::from_secs(60)) {
-        Ok(()) => (Outcome::Committed, false),
+        Ok(()) => (Outcome::Committed, false, None),
         Err(e) if requires_abort(&e) => match p.abort_transaction(Duration::from_secs(60)) {
-            Ok(()) => (Outcome::Aborted, false),
-            Err(_) => (Outcome::Unknown, true),
+            Ok(()) => (Outcome::Aborted, false, Some(e.to_string())),
+            Err(e2) => (Outcome::Unknown, true, Some(format!("{e}; then {e2}"))),
         },
-        Err(_) => (Outcome::Unknown, true),
+        Err(e) => (Outcome::Unknown, true, Some(e.to_string())),
     }
 }
 
@@ -147,7 +153,16 @@ fn writer(
         let parts: Vec<i32> = (0..n).map(|_| rng.below(PARTITIONS as u64) as i32).collect();
         let abort = rng.below(5) == 0;
         t += 1;
-        let (outcome, replace) = run_txn(prod, &values, &parts, abort);
+        let began = Instant::now();
+        let (outcome, replace, error) = run_txn(prod, &values, &parts, abort);
+        if error.is_some() || began.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "writer {k}: transaction {} {outcome:?} after {} ms: {}",
+                t - 1,
+                began.elapsed().as_millis(),
+                error.as_deref().unwrap_or("no error")
+            );
+        }
         if outcome == Outcome::Committed {
             committed.fetch_add(1, Ordering::Relaxed);
         }
