@@ -288,6 +288,34 @@ def test_transactions_need_write_on_the_transactional_id(secured, topic_name):
     assert got == [b"granted"]
 
 
+def test_config_changes_and_partition_growth_need_their_acls(secured, topic_name):
+    """ALTER_CONFIGS on the topic for config changes, ALTER for new partitions, ALTER_CONFIGS on
+    the cluster for broker configs, as in Kafka."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
+    s = secured("SASL_PLAINTEXT")
+    s.add_user("erin")
+    create_topic(s.agent.bootstrap, topic_name, partitions=2)
+    s.allow(ResourceType.TOPIC, topic_name, "User:erin", AclOperation.DESCRIBE_CONFIGS)
+    conf = s.client_conf(user="erin")
+    a = admin(s.secure, **{k: v for k, v in conf.items() if k != "bootstrap.servers"})
+
+    def alter():
+        r = ConfigResource(ConfigResource.Type.TOPIC, topic_name, incremental_configs=[
+            ConfigEntry("retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+        return list(a.incremental_alter_configs([r]).values())[0]
+
+    with pytest.raises(KafkaException) as e:
+        alter().result(timeout=15)
+    assert e.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    with pytest.raises(KafkaException) as e:
+        a.create_partitions([NewPartitions(topic_name, 3)])[topic_name].result(timeout=15)
+    assert e.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    s.allow(ResourceType.TOPIC, topic_name, "User:erin", AclOperation.ALTER_CONFIGS)
+    s.allow(ResourceType.TOPIC, topic_name, "User:erin", AclOperation.ALTER)
+    alter().result(timeout=15)
+    a.create_partitions([NewPartitions(topic_name, 3)])[topic_name].result(timeout=15)
+
+
 def test_a_revoked_acl_bites_on_a_live_connection(secured, topic_name):
     s = secured("SASL_PLAINTEXT")
     s.add_user("carol")

@@ -243,6 +243,87 @@ pub async fn topics_create(
     ))
 }
 
+/// `topics alter NAME`: config changes (IncrementalAlterConfigs) and partition growth
+/// (CreatePartitions), through the controller.
+pub async fn topics_alter(
+    bootstrap: &str,
+    name: &str,
+    set: &[(String, String)],
+    delete: &[String],
+    partitions: Option<i32>,
+) -> Result<String, AdminError> {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    if set.is_empty() && delete.is_empty() && partitions.is_none() {
+        return Err(AdminError::Usage(
+            "nothing to change: give --config k=v, --delete-config k or --partitions N".into(),
+        ));
+    }
+    let c = Cluster::connect(bootstrap).await?;
+    let mut conn = c.broker(c.controller).await?;
+    let mut out = String::new();
+    if !set.is_empty() || !delete.is_empty() {
+        let configs = set
+            .iter()
+            .map(|(k, v)| {
+                AlterableConfig::default()
+                    .with_name(s(k))
+                    .with_config_operation(0)
+                    .with_value(Some(s(v)))
+            })
+            .chain(delete.iter().map(|k| {
+                AlterableConfig::default()
+                    .with_name(s(k))
+                    .with_config_operation(1)
+            }))
+            .collect();
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s(name))
+                .with_configs(configs),
+        ]);
+        let r: IncrementalAlterConfigsResponse =
+            conn.call(ApiKey::IncrementalAlterConfigs, 1, &req).await?;
+        let res = r
+            .responses
+            .first()
+            .ok_or_else(|| AdminError::Usage("empty IncrementalAlterConfigs response".into()))?;
+        check(
+            res.error_code,
+            &format!("changing the configs of topic {name}"),
+            res.error_message.as_deref(),
+        )?;
+        for (k, v) in set {
+            out.push_str(&format!("{name}: {k}={v}\n"));
+        }
+        for k in delete {
+            out.push_str(&format!("{name}: {k} back to its default\n"));
+        }
+    }
+    if let Some(n) = partitions {
+        let req = CreatePartitionsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(TopicName(s(name)))
+                .with_count(n)]);
+        let r: CreatePartitionsResponse = conn.call(ApiKey::CreatePartitions, 3, &req).await?;
+        let res = r
+            .results
+            .first()
+            .ok_or_else(|| AdminError::Usage("empty CreatePartitions response".into()))?;
+        check(
+            res.error_code,
+            &format!("growing topic {name} to {n} partitions"),
+            res.error_message.as_deref(),
+        )?;
+        out.push_str(&format!("{name}: {n} partitions\n"));
+    }
+    Ok(out)
+}
+
 /// `topics delete NAME`: through the controller.
 pub async fn topics_delete(bootstrap: &str, name: &str) -> Result<String, AdminError> {
     let c = Cluster::connect(bootstrap).await?;

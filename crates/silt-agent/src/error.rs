@@ -186,6 +186,25 @@ pub enum TopicError {
     /// A config name or value is not accepted.
     #[error("{0}")]
     InvalidConfig(String),
+    /// The request contradicts itself (a config or topic named twice, an unknown operation).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// CreatePartitions asked for no more partitions than the topic has.
+    #[error("topic {topic} has {current} partitions; it can only grow (asked for {requested}), as in Kafka")]
+    CannotShrink {
+        /// The topic.
+        topic: String,
+        /// Partitions it has.
+        current: i32,
+        /// Partitions asked for.
+        requested: i32,
+    },
+    /// A replica assignment Silt cannot follow.
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
+    /// The topic kept changing under a change being applied.
+    #[error("{0}")]
+    Busy(String),
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -204,6 +223,10 @@ impl TopicError {
             Self::PartitionBudget { .. } => ResponseError::PolicyViolation,
             Self::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
             Self::InvalidConfig(_) => ResponseError::InvalidConfig,
+            Self::InvalidRequest(_) => ResponseError::InvalidRequest,
+            Self::CannotShrink { .. } => ResponseError::InvalidPartitions,
+            Self::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            Self::Busy(_) => ResponseError::RequestTimedOut,
             Self::Meta(_) => ResponseError::KafkaStorageError,
         }
     }

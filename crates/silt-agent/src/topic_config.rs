@@ -210,6 +210,122 @@ pub fn validate(name: &str, value: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// One change of an IncrementalAlterConfigs request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Set the config to a value.
+    Set(String, String),
+    /// Remove the explicit value (back to the default).
+    Delete(String),
+    /// Add items to a list config (those not already in it).
+    Append(String, String),
+    /// Remove items from a list config.
+    Subtract(String, String),
+}
+
+impl Change {
+    /// The change for Kafka's operation code (0 set, 1 delete, 2 append, 3 subtract).
+    pub fn from_kafka(op: i8, name: &str, value: Option<&str>) -> Result<Self, TopicError> {
+        let v = || value.unwrap_or_default().to_owned();
+        Ok(match op {
+            0 => Self::Set(name.to_owned(), v()),
+            1 => Self::Delete(name.to_owned()),
+            2 => Self::Append(name.to_owned(), v()),
+            3 => Self::Subtract(name.to_owned(), v()),
+            other => {
+                return Err(TopicError::InvalidRequest(format!(
+                    "unknown config operation {other} for {name} (0 set, 1 delete, 2 append, 3 subtract)"
+                )))
+            }
+        })
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Self::Set(n, _) | Self::Delete(n) | Self::Append(n, _) | Self::Subtract(n, _) => n,
+        }
+    }
+}
+
+/// A topic's explicit configs after `changes` (IncrementalAlterConfigs), each checked as on
+/// creation; a config named twice is refused, as Kafka refuses it.
+pub fn apply_changes(
+    configs: &BTreeMap<String, String>,
+    changes: &[Change],
+    d: &TopicDefaults,
+) -> Result<BTreeMap<String, String>, TopicError> {
+    let mut out = configs.clone();
+    let mut seen = std::collections::HashSet::new();
+    for c in changes {
+        let name = c.name();
+        if !seen.insert(name) {
+            return Err(TopicError::InvalidRequest(format!(
+                "config {name} appears more than once in the request"
+            )));
+        }
+        let Some(def) = find(name) else {
+            return Err(TopicError::InvalidConfig(format!(
+                "unknown topic config {name:?}"
+            )));
+        };
+        let list = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let current = || {
+            out.get(name)
+                .cloned()
+                .unwrap_or_else(|| default_value(name, d))
+        };
+        match c {
+            Change::Set(_, v) => {
+                validate(name, v)?;
+                out.insert(name.to_owned(), v.clone());
+            }
+            Change::Delete(_) => {
+                out.remove(name);
+            }
+            Change::Append(_, v) | Change::Subtract(_, v) => {
+                if def.kind != ConfigType::List {
+                    return Err(TopicError::InvalidConfig(format!(
+                        "{name} is not a list: APPEND and SUBTRACT apply to list configs only"
+                    )));
+                }
+                let mut items = list(&current());
+                for item in list(v) {
+                    match c {
+                        Change::Append(..) if !items.contains(&item) => items.push(item),
+                        Change::Subtract(..) => items.retain(|i| *i != item),
+                        _ => {}
+                    }
+                }
+                let joined = items.join(",");
+                validate(name, &joined)?;
+                out.insert(name.to_owned(), joined);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A topic's explicit configs replaced by `configs` (AlterConfigs: what is not named goes back
+/// to its default), each checked as on creation.
+pub fn replace_all(configs: &[(String, String)]) -> Result<BTreeMap<String, String>, TopicError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in configs {
+        validate(k, v)?;
+        if out.insert(k.clone(), v.clone()).is_some() {
+            return Err(TopicError::InvalidRequest(format!(
+                "config {k} appears more than once in the request"
+            )));
+        }
+    }
+    Ok(out)
+}
+
 /// The values the agent acts on, resolved from explicit configs and defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -304,6 +420,57 @@ mod tests {
         assert!(validate(ARCHIVE_ENABLE, "maybe").is_err());
         assert!(validate("cleanup.policy", "shred").is_err());
         assert!(validate("max.message.bytes", "99999999999").is_err());
+    }
+
+    #[test]
+    fn incremental_changes_follow_kafkas_rules() {
+        let d = TopicDefaults::default();
+        let start = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
+        let out = apply_changes(
+            &start,
+            &[
+                Change::Set("max.message.bytes".into(), "2048".into()),
+                Change::Delete("retention.ms".into()),
+                Change::Append("cleanup.policy".into(), "compact".into()),
+            ],
+            &d,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            BTreeMap::from([
+                ("max.message.bytes".to_string(), "2048".to_string()),
+                ("cleanup.policy".to_string(), "delete,compact".to_string()),
+            ])
+        );
+        let out = apply_changes(&out, &[Change::Subtract("cleanup.policy".into(), "delete".into())], &d)
+            .unwrap();
+        assert_eq!(out["cleanup.policy"], "compact");
+        let e = apply_changes(&start, &[Change::Append("retention.ms".into(), "5".into())], &d)
+            .unwrap_err();
+        assert!(matches!(e, TopicError::InvalidConfig(_)), "{e}");
+        let e = apply_changes(&start, &[Change::Set("retention.ms".into(), "soon".into())], &d)
+            .unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
+        let e = apply_changes(&start, &[Change::Delete("nope.ms".into())], &d).unwrap_err();
+        assert!(e.to_string().contains("nope.ms"), "{e}");
+        let twice = [
+            Change::Set("retention.ms".into(), "1".into()),
+            Change::Delete("retention.ms".into()),
+        ];
+        assert!(matches!(
+            apply_changes(&start, &twice, &d),
+            Err(TopicError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Change::from_kafka(9, "retention.ms", None),
+            Err(TopicError::InvalidRequest(_))
+        ));
+        assert_eq!(
+            replace_all(&[("retention.ms".into(), "5".into())]).unwrap(),
+            BTreeMap::from([("retention.ms".to_string(), "5".to_string())])
+        );
+        assert!(replace_all(&[("bogus".into(), "5".into())]).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The agent's view of the topic catalog: topic records followed live from the metadata store
 //! (a [`Mirror`] of `/silt/topics/`, so a topic created through any agent is seen by all) and
-//! their resolved configs. Creation and deletion go through the metadata store first; this
-//! view follows. Which partitions this agent leads is `cluster`'s business.
+//! their resolved configs. Creation, config changes, partition growth and deletion go through the
+//! metadata store first; this view (and every other agent's) follows. Which partitions this agent leads is `cluster`'s business.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -275,6 +275,80 @@ impl Topics {
                 .ok_or_else(|| TopicError::Unknown(name.to_owned())),
             Err(e) => Err(e),
         }
+    }
+
+    /// Changes topic `name`'s record with `change` (a compare-and-swap on the stored record,
+    /// tried again if another agent changed it meanwhile) unless `validate_only`; every agent's
+    /// catalog follows. Returns the record as changed.
+    pub async fn alter(
+        &self,
+        name: &str,
+        validate_only: bool,
+        change: impl Fn(&TopicRecord) -> Result<TopicRecord, TopicError>,
+    ) -> Result<TopicRecord, TopicError> {
+        let _g = self.admin.lock().await;
+        for _ in 0..20 {
+            let Some((cur, revision)) = catalog::get(self.meta.as_ref(), name).await? else {
+                return Err(TopicError::Unknown(name.to_owned()));
+            };
+            let next = change(&cur)?;
+            if validate_only || next == cur {
+                return Ok(next);
+            }
+            if catalog::replace(self.meta.as_ref(), &next, revision).await? {
+                self.follow(|s| s.items.get(name).is_some_and(|i| i.value == next))
+                    .await;
+                tracing::info!(topic = %name, partitions = next.partitions, configs = ?next.configs, "topic changed");
+                return Ok(next);
+            }
+        }
+        Err(TopicError::Busy(format!(
+            "topic {name} kept changing while this change was being applied; try again"
+        )))
+    }
+
+    /// Grows topic `name` to `count` partitions (CreatePartitions); fewer or as many as it has
+    /// is refused, as Kafka refuses it, as is growing past the partition limits.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<TopicRecord, TopicError> {
+        let per_topic = self.defaults.max_partitions_per_topic;
+        let budget = self.defaults.max_partitions_total;
+        let total: i64 = self
+            .all()
+            .iter()
+            .map(|x| x.record.partitions as i64)
+            .sum();
+        self.alter(name, validate_only, |rec| {
+            if count <= rec.partitions {
+                return Err(TopicError::CannotShrink {
+                    topic: name.to_owned(),
+                    current: rec.partitions,
+                    requested: count,
+                });
+            }
+            if count > per_topic {
+                return Err(TopicError::TooManyPartitions {
+                    requested: count,
+                    limit: per_topic,
+                });
+            }
+            let after = total + (count - rec.partitions) as i64;
+            if after > budget {
+                return Err(TopicError::PartitionBudget {
+                    requested: count - rec.partitions,
+                    total: after,
+                    limit: budget,
+                });
+            }
+            let mut next = rec.clone();
+            next.partitions = count;
+            Ok(next)
+        })
+        .await
     }
 
     /// Deletes a topic and its offset index.

@@ -213,6 +213,20 @@ pub enum TopicsCommand {
         #[arg(long = "config", short = 'c', value_parser = parse_kv)]
         configs: Vec<(String, String)>,
     },
+    /// Change a topic's configs (at once, on every agent) or grow its partitions.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// Set a config, repeatable: --config retention.ms=3600000
+        #[arg(long = "config", short = 'c', value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
+        /// Remove a config set on the topic (back to the default), repeatable.
+        #[arg(long = "delete-config")]
+        delete: Vec<String>,
+        /// Grow the topic to this many partitions (never fewer).
+        #[arg(long, short)]
+        partitions: Option<i32>,
+    },
     /// Delete a topic and its data.
     Delete {
         /// Topic name.
@@ -274,6 +288,12 @@ pub async fn run(bootstrap: &str, cmd: AdminCommand) -> Result<String, silt_admi
             partitions,
             configs,
         }) => c::topics_create(bootstrap, &name, partitions, &configs).await,
+        AdminCommand::Topics(TopicsCommand::Alter {
+            name,
+            configs,
+            delete,
+            partitions,
+        }) => c::topics_alter(bootstrap, &name, &configs, &delete, partitions).await,
         AdminCommand::Topics(TopicsCommand::Delete { name }) => {
             c::topics_delete(bootstrap, &name).await
         }

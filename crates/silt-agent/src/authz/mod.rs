@@ -8,6 +8,7 @@
 //! ListGroups leave out what the principal may not DESCRIBE. Without authorization enabled the
 //! layer is a single branch.
 
+mod admin;
 mod cluster;
 mod groups;
 mod producers;
@@ -121,6 +122,13 @@ fn acls(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: i16) 
         R::Fetch(r) => topics::fetch(&mut a, r),
         R::ListOffsets(r) => topics::list_offsets(&mut a, r),
         R::DescribeProducers(r) => topics::describe_producers(&mut a, r),
+        R::IncrementalAlterConfigs(r) => admin::incremental_alter_configs(&mut a, r),
+        R::AlterConfigs(r) => admin::alter_configs(&mut a, r),
+        R::CreatePartitions(r) => admin::create_partitions(&mut a, r),
+        R::DescribeLogDirs(_) => admin::describe_log_dirs(&mut a),
+        R::ElectLeaders(_) => admin::elect_leaders(&mut a),
+        R::ListPartitionReassignments(_) => admin::list_reassignments(&mut a),
+        R::AlterPartitionReassignments(_) => admin::alter_reassignments(&mut a),
         R::OffsetForLeaderEpoch(r) => topics::offset_for_leader_epoch(&mut a, r),
         R::Metadata(r) => topics::metadata(&mut a, r, version),
         R::CreateTopics(r) => topics::create_topics(&mut a, r),

@@ -4,6 +4,7 @@
 
 mod admin;
 mod api_versions;
+mod configs;
 mod coordinator;
 mod delete_records;
 mod describe_producers;
@@ -12,6 +13,7 @@ mod groups;
 mod list_offsets;
 mod metadata;
 mod offsets;
+mod partitions_admin;
 mod produce;
 mod producer_id;
 mod quotas;
@@ -136,6 +138,36 @@ pub async fn dispatch(
             txns::describe(broker, r).await,
         )),
         R::ListTransactions(r) => now(ResponseKind::ListTransactions(txns::list(broker, r).await)),
+        R::IncrementalAlterConfigs(r) => {
+            let b = broker.clone();
+            Reply::Later(Box::pin(async move {
+                ResponseKind::IncrementalAlterConfigs(configs::incremental(&b, r).await)
+            }))
+        }
+        R::AlterConfigs(r) => {
+            let b = broker.clone();
+            Reply::Later(Box::pin(async move {
+                ResponseKind::AlterConfigs(configs::alter(&b, r).await)
+            }))
+        }
+        R::CreatePartitions(r) => {
+            let b = broker.clone();
+            Reply::Later(Box::pin(async move {
+                ResponseKind::CreatePartitions(partitions_admin::create_partitions(&b, r).await)
+            }))
+        }
+        R::DescribeLogDirs(r) => now(ResponseKind::DescribeLogDirs(
+            partitions_admin::describe_log_dirs(broker, r),
+        )),
+        R::ElectLeaders(r) => now(ResponseKind::ElectLeaders(partitions_admin::elect_leaders(
+            broker, r,
+        ))),
+        R::ListPartitionReassignments(r) => now(ResponseKind::ListPartitionReassignments(
+            partitions_admin::list_reassignments(broker, r),
+        )),
+        R::AlterPartitionReassignments(r) => now(ResponseKind::AlterPartitionReassignments(
+            partitions_admin::alter_reassignments(broker, r),
+        )),
         R::DescribeProducers(r) => now(ResponseKind::DescribeProducers(
             describe_producers::handle(broker, r),
         )),

@@ -56,6 +56,32 @@ pub async fn list(kv: &dyn MetaKv) -> Result<Vec<TopicRecord>, MetaError> {
         .collect()
 }
 
+/// Topic `name`'s record and the revision it was last changed at.
+pub async fn get(kv: &dyn MetaKv, name: &str) -> Result<Option<(TopicRecord, i64)>, MetaError> {
+    match kv.get(key(name).as_bytes()).await? {
+        Some(cur) => Ok(Some((decode_json(&cur.key, &cur.value)?, cur.mod_revision))),
+        None => Ok(None),
+    }
+}
+
+/// Replaces a topic's record if it is still at `revision` (configs changed, partitions added);
+/// returns whether it was replaced.
+pub async fn replace(
+    kv: &dyn MetaKv,
+    topic: &TopicRecord,
+    revision: i64,
+) -> Result<bool, MetaError> {
+    let k = key(&topic.name);
+    let r = kv
+        .txn(Txn {
+            compares: vec![Compare::mod_revision(k.clone(), revision)],
+            success: vec![Op::put(k, encode_json(topic))],
+            failure: vec![],
+        })
+        .await?;
+    Ok(r.succeeded)
+}
+
 /// Creates `topic` unless one of that name exists; returns whether it was created.
 pub async fn create(kv: &dyn MetaKv, topic: &TopicRecord) -> Result<bool, MetaError> {
     let k = key(&topic.name);
@@ -125,7 +151,17 @@ mod tests {
         assert!(create(&kv, &t).await.unwrap());
         assert!(!create(&kv, &t).await.unwrap(), "second create must fail");
         assert_eq!(list(&kv).await.unwrap(), vec![t.clone()]);
-        assert_eq!(delete(&kv, "orders").await.unwrap(), Some(t));
+        let (got, rev) = get(&kv, "orders").await.unwrap().unwrap();
+        assert_eq!(got, t);
+        let mut grown = t.clone();
+        grown.partitions = 5;
+        assert!(replace(&kv, &grown, rev).await.unwrap());
+        assert!(
+            !replace(&kv, &t, rev).await.unwrap(),
+            "a replace from a stale revision is refused"
+        );
+        assert_eq!(get(&kv, "orders").await.unwrap().unwrap().0, grown);
+        assert_eq!(delete(&kv, "orders").await.unwrap(), Some(grown));
         assert!(list(&kv).await.unwrap().is_empty());
         assert_eq!(delete(&kv, "orders").await.unwrap(), None);
     }

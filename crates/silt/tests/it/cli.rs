@@ -85,10 +85,38 @@ async fn every_admin_command_against_a_running_agent() {
         "explicit configs shown:\n{out}"
     );
 
+    // Altered: a config set and one removed, and more partitions; shrinking is refused.
+    let out = ok(
+        &agent,
+        &[
+            "topics",
+            "alter",
+            "cli-orders",
+            "-c",
+            "max.message.bytes=4096",
+            "--delete-config",
+            "retention.ms",
+            "-p",
+            "4",
+        ],
+    );
+    assert!(out.contains("cli-orders: 4 partitions"), "{out}");
+    let out = ok(&agent, &["topics", "describe", "cli-orders"]);
+    assert!(
+        out.contains("max.message.bytes = 4096") && !out.contains("retention.ms = "),
+        "{out}"
+    );
+    assert_eq!(line(&ok(&agent, &["topics", "list"]), "cli-orders")[1], "4");
+    let (success, _, err) = admin(&agent, &["topics", "alter", "cli-orders", "-p", "2"]);
+    assert!(!success);
+    assert!(err.contains("InvalidPartitions") && err.contains("only grow"), "{err}");
+    let (success, _, err) = admin(&agent, &["topics", "alter", "cli-orders"]);
+    assert!(!success && err.contains("nothing to change"), "{err}");
+
     let out = ok(&agent, &["agents"]);
     let me = line(&out, "0");
     assert_eq!(me[1], b);
-    assert_eq!((me[2], me[3]), ("yes", "3"), "{out}");
+    assert_eq!((me[2], me[3]), ("yes", "4"), "{out}");
 
     // A group that committed 4 of partition 1's 7 records lags by 3.
     let c: BaseConsumer = config(&b, &[("group.id", "cli-group")]).create().unwrap();

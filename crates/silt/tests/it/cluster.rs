@@ -750,3 +750,68 @@ async fn the_pool_always_has_a_controller_through_etcd_restarts_and_deaths() {
         );
     }
 }
+
+/// A config change and partition growth made through one agent apply on every agent at once:
+/// `max.message.bytes` lowered through agent 1 refuses a large record on partitions led by
+/// either agent, and partitions added through agent 2 get leaders on both and take writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_changes_and_new_partitions_apply_on_every_agent() {
+    use rdkafka::admin::{AdminOptions, AlterConfig, NewPartitions, ResourceSpecifier};
+    let c = TestCluster::start(2);
+    let b = c.bootstrap();
+    create_topic(&b, "altered", 4, &[]).await;
+    let leaders = |n: usize| {
+        eventually(Duration::from_secs(20), || {
+            let (_, led) = metadata_view(&b, "altered");
+            let by: HashSet<i32> = led.iter().map(|(_, l)| *l).collect();
+            (led.len() == n && led.iter().all(|(_, l)| *l >= 0) && by.len() == 2).then_some(by)
+        })
+    };
+    assert!(leaders(4).is_some(), "both agents lead partitions of the topic");
+
+    let first = crate::kafka::admin(&c.agents[0].bootstrap());
+    let change = AlterConfig::new(ResourceSpecifier::Topic("altered")).set("max.message.bytes", "2000");
+    let r = first.alter_configs(&[change], &AdminOptions::new()).await.unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+    let p = crate::kafka::producer(&b, &[]);
+    let big = vec![b'x'; 5000];
+    for part in 0..4 {
+        let res = p
+            .send(
+                FutureRecord::<(), _>::to("altered").partition(part).payload(&big),
+                Duration::from_secs(20),
+            )
+            .await;
+        let err = res.expect_err("a record over the new limit is refused").0;
+        assert_eq!(
+            err.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge),
+            "partition {part}: {err}"
+        );
+    }
+
+    let second = crate::kafka::admin(&c.agents[1].bootstrap());
+    let r = second
+        .create_partitions(&[NewPartitions::new("altered", 8)], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+    assert!(leaders(8).is_some(), "the new partitions are led, on both agents");
+    // A producer sees new partitions after a metadata refresh, as with Kafka: a new one here.
+    let p = crate::kafka::producer(&b, &[]);
+    for part in 4..8 {
+        let got = p
+            .send(
+                FutureRecord::<(), _>::to("altered").partition(part).payload("small"),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("partition {part}: {e}"));
+        assert_eq!(got.partition, part);
+    }
+    let r = second
+        .create_partitions(&[NewPartitions::new("altered", 6)], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(r[0].is_err(), "shrinking is refused: {r:?}");
+}
