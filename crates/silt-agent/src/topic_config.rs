@@ -443,14 +443,26 @@ mod tests {
                 ("cleanup.policy".to_string(), "delete,compact".to_string()),
             ])
         );
-        let out = apply_changes(&out, &[Change::Subtract("cleanup.policy".into(), "delete".into())], &d)
-            .unwrap();
+        let out = apply_changes(
+            &out,
+            &[Change::Subtract("cleanup.policy".into(), "delete".into())],
+            &d,
+        )
+        .unwrap();
         assert_eq!(out["cleanup.policy"], "compact");
-        let e = apply_changes(&start, &[Change::Append("retention.ms".into(), "5".into())], &d)
-            .unwrap_err();
+        let e = apply_changes(
+            &start,
+            &[Change::Append("retention.ms".into(), "5".into())],
+            &d,
+        )
+        .unwrap_err();
         assert!(matches!(e, TopicError::InvalidConfig(_)), "{e}");
-        let e = apply_changes(&start, &[Change::Set("retention.ms".into(), "soon".into())], &d)
-            .unwrap_err();
+        let e = apply_changes(
+            &start,
+            &[Change::Set("retention.ms".into(), "soon".into())],
+            &d,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("soon"), "{e}");
         let e = apply_changes(&start, &[Change::Delete("nope.ms".into())], &d).unwrap_err();
         assert!(e.to_string().contains("nope.ms"), "{e}");

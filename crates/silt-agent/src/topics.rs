@@ -317,11 +317,7 @@ impl Topics {
     ) -> Result<TopicRecord, TopicError> {
         let per_topic = self.defaults.max_partitions_per_topic;
         let budget = self.defaults.max_partitions_total;
-        let total: i64 = self
-            .all()
-            .iter()
-            .map(|x| x.record.partitions as i64)
-            .sum();
+        let total: i64 = self.all().iter().map(|x| x.record.partitions as i64).sum();
         self.alter(name, validate_only, |rec| {
             if count <= rec.partitions {
                 return Err(TopicError::CannotShrink {

@@ -128,7 +128,10 @@ fn producer(a: &ProduceArgs) -> anyhow::Result<FutureProducer> {
         c.set("enable.idempotence", "true");
     }
     if a.transaction_ms > 0 {
-        c.set("transactional.id", format!("silt-bench-{}", std::process::id()));
+        c.set(
+            "transactional.id",
+            format!("silt-bench-{}", std::process::id()),
+        );
     }
     Ok(c.set("acks", &a.acks)
         .set("linger.ms", a.linger_ms.to_string())

@@ -178,7 +178,10 @@ fn loggers(
     if broker.parse::<i32>().ok() != Some(b.node.id) {
         return refused(
             ResponseError::InvalidRequest,
-            format!("log levels are changed per agent: this is agent {}, not {broker:?}", b.node.id),
+            format!(
+                "log levels are changed per agent: this is agent {}, not {broker:?}",
+                b.node.id
+            ),
         );
     }
     let Some(levels) = &b.log_levels else {
@@ -223,7 +226,11 @@ fn loggers(
         };
         directives.retain(|d| !is_target(d));
         if let Some(l) = level {
-            directives.push(if target == "root" { l } else { format!("{target}={l}") });
+            directives.push(if target == "root" {
+                l
+            } else {
+                format!("{target}={l}")
+            });
         }
     }
     if validate_only {

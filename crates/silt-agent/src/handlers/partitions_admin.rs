@@ -52,7 +52,10 @@ pub async fn create_partitions(
             match check_assignments(&t.assignments, &live) {
                 Err(e) => Err(e),
                 Ok(()) => {
-                    let r = b.topics.add_partitions(&name, t.count, req.validate_only).await;
+                    let r = b
+                        .topics
+                        .add_partitions(&name, t.count, req.validate_only)
+                        .await;
                     if r.is_ok() && !req.validate_only {
                         // As for CreateTopics: answered once the new partitions have leaders
                         // (bounded; clients refresh metadata anyway).
@@ -80,7 +83,9 @@ pub async fn create_partitions(
 /// Replica assignments are accepted as placement hints only when Kafka would accept them: one
 /// replica per new partition (there is one copy, in object storage), on a live agent.
 fn check_assignments(
-    a: &Option<Vec<kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment>>,
+    a: &Option<
+        Vec<kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment>,
+    >,
     live: &HashSet<i32>,
 ) -> Result<(), TopicError> {
     for p in a.iter().flatten() {

@@ -109,7 +109,10 @@ async fn every_admin_command_against_a_running_agent() {
     assert_eq!(line(&ok(&agent, &["topics", "list"]), "cli-orders")[1], "4");
     let (success, _, err) = admin(&agent, &["topics", "alter", "cli-orders", "-p", "2"]);
     assert!(!success);
-    assert!(err.contains("InvalidPartitions") && err.contains("only grow"), "{err}");
+    assert!(
+        err.contains("InvalidPartitions") && err.contains("only grow"),
+        "{err}"
+    );
     let (success, _, err) = admin(&agent, &["topics", "alter", "cli-orders"]);
     assert!(!success && err.contains("nothing to change"), "{err}");
 

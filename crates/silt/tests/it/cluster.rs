@@ -767,18 +767,27 @@ async fn config_changes_and_new_partitions_apply_on_every_agent() {
             (led.len() == n && led.iter().all(|(_, l)| *l >= 0) && by.len() == 2).then_some(by)
         })
     };
-    assert!(leaders(4).is_some(), "both agents lead partitions of the topic");
+    assert!(
+        leaders(4).is_some(),
+        "both agents lead partitions of the topic"
+    );
 
     let first = crate::kafka::admin(&c.agents[0].bootstrap());
-    let change = AlterConfig::new(ResourceSpecifier::Topic("altered")).set("max.message.bytes", "2000");
-    let r = first.alter_configs(&[change], &AdminOptions::new()).await.unwrap();
+    let change =
+        AlterConfig::new(ResourceSpecifier::Topic("altered")).set("max.message.bytes", "2000");
+    let r = first
+        .alter_configs(&[change], &AdminOptions::new())
+        .await
+        .unwrap();
     assert!(r[0].is_ok(), "{r:?}");
     let p = crate::kafka::producer(&b, &[]);
     let big = vec![b'x'; 5000];
     for part in 0..4 {
         let res = p
             .send(
-                FutureRecord::<(), _>::to("altered").partition(part).payload(&big),
+                FutureRecord::<(), _>::to("altered")
+                    .partition(part)
+                    .payload(&big),
                 Duration::from_secs(20),
             )
             .await;
@@ -796,13 +805,18 @@ async fn config_changes_and_new_partitions_apply_on_every_agent() {
         .await
         .unwrap();
     assert!(r[0].is_ok(), "{r:?}");
-    assert!(leaders(8).is_some(), "the new partitions are led, on both agents");
+    assert!(
+        leaders(8).is_some(),
+        "the new partitions are led, on both agents"
+    );
     // A producer sees new partitions after a metadata refresh, as with Kafka: a new one here.
     let p = crate::kafka::producer(&b, &[]);
     for part in 4..8 {
         let got = p
             .send(
-                FutureRecord::<(), _>::to("altered").partition(part).payload("small"),
+                FutureRecord::<(), _>::to("altered")
+                    .partition(part)
+                    .payload("small"),
                 Duration::from_secs(20),
             )
             .await

@@ -264,10 +264,16 @@ async fn transactions_are_described_and_listed() {
         assert_eq!(a.producer_id, open.producer_id);
         assert_eq!(a.producer_epoch, open.producer_epoch as i32);
         assert_eq!(a.last_sequence, 1, "two records on each partition: {a:?}");
-        assert_eq!(a.current_txn_start_offset, 0, "the open transaction starts at 0");
+        assert_eq!(
+            a.current_txn_start_offset, 0,
+            "the open transaction starts at 0"
+        );
         assert!(a.last_timestamp > 0);
     }
-    assert_eq!(parts[2].error_code, 3, "partition 7: UNKNOWN_TOPIC_OR_PARTITION");
+    assert_eq!(
+        parts[2].error_code, 3,
+        "partition 7: UNKNOWN_TOPIC_OR_PARTITION"
+    );
     assert_eq!(dp.topics[1].partitions[0].error_code, 3, "unknown topic");
 
     let l = list(&mut conn, &["Ongoing", "Bogus"]);

@@ -150,7 +150,9 @@ fn writer(
         };
         let n = 1 + rng.below(10) as usize;
         let values: Vec<String> = (0..n).map(|i| format!("w{k}-{t:06}-{i:02}")).collect();
-        let parts: Vec<i32> = (0..n).map(|_| rng.below(PARTITIONS as u64) as i32).collect();
+        let parts: Vec<i32> = (0..n)
+            .map(|_| rng.below(PARTITIONS as u64) as i32)
+            .collect();
         let abort = rng.below(5) == 0;
         t += 1;
         let began = Instant::now();
@@ -229,7 +231,10 @@ impl App {
     }
 
     fn start(bootstrap: &str) -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/apps/ctp_app.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/python/apps/ctp_app.py"
+        );
         let mut a = Self {
             child: None,
             args: vec![
@@ -461,7 +466,10 @@ fn transactions_hold_through_fifty_faults() {
     let faults_took = started.elapsed();
 
     // Recovery: every writer commits again, and the application finishes its input.
-    let after: Vec<usize> = committed.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    let after: Vec<usize> = committed
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect();
     let healed = Instant::now();
     assert!(
         eventually(Duration::from_secs(120), || committed
@@ -515,7 +523,11 @@ fn transactions_hold_through_fifty_faults() {
     let mut unknown_applied = 0;
     for txn in &txns {
         *counts.entry(txn.outcome).or_default() += 1;
-        let present = txn.values.iter().filter(|v| read.contains(v.as_str())).count();
+        let present = txn
+            .values
+            .iter()
+            .filter(|v| read.contains(v.as_str()))
+            .count();
         match txn.outcome {
             Outcome::Committed => assert_eq!(
                 present,
@@ -523,11 +535,9 @@ fn transactions_hold_through_fifty_faults() {
                 "committed transaction {:?} lost records",
                 txn.values
             ),
-            Outcome::Aborted => assert_eq!(
-                present, 0,
-                "aborted transaction {:?} was read",
-                txn.values
-            ),
+            Outcome::Aborted => {
+                assert_eq!(present, 0, "aborted transaction {:?} was read", txn.values)
+            }
             Outcome::Unknown => {
                 assert!(
                     present == 0 || present == txn.values.len(),
@@ -554,7 +564,10 @@ fn transactions_hold_through_fifty_faults() {
             have.len(),
             want.len()
         );
-        assert_eq!(have, want, "partition {p}: the output is the input, once, in order");
+        assert_eq!(
+            have, want,
+            "partition {p}: the output is the input, once, in order"
+        );
     }
 
     eprintln!(
