@@ -114,10 +114,10 @@ def test_api_versions_advertises_the_documented_ranges(agent):
     assert api_versions_v0(agent.bootstrap) == {
         0: (3, 11),  # Produce
         1: (4, 16),  # Fetch
-        2: (1, 8),  # ListOffsets
+        2: (0, 8),  # ListOffsets
         3: (0, 13),  # Metadata
-        8: (2, 9),  # OffsetCommit
-        9: (1, 9),  # OffsetFetch
+        8: (0, 9),  # OffsetCommit
+        9: (0, 9),  # OffsetFetch
         10: (0, 4),  # FindCoordinator
         11: (0, 9),  # JoinGroup
         12: (0, 4),  # Heartbeat
@@ -126,8 +126,8 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         15: (0, 5),  # DescribeGroups
         16: (0, 5),  # ListGroups
         18: (0, 4),  # ApiVersions
-        19: (2, 7),  # CreateTopics
-        20: (1, 6),  # DeleteTopics
+        19: (0, 7),  # CreateTopics
+        20: (0, 6),  # DeleteTopics
         21: (0, 2),  # DeleteRecords
         22: (0, 4),  # InitProducerId
         24: (0, 3),  # AddPartitionsToTxn
@@ -136,8 +136,8 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         28: (0, 3),  # TxnOffsetCommit
         65: (0, 0),  # DescribeTransactions
         66: (0, 1),  # ListTransactions
-        23: (2, 4),  # OffsetForLeaderEpoch
-        32: (1, 4),  # DescribeConfigs
+        23: (0, 4),  # OffsetForLeaderEpoch
+        32: (0, 4),  # DescribeConfigs
         42: (0, 2),  # DeleteGroups
         47: (0, 0),  # OffsetDelete
         60: (0, 1),  # DescribeCluster
@@ -150,6 +150,14 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         51: (0, 0),  # AlterUserScramCredentials
         48: (0, 1),  # DescribeClientQuotas
         49: (0, 1),  # AlterClientQuotas
+        61: (0, 0),  # DescribeProducers
+        33: (0, 2),  # AlterConfigs
+        44: (0, 1),  # IncrementalAlterConfigs
+        37: (0, 3),  # CreatePartitions
+        35: (1, 4),  # DescribeLogDirs
+        43: (0, 2),  # ElectLeaders
+        46: (0, 0),  # ListPartitionReassignments
+        45: (0, 0),  # AlterPartitionReassignments
     }
 
 

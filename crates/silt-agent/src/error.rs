@@ -68,6 +68,9 @@ pub enum PartitionError {
     /// `acks` is not -1, 0 or 1.
     #[error("acks={0} is not one of -1 (all), 0 and 1")]
     InvalidRequiredAcks(i16),
+    /// A compression the request's version may not carry (zstd before Produce v7).
+    #[error("{0}")]
+    UnsupportedCompression(String),
     /// A transactional batch whose partition is not in its producer's open transaction.
     #[error("transactional write refused: {0}")]
     TransactionNotVerified(String),
@@ -124,6 +127,7 @@ impl PartitionError {
             Self::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
             Self::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
             Self::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
+            Self::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
             Self::TransactionNotVerified(_) => ResponseError::InvalidTxnState,
             Self::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             Self::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,

@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod batch;
 pub mod control;
 pub mod frame;
+pub mod legacy;
 pub mod request;
 pub mod response;
 

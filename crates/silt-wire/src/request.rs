@@ -99,13 +99,19 @@ pub fn parse_header(frame: Bytes) -> Result<RawRequest, RequestError> {
 /// Decodes the body of `req`. The caller has checked the version is one it serves.
 pub fn decode_body(req: &RawRequest) -> Result<RequestKind, RequestError> {
     let mut body = req.body.clone();
-    guarded(|| RequestKind::decode(req.api_key, &mut body, req.version)).map_err(|reason| {
-        RequestError::Malformed {
-            api: req.api_key,
-            version: req.version,
-            correlation_id: req.correlation_id(),
-            reason,
+    let legacy = crate::legacy::covers(req.api_key, req.version);
+    guarded(|| {
+        if legacy {
+            crate::legacy::decode(req.api_key, req.version, body).map_err(anyhow::Error::msg)
+        } else {
+            RequestKind::decode(req.api_key, &mut body, req.version)
         }
+    })
+    .map_err(|reason| RequestError::Malformed {
+        api: req.api_key,
+        version: req.version,
+        correlation_id: req.correlation_id(),
+        reason,
     })
 }
 

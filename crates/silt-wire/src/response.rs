@@ -15,7 +15,11 @@ pub fn encode_response(
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header.encode(&mut buf, api_key.response_header_version(version))?;
-    body.encode(&mut buf, version)?;
+    if crate::legacy::covers(api_key, version) {
+        crate::legacy::encode(api_key, version, body, &mut buf).map_err(anyhow::Error::msg)?;
+    } else {
+        body.encode(&mut buf, version)?;
+    }
     let len = i32::try_from(buf.len() - 4).map_err(|_| {
         anyhow::anyhow!(
             "response of {} bytes exceeds the protocol's 2 GiB frame limit",

@@ -52,6 +52,11 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                 };
                 match found {
                     Err(e) => Slot::Failed(e),
+                    Ok(_) if version < 7 && zstd(pd.records.as_deref()) => {
+                        Slot::Failed(PartitionError::UnsupportedCompression(format!(
+                            "zstd needs Produce v7 or later; this request is v{version} (as in Kafka)"
+                        )))
+                    }
                     Ok((t, p)) => {
                         let lat = t.config.log_append_time.then(|| b.clock.now_ms());
                         let span =
@@ -96,6 +101,13 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
             }))
         }
     }
+}
+
+/// Whether a batch is zstd-compressed (only Produce v7+ may carry it).
+fn zstd(records: Option<&[u8]>) -> bool {
+    records
+        .and_then(|r| r.get(21..23))
+        .is_some_and(|a| batch::compression(i16::from_be_bytes([a[0], a[1]])) == 4)
 }
 
 async fn produce_one(

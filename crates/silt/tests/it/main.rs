@@ -19,4 +19,5 @@ mod security;
 mod tls_clients;
 mod transactions;
 mod txn_checker;
+mod versions;
 mod write_path;

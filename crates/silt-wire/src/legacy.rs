@@ -1,0 +1,403 @@
+//! Request and response versions Kafka 3.9 still serves but `kafka-protocol` 0.18 no longer
+//! knows (KIP-896 removed them in Kafka 4.0; older clients still send them): OffsetCommit v0–1,
+//! OffsetFetch v0, ListOffsets v0, CreateTopics v0–1, DeleteTopics v0, DescribeConfigs v0 and
+//! OffsetForLeaderEpoch v0–1. Each is decoded by hand into the request structure of the oldest
+//! version the crate knows, handled like it, and its response encoded by hand in the old layout.
+//! Everything here is bounds-checked: a short or lying frame is an error, never a panic or a
+//! large allocation.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+/// The lowest version served for `api` when it is below what `kafka-protocol` decodes.
+pub fn floor(api: ApiKey) -> Option<i16> {
+    Some(match api {
+        ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::ListOffsets
+        | ApiKey::CreateTopics
+        | ApiKey::DeleteTopics
+        | ApiKey::DescribeConfigs
+        | ApiKey::OffsetForLeaderEpoch => 0,
+        _ => return None,
+    })
+}
+
+/// Whether `version` of `api` is decoded and encoded here.
+pub fn covers(api: ApiKey, version: i16) -> bool {
+    floor(api).is_some_and(|f| version >= f && version < api.valid_versions().min)
+}
+
+/// A bounds-checked reader of the classic (non-flexible) encoding.
+struct Reader(Bytes);
+
+type R<T> = Result<T, String>;
+
+impl Reader {
+    fn need(&self, n: usize) -> R<()> {
+        if self.0.remaining() < n {
+            return Err(format!("frame ends early: {n} more bytes needed"));
+        }
+        Ok(())
+    }
+    fn i16(&mut self) -> R<i16> {
+        self.need(2)?;
+        Ok(self.0.get_i16())
+    }
+    fn i32(&mut self) -> R<i32> {
+        self.need(4)?;
+        Ok(self.0.get_i32())
+    }
+    fn i64(&mut self) -> R<i64> {
+        self.need(8)?;
+        Ok(self.0.get_i64())
+    }
+    fn nullable_string(&mut self) -> R<Option<StrBytes>> {
+        let n = self.i16()?;
+        if n < 0 {
+            return Ok(None);
+        }
+        let n = n as usize;
+        self.need(n)?;
+        let b = self.0.split_to(n);
+        StrBytes::from_utf8(b)
+            .map(Some)
+            .map_err(|e| format!("string is not UTF-8: {e}"))
+    }
+    fn string(&mut self) -> R<StrBytes> {
+        self.nullable_string()?
+            .ok_or_else(|| "null where a string is required".to_string())
+    }
+    /// An array count, checked against what is left (each element takes at least `min` bytes).
+    fn count(&mut self, min: usize) -> R<usize> {
+        let n = self.i32()?;
+        if n < 0 {
+            return Ok(0);
+        }
+        let n = n as usize;
+        if n.saturating_mul(min) > self.0.remaining() {
+            return Err(format!("array of {n} elements does not fit in the frame"));
+        }
+        Ok(n)
+    }
+    fn done(&self) -> R<()> {
+        if self.0.has_remaining() {
+            return Err(format!(
+                "{} bytes left after the request",
+                self.0.remaining()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_i16(s.len() as i16);
+    b.put_slice(s.as_bytes());
+}
+
+fn put_nullable(b: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => put_str(b, s),
+        None => b.put_i16(-1),
+    }
+}
+
+/// Decodes a request body of a version [`covers`] says is handled here.
+pub fn decode(api: ApiKey, version: i16, body: Bytes) -> R<RequestKind> {
+    let mut r = Reader(body.clone());
+    let req = match api {
+        ApiKey::OffsetCommit => {
+            let group_id = GroupId(r.string()?);
+            let (generation, member) = if version >= 1 {
+                (r.i32()?, r.string()?)
+            } else {
+                (-1, StrBytes::default())
+            };
+            let mut topics = Vec::with_capacity(r.count(6)?);
+            for _ in 0..topics.capacity() {
+                let name = TopicName(r.string()?);
+                let mut parts = Vec::with_capacity(r.count(14)?);
+                for _ in 0..parts.capacity() {
+                    let index = r.i32()?;
+                    let offset = r.i64()?;
+                    if version >= 1 {
+                        r.i64()?; // commit timestamp: Kafka ignores it since 0.10.1 as well
+                    }
+                    let metadata = r.nullable_string()?;
+                    parts.push(
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(index)
+                            .with_committed_offset(offset)
+                            .with_committed_metadata(metadata),
+                    );
+                }
+                topics.push(
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(name)
+                        .with_partitions(parts),
+                );
+            }
+            RequestKind::OffsetCommit(
+                OffsetCommitRequest::default()
+                    .with_group_id(group_id)
+                    .with_generation_id_or_member_epoch(generation)
+                    .with_member_id(member)
+                    .with_retention_time_ms(-1)
+                    .with_topics(topics),
+            )
+        }
+        ApiKey::ListOffsets => {
+            let replica = r.i32()?;
+            let mut topics = Vec::with_capacity(r.count(6)?);
+            for _ in 0..topics.capacity() {
+                let name = TopicName(r.string()?);
+                let mut parts = Vec::with_capacity(r.count(16)?);
+                for _ in 0..parts.capacity() {
+                    let index = r.i32()?;
+                    let ts = r.i64()?;
+                    let _max_num_offsets = r.i32()?;
+                    parts.push(
+                        list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(index)
+                            .with_timestamp(ts)
+                            .with_current_leader_epoch(-1),
+                    );
+                }
+                topics.push(
+                    list_offsets_request::ListOffsetsTopic::default()
+                        .with_name(name)
+                        .with_partitions(parts),
+                );
+            }
+            RequestKind::ListOffsets(
+                ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(replica))
+                    .with_topics(topics),
+            )
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let mut topics = Vec::with_capacity(r.count(6)?);
+            for _ in 0..topics.capacity() {
+                let name = TopicName(r.string()?);
+                let mut parts = Vec::with_capacity(r.count(8)?);
+                for _ in 0..parts.capacity() {
+                    let partition = r.i32()?;
+                    let epoch = r.i32()?;
+                    parts.push(
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(partition)
+                            .with_leader_epoch(epoch)
+                            .with_current_leader_epoch(-1),
+                    );
+                }
+                topics.push(
+                    offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                        .with_topic(name)
+                        .with_partitions(parts),
+                );
+            }
+            RequestKind::OffsetForLeaderEpoch(
+                OffsetForLeaderEpochRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(topics),
+            )
+        }
+        // Same layout as the oldest version the crate knows, or that layout with a field
+        // appended at the end.
+        ApiKey::OffsetFetch | ApiKey::DeleteTopics => {
+            return decode_as(api, 1, body);
+        }
+        ApiKey::CreateTopics => {
+            let mut b = BytesMut::from(&body[..]);
+            if version == 0 {
+                b.put_u8(0); // validate_only = false (added in v1)
+            }
+            return decode_as(api, 2, b.freeze());
+        }
+        ApiKey::DescribeConfigs => {
+            let mut b = BytesMut::from(&body[..]);
+            b.put_u8(0); // include_synonyms = false (added in v1)
+            return decode_as(api, 1, b.freeze());
+        }
+        other => return Err(format!("{other:?} v{version} is not decoded here")),
+    };
+    r.done()?;
+    Ok(req)
+}
+
+fn decode_as(api: ApiKey, version: i16, mut body: Bytes) -> R<RequestKind> {
+    RequestKind::decode(api, &mut body, version).map_err(|e| e.to_string())
+}
+
+/// Encodes the body of a response to a version [`covers`] says is handled here.
+pub fn encode(api: ApiKey, version: i16, resp: &ResponseKind, buf: &mut BytesMut) -> R<()> {
+    let enc = |buf: &mut BytesMut, v: i16| resp.encode(buf, v).map_err(|e| e.to_string());
+    match (api, resp) {
+        // v0–v1 responses are laid out like v2 (OffsetCommit) and v1 (OffsetFetch).
+        (ApiKey::OffsetCommit, _) => enc(buf, 2),
+        (ApiKey::OffsetFetch, _) => enc(buf, 1),
+        (ApiKey::DeleteTopics, ResponseKind::DeleteTopics(d)) => {
+            // v0: no throttle time.
+            buf.put_i32(d.responses.len() as i32);
+            for t in &d.responses {
+                put_nullable(buf, t.name.as_ref().map(|n| n.0.as_str()));
+                buf.put_i16(t.error_code);
+            }
+            Ok(())
+        }
+        (ApiKey::CreateTopics, ResponseKind::CreateTopics(c)) => {
+            buf.put_i32(c.topics.len() as i32);
+            for t in &c.topics {
+                put_str(buf, &t.name.0);
+                buf.put_i16(t.error_code);
+                if version >= 1 {
+                    put_nullable(buf, t.error_message.as_deref());
+                }
+            }
+            Ok(())
+        }
+        (ApiKey::ListOffsets, ResponseKind::ListOffsets(l)) => {
+            buf.put_i32(l.topics.len() as i32);
+            for t in &l.topics {
+                put_str(buf, &t.name.0);
+                buf.put_i32(t.partitions.len() as i32);
+                for p in &t.partitions {
+                    buf.put_i32(p.partition_index);
+                    buf.put_i16(p.error_code);
+                    // v0 answers a list of offsets; Silt has one per query.
+                    if p.error_code == 0 && p.offset >= 0 {
+                        buf.put_i32(1);
+                        buf.put_i64(p.offset);
+                    } else {
+                        buf.put_i32(0);
+                    }
+                }
+            }
+            Ok(())
+        }
+        (ApiKey::OffsetForLeaderEpoch, ResponseKind::OffsetForLeaderEpoch(o)) => {
+            buf.put_i32(o.topics.len() as i32);
+            for t in &o.topics {
+                put_str(buf, &t.topic.0);
+                buf.put_i32(t.partitions.len() as i32);
+                for p in &t.partitions {
+                    buf.put_i16(p.error_code);
+                    buf.put_i32(p.partition);
+                    if version >= 1 {
+                        buf.put_i32(p.leader_epoch);
+                    }
+                    buf.put_i64(p.end_offset);
+                }
+            }
+            Ok(())
+        }
+        (ApiKey::DescribeConfigs, ResponseKind::DescribeConfigs(d)) => {
+            // v0: `is_default` instead of the source; no synonyms.
+            buf.put_i32(d.throttle_time_ms);
+            buf.put_i32(d.results.len() as i32);
+            for res in &d.results {
+                buf.put_i16(res.error_code);
+                put_nullable(buf, res.error_message.as_deref());
+                buf.put_i8(res.resource_type);
+                put_str(buf, &res.resource_name);
+                buf.put_i32(res.configs.len() as i32);
+                for c in &res.configs {
+                    put_str(buf, &c.name);
+                    put_nullable(buf, c.value.as_deref());
+                    buf.put_u8(c.read_only as u8);
+                    buf.put_u8((c.config_source == 5) as u8); // DEFAULT_CONFIG
+                    buf.put_u8(c.is_sensitive as u8);
+                }
+            }
+            Ok(())
+        }
+        (api, _) => Err(format!("no {api:?} v{version} encoder for this response")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(b: &mut BytesMut, v: &str) {
+        put_str(b, v);
+    }
+
+    #[test]
+    fn offset_commit_v1_decodes_into_the_current_request() {
+        let mut b = BytesMut::new();
+        s(&mut b, "g");
+        b.put_i32(3); // generation
+        s(&mut b, "m-1");
+        b.put_i32(1);
+        s(&mut b, "orders");
+        b.put_i32(1);
+        b.put_i32(2); // partition
+        b.put_i64(42); // offset
+        b.put_i64(1_700_000_000_000); // commit timestamp
+        put_nullable(&mut b, Some("meta"));
+        let RequestKind::OffsetCommit(r) = decode(ApiKey::OffsetCommit, 1, b.freeze()).unwrap()
+        else {
+            panic!("an OffsetCommit")
+        };
+        assert_eq!(r.group_id.0.as_str(), "g");
+        assert_eq!(
+            (r.generation_id_or_member_epoch, r.member_id.as_str()),
+            (3, "m-1")
+        );
+        let p = &r.topics[0].partitions[0];
+        assert_eq!((p.partition_index, p.committed_offset), (2, 42));
+        assert_eq!(p.committed_metadata.as_deref(), Some("meta"));
+    }
+
+    #[test]
+    fn short_or_lying_frames_are_errors() {
+        let mut b = BytesMut::new();
+        s(&mut b, "g");
+        b.put_i32(i32::MAX); // topics: more than the frame holds
+        assert!(decode(ApiKey::OffsetCommit, 0, b.freeze()).is_err());
+        let mut b = BytesMut::new();
+        b.put_i16(50); // a string longer than the frame
+        assert!(decode(ApiKey::OffsetCommit, 0, b.freeze()).is_err());
+        assert!(decode(ApiKey::ListOffsets, 0, Bytes::from_static(&[0, 0])).is_err());
+        let mut b = BytesMut::new();
+        b.put_i32(-1);
+        b.put_i32(0);
+        b.put_u8(9); // trailing garbage
+        assert!(decode(ApiKey::ListOffsets, 0, b.freeze()).is_err());
+    }
+
+    #[test]
+    fn list_offsets_v0_answers_a_list_of_one_offset() {
+        let resp = ResponseKind::ListOffsets(ListOffsetsResponse::default().with_topics(vec![
+            list_offsets_response::ListOffsetsTopicResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![
+                    list_offsets_response::ListOffsetsPartitionResponse::default()
+                        .with_partition_index(0)
+                        .with_offset(7),
+                ]),
+        ]));
+        let mut buf = BytesMut::new();
+        encode(ApiKey::ListOffsets, 0, &resp, &mut buf).unwrap();
+        let mut want = BytesMut::new();
+        want.put_i32(1);
+        s(&mut want, "t");
+        want.put_i32(1);
+        want.put_i32(0);
+        want.put_i16(0);
+        want.put_i32(1);
+        want.put_i64(7);
+        assert_eq!(buf, want);
+    }
+
+    #[test]
+    fn covered_versions_are_those_below_the_crates_floor() {
+        assert!(covers(ApiKey::OffsetCommit, 0) && covers(ApiKey::OffsetCommit, 1));
+        assert!(!covers(ApiKey::OffsetCommit, 2));
+        assert!(covers(ApiKey::DescribeConfigs, 0) && !covers(ApiKey::DescribeConfigs, 1));
+        assert!(!covers(ApiKey::Produce, 0));
+    }
+}
