@@ -143,9 +143,9 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         60: (0, 1),  # DescribeCluster
         17: (0, 1),  # SaslHandshake
         36: (0, 2),  # SaslAuthenticate
-        29: (1, 3),  # DescribeAcls
-        30: (1, 3),  # CreateAcls
-        31: (1, 3),  # DeleteAcls
+        29: (0, 3),  # DescribeAcls
+        30: (0, 3),  # CreateAcls
+        31: (0, 3),  # DeleteAcls
         50: (0, 0),  # DescribeUserScramCredentials
         51: (0, 0),  # AlterUserScramCredentials
         48: (0, 1),  # DescribeClientQuotas

@@ -1,7 +1,8 @@
 //! Request and response versions Kafka 3.9 still serves but `kafka-protocol` 0.18 no longer
 //! knows (KIP-896 removed them in Kafka 4.0; older clients still send them): OffsetCommit v0–1,
-//! OffsetFetch v0, ListOffsets v0, CreateTopics v0–1, DeleteTopics v0, DescribeConfigs v0 and
-//! OffsetForLeaderEpoch v0–1. Each is decoded by hand into the request structure of the oldest
+//! OffsetFetch v0, ListOffsets v0, CreateTopics v0–1, DeleteTopics v0, DescribeConfigs v0,
+//! OffsetForLeaderEpoch v0–1 and the ACL APIs' v0 (literal resource names only, as before
+//! prefixed patterns). Each is decoded by hand into the request structure of the oldest
 //! version the crate knows, handled like it, and its response encoded by hand in the old layout.
 //! Everything here is bounds-checked: a short or lying frame is an error, never a panic or a
 //! large allocation.
@@ -19,7 +20,10 @@ pub fn floor(api: ApiKey) -> Option<i16> {
         | ApiKey::CreateTopics
         | ApiKey::DeleteTopics
         | ApiKey::DescribeConfigs
-        | ApiKey::OffsetForLeaderEpoch => 0,
+        | ApiKey::OffsetForLeaderEpoch
+        | ApiKey::DescribeAcls
+        | ApiKey::CreateAcls
+        | ApiKey::DeleteAcls => 0,
         _ => return None,
     })
 }
@@ -40,6 +44,10 @@ impl Reader {
             return Err(format!("frame ends early: {n} more bytes needed"));
         }
         Ok(())
+    }
+    fn i8(&mut self) -> R<i8> {
+        self.need(1)?;
+        Ok(self.0.get_i8())
     }
     fn i16(&mut self) -> R<i16> {
         self.need(2)?;
@@ -204,6 +212,49 @@ pub fn decode(api: ApiKey, version: i16, body: Bytes) -> R<RequestKind> {
                     .with_topics(topics),
             )
         }
+        // v0 of the ACL APIs knows literal resource names only (pattern type 3).
+        ApiKey::DescribeAcls => RequestKind::DescribeAcls(
+            DescribeAclsRequest::default()
+                .with_resource_type_filter(r.i8()?)
+                .with_resource_name_filter(r.nullable_string()?)
+                .with_pattern_type_filter(LITERAL)
+                .with_principal_filter(r.nullable_string()?)
+                .with_host_filter(r.nullable_string()?)
+                .with_operation(r.i8()?)
+                .with_permission_type(r.i8()?),
+        ),
+        ApiKey::CreateAcls => {
+            let mut creations = Vec::with_capacity(r.count(9)?);
+            for _ in 0..creations.capacity() {
+                creations.push(
+                    create_acls_request::AclCreation::default()
+                        .with_resource_type(r.i8()?)
+                        .with_resource_name(r.string()?)
+                        .with_resource_pattern_type(LITERAL)
+                        .with_principal(r.string()?)
+                        .with_host(r.string()?)
+                        .with_operation(r.i8()?)
+                        .with_permission_type(r.i8()?),
+                );
+            }
+            RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(creations))
+        }
+        ApiKey::DeleteAcls => {
+            let mut filters = Vec::with_capacity(r.count(9)?);
+            for _ in 0..filters.capacity() {
+                filters.push(
+                    delete_acls_request::DeleteAclsFilter::default()
+                        .with_resource_type_filter(r.i8()?)
+                        .with_resource_name_filter(r.nullable_string()?)
+                        .with_pattern_type_filter(LITERAL)
+                        .with_principal_filter(r.nullable_string()?)
+                        .with_host_filter(r.nullable_string()?)
+                        .with_operation(r.i8()?)
+                        .with_permission_type(r.i8()?),
+                );
+            }
+            RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(filters))
+        }
         // Same layout as the oldest version the crate knows, or that layout with a field
         // appended at the end.
         ApiKey::OffsetFetch | ApiKey::DeleteTopics => {
@@ -226,6 +277,9 @@ pub fn decode(api: ApiKey, version: i16, body: Bytes) -> R<RequestKind> {
     r.done()?;
     Ok(req)
 }
+
+/// Kafka's LITERAL resource pattern type.
+const LITERAL: i8 = 3;
 
 fn decode_as(api: ApiKey, version: i16, mut body: Bytes) -> R<RequestKind> {
     RequestKind::decode(api, &mut body, version).map_err(|e| e.to_string())
@@ -313,6 +367,50 @@ pub fn encode(api: ApiKey, version: i16, resp: &ResponseKind, buf: &mut BytesMut
             }
             Ok(())
         }
+        (ApiKey::CreateAcls, _) => enc(buf, 1), // v0 and v1 responses are laid out alike
+        (ApiKey::DescribeAcls, ResponseKind::DescribeAcls(d)) => {
+            buf.put_i32(d.throttle_time_ms);
+            buf.put_i16(d.error_code);
+            put_nullable(buf, d.error_message.as_deref());
+            let literal: Vec<_> = d
+                .resources
+                .iter()
+                .filter(|r| r.pattern_type == LITERAL)
+                .collect();
+            buf.put_i32(literal.len() as i32);
+            for res in literal {
+                buf.put_i8(res.resource_type);
+                put_str(buf, &res.resource_name);
+                buf.put_i32(res.acls.len() as i32);
+                for a in &res.acls {
+                    put_str(buf, &a.principal);
+                    put_str(buf, &a.host);
+                    buf.put_i8(a.operation);
+                    buf.put_i8(a.permission_type);
+                }
+            }
+            Ok(())
+        }
+        (ApiKey::DeleteAcls, ResponseKind::DeleteAcls(d)) => {
+            buf.put_i32(d.throttle_time_ms);
+            buf.put_i32(d.filter_results.len() as i32);
+            for f in &d.filter_results {
+                buf.put_i16(f.error_code);
+                put_nullable(buf, f.error_message.as_deref());
+                buf.put_i32(f.matching_acls.len() as i32);
+                for m in &f.matching_acls {
+                    buf.put_i16(m.error_code);
+                    put_nullable(buf, m.error_message.as_deref());
+                    buf.put_i8(m.resource_type);
+                    put_str(buf, &m.resource_name);
+                    put_str(buf, &m.principal);
+                    put_str(buf, &m.host);
+                    buf.put_i8(m.operation);
+                    buf.put_i8(m.permission_type);
+                }
+            }
+            Ok(())
+        }
         (api, _) => Err(format!("no {api:?} v{version} encoder for this response")),
     }
 }
@@ -390,6 +488,55 @@ mod tests {
         want.put_i16(0);
         want.put_i32(1);
         want.put_i64(7);
+        assert_eq!(buf, want);
+    }
+
+    #[test]
+    fn describe_acls_v0_lists_literal_bindings_without_a_pattern_type() {
+        let mut b = BytesMut::new();
+        b.put_i8(2);
+        put_nullable(&mut b, Some("orders"));
+        put_nullable(&mut b, None);
+        put_nullable(&mut b, None);
+        b.put_i8(1);
+        b.put_i8(1);
+        let RequestKind::DescribeAcls(r) = decode(ApiKey::DescribeAcls, 0, b.freeze()).unwrap()
+        else {
+            panic!("a DescribeAcls")
+        };
+        assert_eq!(r.pattern_type_filter, LITERAL);
+        assert_eq!(r.resource_name_filter.as_deref(), Some("orders"));
+        let acl = describe_acls_response::AclDescription::default()
+            .with_principal(StrBytes::from_static_str("User:a"))
+            .with_host(StrBytes::from_static_str("*"))
+            .with_operation(3)
+            .with_permission_type(3);
+        let resource = |pattern| {
+            describe_acls_response::DescribeAclsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("orders"))
+                .with_pattern_type(pattern)
+                .with_acls(vec![acl.clone()])
+        };
+        let resp = ResponseKind::DescribeAcls(
+            DescribeAclsResponse::default()
+                .with_error_message(None)
+                .with_resources(vec![resource(LITERAL), resource(4)]),
+        );
+        let mut buf = BytesMut::new();
+        encode(ApiKey::DescribeAcls, 0, &resp, &mut buf).unwrap();
+        let mut want = BytesMut::new();
+        want.put_i32(0); // throttle
+        want.put_i16(0);
+        put_nullable(&mut want, None);
+        want.put_i32(1); // the prefixed binding is left out
+        want.put_i8(2);
+        put_str(&mut want, "orders");
+        want.put_i32(1);
+        put_str(&mut want, "User:a");
+        put_str(&mut want, "*");
+        want.put_i8(3);
+        want.put_i8(3);
         assert_eq!(buf, want);
     }
 

@@ -115,6 +115,15 @@ fn old_empty_request(api: ApiKey, v: i16) -> BytesMut {
             b.put_i32(1000);
         }
         (ApiKey::DescribeConfigs, 0) => b.put_i32(0),
+        (ApiKey::DescribeAcls, 0) => {
+            b.put_i8(1); // any resource type
+            b.put_i16(-1); // any name
+            b.put_i16(-1); // any principal
+            b.put_i16(-1); // any host
+            b.put_i8(1); // any operation
+            b.put_i8(1); // any permission
+        }
+        (ApiKey::CreateAcls | ApiKey::DeleteAcls, 0) => b.put_i32(0),
         (ApiKey::OffsetForLeaderEpoch, 0 | 1) => b.put_i32(0),
         (api, v) => panic!("the agent advertises {api:?} v{v}, which this test cannot build"),
     }
@@ -175,7 +184,7 @@ fn every_advertised_version_of_every_api_is_answered() {
         }
     }
     // Kafka 3.9's floors: OffsetCommit, OffsetFetch, ListOffsets, CreateTopics, DeleteTopics,
-    // DescribeConfigs and OffsetForLeaderEpoch from v0.
+    // DescribeConfigs, OffsetForLeaderEpoch and the ACL APIs from v0.
     for (api, min) in [
         (ApiKey::OffsetCommit, 0),
         (ApiKey::OffsetFetch, 0),
@@ -184,6 +193,9 @@ fn every_advertised_version_of_every_api_is_answered() {
         (ApiKey::DeleteTopics, 0),
         (ApiKey::DescribeConfigs, 0),
         (ApiKey::OffsetForLeaderEpoch, 0),
+        (ApiKey::DescribeAcls, 0),
+        (ApiKey::CreateAcls, 0),
+        (ApiKey::DeleteAcls, 0),
     ] {
         let k = r.api_keys.iter().find(|k| k.api_key == api as i16).unwrap();
         assert_eq!(k.min_version, min, "{api:?}");
