@@ -289,12 +289,13 @@ def _poison_batch(records=3, codec=4):
 
 
 def _raw_produce(bootstrap, topic, batch):
-    """Produce v3, acks=all, one partition; returns the partition's error code."""
+    """Produce v7 (the first to carry zstd), acks=all, one partition; returns the partition's
+    error code and base offset."""
     import struct
     from helpers import _kstr, raw_request
     body = (struct.pack(">h", -1) + struct.pack(">hi", -1, 10_000) + struct.pack(">i", 1) + _kstr(topic)
             + struct.pack(">i", 1) + struct.pack(">i", 0) + struct.pack(">i", len(batch)) + batch)
-    r = raw_request(bootstrap, 0, 3, body)
+    r = raw_request(bootstrap, 0, 7, body)
     # topics[1]: name, partitions[1]: index, error_code, base_offset, log_append_time
     (n,) = struct.unpack(">i", r[:4])
     (name_len,) = struct.unpack(">h", r[4:6])
