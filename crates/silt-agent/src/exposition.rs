@@ -278,6 +278,26 @@ fn flush(b: &Broker, out: &mut String) {
     );
 }
 
+/// A gauge with one sample per partition led here, read from the partition's state.
+fn partition_gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    local: &[std::sync::Arc<crate::partition::Partition>],
+    value: impl Fn(&crate::partition::PartitionState) -> i64,
+) {
+    header(out, name, help, "gauge");
+    for p in local {
+        let v = value(&p.lock());
+        let _ = writeln!(
+            out,
+            "{name}{{topic=\"{}\",partition=\"{}\"}} {v}",
+            label(&p.topic),
+            p.index
+        );
+    }
+}
+
 fn leadership(b: &Broker, out: &mut String) {
     let mut local = b.cluster.local_partitions();
     local.sort_by(|x, y| (&x.topic, x.index).cmp(&(&y.topic, y.index)));
@@ -332,75 +352,34 @@ fn leadership(b: &Broker, out: &mut String) {
         "gauge",
         c.last_load_ms.load(r),
     );
-    header(
+    partition_gauge(
         out,
         "silt_index_entries",
         "Offset-index keys per partition in the metadata store (partitions led here).",
-        "gauge",
+        &local,
+        |st| st.segments.len() as i64,
     );
-    for p in &local {
-        let n = p.lock().segments.len();
-        let _ = writeln!(
-            out,
-            "silt_index_entries{{topic=\"{}\",partition=\"{}\"}} {n}",
-            label(&p.topic),
-            p.index
-        );
-    }
-    let txns: Vec<(usize, i64)> = local
-        .iter()
-        .map(|p| {
-            let st = p.lock();
-            let open = st.txns.open_count();
-            (
-                open,
-                st.high_watermark - st.txns.last_stable(st.high_watermark),
-            )
-        })
-        .collect();
-    header(
+    partition_gauge(
         out,
         "silt_open_transactions",
         "Transactions with records in the partition and no marker yet (partitions led here).",
-        "gauge",
+        &local,
+        |st| st.txns.open_count() as i64,
     );
-    for (p, (open, _)) in local.iter().zip(&txns) {
-        let _ = writeln!(
-            out,
-            "silt_open_transactions{{topic=\"{}\",partition=\"{}\"}} {open}",
-            label(&p.topic),
-            p.index
-        );
-    }
-    header(
+    partition_gauge(
         out,
         "silt_lso_lag",
         "High watermark minus last stable offset: offsets read_committed readers wait for.",
-        "gauge",
+        &local,
+        |st| st.high_watermark - st.txns.last_stable(st.high_watermark),
     );
-    for (p, (_, lag)) in local.iter().zip(&txns) {
-        let _ = writeln!(
-            out,
-            "silt_lso_lag{{topic=\"{}\",partition=\"{}\"}} {lag}",
-            label(&p.topic),
-            p.index
-        );
-    }
-    header(
+    partition_gauge(
         out,
         "silt_log_start_offset",
         "Log start offset per partition led here (moved by retention and DeleteRecords).",
-        "gauge",
+        &local,
+        |st| st.log_start,
     );
-    for p in &local {
-        let ls = p.lock().log_start;
-        let _ = writeln!(
-            out,
-            "silt_log_start_offset{{topic=\"{}\",partition=\"{}\"}} {ls}",
-            label(&p.topic),
-            p.index
-        );
-    }
     if let Some(bc) = &b.cache.blocks {
         let s = &bc.stats;
         header(out, "silt_cache_hits_total", "Reads served from a cache, by tier (tail: recent objects in memory; memory and disk: the block cache).", "counter");
