@@ -16,8 +16,12 @@ use crate::cluster::TestCluster;
 use crate::kafka::{config, create_topic};
 
 /// Every record a read_committed reader gets, from the beginning, until nothing new arrives
-/// for a while.
-fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> {
+/// for a while: (partition, offset, value), in arrival order.
+pub fn read_committed_records(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i32, i64, String)> {
     let c: BaseConsumer = config(
         bootstrap,
         &[
@@ -37,13 +41,23 @@ fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> 
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(8) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while last.elapsed() < Duration::from_secs(6) && Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push(String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap());
+            let v = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
+            out.push((m.partition(), m.offset(), v));
             last = Instant::now();
         }
     }
     out
+}
+
+/// The values [`read_committed_records`] reads.
+fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> {
+    read_committed_records(bootstrap, topic, partitions)
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect()
 }
 
 fn txn_producer(bootstrap: &str, tid: &str) -> FutureProducer {

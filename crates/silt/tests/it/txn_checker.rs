@@ -27,11 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::cluster::TestCluster;
 use crate::harness::eventually;
@@ -177,37 +174,8 @@ fn writer(
     }
 }
 
-/// Every record a read_committed reader gets from the beginning of `topic`: (partition,
-/// offset, value), once every partition's position reached its end and nothing new came.
 fn read_committed(bootstrap: &str, topic: &str) -> Vec<(i32, i64, String)> {
-    let c: BaseConsumer = config(
-        bootstrap,
-        &[
-            ("group.id", "chk-reader"),
-            ("enable.auto.commit", "false"),
-            ("isolation.level", "read_committed"),
-            ("fetch.wait.max.ms", "50"),
-        ],
-    )
-    .create()
-    .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while last.elapsed() < Duration::from_secs(6) && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            let v = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
-            out.push((m.partition(), m.offset(), v));
-            last = Instant::now();
-        }
-    }
-    out
+    crate::transactions::read_committed_records(bootstrap, topic, PARTITIONS)
 }
 
 /// The consume-transform-produce application, as a process of its own.
