@@ -89,6 +89,11 @@ impl Reader {
         }
         Ok(n)
     }
+    /// An array whose elements take at least `min` bytes each, each read by `item`.
+    fn array<T>(&mut self, min: usize, mut item: impl FnMut(&mut Self) -> R<T>) -> R<Vec<T>> {
+        let n = self.count(min)?;
+        (0..n).map(|_| item(self)).collect()
+    }
     fn done(&self) -> R<()> {
         if self.0.has_remaining() {
             return Err(format!(
@@ -123,30 +128,25 @@ pub fn decode(api: ApiKey, version: i16, body: Bytes) -> R<RequestKind> {
             } else {
                 (-1, StrBytes::default())
             };
-            let mut topics = Vec::with_capacity(r.count(6)?);
-            for _ in 0..topics.capacity() {
+            let topics = r.array(6, |r| {
                 let name = TopicName(r.string()?);
-                let mut parts = Vec::with_capacity(r.count(14)?);
-                for _ in 0..parts.capacity() {
+                let parts = r.array(14, |r| {
                     let index = r.i32()?;
                     let offset = r.i64()?;
                     if version >= 1 {
                         r.i64()?; // commit timestamp: Kafka ignores it since 0.10.1 as well
                     }
-                    let metadata = r.nullable_string()?;
-                    parts.push(
+                    Ok(
                         offset_commit_request::OffsetCommitRequestPartition::default()
                             .with_partition_index(index)
                             .with_committed_offset(offset)
-                            .with_committed_metadata(metadata),
-                    );
-                }
-                topics.push(
-                    offset_commit_request::OffsetCommitRequestTopic::default()
-                        .with_name(name)
-                        .with_partitions(parts),
-                );
-            }
+                            .with_committed_metadata(r.nullable_string()?),
+                    )
+                })?;
+                Ok(offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(name)
+                    .with_partitions(parts))
+            })?;
             RequestKind::OffsetCommit(
                 OffsetCommitRequest::default()
                     .with_group_id(group_id)
@@ -158,27 +158,21 @@ pub fn decode(api: ApiKey, version: i16, body: Bytes) -> R<RequestKind> {
         }
         ApiKey::ListOffsets => {
             let replica = r.i32()?;
-            let mut topics = Vec::with_capacity(r.count(6)?);
-            for _ in 0..topics.capacity() {
+            let topics = r.array(6, |r| {
                 let name = TopicName(r.string()?);
-                let mut parts = Vec::with_capacity(r.count(16)?);
-                for _ in 0..parts.capacity() {
+                let parts = r.array(16, |r| {
                     let index = r.i32()?;
                     let ts = r.i64()?;
-                    let _max_num_offsets = r.i32()?;
-                    parts.push(
-                        list_offsets_request::ListOffsetsPartition::default()
-                            .with_partition_index(index)
-                            .with_timestamp(ts)
-                            .with_current_leader_epoch(-1),
-                    );
-                }
-                topics.push(
-                    list_offsets_request::ListOffsetsTopic::default()
-                        .with_name(name)
-                        .with_partitions(parts),
-                );
-            }
+                    r.i32()?; // max_num_offsets: Silt answers one
+                    Ok(list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(index)
+                        .with_timestamp(ts)
+                        .with_current_leader_epoch(-1))
+                })?;
+                Ok(list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(name)
+                    .with_partitions(parts))
+            })?;
             RequestKind::ListOffsets(
                 ListOffsetsRequest::default()
                     .with_replica_id(BrokerId(replica))
@@ -186,26 +180,22 @@ pub fn decode(api: ApiKey, version: i16, body: Bytes) -> R<RequestKind> {
             )
         }
         ApiKey::OffsetForLeaderEpoch => {
-            let mut topics = Vec::with_capacity(r.count(6)?);
-            for _ in 0..topics.capacity() {
+            let topics = r.array(6, |r| {
                 let name = TopicName(r.string()?);
-                let mut parts = Vec::with_capacity(r.count(8)?);
-                for _ in 0..parts.capacity() {
-                    let partition = r.i32()?;
-                    let epoch = r.i32()?;
-                    parts.push(
+                let parts = r.array(8, |r| {
+                    Ok(
                         offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
-                            .with_partition(partition)
-                            .with_leader_epoch(epoch)
+                            .with_partition(r.i32()?)
+                            .with_leader_epoch(r.i32()?)
                             .with_current_leader_epoch(-1),
-                    );
-                }
-                topics.push(
+                    )
+                })?;
+                Ok(
                     offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
                         .with_topic(name)
                         .with_partitions(parts),
-                );
-            }
+                )
+            })?;
             RequestKind::OffsetForLeaderEpoch(
                 OffsetForLeaderEpochRequest::default()
                     .with_replica_id(BrokerId(-1))
@@ -224,35 +214,29 @@ pub fn decode(api: ApiKey, version: i16, body: Bytes) -> R<RequestKind> {
                 .with_permission_type(r.i8()?),
         ),
         ApiKey::CreateAcls => {
-            let mut creations = Vec::with_capacity(r.count(9)?);
-            for _ in 0..creations.capacity() {
-                creations.push(
-                    create_acls_request::AclCreation::default()
-                        .with_resource_type(r.i8()?)
-                        .with_resource_name(r.string()?)
-                        .with_resource_pattern_type(LITERAL)
-                        .with_principal(r.string()?)
-                        .with_host(r.string()?)
-                        .with_operation(r.i8()?)
-                        .with_permission_type(r.i8()?),
-                );
-            }
+            let creations = r.array(9, |r| {
+                Ok(create_acls_request::AclCreation::default()
+                    .with_resource_type(r.i8()?)
+                    .with_resource_name(r.string()?)
+                    .with_resource_pattern_type(LITERAL)
+                    .with_principal(r.string()?)
+                    .with_host(r.string()?)
+                    .with_operation(r.i8()?)
+                    .with_permission_type(r.i8()?))
+            })?;
             RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(creations))
         }
         ApiKey::DeleteAcls => {
-            let mut filters = Vec::with_capacity(r.count(9)?);
-            for _ in 0..filters.capacity() {
-                filters.push(
-                    delete_acls_request::DeleteAclsFilter::default()
-                        .with_resource_type_filter(r.i8()?)
-                        .with_resource_name_filter(r.nullable_string()?)
-                        .with_pattern_type_filter(LITERAL)
-                        .with_principal_filter(r.nullable_string()?)
-                        .with_host_filter(r.nullable_string()?)
-                        .with_operation(r.i8()?)
-                        .with_permission_type(r.i8()?),
-                );
-            }
+            let filters = r.array(9, |r| {
+                Ok(delete_acls_request::DeleteAclsFilter::default()
+                    .with_resource_type_filter(r.i8()?)
+                    .with_resource_name_filter(r.nullable_string()?)
+                    .with_pattern_type_filter(LITERAL)
+                    .with_principal_filter(r.nullable_string()?)
+                    .with_host_filter(r.nullable_string()?)
+                    .with_operation(r.i8()?)
+                    .with_permission_type(r.i8()?))
+            })?;
             RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(filters))
         }
         // Same layout as the oldest version the crate knows, or that layout with a field
