@@ -192,6 +192,11 @@ impl Topics {
         v
     }
 
+    /// Partitions of every topic together (the `topics.max_partitions_total` budget).
+    fn partitions_total(&self) -> i64 {
+        self.all().iter().map(|x| x.record.partitions as i64).sum()
+    }
+
     /// Validates a topic to create; returns the record it would become.
     pub fn plan(&self, t: &NewTopic) -> Result<TopicRecord, TopicError> {
         validate_name(&t.name)?;
@@ -228,12 +233,7 @@ impl Topics {
         if self.get(&t.name).is_some() {
             return Err(TopicError::AlreadyExists(t.name.clone()));
         }
-        let total: i64 = self
-            .all()
-            .iter()
-            .map(|x| x.record.partitions as i64)
-            .sum::<i64>()
-            + record.partitions as i64;
+        let total = self.partitions_total() + record.partitions as i64;
         if total > self.defaults.max_partitions_total {
             return Err(TopicError::PartitionBudget {
                 requested: record.partitions,
@@ -317,8 +317,9 @@ impl Topics {
     ) -> Result<TopicRecord, TopicError> {
         let per_topic = self.defaults.max_partitions_per_topic;
         let budget = self.defaults.max_partitions_total;
-        let total: i64 = self.all().iter().map(|x| x.record.partitions as i64).sum();
         self.alter(name, validate_only, |rec| {
+            // Counted under the admin lock `alter` holds, as creation counts it.
+            let total = self.partitions_total();
             if count <= rec.partitions {
                 return Err(TopicError::CannotShrink {
                     topic: name.to_owned(),
