@@ -75,6 +75,8 @@ struct Buffer {
     items: Vec<Pending>,
     bytes: usize,
     first_at: Option<Instant>,
+    /// When the last batch was buffered (early flushes wait for a quiet spell after it).
+    last_at: Option<Instant>,
     closed: bool,
     /// Something buffered is waited on by a transaction's commit: flush without waiting out
     /// the interval.
@@ -269,10 +271,12 @@ impl Flusher {
         }
         b.bytes += p.data.len();
         b.items.push(p);
+        let now = Instant::now();
         let first = b.first_at.is_none();
         if first {
-            b.first_at = Some(Instant::now());
+            b.first_at = Some(now);
         }
+        b.last_at = Some(now);
         let full = b.bytes >= self.inner.settings.max_bytes;
         let gen = b.generation;
         drop(b);
@@ -346,13 +350,16 @@ impl Flusher {
     /// task commits them strictly in generation order, so offsets become visible in order.
     pub async fn run(self) {
         let interval = Duration::from_millis(self.inner.settings.interval_ms);
+        let early = Early::new(&self.inner.settings);
+        let mut last_start: Option<Instant> = None;
         let (tx, rx) = mpsc::channel(self.inner.settings.max_in_flight.max(1));
         let committer = tokio::spawn(self.clone().commit_loop(rx));
         loop {
             let (deadline, full, closed, empty) = {
                 let b = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
+                let regular = b.first_at.map(|t| t + interval);
                 (
-                    b.first_at.map(|t| t + interval),
+                    early.deadline(regular, b.last_at, last_start),
                     b.bytes >= self.inner.settings.max_bytes || b.urgent,
                     b.closed,
                     b.items.is_empty(),
@@ -382,9 +389,11 @@ impl Flusher {
                 b.generation += 1;
                 b.bytes = 0;
                 b.first_at = None;
+                b.last_at = None;
                 b.urgent = false;
                 (gen, std::mem::take(&mut b.items))
             };
+            last_start = Some(Instant::now());
             let prepared = self.prepare(gen, items);
             let put = tokio::spawn(put_until_written(
                 self.inner.storage.clone(),
@@ -630,6 +639,43 @@ impl Flusher {
     }
 }
 
+/// When a flush starts before its interval is out: once the buffer has been quiet for
+/// `flush.idle_ms` (every producer with a write here is waiting on its acknowledgement, so
+/// nothing more comes until a flush commits), but never sooner than `flush.min_gap_ms` after
+/// the previous flush started — the PUT budget that keeps the cost per GiB known.
+#[derive(Debug, Clone, Copy)]
+struct Early {
+    idle: Option<Duration>,
+    gap: Duration,
+}
+
+impl Early {
+    fn new(s: &FlushSettings) -> Self {
+        Self {
+            idle: (s.idle_ms > 0).then(|| Duration::from_millis(s.idle_ms)),
+            gap: Duration::from_millis(s.min_gap_ms),
+        }
+    }
+
+    /// The flush deadline: the regular one (`first batch + interval`), or earlier once the
+    /// buffer is quiet and the PUT budget allows.
+    fn deadline(
+        &self,
+        regular: Option<Instant>,
+        last_at: Option<Instant>,
+        last_start: Option<Instant>,
+    ) -> Option<Instant> {
+        let (Some(idle), Some(last)) = (self.idle, last_at) else {
+            return regular;
+        };
+        let mut early = last + idle;
+        if let Some(started) = last_start {
+            early = early.max(started + self.gap);
+        }
+        Some(regular.map_or(early, |r| r.min(early)))
+    }
+}
+
 /// A flush whose object is built and being written.
 struct Prepared {
     gen: u64,
@@ -696,6 +742,58 @@ mod tests {
             max_in_flight: 4,
             max_buffered_bytes: 16 << 20,
             tail_cache_bytes: 1 << 20,
+            idle_ms: 0,
+            min_gap_ms: 0,
+        }
+    }
+
+    #[test]
+    fn early_flushes_wait_for_a_quiet_buffer_and_the_put_budget() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let off = Early::new(&settings());
+        assert_eq!(
+            off.deadline(Some(ms(100)), Some(ms(1)), None),
+            Some(ms(100))
+        );
+        let on = Early::new(&FlushSettings {
+            idle_ms: 2,
+            min_gap_ms: 20,
+            ..settings()
+        });
+        // Quiet for 2 ms after the last batch, the first flush ever: at once.
+        assert_eq!(on.deadline(Some(ms(100)), Some(ms(5)), None), Some(ms(7)));
+        // A flush started 1 ms ago: the budget holds the next one until 20 ms after it.
+        assert_eq!(
+            on.deadline(Some(ms(100)), Some(ms(5)), Some(ms(4))),
+            Some(ms(24))
+        );
+        // Never later than the interval.
+        assert_eq!(
+            on.deadline(Some(ms(10)), Some(ms(9)), Some(ms(0))),
+            Some(ms(10))
+        );
+        // Nothing buffered: no deadline.
+        assert_eq!(on.deadline(None, None, Some(ms(0))), None);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_buffer_is_flushed_before_its_interval() {
+        for (idle_ms, early) in [(3, true), (0, false)] {
+            let quiet = FlushSettings {
+                interval_ms: 60_000,
+                idle_ms,
+                min_gap_ms: 0,
+                ..settings()
+            };
+            let (f, _meta, _storage, p) = setup_with("s1", quiet).await;
+            let run = tokio::spawn(f.clone().run());
+            let gen = push(&f, &p, 0, 1).await;
+            let done =
+                tokio::time::timeout(Duration::from_secs(5), f.wait_committed(gen, &p)).await;
+            assert_eq!(done.is_ok(), early, "idle_ms {idle_ms}");
+            f.abandon();
+            let _ = run.await;
         }
     }
 
@@ -715,11 +813,18 @@ mod tests {
     }
 
     async fn setup(session: &str) -> (Flusher, Arc<dyn MetaKv>, Storage, Arc<Partition>) {
+        setup_with(session, settings()).await
+    }
+
+    async fn setup_with(
+        session: &str,
+        settings: FlushSettings,
+    ) -> (Flusher, Arc<dyn MetaKv>, Storage, Arc<Partition>) {
         let meta: Arc<dyn MetaKv> = Arc::new(EmbeddedKv::in_memory(ManualClock::new(0)));
         let registered = register(meta.as_ref(), session).await;
         let storage = Storage::in_memory().with_max_attempts(1);
         let f = Flusher::new(
-            settings(),
+            settings,
             storage.clone(),
             meta.clone(),
             Arc::new(ObjectCache::new(1 << 20)),

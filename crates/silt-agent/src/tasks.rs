@@ -22,6 +22,12 @@ pub trait Periodic: Send + 'static {
     fn interval(&self) -> Duration;
     /// One step. A stop waits for the step in progress to end (within the grace period).
     fn step(&mut self) -> impl Future<Output = ()> + Send + '_;
+    /// Whether the first step runs as the job starts (the default) or one interval later.
+    /// Storage maintenance waits: a fresh agent has nothing to maintain before it has loaded
+    /// its partitions, and a step racing that load would only add work to a take-over.
+    fn first_step_at_once(&self) -> bool {
+        true
+    }
 }
 
 /// A task's view of the runner's stop signal.
@@ -84,7 +90,13 @@ impl TaskRunner {
         let name = job.name();
         let mut cancel = self.cancel();
         let task = tokio::spawn(async move {
-            let mut iv = tokio::time::interval(job.interval());
+            let period = job.interval();
+            let first = if job.first_step_at_once() {
+                tokio::time::Instant::now()
+            } else {
+                tokio::time::Instant::now() + period
+            };
+            let mut iv = tokio::time::interval_at(first, period);
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -146,6 +158,43 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.finished.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    struct Once {
+        at_once: bool,
+        steps: Arc<AtomicU32>,
+    }
+
+    impl Periodic for Once {
+        fn name(&self) -> &'static str {
+            "once"
+        }
+        fn interval(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+        fn first_step_at_once(&self) -> bool {
+            self.at_once
+        }
+        async fn step(&mut self) {
+            self.steps.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A job that does not step at once waits a whole interval for its first step.
+    #[tokio::test]
+    async fn maintenance_jobs_wait_an_interval_before_their_first_step() {
+        let mut r = TaskRunner::new();
+        let (now, later) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        for (at_once, steps) in [(true, &now), (false, &later)] {
+            r.every(Once {
+                at_once,
+                steps: steps.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(now.load(Ordering::SeqCst), 1);
+        assert_eq!(later.load(Ordering::SeqCst), 0);
+        r.stop(Duration::from_secs(1)).await;
     }
 
     /// A stop lets the step in progress finish (every started step ends), ends loops, and

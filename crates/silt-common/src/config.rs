@@ -390,6 +390,13 @@ pub struct FlushSettings {
     pub max_buffered_bytes: usize,
     /// Bytes of recently written objects kept in memory to serve tail reads.
     pub tail_cache_bytes: usize,
+    /// Flush early once nothing new has been buffered for this many milliseconds: producers
+    /// waiting on their acknowledgements (an idempotent producer keeps at most 5 requests in
+    /// flight) send nothing more until the flush commits. 0 turns early flushes off.
+    pub idle_ms: u64,
+    /// The PUT budget of early flushes: one starts at least this many milliseconds after the
+    /// previous flush started, so they add at most `1000 / min_gap_ms` object PUTs per second.
+    pub min_gap_ms: u64,
 }
 
 impl Default for FlushSettings {
@@ -400,6 +407,8 @@ impl Default for FlushSettings {
             max_in_flight: 4,
             max_buffered_bytes: 64 * 1024 * 1024,
             tail_cache_bytes: 256 * 1024 * 1024,
+            idle_ms: 2,
+            min_gap_ms: 20,
         }
     }
 }

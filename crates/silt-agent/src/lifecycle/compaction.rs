@@ -193,6 +193,10 @@ impl crate::tasks::Periodic for CompactionJob {
         "compaction"
     }
 
+    fn first_step_at_once(&self) -> bool {
+        false
+    }
+
     fn interval(&self) -> Duration {
         Duration::from_millis(self.0.settings.lifecycle.compact_interval_ms)
     }

@@ -44,6 +44,10 @@ impl crate::tasks::Periodic for GcJob {
         "gc"
     }
 
+    fn first_step_at_once(&self) -> bool {
+        false
+    }
+
     fn interval(&self) -> Duration {
         Duration::from_millis(self.b.settings.lifecycle.gc_interval_ms)
     }

@@ -63,6 +63,10 @@ impl crate::tasks::Periodic for RetentionJob {
         "retention"
     }
 
+    fn first_step_at_once(&self) -> bool {
+        false
+    }
+
     fn interval(&self) -> Duration {
         Duration::from_millis(self.0.settings.lifecycle.retention_interval_ms)
     }
