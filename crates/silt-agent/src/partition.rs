@@ -51,6 +51,9 @@ pub struct PartitionState {
     pub producers: ProducerStates,
     /// Open and aborted transactions.
     pub txns: crate::txn_index::TxnIndex,
+    /// Revision the partition's log-start key was last written at: the next lifecycle step
+    /// compares it ([`index::log_start_unchanged`]) and moves it.
+    pub lifecycle_revision: i64,
 }
 
 impl Partition {
@@ -78,7 +81,7 @@ impl Partition {
         fence_revision: i64,
     ) -> Result<Self, MetaError> {
         let entries = index::load_partition(meta, &topic_id, index).await?;
-        let stored_start = index::load_log_start(meta, &topic_id, index).await?;
+        let stored = index::load_log_start(meta, &topic_id, index).await?;
         Ok(Self::from_index(
             topic,
             topic_id,
@@ -86,7 +89,7 @@ impl Partition {
             epoch,
             fence_revision,
             entries,
-            stored_start,
+            stored,
         ))
     }
 
@@ -99,8 +102,9 @@ impl Partition {
         epoch: i32,
         fence_revision: i64,
         entries: Vec<IndexEntry>,
-        stored_start: i64,
+        stored: index::LogStart,
     ) -> Self {
+        let stored_start = stored.offset;
         let mut p = Self::new(topic, topic_id, index);
         p.fence_revision = fence_revision;
         {
@@ -113,6 +117,7 @@ impl Partition {
                 st.on_commit(e);
             }
             st.txns.reset_buffered();
+            st.lifecycle_revision = stored.revision;
             // With every entry deleted by retention, the log ends where it starts.
             st.high_watermark = st.high_watermark.max(stored_start);
             st.next_offset = st.high_watermark;
@@ -130,6 +135,12 @@ impl Partition {
             assignment::partition_key(&self.topic_id, self.index),
             self.fence_revision,
         )
+    }
+
+    /// The compare a lifecycle step carries: no other step applied since the last this leader
+    /// knows of.
+    pub fn lifecycle_fence(&self) -> Compare {
+        index::log_start_unchanged(&self.topic_id, self.index, self.lock().lifecycle_revision)
     }
 
     /// Ends this term of leadership: no more appends; buffered batches fail their commit.

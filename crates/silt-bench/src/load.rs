@@ -243,8 +243,12 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
     }
     drop(tx);
     let acked_total = collector.await?;
-    let acked = acked_total.1;
-    let elapsed = measure_start.map_or(Duration::ZERO, |s| s.elapsed());
+    // A producer so slow that the warm-up never ended (the client blocked on a full queue):
+    // everything acknowledged over the whole run, instead of nothing.
+    let (acked, measured, elapsed) = match measure_start {
+        Some(s) => (acked_total.1, measured, s.elapsed()),
+        None => (acked_total.0, sent, started.elapsed()),
+    };
     let mut l = lat.lock().unwrap();
     let errors = *errors.lock().unwrap();
     Ok(Report {

@@ -20,6 +20,10 @@ pub enum Fault {
     Unavailable = 0,
     /// Applied; the caller is told it was not answered.
     Unanswered = 1,
+    /// Not applied now; the caller is told it was not answered, and the transaction is kept to
+    /// be applied later ([`FaultyKv::apply_delayed`]), as etcd may apply a proposal after its
+    /// client gave up on it.
+    Delayed = 2,
 }
 
 /// See the module docs.
@@ -38,6 +42,8 @@ pub struct FaultyKv {
     fault: AtomicU8,
     /// Faults injected so far.
     pub injected: AtomicI64,
+    /// Transactions held back by [`Fault::Delayed`], in order.
+    delayed: Mutex<Vec<Txn>>,
 }
 
 impl FaultyKv {
@@ -51,6 +57,7 @@ impl FaultyKv {
             fail_count: AtomicI64::new(1),
             fault: AtomicU8::new(0),
             injected: AtomicI64::new(0),
+            delayed: Mutex::new(Vec::new()),
         }
     }
 
@@ -60,6 +67,17 @@ impl FaultyKv {
         self.fault.store(fault as u8, Ordering::SeqCst);
         self.fail_count.store(count, Ordering::SeqCst);
         self.fail_after.store(after, Ordering::SeqCst);
+    }
+
+    /// Applies the transactions held back by [`Fault::Delayed`], in order; returns whether each
+    /// one's compares held.
+    pub async fn apply_delayed(&self) -> Result<Vec<bool>, MetaError> {
+        let held = std::mem::take(&mut *self.delayed.lock().unwrap());
+        let mut out = Vec::with_capacity(held.len());
+        for txn in held {
+            out.push(self.inner.txn(txn).await?.succeeded);
+        }
+        Ok(out)
     }
 
     fn err(unanswered: bool) -> MetaError {
@@ -121,11 +139,13 @@ impl MetaKv for FaultyKv {
                 self.fail_after.store(-1, Ordering::SeqCst);
             }
             self.injected.fetch_add(1, Ordering::SeqCst);
-            let unanswered = self.fault.load(Ordering::SeqCst) == Fault::Unanswered as u8;
-            if unanswered {
+            let fault = self.fault.load(Ordering::SeqCst);
+            if fault == Fault::Unanswered as u8 {
                 self.inner.txn(txn).await?;
+            } else if fault == Fault::Delayed as u8 {
+                self.delayed.lock().unwrap().push(txn);
             }
-            return Err(Self::err(unanswered));
+            return Err(Self::err(fault != Fault::Unavailable as u8));
         }
         self.inner.txn(txn).await
     }

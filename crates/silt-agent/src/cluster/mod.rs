@@ -400,7 +400,7 @@ impl Cluster {
                             epoch,
                             rev,
                             entries.remove(&k.1).unwrap_or_default(),
-                            starts.get(&k.1).copied().unwrap_or(0),
+                            starts.get(&k.1).copied().unwrap_or_default(),
                         );
                         loaded.push((k, Ok(p)));
                     }

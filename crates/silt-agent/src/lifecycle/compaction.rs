@@ -327,6 +327,9 @@ async fn commit_segment(
     // in one etcd transaction, so that key is only put.
     success.remove(0);
     success.push(index::put_op(&p.topic_id, p.index, &folded));
+    // The log start is unchanged; rewriting it moves the partition's lifecycle revision.
+    let log_start = p.lock().log_start;
+    success.push(index::log_start_op(&p.topic_id, p.index, log_start));
     let txn = Txn {
         compares: vec![b.cluster.registered(), p.fence()],
         success,

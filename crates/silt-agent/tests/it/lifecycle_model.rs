@@ -80,7 +80,8 @@ async fn check(
         .map_err(|e| e.to_string())?;
     let stored_start = index::load_log_start(b.meta.as_ref(), &p.topic_id, p.index)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .offset;
     let (mine, my_start) = {
         let st = p.lock();
         (st.segments.clone(), st.log_start)
@@ -149,16 +150,38 @@ async fn random_interleavings_never_lose_or_duplicate_an_offset() {
         let mut sent: BTreeMap<i64, String> = BTreeMap::new();
         let mut since = HashMap::new();
         let mut n = 0u64;
+        let mut late = 0;
+        let index_prefix = format!("{}/index/", silt_meta::layout::ROOT).into_bytes();
+        let log_start_prefix = format!("{}/log-start/", silt_meta::layout::ROOT).into_bytes();
         for step in 0..200 {
             let action = rng.below(10);
-            // Now and then the next index transaction fails: before applying or after.
+            // Now and then the next index transaction fails: before applying or after; or the
+            // next lifecycle step's is held back, to be applied late (as etcd may apply a
+            // proposal its client gave up on) once the step was retried and others followed.
             let fault = match rng.below(10) {
                 0 => Some(Fault::Unavailable),
                 1 => Some(Fault::Unanswered),
+                2 => Some(Fault::Delayed),
                 _ => None,
             };
+            let aimed = if fault == Some(Fault::Delayed) {
+                vec![log_start_prefix.clone()]
+            } else {
+                vec![index_prefix.clone(), log_start_prefix.clone()]
+            };
+            faults.cue(-1, 0, Fault::Unavailable); // a cue no transaction took is dropped
+            *faults.only_prefixes.lock().unwrap() = aimed;
             if let Some(f) = fault {
                 faults.cue(0, 1 + rng.below(2) as i64, f);
+            }
+            if rng.below(4) == 0 {
+                for applied in faults.apply_delayed().await.unwrap() {
+                    late += 1;
+                    assert!(
+                        !applied,
+                        "seed {seed}, step {step}: a lifecycle transaction applied after its step was retried"
+                    );
+                }
             }
             let what = match action {
                 0..=4 => {
@@ -226,6 +249,20 @@ async fn random_interleavings_never_lose_or_duplicate_an_offset() {
                 panic!("seed {seed}, step {step} ({what}): {e}");
             }
         }
+        for applied in faults.apply_delayed().await.unwrap() {
+            late += 1;
+            assert!(
+                !applied,
+                "seed {seed}: a late lifecycle transaction applied"
+            );
+        }
+        if let Err(e) = check(&agent, &storage, &p, &sent).await {
+            panic!("seed {seed}, after the late transactions: {e}");
+        }
+        assert!(
+            late > 0,
+            "seed {seed}: no lifecycle transaction was applied late"
+        );
         // Sessions publish what they finished once a second: one more pass after that.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         silt_agent::lifecycle::gc::pass(&b, &mut since)

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{decode_json, encode_json};
-use crate::kv::{MetaError, MetaKv, Op, RangeRequest};
+use crate::kv::{Compare, MetaError, MetaKv, Op, RangeRequest};
 
 /// One idempotent batch, as the producer-state rebuild needs it. Persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,19 +122,39 @@ pub fn log_start_topic_prefix(topic_id: &Uuid) -> String {
     format!("{}/log-start/{}/", super::ROOT, topic_id.simple())
 }
 
-/// A partition's stored log start (0 if never moved).
+/// A partition's stored log start, and the store revision its key was last written at: every
+/// lifecycle step (retention, compaction) rewrites the key and compares that revision, so a
+/// step's transaction can apply only on top of the step before it — a delayed duplicate of an
+/// earlier step (a transaction the store applied after its caller gave up on it) is refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStart {
+    /// First offset kept (0 if never moved).
+    pub offset: i64,
+    /// Revision the key was last written at (0: never written).
+    pub revision: i64,
+}
+
+/// A partition's stored log start.
 pub async fn load_log_start(
     kv: &dyn MetaKv,
     topic_id: &Uuid,
     partition: i32,
-) -> Result<i64, MetaError> {
+) -> Result<LogStart, MetaError> {
     match kv
         .get(log_start_key(topic_id, partition).as_bytes())
         .await?
     {
-        Some(v) => decode_json(&v.key, &v.value),
-        None => Ok(0),
+        Some(v) => Ok(LogStart {
+            offset: decode_json(&v.key, &v.value)?,
+            revision: v.mod_revision,
+        }),
+        None => Ok(LogStart::default()),
     }
+}
+
+/// The compare every lifecycle step carries: the log-start key was last written at `revision`.
+pub fn log_start_unchanged(topic_id: &Uuid, partition: i32, revision: i64) -> Compare {
+    Compare::mod_revision(log_start_key(topic_id, partition), revision)
 }
 
 /// The put that records a log start.
@@ -206,7 +226,7 @@ pub async fn load_topic(
 pub async fn load_topic_log_starts(
     kv: &dyn MetaKv,
     topic_id: &Uuid,
-) -> Result<std::collections::HashMap<i32, i64>, MetaError> {
+) -> Result<std::collections::HashMap<i32, LogStart>, MetaError> {
     let prefix = log_start_topic_prefix(topic_id);
     let mut out = std::collections::HashMap::new();
     for item in kv.range_all(prefix.as_bytes()).await? {
@@ -214,7 +234,14 @@ pub async fn load_topic_log_starts(
             .ok()
             .and_then(|p| p.parse::<i32>().ok())
         {
-            out.insert(p, decode_json(&item.key, &item.value)?);
+            let offset = decode_json(&item.key, &item.value)?;
+            out.insert(
+                p,
+                LogStart {
+                    offset,
+                    revision: item.mod_revision,
+                },
+            );
         }
     }
     Ok(out)
