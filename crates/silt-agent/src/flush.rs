@@ -8,7 +8,9 @@
 //! 2. ONE metadata transaction adding an index entry per partition (several when a flush holds
 //!    more than [`PARTITIONS_PER_TXN`] partitions: etcd caps a transaction at 128 operations),
 //!    fenced on this agent's registration and on each partition's assignment, so a replaced
-//!    agent or a deposed leader can never make its data visible;
+//!    agent or a deposed leader can never make its data visible, and on each partition's last
+//!    lifecycle step, so a copy the store applies late cannot undo a later compaction or
+//!    retention step;
 //! 3. only then the high watermarks advance and `acks=all` producers are answered.
 //!
 //! Several flushes' PUTs may run at once (`flush.max_in_flight`), but commits are strictly
@@ -141,8 +143,9 @@ struct Inner {
     stats: FlushStats,
 }
 
-/// Partitions per commit transaction: two operations each (the assignment compare and the
-/// index put), well inside etcd's default `--max-txn-ops` of 128.
+/// Index entries per commit transaction: each brings two compares (the partition's assignment
+/// and its last lifecycle step) and one put, so with the registration compare 121 compares, inside
+/// etcd's default `--max-txn-ops` of 128 (which bounds compares and operations separately).
 pub const PARTITIONS_PER_TXN: usize = 60;
 
 /// Bytes of index entries per commit transaction, well inside etcd's default request limit
@@ -549,7 +552,14 @@ impl Flusher {
             }
             let mut compares = Vec::with_capacity(chunk.len() + 1);
             compares.push(self.inner.registered.clone());
-            compares.extend(chunk.iter().map(|((p, _), _)| p.fence()));
+            // Each partition's lifecycle revision as it is now: a copy of this transaction the
+            // store applies late, after a compaction or retention step went past the entries,
+            // is refused rather than putting back an entry that step removed.
+            compares.extend(
+                chunk
+                    .iter()
+                    .flat_map(|((p, _), _)| [p.fence(), p.lifecycle_fence()]),
+            );
             let txn = Txn {
                 compares,
                 success: chunk
@@ -574,6 +584,10 @@ impl Flusher {
                         for ((p, _), _) in chunk.drain(..) {
                             p.close();
                         }
+                    } else if dropped == 0 {
+                        // A lifecycle step of one of these partitions committed meanwhile:
+                        // retry once the leader has taken in its new revision.
+                        tokio::time::sleep(backoff(refused)).await;
                     }
                 }
                 Err(e) if e.is_transient() => {

@@ -69,13 +69,14 @@ impl FaultyKv {
         self.fail_after.store(after, Ordering::SeqCst);
     }
 
-    /// Applies the transactions held back by [`Fault::Delayed`], in order; returns whether each
-    /// one's compares held.
-    pub async fn apply_delayed(&self) -> Result<Vec<bool>, MetaError> {
+    /// Applies the transactions held back by [`Fault::Delayed`], in order; returns each with
+    /// whether its compares held.
+    pub async fn apply_delayed(&self) -> Result<Vec<(Txn, bool)>, MetaError> {
         let held = std::mem::take(&mut *self.delayed.lock().unwrap());
         let mut out = Vec::with_capacity(held.len());
         for txn in held {
-            out.push(self.inner.txn(txn).await?.succeeded);
+            let applied = self.inner.txn(txn.clone()).await?.succeeded;
+            out.push((txn, applied));
         }
         Ok(out)
     }
