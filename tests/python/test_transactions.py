@@ -123,6 +123,29 @@ def test_a_new_instance_fences_the_old_one_and_aborts_its_transaction(agent, top
     assert [v for _, v in _read(agent, topic_name, 1, "read_committed")] == [b"fresh"]
 
 
+def test_a_fenced_instance_that_writes_again_gets_a_fatal_error(agent, topic_name):
+    # librdkafka's 0103_transactions "produce after fence": the old instance's next write is
+    # answered INVALID_PRODUCER_EPOCH (fenced, fatal), not INVALID_TXN_STATE (abortable).
+    create_topic(agent.bootstrap, topic_name, partitions=1)
+    tid = f"tx-{uuid.uuid4().hex[:6]}"
+    old = _producer(agent, tid)
+    old.begin_transaction()
+    old.produce(topic_name, value=b"before", partition=0)
+    old.flush(30)
+    _producer(agent, tid)  # bumps the epoch and aborts the open transaction
+    old.produce(topic_name, value=b"after", partition=0)
+    # The client raises the fatal error from its poll loop as soon as the answer arrives.
+    with pytest.raises(KafkaException) as fenced:
+        old.flush(30)
+    assert fenced.value.args[0].code() == KafkaError._FENCED, fenced.value
+    assert fenced.value.args[0].fatal(), fenced.value
+    with pytest.raises(KafkaException) as e:
+        old.commit_transaction(10)
+    err = e.value.args[0]
+    assert err.fatal() and not err.txn_requires_abort(), err
+    assert _read(agent, topic_name, 1, "read_committed") == []
+
+
 def test_a_transaction_past_its_timeout_is_aborted(agent_factory, topic_name):
     agent = agent_factory(SILT_TRANSACTIONS__CHECK_INTERVAL_MS="200")
     create_topic(agent.bootstrap, topic_name, partitions=1)

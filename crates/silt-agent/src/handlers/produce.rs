@@ -17,6 +17,7 @@ use crate::broker::Broker;
 use crate::error::PartitionError;
 use crate::partition::Partition;
 use crate::topic_config::Resolved;
+use crate::txn::coordinator::Verified;
 
 /// Where one partition of the request stands.
 enum Slot {
@@ -135,7 +136,7 @@ async fn produce_one(
         // batch of an ended transaction can never open a new one.
         if !p.lock().txns.is_open(header.producer_id) {
             let producer = (header.producer_id, header.producer_epoch);
-            let ok = crate::txn::coordinator::TxnCoordinator::verify(
+            let verified = crate::txn::coordinator::TxnCoordinator::verify(
                 &crate::txn::deps(b),
                 tid,
                 producer,
@@ -147,11 +148,21 @@ async fn produce_one(
                     "the coordinator's state could not be read; retry".into(),
                 )
             })?;
-            if !ok {
-                return Err(PartitionError::TransactionNotVerified(format!(
-                    "partition {}-{} is not in an open transaction of producer {} epoch {}",
-                    p.topic, p.index, producer.0, producer.1
-                )));
+            match verified {
+                Verified::Yes => {}
+                Verified::Fenced { current } => {
+                    return Err(PartitionError::InvalidProducerEpoch {
+                        pid: producer.0,
+                        got: producer.1,
+                        current,
+                    })
+                }
+                Verified::No => {
+                    return Err(PartitionError::TransactionNotVerified(format!(
+                        "partition {}-{} is not in an open transaction of producer {} epoch {}",
+                        p.topic, p.index, producer.0, producer.1
+                    )))
+                }
             }
         }
     }

@@ -52,6 +52,20 @@ const STUCK_MS: i64 = 3_000;
 /// left open or prepared); in between only the ids it knows to be open or prepared.
 const FULL_SCAN_EVERY: u64 = 30;
 
+/// What the coordinator says of a transactional batch arriving at a partition (KIP-890 part 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The partition is in the producer's open transaction.
+    Yes,
+    /// It is not (the transaction ended, or never added the partition).
+    No,
+    /// A newer instance of the transactional id bumped the epoch past the batch's.
+    Fenced {
+        /// The current epoch.
+        current: i16,
+    },
+}
+
 /// The coordinator of the transactional ids of the shards this agent coordinates.
 #[derive(Debug, Default)]
 pub struct TxnCoordinator {
@@ -217,7 +231,7 @@ impl TxnCoordinator {
         Ok(())
     }
 
-    /// Whether `partition` is in `tid`'s open transaction of `producer` (KIP-890 part 1: a
+    /// Whether `partition` is in `tid`'s open transaction of `producer`, or `producer` is fenced (KIP-890 part 1: a
     /// leader accepts a transaction's first batch only then). Read from the store, so any agent
     /// can answer.
     pub async fn verify(
@@ -225,15 +239,25 @@ impl TxnCoordinator {
         tid: &str,
         producer: (i64, i16),
         partition: (&str, i32),
-    ) -> Result<bool, ResponseError> {
+    ) -> Result<Verified, ResponseError> {
         let r = txns::load(b.meta, tid).await.map_err(meta_err)?;
-        Ok(r.is_some_and(|(r, _)| {
-            r.status == TxnStatus::Ongoing
-                && (r.pid, r.epoch) == producer
-                && r.partitions
-                    .iter()
-                    .any(|(t, p)| t == partition.0 && *p == partition.1)
-        }))
+        Ok(match r {
+            // A newer instance with this transactional id bumped the epoch: this one is fenced
+            // (INVALID_PRODUCER_EPOCH, which clients take as fatal, as Kafka answers).
+            Some((r, _)) if r.pid == producer.0 && r.epoch > producer.1 => {
+                Verified::Fenced { current: r.epoch }
+            }
+            Some((r, _))
+                if r.status == TxnStatus::Ongoing
+                    && (r.pid, r.epoch) == producer
+                    && r.partitions
+                        .iter()
+                        .any(|(t, p)| t == partition.0 && *p == partition.1) =>
+            {
+                Verified::Yes
+            }
+            _ => Verified::No,
+        })
     }
 
     /// EndTxn.
