@@ -540,6 +540,26 @@ def test_timestamps_outside_the_topic_bounds_are_refused(agent, topic_name):
     assert (reports[0][0], reports[0][2]) == (None, 0)
 
 
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_records_without_a_key_are_refused_on_compacted_topics(agent, topic_name, compression):
+    # Kafka refuses keyless records on cleanup.policy=compact topics with INVALID_RECORD and names
+    # each one (KIP-467): librdkafka fails those with INVALID_RECORD and the rest of their batch
+    # with _INVALID_DIFFERENT_RECORD (librdkafka's 0011_produce_batch). Compressed batches too.
+    create_topic(agent.bootstrap, topic_name, config={"cleanup.policy": "compact,delete"})
+    conf = {"linger.ms": 50, "retries": 0, "compression.type": compression}
+    records = [{"value": b"v%d" % i, "key": None if i % 3 == 0 else b"k%d" % i} for i in range(9)]
+    reports = produce_all(agent.bootstrap, topic_name, records, conf=conf)
+    codes = [r[0].code() if r[0] else None for r in reports]
+    assert codes.count(KafkaError.INVALID_RECORD) == 3, codes
+    assert set(codes) <= {KafkaError.INVALID_RECORD, KafkaError._INVALID_DIFFERENT_RECORD}, codes
+    keyed = produce_all(agent.bootstrap, topic_name, [{"value": b"ok", "key": b"k"}], conf=conf)
+    assert (keyed[0][0], keyed[0][2]) == (None, 0), keyed
+    # A topic that is not compacted takes keyless records.
+    create_topic(agent.bootstrap, topic_name + "-plain")
+    plain = produce_all(agent.bootstrap, topic_name + "-plain", [{"value": b"v"}], conf=conf)
+    assert plain[0][0] is None, plain
+
+
 def test_describe_cluster_names_this_agent(agent):
     client = admin(agent.bootstrap)  # keep the handle alive until the future resolves
     d = client.describe_cluster(request_timeout=10).result()

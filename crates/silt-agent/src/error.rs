@@ -27,6 +27,10 @@ pub enum PartitionError {
     /// The batch is well formed but not acceptable.
     #[error("{0}")]
     InvalidRecord(String),
+    /// Records without a key sent to a compacted topic (`cleanup.policy=compact`): their
+    /// indices in the batch, which the response names (KIP-467).
+    #[error("compacted topic cannot accept a record without a key ({} of the batch's records)", .0.len())]
+    NullKeys(Vec<i32>),
     /// The batch exceeds `max.message.bytes`.
     #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
     MessageTooLarge {
@@ -121,7 +125,7 @@ impl PartitionError {
             Self::UnknownTopicOrPartition { .. } => ResponseError::UnknownTopicOrPartition,
             Self::UnknownTopicId(_) => ResponseError::UnknownTopicId,
             Self::CorruptMessage(_) => ResponseError::CorruptMessage,
-            Self::InvalidRecord(_) => ResponseError::InvalidRecord,
+            Self::InvalidRecord(_) | Self::NullKeys(_) => ResponseError::InvalidRecord,
             Self::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
             Self::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
             Self::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,

@@ -80,6 +80,9 @@ pub const DEFS: &[ConfigDef] = &[
     num("max.compaction.lag.ms", ConfigType::Long, 1),
     num("max.message.bytes", ConfigType::Int, 0),
     def("message.downconversion.enable", ConfigType::Boolean),
+    // Deprecated in Kafka 3.0 and ignored there since (record batches are always v2); still
+    // accepted by Kafka 3.9, which old tools and tests set.
+    def("message.format.version", ConfigType::String),
     num("message.timestamp.after.max.ms", ConfigType::Long, 0),
     num("message.timestamp.before.max.ms", ConfigType::Long, 0),
     num("message.timestamp.difference.max.ms", ConfigType::Long, 0),
@@ -125,6 +128,7 @@ pub fn default_value(name: &str, d: &TopicDefaults) -> String {
         "max.compaction.lag.ms" => i64::MAX.to_string(),
         "max.message.bytes" => d.max_message_bytes.to_string(),
         "message.downconversion.enable" => "true".into(),
+        "message.format.version" => "3.0-IV1".into(),
         "message.timestamp.after.max.ms" | "message.timestamp.before.max.ms" => {
             i64::MAX.to_string()
         }
@@ -343,6 +347,8 @@ pub struct Resolved {
     /// Records may be at most this much newer than the broker's clock
     /// (`message.timestamp.after.max.ms`, or `message.timestamp.difference.max.ms`).
     pub timestamp_after_max_ms: i64,
+    /// `cleanup.policy` includes `compact`: every record needs a key.
+    pub compacted: bool,
     /// `silt.archive.enable`.
     pub archive: bool,
     /// `silt.archive.value.schema`, parsed.
@@ -371,6 +377,9 @@ impl Resolved {
             retention_bytes: get("retention.bytes").parse().unwrap_or(-1),
             timestamp_before_max_ms: bound("message.timestamp.before.max.ms"),
             timestamp_after_max_ms: bound("message.timestamp.after.max.ms"),
+            compacted: get("cleanup.policy")
+                .split(',')
+                .any(|p| p.trim() == "compact"),
             archive: get(ARCHIVE_ENABLE).eq_ignore_ascii_case("true"),
             value_schema: configs
                 .get(ARCHIVE_VALUE_SCHEMA)

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use silt_wire::batch::{self, BatchError, BatchHeader};
 
@@ -104,6 +106,37 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
     }
 }
 
+/// A compacted topic keeps the latest record per key, so Kafka refuses records without one:
+/// the batch fails with INVALID_RECORD naming each keyless record (any codec; decompression is
+/// bounded). A batch that does not decode is refused the same way.
+fn null_keys(data: &bytes::Bytes) -> Result<(), PartitionError> {
+    let decoded = silt_archive::decode::records(
+        data,
+        i64::MIN,
+        i64::MAX,
+        silt_archive::decode::DEFAULT_MAX_DECOMPRESSED,
+    )
+    .map_err(|e| PartitionError::InvalidRecord(e.to_string()))?;
+    if let Some(q) = decoded.quarantined.first() {
+        return Err(PartitionError::InvalidRecord(format!(
+            "the batch's records do not decode: {}",
+            q.reason
+        )));
+    }
+    let missing: Vec<i32> = decoded
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.key.is_none())
+        .map(|(i, _)| i as i32)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PartitionError::NullKeys(missing))
+    }
+}
+
 /// Whether a batch is zstd-compressed (only Produce v7+ may carry it).
 fn zstd(records: Option<&[u8]>) -> bool {
     records
@@ -125,6 +158,9 @@ async fn produce_one(
         BatchError::Corrupt(m) => PartitionError::CorruptMessage(m),
         BatchError::Invalid(m) => PartitionError::InvalidRecord(m),
     })?;
+    if config.compacted && !header.is_control() {
+        null_keys(&data)?;
+    }
     if header.is_transactional() {
         let Some(tid) = transactional_id else {
             return Err(PartitionError::InvalidRecord(
@@ -282,10 +318,27 @@ fn respond(slots: Vec<(String, Vec<(i32, Slot)>)>, version: i16) -> ProduceRespo
                 .map(|(idx, slot)| {
                     let r = PartitionProduceResponse::default().with_index(idx);
                     match slot {
-                        Slot::Failed(e) => r
-                            .with_error_code(e.code().code())
-                            .with_base_offset(-1)
-                            .with_error_message((version >= 8).then(|| str_bytes(e.to_string()))),
+                        Slot::Failed(e) => {
+                            let record_errors = match &e {
+                                PartitionError::NullKeys(at) if version >= 8 => at
+                                    .iter()
+                                    .map(|i| {
+                                        BatchIndexAndErrorMessage::default()
+                                            .with_batch_index(*i)
+                                            .with_batch_index_error_message(Some(str_bytes(String::from(
+                                                "Compacted topic cannot accept message without key.",
+                                            ))))
+                                    })
+                                    .collect(),
+                                _ => Vec::new(),
+                            };
+                            r.with_error_code(e.code().code())
+                                .with_base_offset(-1)
+                                .with_record_errors(record_errors)
+                                .with_error_message(
+                                    (version >= 8).then(|| str_bytes(e.to_string())),
+                                )
+                        }
                         Slot::Appended {
                             partition,
                             appended,
