@@ -38,7 +38,9 @@ def _incremental(a, resource, changes, validate_only=False):
 def _send(bootstrap, topic, value, partition=0):
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "message.timeout.ms": 15000})
     errors = []
-    p.produce(topic, value=value, partition=partition, on_delivery=lambda e, m: errors.append(e))
+    # Keyed: a compacted topic refuses records without a key.
+    p.produce(topic, key=b"k", value=value, partition=partition,
+              on_delivery=lambda e, m: errors.append(e))
     p.flush(20)
     return errors[0] if errors else "no delivery report"
 
@@ -177,6 +179,10 @@ def test_kafka_python_admin_reads_log_dirs_producers_and_elections(agent_factory
                                            configs={"silt_agent::flush": "DEBUG"})], incremental=True, raise_on_unknown=False)
         level = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/loglevel", timeout=5).read().decode()
         assert "silt_agent::flush=debug" in level, level
+        described = ka.describe_configs([KPConfigResource(ConfigResourceType.BROKER_LOGGER, "0")])
+        entries = described["broker_logger"]["0"]
+        assert entries["silt_agent::flush"]["value"] == "DEBUG", described
+        assert entries["root"]["config_source"] == "DYNAMIC_BROKER_LOGGER_CONFIG", described
         # Partitions through kafka-python.
         ka.create_partitions({topic_name: 4})
         md = admin(agent.bootstrap).list_topics(topic_name, timeout=10).topics[topic_name]

@@ -26,6 +26,8 @@ use crate::topics::NewTopic;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+const RESOURCE_BROKER_LOGGER: i8 = 8;
+const SOURCE_DYNAMIC_BROKER_LOGGER: i8 = 6;
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
@@ -204,7 +206,8 @@ fn config_entry(
     }
 }
 
-/// Handles DescribeConfigs for topics (every known config) and brokers (the agent's own).
+/// Handles DescribeConfigs for topics (every known config), brokers (the agent's own settings)
+/// and broker loggers (the agent's log levels).
 pub fn describe_configs(
     b: &Arc<Broker>,
     req: DescribeConfigsRequest,
@@ -288,15 +291,60 @@ pub fn describe_configs(
                             .collect(),
                     )
                 }
+                RESOURCE_BROKER_LOGGER => match loggers(b, &name) {
+                    Ok(levels) => r.with_configs(
+                        levels
+                            .into_iter()
+                            .filter(|(k, _)| wanted(k))
+                            .map(|(k, level)| {
+                                config_entry(
+                                    &k,
+                                    level,
+                                    SOURCE_DYNAMIC_BROKER_LOGGER,
+                                    ConfigType::String,
+                                    req.include_synonyms,
+                                    v,
+                                )
+                            })
+                            .collect(),
+                    ),
+                    Err(why) => r
+                        .with_error_code(ResponseError::InvalidRequest.code())
+                        .with_error_message(Some(str_bytes(why))),
+                },
                 other => r
                     .with_error_code(ResponseError::InvalidRequest.code())
                     .with_error_message(Some(str_bytes(format!(
-                        "resource type {other} is not supported (topics: 2, brokers: 4)"
+                        "resource type {other} is not supported (topics: 2, brokers: 4, broker loggers: 8)"
                     )))),
             }
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// This agent's log levels as Kafka's broker loggers: `root` (the default level) and each
+/// target the filter names, with their levels in Kafka's upper case.
+fn loggers(b: &Broker, broker: &str) -> Result<Vec<(String, String)>, String> {
+    if broker.parse::<i32>().ok() != Some(b.node.id) {
+        return Err(format!(
+            "log levels are kept per agent: this is agent {}, not {broker:?}",
+            b.node.id
+        ));
+    }
+    let filter = b
+        .log_levels
+        .as_ref()
+        .map(|l| l.current())
+        .unwrap_or_default();
+    let mut out = vec![("root".to_string(), "INFO".to_string())];
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match d.split_once('=') {
+            Some((target, level)) => out.push((target.to_string(), level.to_ascii_uppercase())),
+            None => out[0].1 = d.to_ascii_uppercase(),
+        }
+    }
+    Ok(out)
 }
 
 /// Handles DescribeCluster: every live agent's address on the client's listener.
