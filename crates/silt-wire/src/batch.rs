@@ -314,9 +314,17 @@ fn varint(buf: &mut &[u8]) -> Option<i64> {
     None
 }
 
-/// Offset and timestamp of each record of an uncompressed batch; `None` when the batch is
-/// compressed (Silt never decompresses) or its records do not parse.
-fn record_times(batch: &[u8], h: &BatchHeader) -> Option<Vec<(i64, i64)>> {
+/// What Silt reads of one record of an uncompressed batch without touching its value.
+struct RecordHead {
+    /// Timestamp delta from the batch's base timestamp.
+    ts_delta: i64,
+    /// The key is null (length -1).
+    null_key: bool,
+}
+
+/// The head of each record of an uncompressed batch; `None` when the batch is compressed
+/// (Silt never decompresses on this path) or its records do not parse.
+fn record_heads(batch: &[u8], h: &BatchHeader) -> Option<Vec<RecordHead>> {
     if compression(h.attributes) != 0 || batch.len() < HEADER_LEN {
         return None;
     }
@@ -329,15 +337,47 @@ fn record_times(batch: &[u8], h: &BatchHeader) -> Option<Vec<(i64, i64)>> {
         rest = &rest[len..];
         let mut r = record.get(1..)?; // skip attributes
         let ts_delta = varint(&mut r)?;
-        let off_delta = varint(&mut r)?;
-        // The offset comes from the record's position (clamped to the batch), never from its
-        // unvalidated delta.
-        let _ = off_delta;
-        let last = h.base_offset.saturating_add(h.last_offset_delta as i64);
-        let offset = h.base_offset.saturating_add(out.len() as i64).min(last);
-        out.push((offset, h.base_timestamp.saturating_add(ts_delta)));
+        let _offset_delta = varint(&mut r)?;
+        let key_len = varint(&mut r)?;
+        out.push(RecordHead {
+            ts_delta,
+            null_key: key_len < 0,
+        });
     }
     Some(out)
+}
+
+/// Offset and timestamp of each record of an uncompressed batch; `None` when the batch is
+/// compressed or its records do not parse.
+fn record_times(batch: &[u8], h: &BatchHeader) -> Option<Vec<(i64, i64)>> {
+    let last = h.base_offset.saturating_add(h.last_offset_delta as i64);
+    let heads = record_heads(batch, h)?;
+    // The offset comes from the record's position (clamped to the batch), never from its
+    // unvalidated delta.
+    Some(
+        heads
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let offset = h.base_offset.saturating_add(i as i64).min(last);
+                (offset, h.base_timestamp.saturating_add(r.ts_delta))
+            })
+            .collect(),
+    )
+}
+
+/// The positions in the batch of its records without a key; `None` when the batch is compressed
+/// (the caller decodes it) or its records do not parse.
+pub fn null_key_indices(batch: &[u8], h: &BatchHeader) -> Option<Vec<i32>> {
+    let heads = record_heads(batch, h)?;
+    Some(
+        heads
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.null_key)
+            .map(|(i, _)| i as i32)
+            .collect(),
+    )
 }
 
 /// The first record at or after `target` ms: its offset and timestamp. Exact for uncompressed
@@ -399,7 +439,12 @@ mod time_tests {
             r.put_i8(0);
             zigzag(&mut r, *d);
             zigzag(&mut r, i as i64);
-            zigzag(&mut r, -1); // null key
+            if i % 2 == 1 {
+                zigzag(&mut r, 1); // a one-byte key on odd records
+                r.put_u8(b'k');
+            } else {
+                zigzag(&mut r, -1); // null key
+            }
             zigzag(&mut r, 1);
             r.put_u8(b'v');
             zigzag(&mut r, 0); // headers
@@ -435,5 +480,21 @@ mod time_tests {
         assert_eq!(first_at_or_after(&b, &h, 1_006), Some((102, 1_050)));
         assert_eq!(first_at_or_after(&b, &h, 1_051), None);
         assert_eq!(max_timestamp_offset(&b, &h), 102);
+    }
+
+    #[test]
+    fn keyless_records_are_found_in_uncompressed_batches_only() {
+        let b = timed_batch(100, 1_000, &[0, 5, 50, 20, 7]);
+        let h = validate_single(&b).unwrap();
+        assert_eq!(null_key_indices(&b, &h), Some(vec![0, 2, 4]));
+        let gzip = BatchHeader {
+            attributes: 1,
+            ..h
+        };
+        assert_eq!(
+            null_key_indices(&b, &gzip),
+            None,
+            "compressed: the caller decodes"
+        );
     }
 }

@@ -107,9 +107,22 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
 }
 
 /// A compacted topic keeps the latest record per key, so Kafka refuses records without one:
-/// the batch fails with INVALID_RECORD naming each keyless record (any codec; decompression is
-/// bounded). A batch that does not decode is refused the same way.
-fn null_keys(data: &bytes::Bytes) -> Result<(), PartitionError> {
+/// the batch fails with INVALID_RECORD naming each keyless record. Uncompressed batches are
+/// walked in place; compressed ones are decoded (bounded decompression). A batch that does not
+/// decode is refused the same way.
+fn null_keys(data: &bytes::Bytes, header: &BatchHeader) -> Result<(), PartitionError> {
+    let missing = match batch::null_key_indices(data, header) {
+        Some(missing) => missing,
+        None => decoded_null_keys(data)?,
+    };
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PartitionError::NullKeys(missing))
+    }
+}
+
+fn decoded_null_keys(data: &bytes::Bytes) -> Result<Vec<i32>, PartitionError> {
     let decoded = silt_archive::decode::records(
         data,
         i64::MIN,
@@ -123,18 +136,13 @@ fn null_keys(data: &bytes::Bytes) -> Result<(), PartitionError> {
             q.reason
         )));
     }
-    let missing: Vec<i32> = decoded
+    Ok(decoded
         .records
         .iter()
         .enumerate()
         .filter(|(_, r)| r.key.is_none())
         .map(|(i, _)| i as i32)
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(PartitionError::NullKeys(missing))
-    }
+        .collect())
 }
 
 /// Whether a batch is zstd-compressed (only Produce v7+ may carry it).
@@ -159,7 +167,7 @@ async fn produce_one(
         BatchError::Invalid(m) => PartitionError::InvalidRecord(m),
     })?;
     if config.compacted && !header.is_control() {
-        null_keys(&data)?;
+        null_keys(&data, &header)?;
     }
     if header.is_transactional() {
         let Some(tid) = transactional_id else {
