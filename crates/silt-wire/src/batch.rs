@@ -487,10 +487,7 @@ mod time_tests {
         let b = timed_batch(100, 1_000, &[0, 5, 50, 20, 7]);
         let h = validate_single(&b).unwrap();
         assert_eq!(null_key_indices(&b, &h), Some(vec![0, 2, 4]));
-        let gzip = BatchHeader {
-            attributes: 1,
-            ..h
-        };
+        let gzip = BatchHeader { attributes: 1, ..h };
         assert_eq!(
             null_key_indices(&b, &gzip),
             None,
