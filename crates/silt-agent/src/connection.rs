@@ -6,7 +6,7 @@
 //! serve closes this connection with a log line; nothing else is affected.
 //!
 //! Each request passes the pipeline's layers in order: frame → decode → authenticate
-//! ([`crate::session`]) → authorize ([`crate::authz`]) → limits ([`crate::limits`]) → handler.
+//! ([`crate::session`]) → fetch sessions ([`crate::fetch_sessions`]) → authorize ([`crate::authz`]) → limits ([`crate::limits`]) → handler.
 //! On TLS listeners the handshake comes first (bounded by `tls.handshake_timeout_ms`).
 
 use std::net::SocketAddr;
@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::authz::Verdict;
 use crate::broker::Broker;
+use crate::fetch_sessions::{FetchSessions, Plan};
 use crate::handlers::{self, Reply};
 use crate::listeners::ListenerInfo;
 use crate::quotas::{Mute, Ticket};
@@ -124,6 +125,9 @@ where
     let budget = broker.limits.connection_budget();
     let idle = std::time::Duration::from_millis(broker.settings.connections.idle_timeout_ms);
     let mute = Arc::new(Mute::default());
+    let fetch_sessions = Arc::new(std::sync::Mutex::new(FetchSessions::new(
+        broker.metrics.fetch_sessions.clone(),
+    )));
     let writer = tokio::spawn(write_loop(
         wr,
         rx,
@@ -264,13 +268,23 @@ where
         // The authentication and authorization layers: go on to the handler (with a fix-up
         // for its response), answer here (and maybe close), or close.
         let step = match session.gate(broker, api, version, &body).await {
-            Gate::Pass => match crate::authz::check(broker, &mut session, &mut body, version) {
-                Verdict::Pass(fixup) => Ok(fixup),
-                Verdict::Deny(resp) => Err((Some(*resp), false)),
-                Verdict::Close(why) => {
-                    tracing::warn!(%peer, principal = %session.principal, "closing connection: {why}");
-                    Err((None, true))
-                }
+            Gate::Pass => match sessions_layer(&fetch_sessions, &mut body, version) {
+                Plan::Answer(resp) => Err((Some(ResponseKind::Fetch(resp)), false)),
+                plan => match crate::authz::check(broker, &mut session, &mut body, version) {
+                    Verdict::Pass(fixup) => Ok(match plan {
+                        Plan::Narrow(n) => crate::authz::then(fixup, move |r| {
+                            if let ResponseKind::Fetch(f) = r {
+                                crate::fetch_sessions::narrow(&n, f);
+                            }
+                        }),
+                        _ => fixup,
+                    }),
+                    Verdict::Deny(resp) => Err((Some(*resp), false)),
+                    Verdict::Close(why) => {
+                        tracing::warn!(%peer, principal = %session.principal, "closing connection: {why}");
+                        Err((None, true))
+                    }
+                },
             },
             Gate::Answer(resp) => Err((Some(resp), false)),
             Gate::AnswerAndClose(resp) => Err((Some(resp), true)),
@@ -507,4 +521,19 @@ pub(crate) fn accept(
             }
         }
     })
+}
+
+/// The fetch-session layer (KIP-227): expands an incremental Fetch into the full request it
+/// stands for, or answers a bad session at once.
+fn sessions_layer(
+    sessions: &Arc<std::sync::Mutex<FetchSessions>>,
+    body: &mut kafka_protocol::messages::RequestKind,
+    version: i16,
+) -> Plan {
+    match body {
+        kafka_protocol::messages::RequestKind::Fetch(f) => {
+            crate::fetch_sessions::expand(sessions, f, version)
+        }
+        _ => Plan::Plain,
+    }
 }

@@ -38,6 +38,7 @@ pub async fn render(b: &Broker) -> String {
         "counter",
         m.connections_total.load(Ordering::Relaxed),
     );
+    fetch_sessions(&m.fetch_sessions, &mut out);
     let l = &b.limits;
     by_label(
         &mut out,
@@ -697,5 +698,31 @@ fn by_label(out: &mut String, name: &str, help: &str, label_name: &str, samples:
     header(out, name, help, "counter");
     for (value, n) in samples {
         let _ = writeln!(out, "{name}{{{label_name}=\"{value}\"}} {n}");
+    }
+}
+
+fn fetch_sessions(s: &crate::fetch_sessions::Stats, out: &mut String) {
+    let r = Ordering::Relaxed;
+    single(
+        out,
+        "silt_fetch_sessions",
+        "Incremental fetch sessions (KIP-227) open now.",
+        "gauge",
+        s.open.load(r),
+    );
+    single(
+        out,
+        "silt_fetch_session_partitions",
+        "Partitions held by open fetch sessions.",
+        "gauge",
+        s.partitions.load(r) as u64,
+    );
+    for (name, help, v) in [
+        ("silt_fetch_sessions_created_total", "Fetch sessions created since start.", &s.created),
+        ("silt_fetch_incremental_total", "Incremental fetches served since start.", &s.incremental),
+        ("silt_fetch_sessions_refused_total", "Full fetches that asked for a session and got none (a per-connection or per-agent bound was reached; the client goes on with full fetches).", &s.refused),
+        ("silt_fetch_session_errors_total", "Incremental fetches answered FETCH_SESSION_ID_NOT_FOUND or INVALID_FETCH_SESSION_EPOCH.", &s.errors),
+    ] {
+        single(out, name, help, "counter", v.load(r));
     }
 }

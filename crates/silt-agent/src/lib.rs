@@ -7,7 +7,7 @@
 //! services (archiver, [`lifecycle`] jobs, controller, group coordinator) are started and stopped
 //! by `tasks`, keep their exposed state in `service_state`, and are never imported by the core.
 //! The request pipeline's layers: `connection` (frames, decoding), `session` (authentication),
-//! `authz` (authorization), `quotas` (byte rates and request time), `limits` (connection and
+//! `fetch_sessions` (incremental fetch, KIP-227), `authz` (authorization), `quotas` (byte rates and request time), `limits` (connection and
 //! memory limits), then `handlers`; `listeners` and `security` set them up. The agent depends on
 //! the metadata and object-store traits, never on a backend.
 //!
@@ -29,6 +29,7 @@ pub(crate) mod connection;
 pub mod crash_points;
 pub(crate) mod error;
 pub(crate) mod exposition;
+pub(crate) mod fetch_sessions;
 pub mod flush;
 pub(crate) mod groups;
 pub(crate) mod handlers;

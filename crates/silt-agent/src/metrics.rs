@@ -45,6 +45,8 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Responses throttled by a client quota.
     pub throttled: AtomicU64,
+    /// Incremental fetch sessions (KIP-227) of every connection.
+    pub fetch_sessions: std::sync::Arc<crate::fetch_sessions::Stats>,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Default for Metrics {
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            fetch_sessions: Default::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Fetch: committed batches from each requested partition, long-polling until `min_bytes` are
-//! available or `max_wait_ms` passes. Sessions (KIP-227) are not kept: every response is a full
-//! response with session id 0, which clients accept as "no session".
+//! available or `max_wait_ms` passes. Every request it sees is a full one: incremental fetch
+//! sessions (KIP-227) are a layer in front of it ([`crate::fetch_sessions`]).
 
 use std::sync::Arc;
 use std::time::Duration;

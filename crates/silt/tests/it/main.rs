@@ -6,6 +6,7 @@ mod clients;
 mod cluster;
 mod config;
 mod durability;
+mod fetch_sessions;
 mod groups;
 mod harness;
 mod kafka;
