@@ -239,9 +239,7 @@ fn a_seeded_session_reads_every_record_once() {
         }
     }
     // Drain with a fresh full session.
-    for p in 0..PARTITIONS as usize {
-        in_session[p] = true;
-    }
+    in_session.fill(true);
     for _ in 0..20 {
         let all: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, position[p as usize])).collect();
         let r = call(&mut f, &fetch(0, -1, &all, &[]));
