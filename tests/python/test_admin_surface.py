@@ -84,7 +84,7 @@ def test_incremental_config_changes_take_effect_at_once(agent_factory, topic_nam
 
     # Broker settings are read at start: refused with INVALID_CONFIG and a reason.
     broker = str(next(iter(a.list_topics(timeout=10).brokers)))
-    e = _incremental(a, (ConfigResource.Type.BROKER, broker), [("log.retention.ms", AlterConfigOpType.SET, "5")])
+    e = _incremental(a, (ConfigResource.Type.BROKER, broker), [("num.io.threads", AlterConfigOpType.SET, "5")])
     assert e is not None and e.code() == KafkaError.INVALID_CONFIG and "read at start" in e.str(), e
 
     # retention.ms changed on a live topic: the retention job applies it at its next pass.
@@ -97,6 +97,85 @@ def test_incremental_config_changes_take_effect_at_once(agent_factory, topic_nam
         wait_until(start_moved, timeout=30, what="the log start moved to the end")
     finally:
         c.close()
+
+
+def _broker_configs(a, name):
+    res = a.describe_configs([ConfigResource(ConfigResource.Type.BROKER, name)])
+    return list(res.values())[0].result(timeout=20)
+
+
+def test_cluster_wide_broker_defaults_change_at_run_time(agent_factory, topic_name):
+    """log.retention.ms and the other topic-config defaults change at run time (Python clients
+    address an agent's own broker resource; Silt keeps one cluster-wide value): topics without
+    their own value follow at once (DescribeConfigs says DYNAMIC_DEFAULT_BROKER_CONFIG, the
+    retention job applies it), topics with one keep it, and deleting the default goes back to
+    the agent's setting."""
+    import time as _time
+
+    agent = agent_factory(SILT_LIFECYCLE__RETENTION_INTERVAL_MS="200")
+    own = topic_name + "-own"
+    create_topic(agent.bootstrap, topic_name)
+    create_topic(agent.bootstrap, own, config={"retention.ms": "86400000"})
+    # Records written an hour ago (CreateTime).
+    old = int(_time.time() * 1000) - 3_600_000
+    p = Producer({"bootstrap.servers": agent.bootstrap, "linger.ms": 0})
+    for t in (topic_name, own):
+        for i in range(5):
+            p.produce(t, key=b"k", value=b"v%d" % i, partition=0, timestamp=old)
+    assert p.flush(20) == 0
+
+    a = admin(agent.bootstrap)
+    broker = str(next(iter(a.list_topics(timeout=10).brokers)))
+    res = (ConfigResource.Type.BROKER, broker)
+    assert _incremental(a, res, [("log.retention.ms", AlterConfigOpType.SET, "600000")], validate_only=True) is None
+    assert _configs(a, topic_name)["retention.ms"].source == 5, "validate_only changes nothing"
+    e = _incremental(a, res, [("log.retention.ms", AlterConfigOpType.SET, "soon")])
+    assert e is not None and e.code() == KafkaError.INVALID_CONFIG, e
+    e = _incremental(a, res, [("num.io.threads", AlterConfigOpType.SET, "4")])
+    assert e is not None and e.code() == KafkaError.INVALID_CONFIG and "num.io.threads" in e.str(), e
+
+    assert _incremental(a, res, [("log.retention.ms", AlterConfigOpType.SET, "600000"),
+                                 ("message.max.bytes", AlterConfigOpType.SET, "3000")]) is None
+    c = _configs(a, topic_name)
+    assert (c["retention.ms"].value, c["retention.ms"].source) == ("600000", 3)  # DYNAMIC_DEFAULT_BROKER_CONFIG
+    assert c["max.message.bytes"].value == "3000"
+    c = _configs(a, own)
+    assert (c["retention.ms"].value, c["retention.ms"].source) == ("86400000", 1)
+    d = _broker_configs(a, broker)
+    assert (d["log.retention.ms"].value, d["log.retention.ms"].source) == ("600000", 3)
+
+    # The new defaults act: the hour-old records go, those of the topic with its own value stay,
+    # and the produce size limit follows too.
+    c = Consumer({"bootstrap.servers": agent.bootstrap, "group.id": "x"})
+    try:
+        def gone():
+            low, high = c.get_watermark_offsets(TP(topic_name, 0), timeout=5)
+            return low == high == 5
+        wait_until(gone, timeout=30, what="retention applied the cluster-wide default")
+        assert c.get_watermark_offsets(TP(own, 0), timeout=5) == (0, 5)
+    finally:
+        c.close()
+    err = _send(agent.bootstrap, topic_name, b"x" * 5000)
+    assert err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE, err
+
+    # kafka-python's AlterConfigs replaces the whole set; DELETE goes back to the settings.
+    ka = KafkaAdminClient(bootstrap_servers=agent.bootstrap)
+    try:
+        ka.alter_configs([KPConfigResource(ConfigResourceType.BROKER, broker, configs={"log.retention.bytes": "1000000"})],
+                         raise_on_unknown=False, incremental=False)
+        got = ka.describe_configs([KPConfigResource(ConfigResourceType.BROKER, broker)], config_filter="all")
+        assert got["broker"][broker]["log.retention.bytes"]["value"] == "1000000", got
+    finally:
+        ka.close()
+    d = _broker_configs(a, broker)
+    assert "log.retention.ms" not in d or d["log.retention.ms"].source != 3
+    assert _configs(a, topic_name)["max.message.bytes"].source == 5
+    assert _configs(a, topic_name)["retention.bytes"].value == "1000000"
+    assert _incremental(a, res, [("log.retention.bytes", AlterConfigOpType.DELETE, None)]) is None
+    assert (_configs(a, topic_name)["retention.bytes"].value, _configs(a, topic_name)["retention.bytes"].source) == ("-1", 5)
+    # Another agent's id is not this agent's to change.
+    e = _incremental(a, (ConfigResource.Type.BROKER, str(int(broker) + 7)), [("log.retention.ms", AlterConfigOpType.SET, "5")])
+    assert e is not None, "a broker id that is not the agent's is refused"
 
 
 def test_alter_configs_replaces_the_whole_set(agent, topic_name):

@@ -10,7 +10,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use crate::client::Cluster;
+use crate::client::{Cluster, Conn};
 use crate::{check, AdminError};
 
 fn s(v: &str) -> StrBytes {
@@ -253,9 +253,6 @@ pub async fn topics_alter(
     partitions: Option<i32>,
 ) -> Result<String, AdminError> {
     use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-    use kafka_protocol::messages::incremental_alter_configs_request::{
-        AlterConfigsResource, AlterableConfig,
-    };
     if set.is_empty() && delete.is_empty() && partitions.is_none() {
         return Err(AdminError::Usage(
             "nothing to change: give --config k=v, --delete-config k or --partitions N".into(),
@@ -265,37 +262,14 @@ pub async fn topics_alter(
     let mut conn = c.broker(c.controller).await?;
     let mut out = String::new();
     if !set.is_empty() || !delete.is_empty() {
-        let configs = set
-            .iter()
-            .map(|(k, v)| {
-                AlterableConfig::default()
-                    .with_name(s(k))
-                    .with_config_operation(0)
-                    .with_value(Some(s(v)))
-            })
-            .chain(delete.iter().map(|k| {
-                AlterableConfig::default()
-                    .with_name(s(k))
-                    .with_config_operation(1)
-            }))
-            .collect();
-        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
-            AlterConfigsResource::default()
-                .with_resource_type(2)
-                .with_resource_name(s(name))
-                .with_configs(configs),
-        ]);
-        let r: IncrementalAlterConfigsResponse =
-            conn.call(ApiKey::IncrementalAlterConfigs, 1, &req).await?;
-        let res = r
-            .responses
-            .first()
-            .ok_or_else(|| AdminError::Usage("empty IncrementalAlterConfigs response".into()))?;
-        check(
-            res.error_code,
+        alter_configs(
+            &mut conn,
+            (2, name),
+            set,
+            delete,
             &format!("changing the configs of topic {name}"),
-            res.error_message.as_deref(),
-        )?;
+        )
+        .await?;
         for (k, v) in set {
             out.push_str(&format!("{name}: {k}={v}\n"));
         }
@@ -320,6 +294,114 @@ pub async fn topics_alter(
             res.error_message.as_deref(),
         )?;
         out.push_str(&format!("{name}: {n} partitions\n"));
+    }
+    Ok(out)
+}
+
+/// SETs and DELETEs configs of one resource (type, name) with IncrementalAlterConfigs.
+async fn alter_configs(
+    conn: &mut Conn,
+    (resource_type, name): (i8, &str),
+    set: &[(String, String)],
+    delete: &[String],
+    what: &str,
+) -> Result<(), AdminError> {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    let configs = set
+        .iter()
+        .map(|(k, v)| {
+            AlterableConfig::default()
+                .with_name(s(k))
+                .with_config_operation(0)
+                .with_value(Some(s(v)))
+        })
+        .chain(delete.iter().map(|k| {
+            AlterableConfig::default()
+                .with_name(s(k))
+                .with_config_operation(1)
+        }))
+        .collect();
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(s(name))
+            .with_configs(configs),
+    ]);
+    let r: IncrementalAlterConfigsResponse =
+        conn.call(ApiKey::IncrementalAlterConfigs, 1, &req).await?;
+    let res = r
+        .responses
+        .first()
+        .ok_or_else(|| AdminError::Usage("empty IncrementalAlterConfigs response".into()))?;
+    check(res.error_code, what, res.error_message.as_deref())
+}
+
+/// `defaults`: the cluster-wide defaults of topic configs changed at run time (broker config
+/// names, the default broker resource).
+pub async fn defaults_list(bootstrap: &str) -> Result<String, AdminError> {
+    let mut conn = Conn::connect(bootstrap).await?;
+    let req =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(4)
+            .with_resource_name(s(""))
+            .with_configuration_keys(None)]);
+    let r: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 4, &req).await?;
+    let res = r
+        .results
+        .first()
+        .ok_or_else(|| AdminError::Usage("empty DescribeConfigs response".into()))?;
+    check(
+        res.error_code,
+        "reading the cluster-wide defaults",
+        res.error_message.as_deref(),
+    )?;
+    if res.configs.is_empty() {
+        return Ok(
+            "no cluster-wide defaults set: every topic config defaults to the agents' settings\n"
+                .into(),
+        );
+    }
+    let mut out = String::new();
+    for c in &res.configs {
+        out.push_str(&format!(
+            "{}={}\n",
+            c.name.as_str(),
+            c.value.as_deref().unwrap_or("")
+        ));
+    }
+    Ok(out)
+}
+
+/// `defaults set`: changes cluster-wide defaults of topic configs (e.g. `log.retention.ms`).
+pub async fn defaults_set(
+    bootstrap: &str,
+    set: &[(String, String)],
+    delete: &[String],
+) -> Result<String, AdminError> {
+    if set.is_empty() && delete.is_empty() {
+        return Err(AdminError::Usage(
+            "nothing to change: give --config k=v or --delete-config k (broker names, e.g. log.retention.ms)".into(),
+        ));
+    }
+    let mut conn = Conn::connect(bootstrap).await?;
+    alter_configs(
+        &mut conn,
+        (4, ""),
+        set,
+        delete,
+        "changing the cluster-wide defaults",
+    )
+    .await?;
+    let mut out = String::new();
+    for (k, v) in set {
+        out.push_str(&format!(
+            "{k}={v} (every agent, topics without their own value)\n"
+        ));
+    }
+    for k in delete {
+        out.push_str(&format!("{k} back to the agents' settings\n"));
     }
     Ok(out)
 }

@@ -114,6 +114,149 @@ pub const ARCHIVE_ENABLE: &str = "silt.archive.enable";
 /// Topic config: JSON value schema for typed archive columns.
 pub const ARCHIVE_VALUE_SCHEMA: &str = "silt.archive.value.schema";
 
+/// Broker configs that set a topic config's default (Kafka's synonyms: broker name, topic
+/// name). They change at run time, cluster-wide (`/silt/broker-configs/<default>`).
+pub const BROKER_SYNONYMS: &[(&str, &str)] = &[
+    ("log.cleanup.policy", "cleanup.policy"),
+    ("compression.type", "compression.type"),
+    ("log.cleaner.delete.retention.ms", "delete.retention.ms"),
+    ("log.segment.delete.delay.ms", "file.delete.delay.ms"),
+    ("log.flush.interval.messages", "flush.messages"),
+    ("log.flush.interval.ms", "flush.ms"),
+    ("log.index.interval.bytes", "index.interval.bytes"),
+    ("log.local.retention.bytes", "local.retention.bytes"),
+    ("log.local.retention.ms", "local.retention.ms"),
+    ("log.cleaner.max.compaction.lag.ms", "max.compaction.lag.ms"),
+    ("message.max.bytes", "max.message.bytes"),
+    (
+        "log.message.downconversion.enable",
+        "message.downconversion.enable",
+    ),
+    (
+        "log.message.timestamp.after.max.ms",
+        "message.timestamp.after.max.ms",
+    ),
+    (
+        "log.message.timestamp.before.max.ms",
+        "message.timestamp.before.max.ms",
+    ),
+    (
+        "log.message.timestamp.difference.max.ms",
+        "message.timestamp.difference.max.ms",
+    ),
+    ("log.message.timestamp.type", "message.timestamp.type"),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        "min.cleanable.dirty.ratio",
+    ),
+    ("log.cleaner.min.compaction.lag.ms", "min.compaction.lag.ms"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    ("log.preallocate", "preallocate"),
+    ("log.retention.bytes", "retention.bytes"),
+    ("log.retention.ms", "retention.ms"),
+    ("log.segment.bytes", "segment.bytes"),
+    ("log.index.size.max.bytes", "segment.index.bytes"),
+    ("log.roll.jitter.ms", "segment.jitter.ms"),
+    ("log.roll.ms", "segment.ms"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
+    ("silt.archive.enable", ARCHIVE_ENABLE),
+];
+
+/// The topic config a broker config is the default of.
+pub fn topic_synonym(broker_name: &str) -> Option<&'static str> {
+    BROKER_SYNONYMS
+        .iter()
+        .find(|(b, _)| *b == broker_name)
+        .map(|(_, t)| *t)
+}
+
+/// The broker config that is a topic config's default.
+pub fn broker_synonym(topic_name: &str) -> Option<&'static str> {
+    BROKER_SYNONYMS
+        .iter()
+        .find(|(_, t)| *t == topic_name)
+        .map(|(b, _)| *b)
+}
+
+/// Where a topic config's value comes from when the topic does not set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultSource {
+    /// A cluster-wide broker config changed at run time.
+    Dynamic,
+    /// The agent's settings or Kafka's default.
+    Static,
+}
+
+/// The default of a topic config: the cluster-wide dynamic broker config if one is set (broker
+/// names in `dynamic`), else [`default_value`].
+pub fn default_with(
+    name: &str,
+    d: &TopicDefaults,
+    dynamic: &BTreeMap<String, String>,
+) -> (String, DefaultSource) {
+    match broker_synonym(name).and_then(|b| dynamic.get(b)) {
+        Some(v) => (v.clone(), DefaultSource::Dynamic),
+        None => (default_value(name, d), DefaultSource::Static),
+    }
+}
+
+/// Cluster-wide broker configs after `changes` (IncrementalAlterConfigs, broker names; or
+/// AlterConfigs with `replace`: what is not named goes back to its default). Each must be a
+/// topic config's default and is checked as that topic config is; the error names the rest.
+pub fn apply_broker_changes(
+    current: &BTreeMap<String, String>,
+    changes: &[Change],
+    replace: bool,
+    d: &TopicDefaults,
+) -> Result<BTreeMap<String, String>, TopicError> {
+    let read_only: Vec<&str> = changes
+        .iter()
+        .map(|c| c.name())
+        .filter(|n| topic_synonym(n).is_none())
+        .collect();
+    if !read_only.is_empty() {
+        return Err(TopicError::InvalidConfig(read_only_message(&read_only)));
+    }
+    let to_topic = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        m.iter()
+            .filter_map(|(k, v)| Some((topic_synonym(k)?.to_owned(), v.clone())))
+            .collect()
+    };
+    let start = if replace {
+        BTreeMap::new()
+    } else {
+        to_topic(current)
+    };
+    let renamed: Vec<Change> = changes
+        .iter()
+        .map(|c| {
+            let t = topic_synonym(c.name()).unwrap_or_default().to_owned();
+            match c {
+                Change::Set(_, v) => Change::Set(t, v.clone()),
+                Change::Delete(_) => Change::Delete(t),
+                Change::Append(_, v) => Change::Append(t, v.clone()),
+                Change::Subtract(_, v) => Change::Subtract(t, v.clone()),
+            }
+        })
+        .collect();
+    let next = apply_changes(&start, &renamed, d)?;
+    Ok(next
+        .into_iter()
+        .filter_map(|(k, v)| Some((broker_synonym(&k)?.to_owned(), v)))
+        .collect())
+}
+
+/// Why broker configs cannot change at run time, and what can.
+pub fn read_only_message(names: &[&str]) -> String {
+    format!(
+        "cannot update these broker configs dynamically: {}; broker settings are read at start (change them in the agent's config file or SILT_* environment and restart). What changes at run time: the cluster-wide defaults of topic configs (log.retention.ms, log.retention.bytes, message.max.bytes, log.message.timestamp.*, log.cleanup.policy and the other log.* synonyms of topic configs) on the default broker resource (kafka-configs --entity-type brokers --entity-default), and log levels through the BROKER_LOGGER resource or the admin port",
+        names.join(", ")
+    )
+}
+
 /// The default value of a config, given the agent's topic defaults.
 pub fn default_value(name: &str, d: &TopicDefaults) -> String {
     match name {
@@ -244,7 +387,8 @@ impl Change {
         })
     }
 
-    fn name(&self) -> &str {
+    /// The config it changes.
+    pub fn name(&self) -> &str {
         match self {
             Self::Set(n, _) | Self::Delete(n) | Self::Append(n, _) | Self::Subtract(n, _) => n,
         }
@@ -356,13 +500,18 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// Resolves a topic's explicit configs over the defaults.
-    pub fn from(configs: &BTreeMap<String, String>, d: &TopicDefaults) -> Self {
+    /// Resolves a topic's explicit configs over the cluster-wide dynamic defaults (broker
+    /// names) and the agent's settings.
+    pub fn from(
+        configs: &BTreeMap<String, String>,
+        d: &TopicDefaults,
+        dynamic: &BTreeMap<String, String>,
+    ) -> Self {
         let get = |name: &str| {
             configs
                 .get(name)
                 .cloned()
-                .unwrap_or_else(|| default_value(name, d))
+                .unwrap_or_else(|| default_with(name, d, dynamic).0)
         };
         let difference: i64 = get("message.timestamp.difference.max.ms")
             .parse()
@@ -503,9 +652,96 @@ mod tests {
                 ("message.timestamp.type".into(), "LogAppendTime".into()),
             ]),
             &d,
+            &BTreeMap::new(),
         );
         assert_eq!(r.max_message_bytes, 2048);
         assert!(r.log_append_time);
         assert_eq!(r.retention_ms, d.retention_ms);
+    }
+
+    #[test]
+    fn dynamic_broker_defaults_sit_between_topic_values_and_settings() {
+        let d = TopicDefaults::default();
+        let dynamic = BTreeMap::from([
+            ("log.retention.ms".to_string(), "5000".to_string()),
+            ("message.max.bytes".to_string(), "4096".to_string()),
+        ]);
+        let explicit = BTreeMap::from([("max.message.bytes".into(), "2048".into())]);
+        let r = Resolved::from(&explicit, &d, &dynamic);
+        assert_eq!(r.retention_ms, 5000, "the dynamic default applies");
+        assert_eq!(r.max_message_bytes, 2048, "the topic's own value wins");
+        assert_eq!(
+            default_with("retention.ms", &d, &dynamic),
+            ("5000".to_string(), DefaultSource::Dynamic)
+        );
+        assert_eq!(
+            default_with("retention.bytes", &d, &dynamic),
+            ("-1".to_string(), DefaultSource::Static)
+        );
+        // Every synonym names a known topic config, once.
+        for (b, t) in BROKER_SYNONYMS {
+            assert!(find(t).is_some(), "{b} -> {t}");
+            assert_eq!(broker_synonym(t), Some(*b));
+        }
+    }
+
+    #[test]
+    fn broker_changes_are_checked_as_topic_configs_and_named_when_read_only() {
+        let d = TopicDefaults::default();
+        let cur = BTreeMap::from([("log.retention.ms".to_string(), "5000".to_string())]);
+        let next = apply_broker_changes(
+            &cur,
+            &[
+                Change::Set("log.retention.bytes".into(), "1000000".into()),
+                Change::Append("log.cleanup.policy".into(), "compact".into()),
+            ],
+            false,
+            &d,
+        )
+        .unwrap();
+        assert_eq!(
+            next,
+            BTreeMap::from([
+                (
+                    "log.cleanup.policy".to_string(),
+                    "delete,compact".to_string()
+                ),
+                ("log.retention.bytes".to_string(), "1000000".to_string()),
+                ("log.retention.ms".to_string(), "5000".to_string()),
+            ])
+        );
+        // AlterConfigs replaces the whole set.
+        let next = apply_broker_changes(
+            &cur,
+            &[Change::Set("message.max.bytes".into(), "2048".into())],
+            true,
+            &d,
+        )
+        .unwrap();
+        assert_eq!(
+            next,
+            BTreeMap::from([("message.max.bytes".to_string(), "2048".to_string())])
+        );
+        let bad = apply_broker_changes(
+            &cur,
+            &[Change::Set("log.retention.ms".into(), "soon".into())],
+            false,
+            &d,
+        );
+        assert!(matches!(bad, Err(TopicError::InvalidConfig(_))), "{bad:?}");
+        let e = apply_broker_changes(
+            &cur,
+            &[
+                Change::Set("num.io.threads".into(), "4".into()),
+                Change::Set("log.retention.ms".into(), "1".into()),
+            ],
+            false,
+            &d,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("num.io.threads"), "{e}");
+        assert!(!e
+            .to_string()
+            .contains("these broker configs dynamically: num.io.threads, log.retention.ms"));
     }
 }

@@ -1,13 +1,15 @@
 //! The agent's view of the topic catalog: topic records followed live from the metadata store
 //! (a [`Mirror`] of `/silt/topics/`, so a topic created through any agent is seen by all) and
-//! their resolved configs. Creation, config changes, partition growth and deletion go through the
-//! metadata store first; this view (and every other agent's) follows. Which partitions this agent leads is `cluster`'s business.
+//! their resolved configs, which also follow the cluster-wide broker configs changed at run time
+//! (a second mirror, of `/silt/broker-configs/`). Creation, config changes, partition growth and
+//! deletion go through the metadata store first; this view (and every other agent's) follows. Which partitions this agent leads is `cluster`'s business.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use silt_common::config::TopicDefaults;
 use silt_common::Clock;
+use silt_meta::layout::broker_configs;
 use silt_meta::layout::catalog::{self, TopicRecord};
 use silt_meta::mirror::{Mirror, Snapshot};
 use silt_meta::MetaKv;
@@ -63,6 +65,7 @@ impl Index {
 }
 
 type CatalogMirror = Mirror<String, TopicRecord>;
+type BrokerConfigMirror = Mirror<String, broker_configs::Values>;
 
 /// The catalog view.
 #[derive(Debug)]
@@ -71,13 +74,27 @@ pub struct Topics {
     clock: Arc<dyn Clock>,
     defaults: TopicDefaults,
     mirror: CatalogMirror,
-    /// The index built from the mirror snapshot of the given version.
-    index: RwLock<(u64, Arc<Index>)>,
+    /// Cluster-wide broker configs changed at run time.
+    dynamic: BrokerConfigMirror,
+    /// The index built from the catalog and broker-config snapshots of the given versions.
+    index: RwLock<((u64, u64), Arc<Index>)>,
     admin: tokio::sync::Mutex<()>,
 }
 
 fn decode_record(key: &[u8], value: &[u8]) -> Option<TopicRecord> {
     catalog::decode(key, value).ok()
+}
+
+fn decode_broker_configs(key: &[u8], value: &[u8]) -> Option<broker_configs::Values> {
+    broker_configs::decode(key, value).ok()
+}
+
+/// The cluster-wide values in a broker-config snapshot.
+fn dynamic_of(s: &Snapshot<String, broker_configs::Values>) -> broker_configs::Values {
+    s.items
+        .get(broker_configs::DEFAULT)
+        .map(|i| i.value.clone())
+        .unwrap_or_default()
 }
 
 /// Checks a topic name the way Kafka does.
@@ -120,12 +137,20 @@ impl Topics {
             decode_record,
         )
         .await?;
+        let dynamic = Mirror::start(
+            meta.clone(),
+            broker_configs::prefix(),
+            broker_configs::parse_key,
+            decode_broker_configs,
+        )
+        .await?;
         Ok(Self {
             meta,
             clock,
             defaults,
             mirror,
-            index: RwLock::new((0, Arc::default())),
+            dynamic,
+            index: RwLock::new(((0, 0), Arc::default())),
             admin: tokio::sync::Mutex::new(()),
         })
     }
@@ -139,27 +164,31 @@ impl Topics {
     /// the `Topic`s of unchanged records).
     fn read(&self) -> Arc<Index> {
         let snap = self.mirror.snapshot();
+        let dynamic = self.dynamic.snapshot();
+        let version = (snap.version, dynamic.version);
         {
             let cur = self.index.read().unwrap_or_else(|p| p.into_inner());
-            if cur.0 == snap.version {
+            if cur.0 == version {
                 return cur.1.clone();
             }
         }
         let mut cur = self.index.write().unwrap_or_else(|p| p.into_inner());
-        if cur.0 != snap.version {
+        if cur.0 != version {
+            let same_defaults = cur.0 .1 == dynamic.version;
+            let defaults = dynamic_of(&dynamic);
             let mut next = Index::default();
             for item in snap.items.values() {
                 let r = &item.value;
                 let t = match cur.1.by_id.get(&r.id) {
-                    Some(t) if t.record == *r => t.clone(),
+                    Some(t) if same_defaults && t.record == *r => t.clone(),
                     _ => Arc::new(Topic {
-                        config: Resolved::from(&r.configs, &self.defaults),
+                        config: Resolved::from(&r.configs, &self.defaults, &defaults),
                         record: r.clone(),
                     }),
                 };
                 next.insert(t);
             }
-            *cur = (snap.version, Arc::new(next));
+            *cur = (version, Arc::new(next));
         }
         cur.1.clone()
     }
@@ -173,6 +202,44 @@ impl Topics {
     /// The topic defaults.
     pub fn defaults(&self) -> &TopicDefaults {
         &self.defaults
+    }
+
+    /// The cluster-wide broker configs changed at run time (broker names), as this agent sees
+    /// them now.
+    pub fn dynamic_defaults(&self) -> broker_configs::Values {
+        dynamic_of(&self.dynamic.snapshot())
+    }
+
+    /// Changes the cluster-wide broker configs with `change` (a compare-and-swap, tried again
+    /// if another agent changed them meanwhile) unless `validate_only`; every agent follows and
+    /// re-resolves its topics' configs. Returns the configs as changed.
+    pub async fn alter_dynamic_defaults(
+        &self,
+        validate_only: bool,
+        change: impl Fn(&broker_configs::Values) -> Result<broker_configs::Values, TopicError>,
+    ) -> Result<broker_configs::Values, TopicError> {
+        let _g = self.admin.lock().await;
+        for _ in 0..20 {
+            let (cur, revision) =
+                broker_configs::get(self.meta.as_ref(), broker_configs::DEFAULT).await?;
+            let next = change(&cur)?;
+            if validate_only || next == cur {
+                return Ok(next);
+            }
+            if broker_configs::replace(self.meta.as_ref(), broker_configs::DEFAULT, &next, revision)
+                .await?
+            {
+                let mut rx = self.dynamic.subscribe();
+                let _ =
+                    tokio::time::timeout(FOLLOW_TIMEOUT, rx.wait_for(|s| dynamic_of(s) == next))
+                        .await;
+                tracing::info!(configs = ?next, "cluster-wide broker configs changed");
+                return Ok(next);
+            }
+        }
+        Err(TopicError::Busy(
+            "the cluster-wide broker configs kept changing while this change was being applied; try again".into(),
+        ))
     }
 
     /// A topic by name.

@@ -30,6 +30,12 @@ pub enum AdminCommand {
     /// Client quotas (produce and fetch byte rates per user and client id): list, set, remove.
     #[command(subcommand)]
     Quotas(QuotasCommand),
+    /// Cluster-wide defaults of topic configs, changed at run time (broker config names, e.g.
+    /// log.retention.ms): list them, or set / delete some.
+    Defaults {
+        #[command(subcommand)]
+        cmd: Option<DefaultsCommand>,
+    },
 }
 
 /// Whose quota.
@@ -61,6 +67,20 @@ impl QuotaEntityArgs {
             client_id: pick(&self.client_id, self.default_client_id),
         }
     }
+}
+
+/// Cluster-wide default commands.
+#[derive(Debug, Subcommand)]
+pub enum DefaultsCommand {
+    /// Set or delete defaults: --config log.retention.ms=86400000 --delete-config message.max.bytes
+    Set {
+        /// Set a default, repeatable (Kafka's broker name of a topic config).
+        #[arg(long = "config", short = 'c', value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
+        /// Remove a default (back to the agents' settings), repeatable.
+        #[arg(long = "delete-config")]
+        delete: Vec<String>,
+    },
 }
 
 /// Quota commands.
@@ -297,6 +317,10 @@ pub async fn run(bootstrap: &str, cmd: AdminCommand) -> Result<String, silt_admi
         AdminCommand::Topics(TopicsCommand::Delete { name }) => {
             c::topics_delete(bootstrap, &name).await
         }
+        AdminCommand::Defaults { cmd: None } => c::defaults_list(bootstrap).await,
+        AdminCommand::Defaults {
+            cmd: Some(DefaultsCommand::Set { configs, delete }),
+        } => c::defaults_set(bootstrap, &configs, &delete).await,
         AdminCommand::Groups(GroupsCommand::List) => c::groups_list(bootstrap).await,
         AdminCommand::Groups(GroupsCommand::Describe { group }) => {
             c::groups_describe(bootstrap, &group).await

@@ -29,6 +29,7 @@ const RESOURCE_BROKER: i8 = 4;
 const RESOURCE_BROKER_LOGGER: i8 = 8;
 const SOURCE_DYNAMIC_BROKER_LOGGER: i8 = 6;
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
@@ -39,6 +40,7 @@ pub async fn create_topics(
     v: i16,
 ) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
+    let dynamic = b.topics.dynamic_defaults();
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut configs = BTreeMap::new();
@@ -106,7 +108,7 @@ pub async fn create_topics(
                     topic_config::DEFS
                         .iter()
                         .map(|d| {
-                            let (value, source) = effective(&record.configs, d.name, b);
+                            let (value, source) = effective(&record.configs, d.name, b, &dynamic);
                             CreatableTopicConfigs::default()
                                 .with_name(str_bytes(d.name))
                                 .with_value(Some(str_bytes(value)))
@@ -173,13 +175,18 @@ pub async fn delete_topics(
 }
 
 /// A topic config's value and where it comes from (set on the topic, or the default).
-fn effective(configs: &BTreeMap<String, String>, name: &str, b: &Broker) -> (String, i8) {
+fn effective(
+    configs: &BTreeMap<String, String>,
+    name: &str,
+    b: &Broker,
+    dynamic: &BTreeMap<String, String>,
+) -> (String, i8) {
     match configs.get(name) {
         Some(v) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
-        None => (
-            topic_config::default_value(name, b.topics.defaults()),
-            SOURCE_DEFAULT,
-        ),
+        None => match topic_config::default_with(name, b.topics.defaults(), dynamic) {
+            (v, topic_config::DefaultSource::Dynamic) => (v, SOURCE_DYNAMIC_DEFAULT_BROKER),
+            (v, topic_config::DefaultSource::Static) => (v, SOURCE_DEFAULT),
+        },
     }
 }
 
@@ -213,6 +220,7 @@ pub fn describe_configs(
     req: DescribeConfigsRequest,
     v: i16,
 ) -> DescribeConfigsResponse {
+    let dynamic = b.topics.dynamic_defaults();
     let results = req
         .resources
         .into_iter()
@@ -238,12 +246,32 @@ pub fn describe_configs(
                             .iter()
                             .filter(|d| wanted(d.name))
                             .map(|d| {
-                                let (value, source) = effective(&t.record.configs, d.name, b);
+                                let (value, source) = effective(&t.record.configs, d.name, b, &dynamic);
                                 config_entry(d.name, value, source, d.kind, req.include_synonyms, v)
                             })
                             .collect(),
                     ),
                 },
+                // The cluster-wide defaults changed at run time (Kafka's default resource).
+                RESOURCE_BROKER if name.is_empty() => r.with_configs(
+                    dynamic
+                        .iter()
+                        .filter(|(k, _)| wanted(k))
+                        .map(|(k, val)| {
+                            let kind = topic_config::topic_synonym(k)
+                                .and_then(topic_config::find)
+                                .map_or(ConfigType::String, |d| d.kind);
+                            config_entry(
+                                k,
+                                val.clone(),
+                                SOURCE_DYNAMIC_DEFAULT_BROKER,
+                                kind,
+                                req.include_synonyms,
+                                v,
+                            )
+                        })
+                        .collect(),
+                ),
                 RESOURCE_BROKER => {
                     let s = &b.settings;
                     let entries = [
@@ -274,19 +302,26 @@ pub fn describe_configs(
                         ),
                         ("broker.id", s.node_id.to_string(), ConfigType::Int),
                     ];
+                    // Settings first; the cluster-wide dynamic values replace theirs.
+                    let mut all: Vec<(String, String, ConfigType, i8)> = entries
+                        .into_iter()
+                        .map(|(k, val, kind)| (k.to_string(), val, kind, SOURCE_STATIC_BROKER))
+                        .collect();
+                    for (k, val) in &dynamic {
+                        let kind = topic_config::topic_synonym(k)
+                            .and_then(topic_config::find)
+                            .map_or(ConfigType::String, |d| d.kind);
+                        let entry = (k.clone(), val.clone(), kind, SOURCE_DYNAMIC_DEFAULT_BROKER);
+                        match all.iter_mut().find(|e| e.0 == *k) {
+                            Some(e) => *e = entry,
+                            None => all.push(entry),
+                        }
+                    }
                     r.with_configs(
-                        entries
-                            .into_iter()
-                            .filter(|(k, _, _)| wanted(k))
-                            .map(|(k, val, kind)| {
-                                config_entry(
-                                    k,
-                                    val,
-                                    SOURCE_STATIC_BROKER,
-                                    kind,
-                                    req.include_synonyms,
-                                    v,
-                                )
+                        all.into_iter()
+                            .filter(|(k, _, _, _)| wanted(k))
+                            .map(|(k, val, kind, source)| {
+                                config_entry(&k, val, source, kind, req.include_synonyms, v)
                             })
                             .collect(),
                     )

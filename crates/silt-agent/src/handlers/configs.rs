@@ -1,7 +1,9 @@
 //! IncrementalAlterConfigs and AlterConfigs: topic configs change at once on every agent (the
 //! topic record in the metadata store is replaced, compare-and-swap, and every agent's catalog
-//! follows); broker configs are read-only and refused as Kafka refuses them, except the agent's
-//! log levels (resource type BROKER_LOGGER), which change at run time.
+//! follows). Broker configs: the cluster-wide defaults of topic configs (`log.retention.ms` and
+//! the other synonyms, on the default resource or an agent's own) change at run time on every
+//! agent the same way; the agent's log levels (resource type BROKER_LOGGER) change on that agent; every
+//! other broker config is read at start and refused as Kafka refuses read-only configs.
 
 use std::sync::Arc;
 
@@ -82,9 +84,23 @@ pub async fn incremental(
                     .collect(),
                 req.validate_only,
             ),
-            RESOURCE_BROKER => broker_read_only(
-                res.configs.iter().map(|c| c.name.to_string()).collect(),
-            ),
+            RESOURCE_BROKER => {
+                let changes: Result<Vec<Change>, TopicError> = res
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        Change::from_kafka(
+                            c.config_operation,
+                            c.name.as_str(),
+                            c.value.as_ref().map(|v| v.as_str()),
+                        )
+                    })
+                    .collect();
+                match changes {
+                    Err(e) => failed(&e),
+                    Ok(changes) => broker(b, &name, &changes, false, req.validate_only).await,
+                }
+            }
             other => refused(
                 ResponseError::InvalidRequest,
                 format!("resource type {other} cannot be altered (topics: 2, brokers: 4, broker loggers: 8)"),
@@ -132,9 +148,19 @@ pub async fn alter(b: &Arc<Broker>, req: AlterConfigsRequest) -> AlterConfigsRes
                         .map_or_else(|e| failed(&e), |_| ok()),
                 }
             }
-            RESOURCE_BROKER => broker_read_only(
-                res.configs.iter().map(|c| c.name.to_string()).collect(),
-            ),
+            RESOURCE_BROKER => {
+                let changes: Vec<Change> = res
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        Change::Set(
+                            c.name.to_string(),
+                            c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                broker(b, &name, &changes, true, req.validate_only).await
+            }
             other => refused(
                 ResponseError::InvalidRequest,
                 format!("resource type {other} cannot be altered with AlterConfigs (topics: 2, brokers: 4)"),
@@ -151,19 +177,37 @@ pub async fn alter(b: &Arc<Broker>, req: AlterConfigsRequest) -> AlterConfigsRes
     AlterConfigsResponse::default().with_responses(out)
 }
 
-/// Broker configs are the agent's settings, read at start: refused as Kafka refuses
-/// configs it cannot change at run time.
-fn broker_read_only(names: Vec<String>) -> Outcome {
-    if names.is_empty() {
-        return ok();
+/// A BROKER resource: the cluster-wide defaults of topic configs change (`replace`:
+/// AlterConfigs, the given set replaces the stored one), whether the request names the default
+/// resource (name "") or this agent — Silt keeps one value for the pool, since any agent may
+/// lead any partition (docs/compatibility.md); anything else is read-only, as in Kafka.
+async fn broker(
+    b: &Broker,
+    name: &str,
+    changes: &[Change],
+    replace: bool,
+    validate_only: bool,
+) -> Outcome {
+    if !name.is_empty() && name.parse::<i32>().ok() != Some(b.node.id) {
+        return refused(
+            ResponseError::InvalidRequest,
+            format!(
+                "unexpected broker id {name:?}: this is agent {}; send an agent's configs to that agent, or use the default resource (empty name) for the cluster-wide defaults",
+                b.node.id
+            ),
+        );
     }
-    refused(
-        ResponseError::InvalidConfig,
-        format!(
-            "cannot update these broker configs dynamically: {}; broker settings are read at start (change them in the agent's config file or SILT_* environment and restart; log levels change at run time through the BROKER_LOGGER resource or the admin port)",
-            names.join(", ")
-        ),
-    )
+    if !name.is_empty() && !changes.is_empty() {
+        tracing::info!(agent = name, configs = ?changes.iter().map(|c| c.name()).collect::<Vec<_>>(),
+            "broker configs altered through one agent's resource apply to every agent (Silt keeps one cluster-wide value)");
+    }
+    let d = b.topics.defaults().clone();
+    b.topics
+        .alter_dynamic_defaults(validate_only, |cur| {
+            topic_config::apply_broker_changes(cur, changes, replace, &d)
+        })
+        .await
+        .map_or_else(|e| failed(&e), |_| ok())
 }
 
 /// BROKER_LOGGER: each config is a log target (a Rust module path such as

@@ -19,6 +19,7 @@
 //! /silt/users/{user}/{mechanism}                     ScramRecord: a user's SCRAM credential
 //! /silt/acls/{type}/{name}/{pattern}/{principal}/{host}/{op}/{permission}   AclRecord
 //! /silt/quotas/{entity}                              client quotas of user=…,client-id=…
+//! /silt/broker-configs/<default>                     cluster-wide broker configs changed at run time
 //! /silt/txns/{transactional id}                      TxnRecord: a transactional producer's state
 //! /silt/txn-markers/{topic_id}/{p:010}/{txn id}      MarkerRequest: a marker a leader is to write
 //! ```
@@ -26,6 +27,7 @@
 pub mod agents;
 pub mod archive;
 pub mod assignment;
+pub mod broker_configs;
 pub mod catalog;
 pub mod cluster;
 pub mod group_offsets;

@@ -116,6 +116,24 @@ async fn every_admin_command_against_a_running_agent() {
     let (success, _, err) = admin(&agent, &["topics", "alter", "cli-orders"]);
     assert!(!success && err.contains("nothing to change"), "{err}");
 
+    // Cluster-wide defaults: none at first; set, listed, refused when read-only, removed.
+    assert!(ok(&agent, &["defaults"]).contains("no cluster-wide defaults"));
+    ok(
+        &agent,
+        &["defaults", "set", "-c", "log.retention.ms=3600000"],
+    );
+    assert_eq!(ok(&agent, &["defaults"]), "log.retention.ms=3600000\n");
+    let (success, _, err) = admin(&agent, &["defaults", "set", "-c", "num.io.threads=4"]);
+    assert!(
+        !success && err.contains("num.io.threads") && err.contains("read at start"),
+        "{err}"
+    );
+    ok(
+        &agent,
+        &["defaults", "set", "--delete-config", "log.retention.ms"],
+    );
+    assert!(ok(&agent, &["defaults"]).contains("no cluster-wide defaults"));
+
     let out = ok(&agent, &["agents"]);
     let me = line(&out, "0");
     assert_eq!(me[1], b);

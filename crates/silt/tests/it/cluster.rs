@@ -753,7 +753,8 @@ async fn the_pool_always_has_a_controller_through_etcd_restarts_and_deaths() {
 
 /// A config change and partition growth made through one agent apply on every agent at once:
 /// `max.message.bytes` lowered through agent 1 refuses a large record on partitions led by
-/// either agent, and partitions added through agent 2 get leaders on both and take writes.
+/// either agent, partitions added through agent 2 get leaders on both and take writes, and a
+/// cluster-wide `message.max.bytes` set through agent 2 applies on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn config_changes_and_new_partitions_apply_on_every_agent() {
     use rdkafka::admin::{AdminOptions, AlterConfig, NewPartitions, ResourceSpecifier};
@@ -828,4 +829,58 @@ async fn config_changes_and_new_partitions_apply_on_every_agent() {
         .await
         .unwrap();
     assert!(r[0].is_err(), "shrinking is refused: {r:?}");
+
+    // A cluster-wide default (the default broker resource, name "") set through agent 2
+    // applies to a topic without its own value on partitions led by either agent.
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    create_topic(&b, "defaulted", 4, &[]).await;
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(4)
+            .with_resource_name(StrBytes::from_static_str(""))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_static_str("message.max.bytes"))
+                .with_config_operation(0)
+                .with_value(Some(StrBytes::from_static_str("2000")))]),
+    ]);
+    let mut conn = crate::protocol::Conn::open(&c.agents[1]);
+    let r: IncrementalAlterConfigsResponse = conn.call(ApiKey::IncrementalAlterConfigs, 1, &req);
+    assert_eq!(
+        r.responses[0].error_code, 0,
+        "{:?}",
+        r.responses[0].error_message
+    );
+    let p = crate::kafka::producer(&b, &[]);
+    for part in 0..4 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let res = p
+                .send(
+                    FutureRecord::<(), _>::to("defaulted")
+                        .partition(part)
+                        .payload(&big),
+                    Duration::from_secs(20),
+                )
+                .await;
+            match res {
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge) =>
+                {
+                    break
+                }
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "partition {part}: the cluster-wide message.max.bytes never applied: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
