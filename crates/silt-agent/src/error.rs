@@ -75,6 +75,10 @@ pub enum PartitionError {
     /// A compression the request's version may not carry (zstd before Produce v7).
     #[error("{0}")]
     UnsupportedCompression(String),
+    /// An old request version the topic refuses (Fetch v0–3 with
+    /// `message.downconversion.enable=false`).
+    #[error("{0}")]
+    UnsupportedVersion(String),
     /// A transactional batch whose partition is not in its producer's open transaction.
     #[error("transactional write refused: {0}")]
     TransactionNotVerified(String),
@@ -132,6 +136,7 @@ impl PartitionError {
             Self::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
             Self::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             Self::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
+            Self::UnsupportedVersion(_) => ResponseError::UnsupportedVersion,
             Self::TransactionNotVerified(_) => ResponseError::InvalidTxnState,
             Self::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             Self::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,

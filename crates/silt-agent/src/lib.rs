@@ -38,6 +38,7 @@ pub(crate) mod limits;
 pub(crate) mod listeners;
 pub mod log_levels;
 pub(crate) mod metrics;
+pub(crate) mod old_formats;
 pub mod partition;
 pub(crate) mod producer;
 pub(crate) mod producer_ids;

@@ -495,6 +495,8 @@ pub struct Resolved {
     pub compacted: bool,
     /// `silt.archive.enable`.
     pub archive: bool,
+    /// `message.downconversion.enable`: Fetch v0–3 (message sets) is served.
+    pub downconversion: bool,
     /// `silt.archive.value.schema`, parsed.
     pub value_schema: Option<std::sync::Arc<silt_archive::schema::ValueSchema>>,
 }
@@ -530,6 +532,7 @@ impl Resolved {
                 .split(',')
                 .any(|p| p.trim() == "compact"),
             archive: get(ARCHIVE_ENABLE).eq_ignore_ascii_case("true"),
+            downconversion: !get("message.downconversion.enable").eq_ignore_ascii_case("false"),
             value_schema: configs
                 .get(ARCHIVE_VALUE_SCHEMA)
                 .filter(|s| !s.trim().is_empty())

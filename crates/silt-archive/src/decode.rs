@@ -180,6 +180,13 @@ fn check_records(buf: &[u8], count: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Decompresses `input` compressed with `codec`, refusing to produce more than `max` bytes
+/// (snappy in Kafka's xerial framing or raw; LZ4 as a frame).
+pub fn decompress_bounded(input: Bytes, codec: Compression, max: usize) -> anyhow::Result<Bytes> {
+    let mut b = input;
+    decompress(&mut b, codec, max)
+}
+
 /// Decompresses a batch's records, refusing to produce more than `max` bytes.
 fn decompress(b: &mut Bytes, c: Compression, max: usize) -> anyhow::Result<Bytes> {
     let input = std::mem::take(b);

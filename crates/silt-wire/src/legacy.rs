@@ -1,6 +1,7 @@
 //! Request and response versions Kafka 3.9 still serves but `kafka-protocol` 0.18 no longer
-//! knows (KIP-896 removed them in Kafka 4.0; older clients still send them): OffsetCommit v0–1,
-//! OffsetFetch v0, ListOffsets v0, CreateTopics v0–1, DeleteTopics v0, DescribeConfigs v0,
+//! knows (KIP-896 removed them in Kafka 4.0; older clients still send them): Produce v0–2 and
+//! Fetch v0–3 (their records stay message sets here; [`crate::message_set`] converts them),
+//! OffsetCommit v0–1, OffsetFetch v0, ListOffsets v0, CreateTopics v0–1, DeleteTopics v0, DescribeConfigs v0,
 //! OffsetForLeaderEpoch v0–1 and the ACL APIs' v0 (literal resource names only, as before
 //! prefixed patterns). Each is decoded by hand into the request structure of the oldest
 //! version the crate knows, handled like it, and its response encoded by hand in the old layout.
@@ -23,7 +24,9 @@ pub fn floor(api: ApiKey) -> Option<i16> {
         | ApiKey::OffsetForLeaderEpoch
         | ApiKey::DescribeAcls
         | ApiKey::CreateAcls
-        | ApiKey::DeleteAcls => 0,
+        | ApiKey::DeleteAcls
+        | ApiKey::Produce
+        | ApiKey::Fetch => 0,
         _ => return None,
     })
 }
@@ -256,6 +259,26 @@ pub fn decode(api: ApiKey, version: i16, body: Bytes) -> R<RequestKind> {
             b.put_u8(0); // include_synonyms = false (added in v1)
             return decode_as(api, 1, b.freeze());
         }
+        ApiKey::Produce => {
+            // v3 adds a transactional id in front; the rest is laid out alike.
+            let mut b = BytesMut::with_capacity(body.len() + 2);
+            b.put_i16(-1);
+            b.put_slice(&body);
+            return decode_as(api, 3, b.freeze());
+        }
+        ApiKey::Fetch => {
+            // v3 adds max_bytes after min_bytes, v4 the isolation level after it.
+            let head = if version >= 3 { 16 } else { 12 };
+            r.need(head)?;
+            let mut b = BytesMut::with_capacity(body.len() + 5);
+            b.put_slice(&body[..head]);
+            if version < 3 {
+                b.put_i32(i32::MAX);
+            }
+            b.put_i8(0); // read_uncommitted
+            b.put_slice(&body[head..]);
+            return decode_as(api, 4, b.freeze());
+        }
         other => return Err(format!("{other:?} v{version} is not decoded here")),
     };
     r.done()?;
@@ -347,6 +370,44 @@ pub fn encode(api: ApiKey, version: i16, resp: &ResponseKind, buf: &mut BytesMut
                     buf.put_u8(c.read_only as u8);
                     buf.put_u8((c.config_source == 5) as u8); // DEFAULT_CONFIG
                     buf.put_u8(c.is_sensitive as u8);
+                }
+            }
+            Ok(())
+        }
+        (ApiKey::Produce, ResponseKind::Produce(p)) => {
+            buf.put_i32(p.responses.len() as i32);
+            for t in &p.responses {
+                put_str(buf, &t.name.0);
+                buf.put_i32(t.partition_responses.len() as i32);
+                for pr in &t.partition_responses {
+                    buf.put_i32(pr.index);
+                    buf.put_i16(pr.error_code);
+                    buf.put_i64(pr.base_offset);
+                    if version >= 2 {
+                        buf.put_i64(pr.log_append_time_ms);
+                    }
+                }
+            }
+            if version >= 1 {
+                buf.put_i32(p.throttle_time_ms);
+            }
+            Ok(())
+        }
+        (ApiKey::Fetch, ResponseKind::Fetch(f)) => {
+            if version >= 1 {
+                buf.put_i32(f.throttle_time_ms);
+            }
+            buf.put_i32(f.responses.len() as i32);
+            for t in &f.responses {
+                put_str(buf, &t.topic.0);
+                buf.put_i32(t.partitions.len() as i32);
+                for p in &t.partitions {
+                    buf.put_i32(p.partition_index);
+                    buf.put_i16(p.error_code);
+                    buf.put_i64(p.high_watermark);
+                    let records = p.records.as_deref().unwrap_or_default();
+                    buf.put_i32(records.len() as i32);
+                    buf.put_slice(records);
                 }
             }
             Ok(())
@@ -529,6 +590,98 @@ mod tests {
         assert!(covers(ApiKey::OffsetCommit, 0) && covers(ApiKey::OffsetCommit, 1));
         assert!(!covers(ApiKey::OffsetCommit, 2));
         assert!(covers(ApiKey::DescribeConfigs, 0) && !covers(ApiKey::DescribeConfigs, 1));
-        assert!(!covers(ApiKey::Produce, 0));
+        assert!(covers(ApiKey::Produce, 0) && covers(ApiKey::Produce, 2));
+        assert!(!covers(ApiKey::Produce, 3));
+        assert!(covers(ApiKey::Fetch, 3) && !covers(ApiKey::Fetch, 4));
+        assert!(!covers(ApiKey::Metadata, 0));
+    }
+
+    #[test]
+    fn produce_v2_and_fetch_v0_decode_into_the_current_requests() {
+        let mut b = BytesMut::new();
+        b.put_i16(-1); // acks
+        b.put_i32(1500); // timeout
+        b.put_i32(1);
+        s(&mut b, "orders");
+        b.put_i32(1);
+        b.put_i32(3); // partition
+        b.put_i32(4); // message set size
+        b.put_slice(b"abcd");
+        let RequestKind::Produce(p) = decode(ApiKey::Produce, 2, b.freeze()).unwrap() else {
+            panic!("not a produce request")
+        };
+        assert_eq!((p.acks, p.timeout_ms, p.transactional_id), (-1, 1500, None));
+        let pd = &p.topic_data[0].partition_data[0];
+        assert_eq!((pd.index, pd.records.as_deref()), (3, Some(&b"abcd"[..])));
+
+        for version in [0i16, 3] {
+            let mut b = BytesMut::new();
+            b.put_i32(-1); // replica
+            b.put_i32(100); // max wait
+            b.put_i32(1); // min bytes
+            if version == 3 {
+                b.put_i32(5000); // max bytes
+            }
+            b.put_i32(1);
+            s(&mut b, "orders");
+            b.put_i32(1);
+            b.put_i32(2);
+            b.put_i64(77);
+            b.put_i32(1024);
+            let RequestKind::Fetch(f) = decode(ApiKey::Fetch, version, b.freeze()).unwrap() else {
+                panic!("not a fetch request")
+            };
+            assert_eq!((f.max_wait_ms, f.min_bytes, f.isolation_level), (100, 1, 0));
+            assert_eq!(f.max_bytes, if version == 3 { 5000 } else { i32::MAX });
+            let fp = &f.topics[0].partitions[0];
+            assert_eq!(
+                (fp.partition, fp.fetch_offset, fp.partition_max_bytes),
+                (2, 77, 1024)
+            );
+        }
+        assert!(decode(ApiKey::Fetch, 1, Bytes::from_static(&[0, 0, 0])).is_err());
+    }
+
+    #[test]
+    fn produce_and_fetch_responses_take_the_old_layouts() {
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        let resp = ResponseKind::Produce(
+            ProduceResponse::default()
+                .with_throttle_time_ms(9)
+                .with_responses(vec![TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_responses(vec![PartitionProduceResponse::default()
+                        .with_index(1)
+                        .with_base_offset(42)
+                        .with_log_append_time_ms(-1)])]),
+        );
+        for (version, len) in [
+            (0i16, 4 + 3 + 4 + 14),
+            (1, 4 + 3 + 4 + 14 + 4),
+            (2, 4 + 3 + 4 + 22 + 4),
+        ] {
+            let mut buf = BytesMut::new();
+            encode(ApiKey::Produce, version, &resp, &mut buf).unwrap();
+            assert_eq!(buf.len(), len, "produce v{version}");
+            assert_eq!(&buf[17..25], &42i64.to_be_bytes());
+        }
+        let resp = ResponseKind::Fetch(FetchResponse::default().with_responses(
+            vec![FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![PartitionData::default()
+                    .with_partition_index(0)
+                    .with_high_watermark(5)
+                    .with_records(Some(Bytes::from_static(b"set")))])],
+        ));
+        let mut v0 = BytesMut::new();
+        encode(ApiKey::Fetch, 0, &resp, &mut v0).unwrap();
+        assert_eq!(v0.len(), 4 + 3 + 4 + 4 + 2 + 8 + 4 + 3);
+        assert_eq!(&v0[v0.len() - 3..], b"set");
+        let mut v1 = BytesMut::new();
+        encode(ApiKey::Fetch, 1, &resp, &mut v1).unwrap();
+        assert_eq!(&v1[4..], &v0[..], "v1 puts the throttle time first");
     }
 }

@@ -6,8 +6,8 @@ use kafka_protocol::ResponseError;
 
 /// Every API served, with its version range.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
-    (ApiKey::Fetch, 4, 16),
+    (ApiKey::Produce, 0, 11),
+    (ApiKey::Fetch, 0, 16),
     (ApiKey::ListOffsets, 0, 8),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::Metadata, 0, 13),

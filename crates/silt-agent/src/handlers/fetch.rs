@@ -1,6 +1,7 @@
 //! Fetch: committed batches from each requested partition, long-polling until `min_bytes` are
 //! available or `max_wait_ms` passes. Every request it sees is a full one: incremental fetch
-//! sessions (KIP-227) are a layer in front of it ([`crate::fetch_sessions`]).
+//! sessions (KIP-227) are a layer in front of it ([`crate::fetch_sessions`]). Fetch v0–3 gets
+//! its records as message sets ([`crate::old_formats`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +103,13 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                     topic: ft.topic.0.to_string(),
                     partition: fp.partition,
                 }),
+                // Fetch v0-3 reads message sets, converted down from the stored batches.
+                Some(t) if version < 4 && !t.config.downconversion => {
+                    Err(PartitionError::UnsupportedVersion(format!(
+                        "topic {} sets message.downconversion.enable=false: Fetch v{version} (message format v0/v1) is not served",
+                        t.record.name
+                    )))
+                }
                 Some(t) => b.cluster.partition(t, fp.partition),
             };
             let res = match found {
@@ -140,8 +148,14 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                 }
             };
             parts.push(match res {
-                Ok(r) => {
+                Ok(mut r) => {
                     used += r.records.as_ref().map_or(0, |r| r.len());
+                    if version < 4 {
+                        let magic = if version < 2 { 0 } else { 1 };
+                        r.records = r
+                            .records
+                            .map(|data| crate::old_formats::down_convert(&data, fp.fetch_offset, magic));
+                    }
                     let aborted = (req.isolation_level == 1).then(|| {
                         r.aborted
                             .iter()

@@ -53,19 +53,24 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                     }),
                     Some(t) => b.cluster.partition(t, pd.index).map(|p| (t, p)),
                 };
-                match found {
+                // Produce v0-2 carries message sets v0/v1: converted up to a batch v2 first.
+                let records = match pd.records {
+                    Some(set) if version < 3 => crate::old_formats::up_convert(&set).map(Some),
+                    other => Ok(other),
+                };
+                match found.and_then(|f| records.map(|r| (f, r))) {
                     Err(e) => Slot::Failed(e),
-                    Ok(_) if version < 7 && zstd(pd.records.as_deref()) => {
+                    Ok((_, records)) if version < 7 && zstd(records.as_deref()) => {
                         Slot::Failed(PartitionError::UnsupportedCompression(format!(
                             "zstd needs Produce v7 or later; this request is v{version} (as in Kafka)"
                         )))
                     }
-                    Ok((t, p)) => {
+                    Ok(((t, p), records)) => {
                         let lat = t.config.log_append_time.then(|| b.clock.now_ms());
                         let span =
                             tracing::debug_span!("partition", topic = %name, partition = pd.index);
                         let tid = req.transactional_id.as_ref().map(|t| t.0.as_str());
-                        match produce_one(b, &p, pd.records, &t.config, (lat, tid), deadline)
+                        match produce_one(b, &p, records, &t.config, (lat, tid), deadline)
                             .instrument(span)
                             .await
                         {
