@@ -372,6 +372,8 @@ fn message(magic: i8, ts: i64, key: &[u8], value: &[u8]) -> BytesMut {
     m
 }
 
+/// Produced as message sets (acks=all), the records survive a SIGKILL and read back, once,
+/// through current and old fetches.
 #[test]
 fn message_sets_v0_and_v1_round_trip_through_the_log() {
     let a = AgentProc::start(&[]);
@@ -403,6 +405,12 @@ fn message_sets_v0_and_v1_round_trip_through_the_log() {
     let mut resp = exchange(&mut c, ApiKey::Produce, 1, &old_produce("sets", &bad), 52);
     resp.advance(4 + 2 + 4 + 4 + 4);
     assert_eq!(resp.get_i16(), 2, "CORRUPT_MESSAGE");
+
+    // Acknowledged (acks=all) means durable: SIGKILL and start again before reading.
+    let mut a = a;
+    a.kill();
+    a.start_again();
+    let mut c = Conn::open(&a);
 
     // A current consumer reads three records at offsets 0-2; magic 0 ones without timestamps.
     let f: FetchResponse = c.call(
