@@ -6,9 +6,10 @@
 //! in the session, at the offsets the client last sent) before authorization and the handler
 //! see it, so both stay unaware of sessions; when the handler answers, it narrows the full
 //! response to the incremental one (records, a changed high watermark, log start or last
-//! stable offset, or an error) and remembers what it sent. Partitions that returned records
-//! move to the back of the session, so a response capped by `max_bytes` serves the others
-//! next time.
+//! stable offset, or an error) and remembers what it sent. The next request starts after the
+//! last partition that returned records, so a response capped by `max_bytes` serves the others
+//! next time. Expanding and narrowing walk the session in order (no hashing per partition);
+//! only partitions the client sends or forgets are looked up.
 //!
 //! Sessions belong to the connection that made them (Kafka shares them across a broker's
 //! connections; a client keeps one per broker connection, so it cannot tell): a session dies
@@ -72,6 +73,7 @@ type Key = (Uuid, TopicName, i32);
 
 #[derive(Debug)]
 struct Cached {
+    key: Key,
     /// What the client last sent for it.
     part: FetchPartition,
     /// What the last response said (-1 after an error, so the partition is sent again).
@@ -85,9 +87,13 @@ struct Session {
     id: i32,
     /// The epoch the next request must carry.
     epoch: i32,
-    /// Partitions in the order a full request lists them.
-    order: Vec<Key>,
-    parts: HashMap<Key, Cached>,
+    /// Partitions in the order they joined.
+    parts: Vec<Cached>,
+    /// Where each key is in `parts`.
+    index: HashMap<Key, usize>,
+    /// Where the next full request starts in `parts` (after the last partition that
+    /// returned records).
+    start: usize,
     used: u64,
 }
 
@@ -166,8 +172,9 @@ impl FetchSessions {
         let mut s = Session {
             id,
             epoch: 1,
-            order: Vec::with_capacity(n),
-            parts: HashMap::with_capacity(n),
+            parts: Vec::with_capacity(n),
+            index: HashMap::with_capacity(n),
+            start: 0,
             used: self.clock,
         };
         for t in topics {
@@ -214,25 +221,47 @@ fn key(t: &FetchTopic, partition: i32) -> Key {
 
 /// Adds or updates a partition; returns whether it is new.
 fn upsert(s: &mut Session, k: Key, p: &FetchPartition) -> bool {
-    match s.parts.get_mut(&k) {
-        Some(c) => {
-            c.part = p.clone();
+    match s.index.get(&k) {
+        Some(&i) => {
+            s.parts[i].part = p.clone();
             false
         }
         None => {
-            s.order.push(k.clone());
-            s.parts.insert(
-                k,
-                Cached {
-                    part: p.clone(),
-                    high_watermark: i64::MIN,
-                    log_start: i64::MIN,
-                    last_stable: i64::MIN,
-                },
-            );
+            s.index.insert(k.clone(), s.parts.len());
+            s.parts.push(Cached {
+                key: k,
+                part: p.clone(),
+                high_watermark: i64::MIN,
+                log_start: i64::MIN,
+                last_stable: i64::MIN,
+            });
             true
         }
     }
+}
+
+/// Removes `keys` from a session; returns how many were in it.
+fn forget(s: &mut Session, keys: &[Key]) -> usize {
+    let gone: std::collections::HashSet<usize> = keys
+        .iter()
+        .filter_map(|k| s.index.get(k).copied())
+        .collect();
+    if gone.is_empty() {
+        return 0;
+    }
+    let mut i = 0;
+    s.parts.retain(|_| {
+        i += 1;
+        !gone.contains(&(i - 1))
+    });
+    s.index = s
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.key.clone(), i))
+        .collect();
+    s.start = 0;
+    gone.len()
 }
 
 fn error(e: ResponseError) -> Plan {
@@ -280,25 +309,22 @@ pub fn expand(this: &Arc<Mutex<FetchSessions>>, req: &mut FetchRequest, version:
         return error(ResponseError::InvalidFetchSessionEpoch);
     }
     // Forgotten partitions leave; sent ones are added or updated.
-    let mut removed = 0usize;
-    for f in &req.forgotten_topics_data {
-        for &p in &f.partitions {
-            let k = (f.topic_id, f.topic.clone(), p);
-            if s.parts.remove(&k).is_some() {
-                removed += 1;
-            }
-        }
-    }
-    if removed > 0 {
-        let parts = &s.parts;
-        s.order.retain(|k| parts.contains_key(k));
-        stats.partitions.fetch_sub(removed, Ordering::Relaxed);
-    }
+    let forgotten: Vec<Key> = req
+        .forgotten_topics_data
+        .iter()
+        .flat_map(|f| {
+            f.partitions
+                .iter()
+                .map(move |&p| (f.topic_id, f.topic.clone(), p))
+        })
+        .collect();
+    let removed = forget(s, &forgotten);
+    stats.partitions.fetch_sub(removed, Ordering::Relaxed);
     let adding = req
         .topics
         .iter()
         .flat_map(|t| t.partitions.iter().map(move |p| key(t, p.partition)))
-        .filter(|k| !s.parts.contains_key(k))
+        .filter(|k| !s.index.contains_key(k))
         .count();
     if adding > 0 {
         let fits = held - removed + adding <= MAX_PARTITIONS && {
@@ -330,10 +356,12 @@ pub fn expand(this: &Arc<Mutex<FetchSessions>>, req: &mut FetchRequest, version:
         .fetch_sub(adding - added, Ordering::Relaxed);
     s.epoch = if s.epoch == i32::MAX { 1 } else { s.epoch + 1 };
     s.used = now;
-    // The full request: every partition of the session, grouped by topic in session order.
+    // The full request: every partition of the session from `start` on, grouped by topic.
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for k in &s.order {
-        let c = &s.parts[k];
+    let n = s.parts.len();
+    for j in 0..n {
+        let c = &s.parts[(s.start + j) % n];
+        let k = &c.key;
         match topics.last_mut() {
             Some(t) if t.topic_id == k.0 && t.topic == k.1 => t.partitions.push(c.part.clone()),
             _ => topics.push(
@@ -367,14 +395,33 @@ pub fn narrow(n: &Narrowing, resp: &mut FetchResponse) {
     if resp.error_code != 0 {
         return;
     }
-    let mut moved: Vec<Key> = Vec::new();
+    // The response lists the partitions in the order the expanded request did (from `start`);
+    // anything else (refused topics added back by authorization) is looked up.
+    let len = s.parts.len();
+    let mut cursor = 0usize;
+    let mut last_with_records: Option<usize> = None;
     for t in &mut resp.responses {
         t.partitions.retain(|pd| {
-            let k = (t.topic_id, t.topic.clone(), pd.partition_index);
-            let has_records = pd.records.as_ref().is_some_and(|r| !r.is_empty());
-            let Some(c) = s.parts.get_mut(&k) else {
+            let at = (s.start + cursor) % len.max(1);
+            let slot = match s.parts.get(at) {
+                Some(c)
+                    if c.key.2 == pd.partition_index
+                        && c.key.0 == t.topic_id
+                        && c.key.1 == t.topic =>
+                {
+                    cursor += 1;
+                    Some(at)
+                }
+                _ => s
+                    .index
+                    .get(&(t.topic_id, t.topic.clone(), pd.partition_index))
+                    .copied(),
+            };
+            let Some(i) = slot else {
                 return true;
             };
+            let c = &mut s.parts[i];
+            let has_records = pd.records.as_ref().is_some_and(|r| !r.is_empty());
             let error = pd.error_code != 0;
             let changed = c.high_watermark != pd.high_watermark
                 || c.log_start != pd.log_start_offset
@@ -383,22 +430,14 @@ pub fn narrow(n: &Narrowing, resp: &mut FetchResponse) {
             c.log_start = pd.log_start_offset;
             c.last_stable = pd.last_stable_offset;
             if has_records {
-                moved.push(k);
+                last_with_records = Some(i);
             }
             !n.incremental || has_records || changed || error || pd.preferred_read_replica.0 >= 0
         });
     }
     resp.responses.retain(|t| !t.partitions.is_empty());
-    if !moved.is_empty() {
-        let moved_set: std::collections::HashSet<&Key> = moved.iter().collect();
-        let mut order: Vec<Key> = s
-            .order
-            .iter()
-            .filter(|k| !moved_set.contains(k))
-            .cloned()
-            .collect();
-        order.extend(moved.iter().cloned());
-        s.order = order;
+    if let Some(i) = last_with_records {
+        s.start = (i + 1) % len.max(1);
     }
 }
 
@@ -529,7 +568,7 @@ mod tests {
         got.sort();
         assert_eq!(got, vec![("a".into(), 1), ("b".into(), 0)]);
 
-        // a/1 returned records, so it moved to the back of the session.
+        // a/1 returned records, so the next request starts after it.
         let mut r = request(id, 3, &[("a", 1, 3)]);
         let _n = narrowing(expand(&s, &mut r, 12));
         let order: Vec<(String, i32, i64)> = r
@@ -543,7 +582,7 @@ mod tests {
             .collect();
         assert_eq!(
             order,
-            vec![("a".into(), 0, 0), ("b".into(), 0, 5), ("a".into(), 1, 3)]
+            vec![("b".into(), 0, 5), ("a".into(), 0, 0), ("a".into(), 1, 3)]
         );
     }
 

@@ -116,12 +116,17 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                 Err(e) => Err(e),
                 Ok(p) => {
                     let p = &p;
-                    let epoch = p.lock().leader_epoch;
+                    let (epoch, caught_up) = {
+                        let st = p.lock();
+                        (st.leader_epoch, fp.fetch_offset == st.high_watermark)
+                    };
                     if fp.current_leader_epoch > epoch {
                         Err(PartitionError::UnknownLeaderEpoch(fp.current_leader_epoch))
                     } else if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < epoch {
                         Err(PartitionError::FencedLeaderEpoch(fp.current_leader_epoch))
-                    } else if used >= max_total {
+                    } else if used >= max_total || caught_up {
+                        // Nothing to read (a caught-up consumer, the common case of a wide
+                        // fetch) or no room left: the offsets only, without a read.
                         read::check_offset(p, fp.fetch_offset).map(|(log_start, hw)| {
                             read::ReadResult {
                                 records: None,
