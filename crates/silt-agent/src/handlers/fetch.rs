@@ -16,6 +16,7 @@ use tracing::Instrument;
 use super::{topic_name, Reply};
 use crate::broker::Broker;
 use crate::error::PartitionError;
+use crate::partition::Partition;
 use crate::read;
 
 /// Kafka's default `fetch.max.bytes`: the most record bytes one Fetch response carries (one
@@ -28,23 +29,67 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     Reply::Later(Box::pin(async move {
         let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
         let mut rx = b.flusher.subscribe();
+        // The partitions asked for, resolved once: a waiting fetch is woken by every commit,
+        // and only rebuilds its response when one of them moved.
+        let parts = resolve(&b, &req, version);
         loop {
             rx.borrow_and_update();
             let (resp, bytes, errors) = build(&b, &req, version).await;
             if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
                 return done(&b, resp);
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) if !rx.borrow().stopped => continue,
-                Ok(_) => {
-                    // The flusher stopped; nothing new will arrive.
-                    tokio::time::sleep_until(deadline).await;
-                    return done(&b, build(&b, &req, version).await.0);
+            let seen = marks(&parts);
+            loop {
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) if !rx.borrow().stopped => {
+                        if marks(&parts) != seen {
+                            break;
+                        }
+                    }
+                    Ok(_) => {
+                        // The flusher stopped; nothing new will arrive.
+                        tokio::time::sleep_until(deadline).await;
+                        return done(&b, build(&b, &req, version).await.0);
+                    }
+                    Err(_) => return done(&b, build(&b, &req, version).await.0),
                 }
-                Err(_) => return done(&b, build(&b, &req, version).await.0),
             }
         }
     }))
+}
+
+/// The partitions of a request led here, in request order (`None` for the rest).
+fn resolve(b: &Broker, req: &FetchRequest, version: i16) -> Vec<Option<Arc<Partition>>> {
+    let mut out = Vec::new();
+    for ft in &req.topics {
+        let topic = if version >= 13 {
+            b.topics.get_by_id(&ft.topic_id)
+        } else {
+            b.topics.get(&ft.topic.0)
+        };
+        for fp in &ft.partitions {
+            out.push(
+                topic
+                    .as_ref()
+                    .and_then(|t| b.cluster.partition(t, fp.partition).ok()),
+            );
+        }
+    }
+    out
+}
+
+/// What a waiting fetch watches of each partition: high watermark, log start, and whether
+/// it is still led here.
+fn marks(parts: &[Option<Arc<Partition>>]) -> Vec<Option<(i64, i64, bool)>> {
+    parts
+        .iter()
+        .map(|p| {
+            p.as_ref().map(|p| {
+                let st = p.lock();
+                (st.high_watermark, st.log_start, p.is_closed())
+            })
+        })
+        .collect()
 }
 
 /// Counts the bytes a response returns, per topic, and wraps it.
