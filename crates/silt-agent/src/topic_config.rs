@@ -252,7 +252,7 @@ pub fn apply_broker_changes(
 /// Why broker configs cannot change at run time, and what can.
 pub fn read_only_message(names: &[&str]) -> String {
     format!(
-        "cannot update these broker configs dynamically: {}; broker settings are read at start (change them in the agent's config file or SILT_* environment and restart). What changes at run time: the cluster-wide defaults of topic configs (log.retention.ms, log.retention.bytes, message.max.bytes, log.message.timestamp.*, log.cleanup.policy and the other log.* synonyms of topic configs) on the default broker resource (kafka-configs --entity-type brokers --entity-default), and log levels through the BROKER_LOGGER resource or the admin port",
+        "cannot update these broker configs dynamically: {}; broker settings are read at start (change them in the agent's config file or SILT_* environment and restart). What changes at run time: the cluster-wide defaults of topic configs (log.retention.ms, log.retention.bytes, message.max.bytes, log.message.timestamp.*, log.cleanup.policy and the other log.* synonyms of topic configs) on the default broker resource or an agent's own (kafka-configs --entity-type brokers --entity-default; one value for the whole pool), and log levels through the BROKER_LOGGER resource or the admin port",
         names.join(", ")
     )
 }
