@@ -112,8 +112,8 @@ def test_producer_compression_reaches_the_log(agent, topic_name, compression):
 
 def test_api_versions_advertises_the_documented_ranges(agent):
     assert api_versions_v0(agent.bootstrap) == {
-        0: (3, 11),  # Produce
-        1: (4, 16),  # Fetch
+        0: (0, 11),  # Produce (v0-2: message sets v0/v1, converted)
+        1: (0, 16),  # Fetch (v0-3: message sets, converted down)
         2: (0, 8),  # ListOffsets
         3: (0, 13),  # Metadata
         8: (0, 9),  # OffsetCommit
