@@ -143,6 +143,21 @@ def test_cluster_wide_broker_defaults_change_at_run_time(agent_factory, topic_na
     assert (c["retention.ms"].value, c["retention.ms"].source) == ("86400000", 1)
     d = _broker_configs(a, broker)
     assert (d["log.retention.ms"].value, d["log.retention.ms"].source) == ("600000", 3)
+    # Synonyms (librdkafka always asks for them): the topic's own value first, then the broker
+    # config that is its default (the cluster-wide value and the default share that name).
+    syn = _configs(a, own)["retention.ms"].synonyms
+    assert list(syn)[0] == "retention.ms" and syn["retention.ms"].source == 1, syn
+    assert "log.retention.ms" in syn, syn
+    ka = KafkaAdminClient(bootstrap_servers=agent.bootstrap)
+    try:
+        got = ka.describe_configs([KPConfigResource(ConfigResourceType.TOPIC, own)], include_synonyms=True,
+                                  config_filter="all")
+        chain = [(x["name"], x["value"], x["source"]) for x in got["topic"][own]["retention.ms"]["synonyms"]]
+    finally:
+        ka.close()
+    assert chain == [("retention.ms", "86400000", "DYNAMIC_TOPIC_CONFIG"),
+                     ("log.retention.ms", "600000", "DYNAMIC_DEFAULT_BROKER_CONFIG"),
+                     ("log.retention.ms", "604800000", "DEFAULT_CONFIG")], chain
 
     # The new defaults act: the hour-old records go, those of the topic with its own value stay,
     # and the produce size limit follows too.

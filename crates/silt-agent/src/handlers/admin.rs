@@ -190,6 +190,40 @@ fn effective(
     }
 }
 
+/// Where a topic config's value can come from, most specific first, as Kafka lists them: the
+/// topic's own value, the cluster-wide dynamic default (its broker name), and the default.
+fn synonyms(
+    configs: &BTreeMap<String, String>,
+    name: &str,
+    b: &Broker,
+    dynamic: &BTreeMap<String, String>,
+) -> Vec<DescribeConfigsSynonym> {
+    let syn = |n: &str, v: String, source: i8| {
+        DescribeConfigsSynonym::default()
+            .with_name(str_bytes(n))
+            .with_value(Some(str_bytes(v)))
+            .with_source(source)
+    };
+    let mut out = Vec::new();
+    if let Some(v) = configs.get(name) {
+        out.push(syn(name, v.clone(), SOURCE_DYNAMIC_TOPIC));
+    }
+    let broker = topic_config::broker_synonym(name);
+    if let Some(v) = broker.and_then(|k| dynamic.get(k)) {
+        out.push(syn(
+            broker.unwrap_or(name),
+            v.clone(),
+            SOURCE_DYNAMIC_DEFAULT_BROKER,
+        ));
+    }
+    out.push(syn(
+        broker.unwrap_or(name),
+        topic_config::default_value(name, b.topics.defaults()),
+        SOURCE_DEFAULT,
+    ));
+    out
+}
+
 fn config_entry(
     name: &str,
     value: String,
@@ -247,7 +281,12 @@ pub fn describe_configs(
                             .filter(|d| wanted(d.name))
                             .map(|d| {
                                 let (value, source) = effective(&t.record.configs, d.name, b, &dynamic);
-                                config_entry(d.name, value, source, d.kind, req.include_synonyms, v)
+                                let entry = config_entry(d.name, value, source, d.kind, req.include_synonyms, v);
+                                if req.include_synonyms {
+                                    entry.with_synonyms(synonyms(&t.record.configs, d.name, b, &dynamic))
+                                } else {
+                                    entry
+                                }
                             })
                             .collect(),
                     ),
