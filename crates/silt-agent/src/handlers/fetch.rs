@@ -34,7 +34,7 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
         let parts = resolve(&b, &req, version);
         loop {
             rx.borrow_and_update();
-            let (resp, bytes, errors) = build(&b, &req, version).await;
+            let (resp, bytes, errors) = build(&b, &req, version, &parts).await;
             if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
                 return done(&b, resp);
             }
@@ -49,9 +49,9 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
                     Ok(_) => {
                         // The flusher stopped; nothing new will arrive.
                         tokio::time::sleep_until(deadline).await;
-                        return done(&b, build(&b, &req, version).await.0);
+                        return done(&b, build(&b, &req, version, &parts).await.0);
                     }
-                    Err(_) => return done(&b, build(&b, &req, version).await.0),
+                    Err(_) => return done(&b, build(&b, &req, version, &parts).await.0),
                 }
             }
         }
@@ -118,7 +118,12 @@ fn done(b: &Broker, resp: FetchResponse) -> ResponseKind {
 
 /// One pass over the request; returns the response, the record bytes in it, and whether any
 /// partition had an error (which answers the fetch at once, as Kafka does).
-async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+async fn build(
+    b: &Broker,
+    req: &FetchRequest,
+    version: i16,
+    parts: &[Option<Arc<Partition>>],
+) -> (FetchResponse, usize, bool) {
     // Kafka caps a response at the broker's fetch.max.bytes (55 MiB) whatever the client asks.
     let max_total = if req.max_bytes <= 0 {
         FETCH_MAX_BYTES
@@ -133,14 +138,17 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
         read::Isolation::ReadUncommitted
     };
     let mut topics = Vec::with_capacity(req.topics.len());
+    let mut at = 0usize;
     for ft in &req.topics {
         let topic = if version >= 13 {
             b.topics.get_by_id(&ft.topic_id)
         } else {
             b.topics.get(&ft.topic.0)
         };
-        let mut parts = Vec::with_capacity(ft.partitions.len());
+        let mut out = Vec::with_capacity(ft.partitions.len());
         for fp in &ft.partitions {
+            let resolved = parts.get(at).cloned().flatten();
+            at += 1;
             let pd = PartitionData::default().with_partition_index(fp.partition);
             let found = match &topic {
                 None if version >= 13 => Err(PartitionError::UnknownTopicId(ft.topic_id)),
@@ -155,7 +163,11 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                         t.record.name
                     )))
                 }
-                Some(t) => b.cluster.partition(t, fp.partition),
+                // Resolved when the request arrived, unless closed since.
+                Some(t) => match resolved.filter(|p| !p.is_closed()) {
+                    Some(p) => Ok(p),
+                    None => b.cluster.partition(t, fp.partition),
+                },
             };
             let res = match found {
                 Err(e) => Err(e),
@@ -197,7 +209,7 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                     }
                 }
             };
-            parts.push(match res {
+            out.push(match res {
                 Ok(mut r) => {
                     used += r.records.as_ref().map_or(0, |r| r.len());
                     if version < 4 {
@@ -239,7 +251,7 @@ async fn build(b: &Broker, req: &FetchRequest, version: i16) -> (FetchResponse, 
                     topic_name("")
                 })
                 .with_topic_id(ft.topic_id)
-                .with_partitions(parts),
+                .with_partitions(out),
         );
     }
     (
