@@ -39,6 +39,16 @@ pub async fn render(b: &Broker) -> String {
         m.connections_total.load(Ordering::Relaxed),
     );
     fetch_sessions(&m.fetch_sessions, &mut out);
+    by_label(
+        &mut out,
+        "silt_message_format_conversions_total",
+        "Partitions of old requests converted between message sets v0/v1 and record batches v2: up (Produce v0-2), down (Fetch v0-3). Non-zero means clients from before Kafka 0.11 are connected.",
+        "direction",
+        &[
+            ("up", m.converted_up.load(Ordering::Relaxed)),
+            ("down", m.converted_down.load(Ordering::Relaxed)),
+        ],
+    );
     let l = &b.limits;
     by_label(
         &mut out,

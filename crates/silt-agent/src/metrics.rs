@@ -45,6 +45,12 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Responses throttled by a client quota.
     pub throttled: AtomicU64,
+    /// Produce v0-2 message sets converted up to record batches (Kafka's
+    /// ProduceMessageConversionsPerSec).
+    pub converted_up: AtomicU64,
+    /// Fetch v0-3 responses converted down to message sets (Kafka's
+    /// FetchMessageConversionsPerSec).
+    pub converted_down: AtomicU64,
     /// Incremental fetch sessions (KIP-227) of every connection.
     pub fetch_sessions: std::sync::Arc<crate::fetch_sessions::Stats>,
 }
@@ -57,6 +63,8 @@ impl Default for Metrics {
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            converted_up: AtomicU64::new(0),
+            converted_down: AtomicU64::new(0),
             fetch_sessions: Default::default(),
         }
     }

@@ -213,6 +213,9 @@ async fn build(
                 Ok(mut r) => {
                     used += r.records.as_ref().map_or(0, |r| r.len());
                     if version < 4 {
+                        b.metrics
+                            .converted_down
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let magic = if version < 2 { 0 } else { 1 };
                         r.records = r
                             .records

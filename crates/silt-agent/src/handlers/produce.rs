@@ -55,7 +55,12 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                 };
                 // Produce v0-2 carries message sets v0/v1: converted up to a batch v2 first.
                 let records = match pd.records {
-                    Some(set) if version < 3 => crate::old_formats::up_convert(&set).map(Some),
+                    Some(set) if version < 3 => {
+                        b.metrics
+                            .converted_up
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        crate::old_formats::up_convert(&set).map(Some)
+                    }
                     other => Ok(other),
                 };
                 match found.and_then(|f| records.map(|r| (f, r))) {

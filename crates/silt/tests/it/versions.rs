@@ -406,6 +406,12 @@ fn message_sets_v0_and_v1_round_trip_through_the_log() {
     resp.advance(4 + 2 + 4 + 4 + 4);
     assert_eq!(resp.get_i16(), 2, "CORRUPT_MESSAGE");
 
+    // Three message sets converted (the corrupt one was tried too).
+    assert_eq!(
+        a.metrics()[r#"silt_message_format_conversions_total{direction="up"}"#],
+        3.0
+    );
+
     // Acknowledged (acks=all) means durable: SIGKILL and start again before reading.
     let mut a = a;
     a.kill();
@@ -507,6 +513,12 @@ fn message_sets_v0_and_v1_round_trip_through_the_log() {
             .collect();
         assert_eq!(seen, want, "Fetch v{v}");
     }
+    // Operators can see that old clients are connected (counted since the restart).
+    let m = a.metrics();
+    assert_eq!(
+        m[r#"silt_message_format_conversions_total{direction="down"}"#],
+        2.0
+    );
 }
 
 /// librdkafka pinned to brokers from before 0.11 (`api.version.request=false`): 0.9 speaks
