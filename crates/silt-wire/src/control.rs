@@ -8,10 +8,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::batch::{
-    parse_header, BatchHeader, ATTR_CONTROL, ATTR_TRANSACTIONAL, CRC_START, HEADER_LEN,
-    LOG_OVERHEAD,
-};
+use crate::batch::{parse_header, BatchHeader, ATTR_CONTROL, ATTR_TRANSACTIONAL, HEADER_LEN};
+use crate::write;
 
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,18 +27,6 @@ impl Marker {
             Marker::Abort => 0,
             Marker::Commit => 1,
         }
-    }
-}
-
-fn put_varint(b: &mut BytesMut, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        if z < 0x80 {
-            b.put_u8(z as u8);
-            return;
-        }
-        b.put_u8((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
     }
 }
 
@@ -65,39 +51,25 @@ pub fn marker_batch(
     coordinator_epoch: i32,
     timestamp: i64,
 ) -> Bytes {
-    let mut record = BytesMut::new();
-    record.put_i8(0); // record attributes
-    put_varint(&mut record, 0); // timestamp delta
-    put_varint(&mut record, 0); // offset delta
-    put_varint(&mut record, 4);
-    record.put_i16(0);
-    record.put_i16(marker.code());
-    put_varint(&mut record, 6);
-    record.put_i16(0);
-    record.put_i32(coordinator_epoch);
-    put_varint(&mut record, 0); // headers
+    // Key: (version 0, type); value: (version 0, coordinator epoch).
+    let mut key = BytesMut::new();
+    key.put_i16(0);
+    key.put_i16(marker.code());
+    let mut value = BytesMut::new();
+    value.put_i16(0);
+    value.put_i32(coordinator_epoch);
     let mut body = BytesMut::new();
-    put_varint(&mut body, record.len() as i64);
-    body.extend_from_slice(&record);
-
-    let mut b = BytesMut::with_capacity(HEADER_LEN + body.len());
-    b.put_i64(0); // base offset
-    b.put_i32((HEADER_LEN - LOG_OVERHEAD + body.len()) as i32);
-    b.put_i32(-1); // partition leader epoch
-    b.put_i8(2);
-    b.put_u32(0); // crc
-    b.put_i16(ATTR_TRANSACTIONAL | ATTR_CONTROL);
-    b.put_i32(0); // last offset delta
-    b.put_i64(timestamp);
-    b.put_i64(timestamp);
-    b.put_i64(pid);
-    b.put_i16(epoch);
-    b.put_i32(-1); // base sequence
-    b.put_i32(1); // records
-    b.extend_from_slice(&body);
-    let crc = crc32c::crc32c(&b[CRC_START..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b.freeze()
+    write::put_record(&mut body, 0, 0, Some(&key), Some(&value));
+    write::batch(
+        write::Header {
+            attributes: ATTR_TRANSACTIONAL | ATTR_CONTROL,
+            timestamps: (timestamp, timestamp),
+            producer: (pid, epoch),
+            base_sequence: -1,
+        },
+        1,
+        &body,
+    )
 }
 
 /// The marker a control batch carries (`None` for other batches, or a control record Silt does

@@ -9,6 +9,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::batch::ATTR_LOG_APPEND_TIME;
+use crate::write;
+
 /// The smallest message: offset, size, CRC, magic, attributes, two null lengths.
 const MIN_V0: usize = 8 + 4 + 4 + 1 + 1 + 4 + 4;
 
@@ -183,15 +186,6 @@ pub fn write(
 /// One record of an up-converted batch: timestamp (-1: none), key, value.
 pub type Plain = (i64, Option<Bytes>, Option<Bytes>);
 
-fn varint(b: &mut BytesMut, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        b.put_u8((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-    b.put_u8(z as u8);
-}
-
 /// One uncompressed record batch v2 holding `records` at offsets 0.. (the log assigns the
 /// real ones), without a producer id; `log_append_time` sets the batch's timestamp type.
 pub fn batch_v2(records: &[Plain], log_append_time: bool) -> Bytes {
@@ -199,41 +193,23 @@ pub fn batch_v2(records: &[Plain], log_append_time: bool) -> Bytes {
     let max_ts = records.iter().map(|r| r.0).max().unwrap_or(-1);
     let mut body = BytesMut::new();
     for (i, (ts, key, value)) in records.iter().enumerate() {
-        let mut r = BytesMut::new();
-        r.put_i8(0);
-        varint(&mut r, if base_ts < 0 { 0 } else { ts - base_ts });
-        varint(&mut r, i as i64);
-        for f in [key, value] {
-            match f {
-                Some(b) => {
-                    varint(&mut r, b.len() as i64);
-                    r.put_slice(b);
-                }
-                None => varint(&mut r, -1),
-            }
-        }
-        varint(&mut r, 0);
-        varint(&mut body, r.len() as i64);
-        body.put_slice(&r);
+        let delta = if base_ts < 0 { 0 } else { ts - base_ts };
+        write::put_record(&mut body, delta, i as i64, key.as_deref(), value.as_deref());
     }
-    let mut b = BytesMut::with_capacity(61 + body.len());
-    b.put_i64(0);
-    b.put_i32((49 + body.len()) as i32);
-    b.put_i32(-1);
-    b.put_i8(2);
-    b.put_u32(0);
-    b.put_i16(if log_append_time { 0x08 } else { 0 });
-    b.put_i32(records.len() as i32 - 1);
-    b.put_i64(base_ts);
-    b.put_i64(max_ts);
-    b.put_i64(-1);
-    b.put_i16(-1);
-    b.put_i32(-1);
-    b.put_i32(records.len() as i32);
-    b.put_slice(&body);
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b.freeze()
+    write::batch(
+        write::Header {
+            attributes: if log_append_time {
+                ATTR_LOG_APPEND_TIME
+            } else {
+                0
+            },
+            timestamps: (base_ts, max_ts),
+            producer: (-1, -1),
+            base_sequence: -1,
+        },
+        records.len() as i32,
+        &body,
+    )
 }
 
 /// Rewrites the header checksum of an LZ4 frame to the correct one. Magic-0 producers compute
