@@ -213,13 +213,19 @@ async fn build(
                 Ok(mut r) => {
                     used += r.records.as_ref().map_or(0, |r| r.len());
                     if version < 4 {
-                        b.metrics
-                            .converted_down
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let magic = if version < 2 { 0 } else { 1 };
-                        r.records = r
-                            .records
-                            .map(|data| crate::old_formats::down_convert(&data, fp.fetch_offset, magic));
+                        if let Some(data) = r.records.take().filter(|d| !d.is_empty()) {
+                            b.metrics
+                                .converted_down
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let magic = if version < 2 { 0 } else { 1 };
+                            let max = (fp.partition_max_bytes.max(1) as usize).min(max_total);
+                            r.records = Some(crate::old_formats::down_convert(
+                                &data,
+                                fp.fetch_offset,
+                                magic,
+                                max,
+                            ));
+                        }
                     }
                     let aborted = (req.isolation_level == 1).then(|| {
                         r.aborted

@@ -54,16 +54,21 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                     Some(t) => b.cluster.partition(t, pd.index).map(|p| (t, p)),
                 };
                 // Produce v0-2 carries message sets v0/v1: converted up to a batch v2 first.
-                let records = match pd.records {
-                    Some(set) if version < 3 => {
-                        b.metrics
-                            .converted_up
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        crate::old_formats::up_convert(&set).map(Some)
-                    }
-                    other => Ok(other),
-                };
-                match found.and_then(|f| records.map(|r| (f, r))) {
+                let records = pd.records;
+                let converted = found.and_then(|(t, p)| {
+                    let records = match records {
+                        Some(set) if version < 3 => {
+                            b.metrics
+                                .converted_up
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            crate::old_formats::up_convert(&set, t.config.max_message_bytes)
+                                .map(Some)?
+                        }
+                        other => other,
+                    };
+                    Ok(((t, p), records))
+                });
+                match converted {
                     Err(e) => Slot::Failed(e),
                     Ok((_, records)) if version < 7 && zstd(records.as_deref()) => {
                         Slot::Failed(PartitionError::UnsupportedCompression(format!(
