@@ -224,6 +224,13 @@ fn synonyms(
     out
 }
 
+/// The type of a broker config that is a topic config's default (its topic config's type).
+fn broker_kind(name: &str) -> ConfigType {
+    topic_config::topic_synonym(name)
+        .and_then(topic_config::find)
+        .map_or(ConfigType::String, |d| d.kind)
+}
+
 fn config_entry(
     name: &str,
     value: String,
@@ -297,9 +304,7 @@ pub fn describe_configs(
                         .iter()
                         .filter(|(k, _)| wanted(k))
                         .map(|(k, val)| {
-                            let kind = topic_config::topic_synonym(k)
-                                .and_then(topic_config::find)
-                                .map_or(ConfigType::String, |d| d.kind);
+                            let kind = broker_kind(k);
                             config_entry(
                                 k,
                                 val.clone(),
@@ -347,9 +352,7 @@ pub fn describe_configs(
                         .map(|(k, val, kind)| (k.to_string(), val, kind, SOURCE_STATIC_BROKER))
                         .collect();
                     for (k, val) in &dynamic {
-                        let kind = topic_config::topic_synonym(k)
-                            .and_then(topic_config::find)
-                            .map_or(ConfigType::String, |d| d.kind);
+                        let kind = broker_kind(k);
                         let entry = (k.clone(), val.clone(), kind, SOURCE_DYNAMIC_DEFAULT_BROKER);
                         match all.iter_mut().find(|e| e.0 == *k) {
                             Some(e) => *e = entry,

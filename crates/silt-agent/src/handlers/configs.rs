@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest,
@@ -38,6 +39,20 @@ fn refused(code: ResponseError, why: String) -> Outcome {
     (code.code(), Some(why))
 }
 
+/// The changes an IncrementalAlterConfigs resource asks for.
+fn incremental_changes(res: &AlterConfigsResource) -> Result<Vec<Change>, TopicError> {
+    res.configs
+        .iter()
+        .map(|c| {
+            Change::from_kafka(
+                c.config_operation,
+                c.name.as_str(),
+                c.value.as_ref().map(|v| v.as_str()),
+            )
+        })
+        .collect()
+}
+
 /// Handles IncrementalAlterConfigs (v0-1).
 pub async fn incremental(
     b: &Arc<Broker>,
@@ -48,17 +63,7 @@ pub async fn incremental(
         let name = res.resource_name.to_string();
         let (code, msg) = match res.resource_type {
             RESOURCE_TOPIC => {
-                let changes: Result<Vec<Change>, TopicError> = res
-                    .configs
-                    .iter()
-                    .map(|c| {
-                        Change::from_kafka(
-                            c.config_operation,
-                            c.name.as_str(),
-                            c.value.as_ref().map(|v| v.as_str()),
-                        )
-                    })
-                    .collect();
+                let changes = incremental_changes(&res);
                 match changes {
                     Err(e) => failed(&e),
                     Ok(changes) => {
@@ -85,17 +90,7 @@ pub async fn incremental(
                 req.validate_only,
             ),
             RESOURCE_BROKER => {
-                let changes: Result<Vec<Change>, TopicError> = res
-                    .configs
-                    .iter()
-                    .map(|c| {
-                        Change::from_kafka(
-                            c.config_operation,
-                            c.name.as_str(),
-                            c.value.as_ref().map(|v| v.as_str()),
-                        )
-                    })
-                    .collect();
+                let changes = incremental_changes(&res);
                 match changes {
                     Err(e) => failed(&e),
                     Ok(changes) => broker(b, &name, &changes, false, req.validate_only).await,

@@ -58,15 +58,24 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     }))
 }
 
+/// A requested topic: by id from v13, by name before.
+fn topic_of(
+    b: &Broker,
+    ft: &kafka_protocol::messages::fetch_request::FetchTopic,
+    version: i16,
+) -> Option<Arc<crate::topics::Topic>> {
+    if version >= 13 {
+        b.topics.get_by_id(&ft.topic_id)
+    } else {
+        b.topics.get(&ft.topic.0)
+    }
+}
+
 /// The partitions of a request led here, in request order (`None` for the rest).
 fn resolve(b: &Broker, req: &FetchRequest, version: i16) -> Vec<Option<Arc<Partition>>> {
     let mut out = Vec::new();
     for ft in &req.topics {
-        let topic = if version >= 13 {
-            b.topics.get_by_id(&ft.topic_id)
-        } else {
-            b.topics.get(&ft.topic.0)
-        };
+        let topic = topic_of(b, ft, version);
         for fp in &ft.partitions {
             out.push(
                 topic
@@ -140,11 +149,7 @@ async fn build(
     let mut topics = Vec::with_capacity(req.topics.len());
     let mut at = 0usize;
     for ft in &req.topics {
-        let topic = if version >= 13 {
-            b.topics.get_by_id(&ft.topic_id)
-        } else {
-            b.topics.get(&ft.topic.0)
-        };
+        let topic = topic_of(b, ft, version);
         let mut out = Vec::with_capacity(ft.partitions.len());
         for fp in &ft.partitions {
             let resolved = parts.get(at).cloned().flatten();
