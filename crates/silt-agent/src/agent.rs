@@ -161,6 +161,11 @@ impl Agent {
                 initial_rebalance_delay_ms: g.initial_rebalance_delay_ms,
                 max_size: g.max_size,
                 max_assignment_bytes: g.max_assignment_bytes,
+                consumer: crate::groups::consumer::ConsumerLimits {
+                    heartbeat_interval_ms: g.consumer_heartbeat_interval_ms,
+                    session_timeout_ms: g.consumer_session_timeout_ms,
+                    max_size: g.max_size,
+                },
             },
         ));
         let mut tail = ObjectCache::new(settings.flush.tail_cache_bytes);

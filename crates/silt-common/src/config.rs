@@ -461,6 +461,12 @@ pub struct GroupSettings {
     pub max_size: usize,
     /// Most bytes of assignments a leader may send in one SyncGroup.
     pub max_assignment_bytes: usize,
+    /// How often members of consumer-protocol (KIP-848) groups heartbeat
+    /// (`group.consumer.heartbeat.interval.ms`).
+    pub consumer_heartbeat_interval_ms: i32,
+    /// A consumer-protocol member that does not heartbeat this long is fenced
+    /// (`group.consumer.session.timeout.ms`).
+    pub consumer_session_timeout_ms: i32,
 }
 
 impl Default for GroupSettings {
@@ -471,6 +477,8 @@ impl Default for GroupSettings {
             initial_rebalance_delay_ms: 3_000,
             max_size: 1_000,
             max_assignment_bytes: 1024 * 1024,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_session_timeout_ms: 45_000,
         }
     }
 }
@@ -580,6 +588,18 @@ impl Settings {
             return bad(
                 &format!("topics.num_partitions = {}", self.topics.num_partitions),
                 "must be at least 1",
+            );
+        }
+        let g = &self.groups;
+        if g.consumer_heartbeat_interval_ms < 1
+            || g.consumer_heartbeat_interval_ms >= g.consumer_session_timeout_ms
+        {
+            return bad(
+                &format!(
+                    "groups.consumer_heartbeat_interval_ms = {} with groups.consumer_session_timeout_ms = {}",
+                    g.consumer_heartbeat_interval_ms, g.consumer_session_timeout_ms
+                ),
+                "the heartbeat interval must be positive and shorter than the session timeout",
             );
         }
         if self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms {

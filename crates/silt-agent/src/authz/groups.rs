@@ -1,5 +1,6 @@
 //! Group APIs: membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) and OffsetCommit need
-//! READ on the group (OffsetCommit also READ on each topic), OffsetFetch and DescribeGroups and
+//! READ on the group (OffsetCommit also READ on each topic; ConsumerGroupHeartbeat also DESCRIBE
+//! on each topic subscribed to by name), OffsetFetch, DescribeGroups, ConsumerGroupDescribe and
 //! FindCoordinator DESCRIBE, DeleteGroups and OffsetDelete DELETE; ListGroups lists the groups
 //! the principal may DESCRIBE (all of them with DESCRIBE on the cluster).
 
@@ -39,6 +40,9 @@ pub(super) fn membership(a: &mut Access<'_>, group: &str, empty: ResponseKind) -
         ResponseKind::SyncGroup(r) => ResponseKind::SyncGroup(r.with_error_code(code)),
         ResponseKind::Heartbeat(r) => ResponseKind::Heartbeat(r.with_error_code(code)),
         ResponseKind::LeaveGroup(r) => ResponseKind::LeaveGroup(r.with_error_code(code)),
+        ResponseKind::ConsumerGroupHeartbeat(r) => {
+            ResponseKind::ConsumerGroupHeartbeat(r.with_error_code(code).with_member_epoch(-1))
+        }
         other => other,
     }))
 }
@@ -307,6 +311,48 @@ pub(super) fn find_coordinator(
                         .with_node_id(BrokerId(-1))
                         .with_port(-1)
                         .with_error_code(code.code()),
+                );
+            }
+        }
+    })
+}
+
+/// ConsumerGroupHeartbeat: READ on the group, and DESCRIBE on every topic subscribed to by
+/// name (TOPIC_AUTHORIZATION_FAILED otherwise, as Kafka answers).
+pub(super) fn consumer_heartbeat(a: &mut Access<'_>, r: &ConsumerGroupHeartbeatRequest) -> Verdict {
+    let empty = ResponseKind::ConsumerGroupHeartbeat(Default::default());
+    if let Verdict::Deny(d) = membership(a, &r.group_id, empty) {
+        return Verdict::Deny(d);
+    }
+    let names = r.subscribed_topic_names.iter().flatten();
+    for n in names {
+        if !a.topic(Operation::Describe, n) {
+            return Verdict::Deny(Box::new(ResponseKind::ConsumerGroupHeartbeat(
+                ConsumerGroupHeartbeatResponse::default()
+                    .with_error_code(TOPIC_DENIED.code())
+                    .with_member_epoch(-1),
+            )));
+        }
+    }
+    Verdict::Pass(None)
+}
+
+/// ConsumerGroupDescribe: DESCRIBE on each group.
+pub(super) fn consumer_describe(
+    a: &mut Access<'_>,
+    r: &mut ConsumerGroupDescribeRequest,
+) -> Verdict {
+    let refused = strip(&mut r.group_ids, |g| a.group(Operation::Describe, g));
+    if refused.is_empty() {
+        return Verdict::Pass(None);
+    }
+    fix(move |resp| {
+        if let ResponseKind::ConsumerGroupDescribe(d) = resp {
+            for g in refused {
+                d.groups.push(
+                    consumer_group_describe_response::DescribedGroup::default()
+                        .with_group_id(g)
+                        .with_error_code(GROUP_DENIED.code()),
                 );
             }
         }

@@ -160,6 +160,8 @@ fn acls(b: &Arc<Broker>, s: &mut Session, body: &mut RequestKind, version: i16) 
             ResponseKind::LeaveGroup(Default::default()),
         ),
         R::DescribeGroups(r) => groups::describe_groups(&mut a, r),
+        R::ConsumerGroupHeartbeat(r) => groups::consumer_heartbeat(&mut a, r),
+        R::ConsumerGroupDescribe(r) => groups::consumer_describe(&mut a, r),
         R::ListGroups(_) => groups::list_groups(&mut a),
         R::DeleteGroups(r) => groups::delete_groups(&mut a, r),
         R::InitProducerId(r) => cluster::init_producer_id(&mut a, r),

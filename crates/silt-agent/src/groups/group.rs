@@ -26,6 +26,8 @@ pub struct GroupLimits {
     pub max_size: usize,
     /// Most bytes of assignments the leader may hand out in one SyncGroup.
     pub max_assignment_bytes: usize,
+    /// Consumer-protocol (KIP-848) groups' timeouts.
+    pub consumer: super::consumer::ConsumerLimits,
 }
 
 /// The group states, named as DescribeGroups and ListGroups report them.
@@ -931,6 +933,11 @@ mod tests {
             initial_rebalance_delay_ms: 0,
             max_size: 10,
             max_assignment_bytes: 1024,
+            consumer: crate::groups::consumer::ConsumerLimits {
+                heartbeat_interval_ms: 100,
+                session_timeout_ms: 1_000,
+                max_size: 10,
+            },
         }
     }
 

@@ -4,10 +4,23 @@
 //! here. A group of a shard coordinated elsewhere gets NOT_COORDINATOR; every write of group
 //! state is fenced on this agent's registration and the shard's assignment.
 //!
-//! Membership is in memory only: after a restart, members find their session unknown and
-//! rejoin, as after a Kafka coordinator failover. Committed offsets are durable: an OffsetCommit
+//! A group is classic ([`group`]: JoinGroup/SyncGroup, the client assigns) or, once a member
+//! joins with ConsumerGroupHeartbeat, a KIP-848 consumer group ([`consumer`]: the server
+//! assigns, members reconcile incrementally); the two share committed offsets. Groups are not
+//! converted while they have members: a classic JoinGroup to a consumer group with members gets
+//! INCONSISTENT_GROUP_PROTOCOL, a heartbeat to a classic group with members GROUP_ID_NOT_FOUND.
+//!
+//! Classic membership is in memory only: after a restart or a coordinator move, members find
+//! their session unknown and rejoin, as after a Kafka coordinator failover. A consumer group's
+//! membership (members, epochs, assignments) is written to the metadata store before a
+//! heartbeat that changed it is answered, and loaded with the group's shard, so its members
+//! carry on at their epochs across a coordinator move. (Should that document be missing, a
+//! group with committed offsets hands out no partition for two heartbeat intervals after its
+//! shard came here, so members of before learn they are fenced and give theirs up first.) Committed offsets are durable: an OffsetCommit
 //! is answered only after its single metadata transaction succeeded.
 
+pub mod assignors;
+pub mod consumer;
 pub mod group;
 mod txn_offsets;
 
@@ -27,6 +40,12 @@ use group::{Group, GroupLimits, Join, JoinResult, MemberInfo, State, SyncResult}
 #[derive(Debug)]
 struct Entry {
     group: Group,
+    /// Set while the group is a KIP-848 consumer group.
+    consumer: Option<consumer::ConsumerGroup>,
+    /// The consumer group's membership document as last stored.
+    stored_membership: Option<Vec<u8>>,
+    /// Serialises this consumer group's heartbeats, each with its membership write.
+    membership_writes: Arc<tokio::sync::Mutex<()>>,
     offsets: BTreeMap<(String, i32), Committed>,
     /// The protocol type recorded with the group's offsets ("" for a simple group).
     stored_protocol_type: Option<String>,
@@ -44,6 +63,9 @@ impl Entry {
     fn new() -> Self {
         Self {
             group: Group::new(),
+            consumer: None,
+            stored_membership: None,
+            membership_writes: Arc::default(),
             offsets: BTreeMap::new(),
             stored_protocol_type: None,
             writes: Arc::default(),
@@ -52,6 +74,9 @@ impl Entry {
         }
     }
 }
+
+/// Largest membership document stored (well inside etcd's 1.5 MiB request limit).
+const MAX_MEMBERSHIP_BYTES: usize = 1024 * 1024;
 
 /// The periodic job that applies group session and rebalance timeouts.
 #[derive(Debug)]
@@ -79,8 +104,8 @@ impl crate::tasks::Periodic for GroupTicker {
 /// A group as DescribeGroups reports it.
 #[derive(Debug, Clone)]
 pub struct Described {
-    /// State.
-    pub state: State,
+    /// Kafka's name of the group's state.
+    pub state: &'static str,
     /// Protocol type ("" if none).
     pub protocol_type: String,
     /// Chosen protocol ("" if none).
@@ -118,6 +143,8 @@ struct Shards {
     loading: BTreeSet<i32>,
     /// This agent's registration compare.
     registered: Option<Compare>,
+    /// Shard -> when it came here (ms).
+    gained_ms: BTreeMap<i32, i64>,
 }
 
 /// The coordinator.
@@ -231,6 +258,20 @@ impl GroupCoordinator {
                 .txn_pending
                 .insert(pid, offsets);
         }
+        let now = self.clock.now_ms();
+        for (g, doc) in stored.memberships.into_iter().filter(|x| mine(&x.0)) {
+            match consumer::ConsumerGroup::restore(&doc, now) {
+                Ok(c) => {
+                    let e = fresh.entry(g).or_insert_with(Entry::new);
+                    e.consumer = Some(c);
+                    e.stored_membership = Some(doc);
+                }
+                Err(err) => tracing::warn!(
+                    group = %g, error = %err,
+                    "a consumer group's stored membership does not decode; its members rejoin"
+                ),
+            }
+        }
         for (g, pt) in stored.protocol_types.into_iter().filter(|x| mine(&x.0)) {
             fresh
                 .entry(g)
@@ -245,6 +286,7 @@ impl GroupCoordinator {
         let mut s = self.lock_shards();
         s.loading.clear();
         s.owned.extend(gained.iter().map(|(k, r)| (*k, *r)));
+        s.gained_ms.extend(gained.keys().map(|k| (*k, now)));
         tracing::info!(shards = ?gained.keys().collect::<Vec<_>>(), "coordinating group shards");
         Ok(())
     }
@@ -263,9 +305,15 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         for e in groups.values_mut() {
             e.group.tick(now, &self.limits);
+            if let Some(c) = e.consumer.as_mut() {
+                c.tick(now, &self.limits.consumer);
+            }
         }
         groups.retain(|_, e| {
-            !(e.group.state() == State::Empty && e.group.is_empty() && e.offsets.is_empty())
+            !(e.group.state() == State::Empty
+                && e.group.is_empty()
+                && e.consumer.as_ref().is_none_or(|c| c.is_empty())
+                && e.offsets.is_empty())
         });
     }
 
@@ -281,12 +329,151 @@ impl GroupCoordinator {
             return rx;
         }
         let now = self.clock.now_ms();
-        self.lock()
+        let mut groups = self.lock();
+        let e = groups
+            .entry(group_id.to_string())
+            .or_insert_with(Entry::new);
+        if e.consumer.as_ref().is_some_and(|c| !c.is_empty()) {
+            let _ = tx.send(JoinResult {
+                error: ResponseError::InconsistentGroupProtocol.code(),
+                generation: -1,
+                ..Default::default()
+            });
+            return rx;
+        }
+        // An empty consumer group becomes a classic one.
+        e.consumer = None;
+        e.group.join(j, now, &self.limits, tx);
+        rx
+    }
+
+    /// The heartbeat interval consumer-protocol members are told.
+    pub fn heartbeat_interval_ms(&self) -> i32 {
+        self.limits.consumer.heartbeat_interval_ms
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848). A heartbeat that changed the group's membership is
+    /// answered once the change is stored; if it cannot be, the change is undone and the
+    /// member gets a retriable error.
+    pub async fn consumer_heartbeat(
+        &self,
+        group_id: &str,
+        hb: consumer::Heartbeat,
+        topics: &(dyn consumer::TopicView + Sync),
+    ) -> consumer::Reply {
+        let refused = |error: i16, message: Option<String>| consumer::Reply {
+            error,
+            message,
+            member_epoch: -1,
+            ..Default::default()
+        };
+        let fence = match self.check(group_id) {
+            Ok(f) => f,
+            Err(code) => return refused(code, None),
+        };
+        let writes = self
+            .lock()
             .entry(group_id.to_string())
             .or_insert_with(Entry::new)
-            .group
-            .join(j, now, &self.limits, tx);
-        rx
+            .membership_writes
+            .clone();
+        let _ordered = writes.lock().await;
+        let now = self.clock.now_ms();
+        let gained = self
+            .lock_shards()
+            .gained_ms
+            .get(&assignment::group_shard(group_id))
+            .copied()
+            .unwrap_or(0);
+        let (reply, before, doc) = {
+            let mut groups = self.lock();
+            let e = groups
+                .entry(group_id.to_string())
+                .or_insert_with(Entry::new);
+            if e.consumer.is_none() {
+                if !e.group.is_empty() {
+                    return refused(
+                        ResponseError::GroupIdNotFound.code(),
+                        Some(format!(
+                            "group {group_id} is a classic group with members; a member using \
+                             group.protocol=consumer can join it once they have left"
+                        )),
+                    );
+                }
+                let hold = if e.offsets.is_empty() {
+                    0
+                } else {
+                    gained + 2 * i64::from(self.limits.consumer.heartbeat_interval_ms)
+                };
+                e.consumer = Some(consumer::ConsumerGroup::new(hold));
+            }
+            let c = e.consumer.as_mut().expect("set above");
+            let before = c.clone();
+            let reply = c.heartbeat(hb, now, &self.limits.consumer, topics);
+            let doc = c.stored();
+            if doc == e.stored_membership {
+                return reply;
+            }
+            (reply, before, doc)
+        };
+        let undo = |code: i16| {
+            if let Some(e) = self.lock().get_mut(group_id) {
+                e.consumer = Some(before.clone());
+            }
+            refused(code, None)
+        };
+        if doc.as_ref().is_some_and(|d| d.len() > MAX_MEMBERSHIP_BYTES) {
+            tracing::error!(
+                group = group_id,
+                bytes = doc.as_ref().map_or(0, Vec::len),
+                "a consumer group's membership is too large to store; the change is refused"
+            );
+            return undo(ResponseError::GroupMaxSizeReached.code());
+        }
+        match group_offsets::put_membership(self.meta.as_ref(), &fence, group_id, doc.as_deref())
+            .await
+        {
+            Ok(true) => {
+                if let Some(e) = self.lock().get_mut(group_id) {
+                    e.stored_membership = doc;
+                }
+                reply
+            }
+            Ok(false) => undo(ResponseError::NotCoordinator.code()),
+            Err(err) => {
+                tracing::warn!(group = group_id, error = %err, "storing a consumer group's membership failed; the member retries");
+                undo(ResponseError::CoordinatorNotAvailable.code())
+            }
+        }
+    }
+
+    /// ConsumerGroupDescribe: the group, or GROUP_ID_NOT_FOUND if it is not a consumer group.
+    pub fn consumer_describe(&self, group_id: &str) -> Result<consumer::Described, i16> {
+        self.check(group_id)?;
+        self.lock()
+            .get(group_id)
+            .and_then(|e| e.consumer.as_ref())
+            .map(|c| c.describe())
+            .ok_or(ResponseError::GroupIdNotFound.code())
+    }
+
+    /// An OffsetFetch naming a member (v9+): the member must be in the group at that epoch.
+    pub fn check_fetching_member(
+        &self,
+        group_id: &str,
+        member_id: Option<&str>,
+        epoch: i32,
+    ) -> Result<(), i16> {
+        let Some(member) = member_id else {
+            return Ok(());
+        };
+        if epoch < 0 {
+            return Ok(());
+        }
+        match self.lock().get(group_id).and_then(|e| e.consumer.as_ref()) {
+            Some(c) => c.check_member_epoch(member, epoch),
+            None => Ok(()),
+        }
     }
 
     /// SyncGroup.
@@ -390,14 +577,18 @@ impl GroupCoordinator {
                     ))
                 }
             };
-            e.group
-                .check_commit(member_id, instance_id, generation)
-                .map_err(CommitError::Refused)?;
+            match &e.consumer {
+                Some(c) => c.check_member_epoch(member_id, generation),
+                None => e.group.check_commit(member_id, instance_id, generation),
+            }
+            .map_err(CommitError::Refused)?;
             // Record the protocol type the first time a member's commit lands, so the group is
             // listed as it was after a restart.
             let record = e
-                .group
-                .protocol_type()
+                .consumer
+                .as_ref()
+                .map(|_| "consumer")
+                .or(e.group.protocol_type())
                 .filter(|pt| e.stored_protocol_type.as_deref() != Some(*pt))
                 .map(String::from);
             (e.writes.clone(), record)
@@ -562,12 +753,33 @@ impl GroupCoordinator {
         }
     }
 
-    /// DescribeGroups.
-    pub fn describe(&self, group_id: &str) -> Option<Described> {
+    /// DescribeGroups (a consumer group's assignments in the classic consumer protocol's
+    /// encoding, topics named through `topics`).
+    pub fn describe(&self, group_id: &str, topics: &dyn consumer::TopicView) -> Option<Described> {
         let groups = self.lock();
         let e = groups.get(group_id)?;
+        if let Some(c) = &e.consumer {
+            let d = c.describe();
+            return Some(Described {
+                state: d.state,
+                protocol_type: "consumer".into(),
+                protocol: d.assignor,
+                members: d
+                    .members
+                    .into_iter()
+                    .map(|m| MemberInfo {
+                        member_id: m.member_id,
+                        instance_id: m.instance_id,
+                        client_id: m.client_id,
+                        client_host: m.client_host,
+                        metadata: Default::default(),
+                        assignment: classic_assignment(&m.assigned, topics),
+                    })
+                    .collect(),
+            });
+        }
         Some(Described {
-            state: e.group.state(),
+            state: e.group.state().name(),
             protocol_type: e
                 .group
                 .protocol_type()
@@ -585,19 +797,27 @@ impl GroupCoordinator {
         })
     }
 
-    /// ListGroups: (group id, protocol type, state).
-    pub fn list(&self) -> Vec<(String, String, State)> {
+    /// ListGroups: (group id, protocol type, state, group type).
+    pub fn list(&self) -> Vec<(String, String, &'static str, &'static str)> {
         let mut v: Vec<_> = self
             .lock()
             .iter()
             .map(|(id, e)| {
+                if let Some(c) = &e.consumer {
+                    return (id.clone(), "consumer".to_string(), c.state(), "consumer");
+                }
                 // A group that never had members ("simple", offsets only) has no protocol type.
                 let pt = e
                     .group
                     .protocol_type()
                     .or(e.stored_protocol_type.as_deref())
                     .unwrap_or("");
-                (id.clone(), pt.to_string(), e.group.state())
+                (
+                    id.clone(),
+                    pt.to_string(),
+                    e.group.state().name(),
+                    "classic",
+                )
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -612,7 +832,7 @@ impl GroupCoordinator {
             let Some(e) = groups.get_mut(group_id) else {
                 return Err(ResponseError::GroupIdNotFound.code());
             };
-            if !e.group.is_empty() {
+            if !e.group.is_empty() || e.consumer.as_ref().is_some_and(|c| !c.is_empty()) {
                 return Err(ResponseError::NonEmptyGroup.code());
             }
             e.group.kill();
@@ -642,10 +862,10 @@ impl GroupCoordinator {
             let Some(e) = groups.get(group_id) else {
                 return Err(ResponseError::GroupIdNotFound.code());
             };
-            let subscribed = if e.group.is_empty() {
-                Vec::new()
-            } else {
-                e.group.subscribed_topics()
+            let subscribed: Vec<String> = match &e.consumer {
+                Some(c) => c.subscribed_names().into_iter().collect(),
+                None if e.group.is_empty() => Vec::new(),
+                None => e.group.subscribed_topics(),
             };
             let codes: Vec<i16> = partitions
                 .iter()
@@ -682,6 +902,28 @@ impl GroupCoordinator {
     }
 }
 
+/// A consumer-protocol assignment (version 0: topics and partitions, no user data), as classic
+/// DescribeGroups reports members' assignments.
+fn classic_assignment(parts: &assignors::Parts, topics: &dyn consumer::TopicView) -> bytes::Bytes {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0i16.to_be_bytes());
+    let named: Vec<(String, &std::collections::BTreeSet<i32>)> = parts
+        .iter()
+        .filter_map(|(id, ps)| topics.name_of(id).map(|n| (n, ps)))
+        .collect();
+    out.extend_from_slice(&(named.len() as i32).to_be_bytes());
+    for (name, ps) in named {
+        out.extend_from_slice(&(name.len() as i16).to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(ps.len() as i32).to_be_bytes());
+        for p in ps {
+            out.extend_from_slice(&p.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,6 +939,11 @@ mod tests {
             initial_rebalance_delay_ms: 0,
             max_size: 100,
             max_assignment_bytes: 1 << 20,
+            consumer: consumer::ConsumerLimits {
+                heartbeat_interval_ms: 100,
+                session_timeout_ms: 1_000,
+                max_size: 100,
+            },
         }
     }
 
@@ -813,5 +1060,97 @@ mod tests {
         let (served, stored) = served_and_stored(&c, kv.as_ref(), 10).await;
         assert_eq!(stored[3], Some(53), "the unanswered commit was applied");
         assert_eq!(served, stored);
+    }
+
+    struct OneTopic(uuid::Uuid);
+
+    impl consumer::TopicView for OneTopic {
+        fn by_name(&self, name: &str) -> Option<(uuid::Uuid, i32)> {
+            (name == "t").then_some((self.0, 4))
+        }
+        fn names(&self) -> Vec<String> {
+            vec!["t".into()]
+        }
+        fn name_of(&self, id: &uuid::Uuid) -> Option<String> {
+            (*id == self.0).then(|| "t".into())
+        }
+    }
+
+    fn hb(member: &str, epoch: i32) -> consumer::Heartbeat {
+        consumer::Heartbeat {
+            member_id: member.into(),
+            member_epoch: epoch,
+            rebalance_timeout_ms: 1_000,
+            topic_names: (epoch == 0).then(|| vec!["t".to_string()]),
+            ..Default::default()
+        }
+    }
+
+    /// A consumer group's membership is stored before a heartbeat that changed it is
+    /// answered: a coordinator taking the shard over knows each member's epoch and
+    /// assignment, so members carry on (no rejoin, no partition handed to two members); a
+    /// change that cannot be stored is undone and the member retries.
+    #[tokio::test]
+    async fn a_new_coordinator_carries_on_a_consumer_group_at_its_epochs() {
+        let (c, faulty, kv) = coordinator("cg").await;
+        let topics = OneTopic(uuid::Uuid::new_v4());
+        let a = c.consumer_heartbeat("cg", hb("a", 0), &topics).await;
+        assert_eq!((a.error, a.member_epoch), (0, 1));
+        let b = c.consumer_heartbeat("cg", hb("b", 0), &topics).await;
+        assert_eq!((b.error, b.member_epoch), (0, 2));
+        // a is told to give two partitions up: stored before the answer.
+        let a2 = c.consumer_heartbeat("cg", hb("a", 1), &topics).await;
+        let kept = a2.assignment.clone().expect("revocation sent");
+        assert_eq!(kept.values().map(|p| p.len()).sum::<usize>(), 2);
+
+        // The store is down: b's next change is refused and undone.
+        faulty.cue(0, 1, Fault::Unavailable);
+        let mut owned_a = hb("a", 1);
+        owned_a.owned = Some(kept.clone());
+        let r = c.consumer_heartbeat("cg", owned_a.clone(), &topics).await;
+        assert_eq!(r.error, ResponseError::CoordinatorNotAvailable.code());
+        assert_eq!(
+            c.consumer_describe("cg").unwrap().members[0].epoch,
+            1,
+            "undone"
+        );
+
+        // Another coordinator loads the shard: same members, epochs and assignments.
+        let shard = assignment::group_shard("cg");
+        let rev = kv
+            .range_all(assignment::shard_key(shard).as_bytes())
+            .await
+            .unwrap()[0]
+            .mod_revision;
+        let c2 = GroupCoordinator::new(kv.clone(), ManualClock::new(0), limits());
+        c2.follow_shards(&BTreeMap::from([(shard, rev)]), Compare::absent("/none"))
+            .await
+            .unwrap();
+        let d = c2.consumer_describe("cg").unwrap();
+        assert_eq!(d.members.len(), 2);
+        assert_eq!(d.group_epoch, 2);
+        // a acknowledges its revocation at the new coordinator and moves on; then b gets the
+        // released partitions; nobody rejoined.
+        let r = c2.consumer_heartbeat("cg", owned_a, &topics).await;
+        assert_eq!((r.error, r.member_epoch), (0, 2));
+        let r = c2.consumer_heartbeat("cg", hb("b", 2), &topics).await;
+        assert_eq!(r.error, 0);
+        let got = r.assignment.expect("b's partitions");
+        assert_eq!(got.values().map(|p| p.len()).sum::<usize>(), 2);
+        for (t, ps) in &got {
+            assert!(kept.get(t).is_none_or(|k| k.is_disjoint(ps)), "owned twice");
+        }
+        // Everyone leaves: the document is deleted.
+        for m in ["a", "b"] {
+            assert_eq!(
+                c2.consumer_heartbeat("cg", hb(m, -1), &topics).await.error,
+                0
+            );
+        }
+        let left = kv
+            .range_all(group_offsets::group_prefix("cg").as_bytes())
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -193,10 +193,13 @@ pub fn describe(b: &Arc<Broker>, req: DescribeGroupsRequest, v: i16) -> Describe
             if let Err(code) = b.groups.check(&id) {
                 return d.with_error_code(code);
             }
-            match b.groups.describe(&id) {
+            match b
+                .groups
+                .describe(&id, &super::consumer_groups::Catalog(&b.topics))
+            {
                 None => d.with_group_state(str_bytes("Dead")),
                 Some(x) => d
-                    .with_group_state(str_bytes(x.state.name()))
+                    .with_group_state(str_bytes(x.state))
                     .with_protocol_type(str_bytes(x.protocol_type))
                     .with_protocol_data(str_bytes(x.protocol))
                     .with_members(
@@ -231,17 +234,17 @@ pub fn list(b: &Arc<Broker>, req: ListGroupsRequest, v: i16) -> ListGroupsRespon
         .groups
         .list()
         .into_iter()
-        .filter(|(_, _, st)| states.is_empty() || states.contains(&st.name().to_lowercase()))
-        .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
-        .map(|(id, pt, st)| {
+        .filter(|(_, _, st, _)| states.is_empty() || states.contains(&st.to_lowercase()))
+        .filter(|(_, _, _, ty)| types.is_empty() || types.iter().any(|t| t == ty))
+        .map(|(id, pt, st, ty)| {
             let mut g = ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(id)))
                 .with_protocol_type(str_bytes(pt));
             if v >= 4 {
-                g = g.with_group_state(str_bytes(st.name()));
+                g = g.with_group_state(str_bytes(st));
             }
             if v >= 5 {
-                g = g.with_group_type(str_bytes("classic"));
+                g = g.with_group_type(str_bytes(ty));
             }
             g
         })

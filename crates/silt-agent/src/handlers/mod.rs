@@ -5,6 +5,7 @@
 mod admin;
 mod api_versions;
 mod configs;
+mod consumer_groups;
 mod coordinator;
 mod delete_records;
 mod describe_producers;
@@ -112,6 +113,12 @@ pub async fn dispatch(
         R::Heartbeat(r) => now(ResponseKind::Heartbeat(groups::heartbeat(broker, r))),
         R::LeaveGroup(r) => now(ResponseKind::LeaveGroup(groups::leave(broker, r, v))),
         R::DescribeGroups(r) => now(ResponseKind::DescribeGroups(groups::describe(broker, r, v))),
+        R::ConsumerGroupHeartbeat(r) => now(ResponseKind::ConsumerGroupHeartbeat(
+            consumer_groups::heartbeat(broker, r, client_id, peer).await,
+        )),
+        R::ConsumerGroupDescribe(r) => now(ResponseKind::ConsumerGroupDescribe(
+            consumer_groups::describe(broker, r),
+        )),
         R::ListGroups(r) => now(ResponseKind::ListGroups(groups::list(broker, r, v))),
         R::DeleteGroups(r) => now(ResponseKind::DeleteGroups(groups::delete(broker, r).await)),
         R::OffsetCommit(r) => now(ResponseKind::OffsetCommit(

@@ -183,6 +183,13 @@ pub fn fetch(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchRes
                 if let Err(code) = b
                     .groups
                     .check(&g.group_id.0)
+                    .and_then(|_| {
+                        b.groups.check_fetching_member(
+                            &g.group_id.0,
+                            g.member_id.as_deref(),
+                            g.member_epoch,
+                        )
+                    })
                     .and_then(|_| b.groups.offsets_settled(&g.group_id.0))
                 {
                     return OffsetFetchResponseGroup::default()

@@ -3,7 +3,10 @@
 //! that had members (absent for "simple" groups that only commit), and
 //! `/silt/groups/{group}/txn-offsets/{pid:020}`: offsets a transactional producer committed in
 //! its open transaction (TxnOffsetCommit), made the group's offsets when it commits and dropped
-//! when it aborts. A commit of many partitions is
+//! when it aborts, and `/silt/groups/{group}/membership`: a KIP-848 consumer group's members,
+//! epochs and assignments (an opaque document the coordinator writes before it answers a
+//! heartbeat that changed them, so a new coordinator carries on where the old one stopped;
+//! deleted when the group has no member). A commit of many partitions is
 //! one transaction (one metadata write); deleting a group is one prefix delete. Persisted: field
 //! names are stable.
 
@@ -40,6 +43,28 @@ pub fn all_prefix() -> String {
 /// prefixes ambiguous, so ids are percent-encoded.
 pub fn group_prefix(group: &str) -> String {
     format!("{}{}/", all_prefix(), escape(group))
+}
+
+fn membership_key(group: &str) -> String {
+    format!("{}membership", group_prefix(group))
+}
+
+/// Writes (or, with `None`, deletes) a consumer group's membership document, fenced; false if
+/// the fence failed.
+pub async fn put_membership(
+    kv: &dyn MetaKv,
+    fence: &[Compare],
+    group: &str,
+    doc: Option<&[u8]>,
+) -> Result<bool, MetaError> {
+    let key = membership_key(group);
+    let op = match doc {
+        Some(d) => Op::put(key, d.to_vec()),
+        None => Op::Delete {
+            key: key.into_bytes(),
+        },
+    };
+    fenced_write(kv, fence, vec![op]).await
 }
 
 fn protocol_type_key(group: &str) -> String {
@@ -236,6 +261,8 @@ pub struct Stored {
     pub protocol_types: Vec<(String, String)>,
     /// (group, producer id, offsets) committed in transactions still open.
     pub pending: Vec<(String, i64, PartitionOffsets)>,
+    /// (group, membership document) of consumer groups with members.
+    pub memberships: Vec<(String, Vec<u8>)>,
 }
 
 /// Everything stored for every group.
@@ -245,6 +272,10 @@ pub async fn load_all(kv: &dyn MetaKv) -> Result<Stored, MetaError> {
     for item in kv.range_all(prefix.as_bytes()).await? {
         let k = String::from_utf8_lossy(&item.key).into_owned();
         let rest = &k[prefix.len()..];
+        if let Some(group) = rest.strip_suffix("/membership") {
+            out.memberships.push((unescape(group), item.value.to_vec()));
+            continue;
+        }
         if let Some(group) = rest.strip_suffix("/protocol-type") {
             out.protocol_types.push((
                 unescape(group),

@@ -672,6 +672,135 @@ async fn groups_and_admin_work_across_agents_and_survive_a_coordinator_move() {
     assert!(gone.is_some(), "the deletion is seen by every agent");
 }
 
+/// How many partitions the members own; panics if one is owned by two.
+fn owned_once(members: &[rdkafka::consumer::StreamConsumer]) -> usize {
+    let mut owner: HashMap<i32, usize> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        for e in m.assignment().unwrap().elements() {
+            if let Some(j) = owner.insert(e.partition(), i) {
+                panic!("partition {} owned by members {j} and {i}", e.partition());
+            }
+        }
+    }
+    owner.len()
+}
+
+/// Reads with every member until `want` distinct records were seen (or `secs` passed),
+/// checking after every round that no partition has two owners; then commits what was read if
+/// `commit`.
+async fn consume_848(
+    members: &[rdkafka::consumer::StreamConsumer],
+    seen: &mut HashMap<(i32, i64), usize>,
+    dups: &mut usize,
+    want: usize,
+    secs: u64,
+    commit: bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while seen.len() < want && Instant::now() < deadline {
+        for (i, m) in members.iter().enumerate() {
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(50), m.recv()).await {
+                if seen.insert((r.partition(), r.offset()), i).is_some() {
+                    *dups += 1;
+                }
+            }
+        }
+        owned_once(members);
+    }
+    for m in members.iter().filter(|_| commit) {
+        let _ = m.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    }
+}
+
+/// KIP-848 (`group.protocol=consumer`): three members on three agents; the coordinator's agent
+/// is SIGKILLed mid-stream. The group's membership was stored, so the new coordinator carries
+/// the members on at their epochs: nobody loses its partitions, no partition is ever owned by
+/// two members, every record is read exactly once, and the commits are served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_protocol_group_carries_on_through_a_coordinator_kill() {
+    use crate::groups::{produce_n, GROUP_ENV};
+    use rdkafka::consumer::StreamConsumer;
+
+    let mut env = GROUP_ENV.to_vec();
+    env.extend([
+        ("SILT_GROUPS__CONSUMER_HEARTBEAT_INTERVAL_MS", "500"),
+        ("SILT_GROUPS__CONSUMER_SESSION_TIMEOUT_MS", "10000"),
+    ]);
+    let mut c = TestCluster::start_with(3, &env);
+    let b = c.bootstrap();
+    create_topic(&c.agents[0].bootstrap(), "k848", 6, &[]).await;
+    produce_n(&b, "k848", 6, 600).await;
+    let members: Vec<StreamConsumer> = (0..3)
+        .map(|i| {
+            config(
+                &c.agents[i].bootstrap(),
+                &[
+                    ("group.id", "k848-group"),
+                    ("group.protocol", "consumer"),
+                    ("auto.offset.reset", "earliest"),
+                    ("enable.auto.commit", "false"),
+                    ("fetch.wait.max.ms", "50"),
+                ],
+            )
+            .create()
+            .expect("consumer")
+        })
+        .collect();
+    for m in &members {
+        m.subscribe(&["k848"]).unwrap();
+    }
+    let mut seen: HashMap<(i32, i64), usize> = HashMap::new();
+    let mut dups = 0;
+    consume_848(&members, &mut seen, &mut dups, 600, 60, true).await;
+    assert_eq!(seen.len(), 600);
+    assert_eq!(
+        owned_once(&members),
+        6,
+        "the members share all six partitions"
+    );
+    // More records, half of them read and not committed when the coordinator dies: a member
+    // that lost its partitions would read those again from the commits.
+    produce_n(&b, "k848", 6, 600).await;
+    consume_848(&members, &mut seen, &mut dups, 900, 60, false).await;
+    assert!(seen.len() >= 900);
+    let coordinator = find_coordinator(&c, "k848-group");
+    c.agents[(coordinator - 1) as usize].kill();
+    let live: Vec<String> = c
+        .agents
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != (coordinator - 1) as usize)
+        .map(|(_, a)| a.bootstrap())
+        .collect();
+    consume_848(&members, &mut seen, &mut dups, 1200, 90, true).await;
+    assert_eq!(
+        seen.len(),
+        1200,
+        "every record read after the coordinator kill"
+    );
+    assert_eq!(dups, 0, "records read twice: a member lost its partitions");
+    assert_eq!(owned_once(&members), 6);
+    drop(members);
+    let fresh: BaseConsumer = config(&live[0], &[("group.id", "k848-group")])
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition("k848", p);
+    }
+    let committed = fresh
+        .committed_offsets(tpl, Duration::from_secs(20))
+        .expect("committed offsets from the new coordinator");
+    for e in committed.elements() {
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(200),
+            "partition {}",
+            e.partition()
+        );
+    }
+}
+
 /// Partitions led by the live agents, and how many of them say they hold the controller key.
 fn live_view(c: &TestCluster, dead: Option<usize>) -> (f64, usize) {
     let mut led = 0.0;

@@ -29,6 +29,12 @@ fn default_request(api: ApiKey) -> Option<RequestKind> {
         ApiKey::SyncGroup => K::SyncGroup(SyncGroupRequest::default()),
         ApiKey::DescribeGroups => K::DescribeGroups(DescribeGroupsRequest::default()),
         ApiKey::ListGroups => K::ListGroups(ListGroupsRequest::default()),
+        ApiKey::ConsumerGroupHeartbeat => {
+            K::ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest::default())
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            K::ConsumerGroupDescribe(ConsumerGroupDescribeRequest::default())
+        }
         ApiKey::ApiVersions => K::ApiVersions(ApiVersionsRequest::default()),
         ApiKey::CreateTopics => K::CreateTopics(CreateTopicsRequest::default()),
         ApiKey::DeleteTopics => K::DeleteTopics(DeleteTopicsRequest::default()),
