@@ -240,6 +240,19 @@ def test_missing_acls_get_kafkas_errors_and_hide_topics(secured, topic_name):
     # READ on the topic but no ACL on the group: GROUP_AUTHORIZATION_FAILED.
     _, errors = _consume_group(conf, topic_name, "no-acl-group", 1, timeout=20)
     assert any(e.code() == KafkaError.GROUP_AUTHORIZATION_FAILED for e in errors), errors
+    # A KIP-848 member with DESCRIBE on its group (FindCoordinator passes) but not READ: its
+    # ConsumerGroupHeartbeat is refused, which librdkafka makes fatal for the consumer.
+    s.allow(ResourceType.GROUP, "describe-only-848", "User:bob", AclOperation.DESCRIBE)
+    c = Consumer({**conf, "group.id": "describe-only-848", "group.protocol": "consumer"})
+    c.subscribe([topic_name])
+    errors = []
+    deadline = time.time() + 20
+    while not errors and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is not None and m.error():
+            errors.append(m.error())
+    c.close()
+    assert errors and "ConsumerGroupHeartbeat" in errors[0].str() and "Group authorization failed" in errors[0].str(), errors
     # Creating topics needs CREATE.
     fs = bob_admin.create_topics([NewTopic(topic_name + "-new", 1)])
     with pytest.raises(KafkaException) as e:

@@ -433,19 +433,30 @@ pub async fn groups_list(bootstrap: &str) -> Result<String, AdminError> {
     for id in c.brokers.keys() {
         let mut conn = c.broker(*id).await?;
         let r: ListGroupsResponse = conn
-            .call(ApiKey::ListGroups, 4, &ListGroupsRequest::default())
+            .call(ApiKey::ListGroups, 5, &ListGroupsRequest::default())
             .await?;
         check(r.error_code, "listing groups", None)?;
         for g in r.groups {
             groups.insert(
                 g.group_id.0.to_string(),
-                (g.group_state.to_string(), g.protocol_type.to_string(), *id),
+                (
+                    g.group_state.to_string(),
+                    g.group_type.to_string(),
+                    g.protocol_type.to_string(),
+                    *id,
+                ),
             );
         }
     }
-    let mut rows = vec![row(&[&"GROUP", &"STATE", &"PROTOCOL-TYPE", &"COORDINATOR"])];
-    for (g, (state, pt, coord)) in &groups {
-        rows.push(row(&[g, state, pt, coord]));
+    let mut rows = vec![row(&[
+        &"GROUP",
+        &"STATE",
+        &"TYPE",
+        &"PROTOCOL-TYPE",
+        &"COORDINATOR",
+    ])];
+    for (g, (state, ty, pt, coord)) in &groups {
+        rows.push(row(&[g, state, ty, pt, coord]));
     }
     Ok(table(&rows))
 }

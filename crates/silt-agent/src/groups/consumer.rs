@@ -186,6 +186,7 @@ pub struct Described {
 
 /// One consumer group's membership. Persisted (but for the hold): field names are stable.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ConsumerGroup {
     group_epoch: i32,
     assignment_epoch: i32,
@@ -228,8 +229,10 @@ mod stored_regex {
     }
 }
 
-/// A subscription regex, anchored at both ends as Kafka (RE2/J `matches`) applies it.
+/// A subscription regex, anchored at both ends as Kafka (RE2/J `matches`) applies it. The
+/// pattern must compile on its own first (else `a)|(b` would pass, unanchored, once wrapped).
 fn compile(r: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(r)?;
     regex::Regex::new(&format!("^(?:{r})$"))
 }
 
@@ -418,7 +421,13 @@ impl ConsumerGroup {
         }
         self.reconcile(&id, hb.owned.as_ref(), now);
         let m = self.members.get_mut(&id).expect("member");
-        let full = hb.member_epoch == 0 || hb.owned.as_ref().is_some_and(|o| *o != m.assigned);
+        // The assignment goes out again whenever the member may not have it: on a join, when
+        // what it says it owns differs, when it heartbeats at an older epoch (a lost response),
+        // and while it has partitions to give up.
+        let full = hb.member_epoch == 0
+            || hb.member_epoch != m.epoch
+            || m.state == MemberState::UnrevokedPartitions
+            || hb.owned.as_ref().is_some_and(|o| *o != m.assigned);
         let assignment = if full || m.sent.as_ref() != Some(&m.assigned) {
             m.sent = Some(m.assigned.clone());
             Some(m.assigned.clone())
@@ -476,6 +485,13 @@ impl ConsumerGroup {
                         format!("member {} is not in the group", hb.member_id),
                     ));
                 };
+                if m.instance_id.is_none() {
+                    // Not a static member: nobody could take its assignment over; it leaves.
+                    self.members.remove(&hb.member_id);
+                    self.target.remove(&hb.member_id);
+                    self.group_epoch += 1;
+                    return Ok(None);
+                }
                 m.left_static = true;
                 m.last_seen_ms = now;
                 Ok(None)
@@ -745,13 +761,10 @@ impl ConsumerGroup {
 
     /// Whether an OffsetCommit (or an OffsetFetch naming a member) at `epoch` is accepted.
     pub fn check_member_epoch(&self, member_id: &str, epoch: i32) -> Result<(), i16> {
-        if member_id.is_empty() && epoch < 0 {
-            // An admin commit: only while no member consumes.
-            return if self.members.is_empty() {
-                Ok(())
-            } else {
-                Err(ResponseError::UnknownMemberId.code())
-            };
+        if epoch < 0 && self.members.is_empty() {
+            // The admin client, or a consumer not using group management (it may send its
+            // member id): accepted while no member consumes, as Kafka accepts it.
+            return Ok(());
         }
         let Some(m) = self.members.get(member_id) else {
             return Err(ResponseError::UnknownMemberId.code());

@@ -873,6 +873,12 @@ impl Group {
         instance_id: Option<&str>,
         generation: i32,
     ) -> Result<(), i16> {
+        if generation < 0 && self.members.is_empty() && self.state != State::Dead {
+            // A client not using group management that sends its member id anyway (librdkafka
+            // with group.protocol=consumer and assign()): accepted while the group is empty, as
+            // Kafka accepts it.
+            return Ok(());
+        }
         if generation < 0 && member_id.is_empty() {
             // A "simple" commit by a client not using group membership.
             return if self.members.is_empty() {
@@ -1091,6 +1097,13 @@ mod tests {
             "simple commits only to empty groups"
         );
         assert_eq!(Group::new().check_commit("", None, -1), Ok(()));
+        // A client not using group management may send a member id (librdkafka does with
+        // group.protocol=consumer and assign()): accepted by an empty group, as in Kafka.
+        assert_eq!(Group::new().check_commit("its-own-id", None, -1), Ok(()));
+        assert_eq!(
+            g.check_commit("its-own-id", None, -1),
+            Err(ResponseError::UnknownMemberId.code())
+        );
     }
 
     #[test]

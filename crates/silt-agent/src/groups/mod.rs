@@ -46,6 +46,8 @@ struct Entry {
     stored_membership: Option<Vec<u8>>,
     /// Serialises this consumer group's heartbeats, each with its membership write.
     membership_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Its stored membership did not decode: partitions are held back as after a move.
+    unreadable_membership: bool,
     offsets: BTreeMap<(String, i32), Committed>,
     /// The protocol type recorded with the group's offsets ("" for a simple group).
     stored_protocol_type: Option<String>,
@@ -66,6 +68,7 @@ impl Entry {
             consumer: None,
             stored_membership: None,
             membership_writes: Arc::default(),
+            unreadable_membership: false,
             offsets: BTreeMap::new(),
             stored_protocol_type: None,
             writes: Arc::default(),
@@ -96,7 +99,8 @@ impl crate::tasks::Periodic for GroupTicker {
 
     async fn step(&mut self) {
         if let Some(c) = self.c.upgrade() {
-            c.tick();
+            let changed = c.tick();
+            c.store_memberships(&changed).await;
         }
     }
 }
@@ -266,10 +270,16 @@ impl GroupCoordinator {
                     e.consumer = Some(c);
                     e.stored_membership = Some(doc);
                 }
-                Err(err) => tracing::warn!(
-                    group = %g, error = %err,
-                    "a consumer group's stored membership does not decode; its members rejoin"
-                ),
+                Err(err) => {
+                    tracing::warn!(
+                        group = %g, error = %err,
+                        "a consumer group's stored membership does not decode; its members rejoin"
+                    );
+                    fresh
+                        .entry(g)
+                        .or_insert_with(Entry::new)
+                        .unreadable_membership = true;
+                }
             }
         }
         for (g, pt) in stored.protocol_types.into_iter().filter(|x| mine(&x.0)) {
@@ -299,22 +309,102 @@ impl GroupCoordinator {
         }
     }
 
-    /// Applies timeouts at the clock's current time.
-    pub fn tick(&self) {
+    /// Applies timeouts at the clock's current time; returns the consumer groups whose
+    /// membership changed (members fenced), to be stored.
+    pub fn tick(&self) -> Vec<String> {
         let now = self.clock.now_ms();
         let mut groups = self.lock();
-        for e in groups.values_mut() {
+        let mut changed = Vec::new();
+        for (id, e) in groups.iter_mut() {
             e.group.tick(now, &self.limits);
             if let Some(c) = e.consumer.as_mut() {
-                c.tick(now, &self.limits.consumer);
+                if c.tick(now, &self.limits.consumer) > 0 {
+                    changed.push(id.clone());
+                }
             }
         }
         groups.retain(|_, e| {
-            !(e.group.state() == State::Empty
-                && e.group.is_empty()
-                && e.consumer.as_ref().is_none_or(|c| c.is_empty())
-                && e.offsets.is_empty())
+            // An entry a heartbeat is working on stays, so its membership lock stays the one.
+            Arc::strong_count(&e.membership_writes) > 1
+                || e.stored_membership.is_some()
+                || e.unreadable_membership
+                || !(e.group.state() == State::Empty
+                    && e.group.is_empty()
+                    && e.consumer.as_ref().is_none_or(|c| c.is_empty())
+                    && e.offsets.is_empty())
         });
+        changed
+    }
+
+    /// Stores the membership of consumer groups changed outside a heartbeat (members fenced
+    /// by a timeout), so a coordinator taking them over does not bring those members back.
+    pub async fn store_memberships(&self, groups: &[String]) {
+        for g in groups {
+            let Ok((writes, _guard)) = self.lock_membership(g).await else {
+                continue;
+            };
+            let Ok(fence) = self.check(g) else {
+                continue;
+            };
+            let doc = {
+                let groups = self.lock();
+                match groups.get(g.as_str()) {
+                    Some(e) if Arc::ptr_eq(&e.membership_writes, &writes) => {
+                        match e.consumer.as_ref().map(|c| c.stored()) {
+                            Some(doc) if doc != e.stored_membership => doc,
+                            _ => continue,
+                        }
+                    }
+                    _ => continue,
+                }
+            };
+            let doc = doc.filter(|d| d.len() <= MAX_MEMBERSHIP_BYTES);
+            match group_offsets::put_membership(self.meta.as_ref(), &fence, g, doc.as_deref()).await
+            {
+                Ok(true) => {
+                    if let Some(e) = self.lock().get_mut(g.as_str()) {
+                        if Arc::ptr_eq(&e.membership_writes, &writes) {
+                            e.stored_membership = doc;
+                        }
+                    }
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::debug!(group = %g, error = %err, "storing a consumer group's membership after a timeout failed; the next heartbeat stores it")
+                }
+            }
+        }
+    }
+
+    /// Locks `group`'s membership (creating the entry if needed): the lock of the entry that
+    /// is current once it is held. Err if the group is not coordinated here.
+    async fn lock_membership(
+        &self,
+        group: &str,
+    ) -> Result<
+        (
+            Arc<tokio::sync::Mutex<()>>,
+            tokio::sync::OwnedMutexGuard<()>,
+        ),
+        i16,
+    > {
+        loop {
+            self.check(group)?;
+            let writes = self
+                .lock()
+                .entry(group.to_string())
+                .or_insert_with(Entry::new)
+                .membership_writes
+                .clone();
+            let guard = writes.clone().lock_owned().await;
+            let current = self
+                .lock()
+                .get(group)
+                .is_some_and(|e| Arc::ptr_eq(&e.membership_writes, &writes));
+            if current {
+                return Ok((writes, guard));
+            }
+        }
     }
 
     /// JoinGroup.
@@ -367,17 +457,16 @@ impl GroupCoordinator {
             member_epoch: -1,
             ..Default::default()
         };
+        let (writes, _ordered) = match self.lock_membership(group_id).await {
+            Ok(x) => x,
+            Err(code) => return refused(code, None),
+        };
+        // The fence as of now, with this group's heartbeats serialised: a shard reloaded
+        // meanwhile has a new revision and refuses the write.
         let fence = match self.check(group_id) {
             Ok(f) => f,
             Err(code) => return refused(code, None),
         };
-        let writes = self
-            .lock()
-            .entry(group_id.to_string())
-            .or_insert_with(Entry::new)
-            .membership_writes
-            .clone();
-        let _ordered = writes.lock().await;
         let now = self.clock.now_ms();
         let gained = self
             .lock_shards()
@@ -387,9 +476,11 @@ impl GroupCoordinator {
             .unwrap_or(0);
         let (reply, before, doc) = {
             let mut groups = self.lock();
-            let e = groups
-                .entry(group_id.to_string())
-                .or_insert_with(Entry::new);
+            let e = match groups.get_mut(group_id) {
+                Some(e) if Arc::ptr_eq(&e.membership_writes, &writes) => e,
+                // Reloaded with its shard since the lock was taken: the member retries.
+                _ => return refused(ResponseError::CoordinatorNotAvailable.code(), None),
+            };
             if e.consumer.is_none() {
                 if !e.group.is_empty() {
                     return refused(
@@ -400,7 +491,7 @@ impl GroupCoordinator {
                         )),
                     );
                 }
-                let hold = if e.offsets.is_empty() {
+                let hold = if e.offsets.is_empty() && !e.unreadable_membership {
                     0
                 } else {
                     gained + 2 * i64::from(self.limits.consumer.heartbeat_interval_ms)
@@ -418,24 +509,42 @@ impl GroupCoordinator {
         };
         let undo = |code: i16| {
             if let Some(e) = self.lock().get_mut(group_id) {
-                e.consumer = Some(before.clone());
+                if Arc::ptr_eq(&e.membership_writes, &writes) {
+                    e.consumer = Some(before.clone());
+                }
             }
             refused(code, None)
         };
-        if doc.as_ref().is_some_and(|d| d.len() > MAX_MEMBERSHIP_BYTES) {
-            tracing::error!(
-                group = group_id,
-                bytes = doc.as_ref().map_or(0, Vec::len),
-                "a consumer group's membership is too large to store; the change is refused"
-            );
-            return undo(ResponseError::GroupMaxSizeReached.code());
+        // A membership too large to store is not stored at all (the stored one is deleted):
+        // the group goes on, and a coordinator taking it over holds its partitions back for two
+        // heartbeat intervals instead (see the module docs).
+        let doc = match doc {
+            Some(d) if d.len() > MAX_MEMBERSHIP_BYTES => {
+                tracing::warn!(
+                    group = group_id,
+                    bytes = d.len(),
+                    "a consumer group's membership is too large to store; a coordinator move will make its members rejoin"
+                );
+                None
+            }
+            d => d,
+        };
+        if doc
+            == self
+                .lock()
+                .get(group_id)
+                .and_then(|e| e.stored_membership.clone())
+        {
+            return reply;
         }
         match group_offsets::put_membership(self.meta.as_ref(), &fence, group_id, doc.as_deref())
             .await
         {
             Ok(true) => {
                 if let Some(e) = self.lock().get_mut(group_id) {
-                    e.stored_membership = doc;
+                    if Arc::ptr_eq(&e.membership_writes, &writes) {
+                        e.stored_membership = doc;
+                    }
                 }
                 reply
             }

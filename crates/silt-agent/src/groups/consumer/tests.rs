@@ -267,6 +267,11 @@ fn a_partition_moves_only_after_its_owner_revoked_it() {
         g.check_member_epoch("", -1),
         Err(ResponseError::UnknownMemberId.code())
     );
+    assert_eq!(
+        ConsumerGroup::new(0).check_member_epoch("assign-only", -1),
+        Ok(()),
+        "a consumer using assign() commits to an empty group"
+    );
 }
 
 #[test]
@@ -380,6 +385,19 @@ fn bad_requests_get_kafkas_errors() {
         &cat,
     );
     assert_eq!(r.error, ResponseError::InvalidRegularExpression.code());
+    // Valid only once wrapped in an anchoring group: still refused.
+    let r = g.heartbeat(
+        Heartbeat {
+            member_id: "m".into(),
+            member_epoch: 0,
+            topic_regex: Some("a)|(b".into()),
+            ..Default::default()
+        },
+        0,
+        &lim(),
+        &cat,
+    );
+    assert_eq!(r.error, ResponseError::InvalidRegularExpression.code());
     let r = g.heartbeat(
         Heartbeat {
             member_id: "m".into(),
@@ -446,4 +464,46 @@ fn regex_subscriptions_follow_new_topics_and_a_hold_delays_assignment() {
             .sum::<usize>(),
         3
     );
+}
+
+/// A member whose response was lost heartbeats again at its previous epoch without saying
+/// what it owns: it is sent its assignment again (else it would never learn of partitions
+/// granted in the lost response).
+#[test]
+fn a_lost_response_is_answered_again() {
+    let mut cat = Catalog::default();
+    cat.0.insert("t".into(), (Uuid::new_v4(), 2));
+    let mut g = ConsumerGroup::new(0);
+    let join = g.heartbeat(
+        Heartbeat {
+            member_id: "a".into(),
+            member_epoch: 0,
+            rebalance_timeout_ms: 1_000,
+            topic_names: Some(vec!["t".into()]),
+            ..Default::default()
+        },
+        0,
+        &lim(),
+        &cat,
+    );
+    assert_eq!(join.member_epoch, 1);
+    // The topic grows: the next heartbeat moves a to epoch 2 with three partitions; that
+    // response is lost.
+    let (id, _) = cat.0["t"];
+    cat.0.insert("t".into(), (id, 3));
+    let hb = |epoch| Heartbeat {
+        member_id: "a".into(),
+        member_epoch: epoch,
+        ..Default::default()
+    };
+    let lost = g.heartbeat(hb(1), 10, &lim(), &cat);
+    assert_eq!(lost.member_epoch, 2);
+    assert_eq!(lost.assignment.as_ref().unwrap()[&id].len(), 3);
+    // The retry at epoch 1 gets the assignment again.
+    let again = g.heartbeat(hb(1), 20, &lim(), &cat);
+    assert_eq!(again.error, 0);
+    assert_eq!(again.member_epoch, 2);
+    assert_eq!(again.assignment, lost.assignment);
+    // At the current epoch and unchanged, nothing is resent.
+    assert_eq!(g.heartbeat(hb(2), 30, &lim(), &cat).assignment, None);
 }
