@@ -125,6 +125,8 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         14: (0, 5),  # SyncGroup
         15: (0, 5),  # DescribeGroups
         16: (0, 5),  # ListGroups
+        68: (0, 1),  # ConsumerGroupHeartbeat (KIP-848)
+        69: (0, 1),  # ConsumerGroupDescribe
         18: (0, 4),  # ApiVersions
         19: (0, 7),  # CreateTopics
         20: (0, 6),  # DeleteTopics
