@@ -453,6 +453,20 @@ fn leadership(b: &Broker, out: &mut String) {
         "counter",
         cs.failures.load(r),
     );
+    single(
+        out,
+        "silt_key_compaction_passes_total",
+        "Key-compaction passes completed on compacted topics (cleanup.policy=compact).",
+        "counter",
+        cs.key_passes.load(r),
+    );
+    single(
+        out,
+        "silt_key_compaction_records_removed_total",
+        "Records key compaction took out (superseded by a later record of their key, or tombstones past delete.retention.ms).",
+        "counter",
+        cs.key_records_removed.load(r),
+    );
     let g = &b.gc;
     single(
         out,

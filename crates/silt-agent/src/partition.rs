@@ -54,6 +54,8 @@ pub struct PartitionState {
     /// Revision the partition's log-start key was last written at: the next lifecycle step
     /// compares it ([`index::log_start_unchanged`]) and moves it.
     pub lifecycle_revision: i64,
+    /// Key compaction (on this leader) has cleaned the log up to this offset.
+    pub key_cleaned: Option<i64>,
 }
 
 impl Partition {

@@ -228,33 +228,17 @@ pub async fn read_isolated(
     }
     let mut out = BytesMut::new();
     let mut single: Option<Bytes> = None;
-    'ranges: for r in ranges {
-        let (data, whole) = range_from(storage, cache, &r, offset, max_bytes).await?;
-        for (h, range) in batch::iter(&data) {
-            let last = h.base_offset + h.last_offset_delta as i64;
-            if last < offset {
-                continue;
-            }
-            if h.base_offset >= end {
-                break 'ranges;
-            }
-            let taken = out.len() + single.as_ref().map_or(0, |b| b.len());
-            if taken > 0 && taken + range.len() > max_bytes {
-                break 'ranges;
-            }
-            // Avoid a copy for the common single-batch case.
-            if taken == 0 {
-                single = Some(data.slice(range));
-            } else {
-                if let Some(s) = single.take() {
-                    out.extend_from_slice(&s);
-                }
-                out.extend_from_slice(&data[range]);
-            }
+    // Key compaction leaves offsets without records, at the end of a range too: when the
+    // located ranges hold nothing at or after `offset`, the next ones are located, so every
+    // offset below the end reads the next batch there is.
+    let mut ranges = ranges;
+    while let Some(after) = ranges.last().map(|r| r.last_offset + 1) {
+        let args = (offset, end, max_bytes);
+        read_ranges(storage, cache, ranges, args, &mut out, &mut single).await?;
+        if single.is_some() || !out.is_empty() || after >= end {
+            break;
         }
-        if !whole {
-            break 'ranges;
-        }
+        ranges = p.lock().locate(after, max_bytes);
     }
     let records = match single {
         Some(s) if out.is_empty() => Some(s),
@@ -277,6 +261,47 @@ pub async fn read_isolated(
         last_stable,
         aborted,
     })
+}
+
+/// Appends to `out` (or to `single`, one batch without a copy) the whole batches of `ranges`
+/// from the one holding `offset`, below `end`, within `max_bytes` (at least one batch).
+async fn read_ranges(
+    storage: &Storage,
+    cache: &ObjectCache,
+    ranges: Vec<IndexEntry>,
+    (offset, end, max_bytes): (i64, i64, usize),
+    out: &mut BytesMut,
+    single: &mut Option<Bytes>,
+) -> Result<(), PartitionError> {
+    'ranges: for r in ranges {
+        let (data, whole) = range_from(storage, cache, &r, offset, max_bytes).await?;
+        for (h, range) in batch::iter(&data) {
+            let last = h.base_offset + h.last_offset_delta as i64;
+            if last < offset {
+                continue;
+            }
+            if h.base_offset >= end {
+                break 'ranges;
+            }
+            let taken = out.len() + single.as_ref().map_or(0, |b| b.len());
+            if taken > 0 && taken + range.len() > max_bytes {
+                break 'ranges;
+            }
+            // Avoid a copy for the common single-batch case.
+            if taken == 0 {
+                *single = Some(data.slice(range));
+            } else {
+                if let Some(s) = single.take() {
+                    out.extend_from_slice(&s);
+                }
+                out.extend_from_slice(&data[range]);
+            }
+        }
+        if !whole {
+            break 'ranges;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

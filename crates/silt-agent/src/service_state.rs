@@ -25,6 +25,10 @@ pub struct CompactionStats {
     pub started: AtomicU64,
     /// Every step up to this number is done: its commit was answered for good.
     pub finished: AtomicU64,
+    /// Key-compaction passes completed (compacted topics).
+    pub key_passes: AtomicU64,
+    /// Records key compaction took out (superseded, or expired tombstones).
+    pub key_records_removed: AtomicU64,
 }
 
 /// GC counters.
@@ -93,6 +97,16 @@ impl ArchiveState {
             .collect();
         v.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         v
+    }
+
+    /// The first offset of a partition not archived yet, as this agent last knew it.
+    pub fn archived_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|x| x.2.topic == topic && x.2.partition == partition)
+            .map(|x| x.2.next_offset)
     }
 
     /// Invalid values per topic.

@@ -491,8 +491,12 @@ pub struct Resolved {
     /// Records may be at most this much newer than the broker's clock
     /// (`message.timestamp.after.max.ms`, or `message.timestamp.difference.max.ms`).
     pub timestamp_after_max_ms: i64,
-    /// `cleanup.policy` includes `compact`: every record needs a key.
+    /// `cleanup.policy` includes `compact`: every record needs a key, and the latest record
+    /// of each key is kept (key compaction).
     pub compacted: bool,
+    /// Key compaction's rules (`delete.retention.ms`, `min.compaction.lag.ms`,
+    /// `max.compaction.lag.ms`, `min.cleanable.dirty.ratio`).
+    pub key_rules: crate::lifecycle::key_compaction::KeyRules,
     /// `silt.archive.enable`.
     pub archive: bool,
     /// `message.downconversion.enable`: Fetch v0–3 (message sets) is served.
@@ -531,6 +535,14 @@ impl Resolved {
             compacted: get("cleanup.policy")
                 .split(',')
                 .any(|p| p.trim() == "compact"),
+            key_rules: crate::lifecycle::key_compaction::KeyRules {
+                delete_retention_ms: get("delete.retention.ms").parse().unwrap_or(86_400_000),
+                min_lag_ms: get("min.compaction.lag.ms").parse().unwrap_or(0),
+                max_lag_ms: get("max.compaction.lag.ms").parse().unwrap_or(i64::MAX),
+                min_dirty_ratio: get("min.cleanable.dirty.ratio").parse().unwrap_or(0.5),
+                segment_bytes: get("segment.bytes").parse().unwrap_or(1 << 30),
+                segment_ms: get("segment.ms").parse().unwrap_or(7 * 86_400_000),
+            },
             archive: get(ARCHIVE_ENABLE).eq_ignore_ascii_case("true"),
             downconversion: !get("message.downconversion.enable").eq_ignore_ascii_case("false"),
             value_schema: configs

@@ -296,6 +296,14 @@ pub(crate) mod tests {
     }
 }
 
+/// Recomputes the CRC of one batch v2 (after its header fields were changed in place).
+pub fn reseal(batch: &mut [u8]) {
+    if batch.len() >= HEADER_LEN {
+        let crc = crc32c::crc32c(&batch[CRC_START..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
 /// Compression codec bits of the attributes (0 = none).
 pub fn compression(attributes: i16) -> i16 {
     attributes & 0x07

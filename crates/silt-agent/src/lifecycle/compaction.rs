@@ -106,14 +106,14 @@ pub fn fold_txns(entries: &[IndexEntry]) -> Vec<index::TxnMark> {
 
 /// Counts the idempotent batches a fold would keep ([`BATCHES_PER_PRODUCER`] per producer).
 #[derive(Default)]
-struct ProducerBudget {
+pub(crate) struct ProducerBudget {
     per_producer: HashMap<i64, usize>,
     kept: usize,
 }
 
 impl ProducerBudget {
     /// Whether adding `e` keeps the fold within [`MAX_FOLDED_PRODUCER_BATCHES`].
-    fn fits(&self, e: &IndexEntry) -> bool {
+    pub(crate) fn fits(&self, e: &IndexEntry) -> bool {
         let mut extra = 0usize;
         let mut seen: HashMap<i64, usize> = HashMap::new();
         for b in &e.producers {
@@ -128,7 +128,7 @@ impl ProducerBudget {
         self.kept + extra <= MAX_FOLDED_PRODUCER_BATCHES
     }
 
-    fn add(&mut self, e: &IndexEntry) {
+    pub(crate) fn add(&mut self, e: &IndexEntry) {
         for b in &e.producers {
             let n = self.per_producer.entry(b.pid).or_default();
             if *n < BATCHES_PER_PRODUCER {
@@ -216,6 +216,19 @@ impl crate::tasks::Periodic for CompactionJob {
                     }
                 }
             }
+            // Compacted topics: the latest record of each key.
+            let rules = b
+                .topics
+                .get(&p.topic)
+                .filter(|t| t.config.compacted)
+                .map(|t| t.config.key_rules);
+            if let Some(rules) = rules {
+                if let Err(e) = super::key_compaction::step(b, &p, &rules).await {
+                    b.compaction.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e,
+                        "key compaction failed; retrying at the next interval");
+                }
+            }
         }
     }
 }
@@ -238,6 +251,27 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
     for e in &run {
         datas.push(crate::read::range_bytes(&b.storage, &b.cache, e).await?);
     }
+    let bytes = replace_run(b, p, &run, &datas).await?;
+    let (first, last) = (&run[0], &run[run.len() - 1]);
+    let c = &b.compaction;
+    c.segments.fetch_add(1, Ordering::Relaxed);
+    c.entries_folded
+        .fetch_add(run.len() as u64 - 1, Ordering::Relaxed);
+    c.bytes.fetch_add(bytes, Ordering::Relaxed);
+    tracing::debug!(topic = %p.topic, partition = p.index, base = first.base_offset,
+        last = last.last_offset, entries = run.len(), bytes, "compacted");
+    Ok(true)
+}
+
+/// Writes `datas` (the batches of the consecutive committed entries `run`, as they are or with
+/// records taken out by key compaction) as one segment object and replaces `run` with one entry
+/// for it: one fenced transaction, then the leader's index. Returns the segment's size.
+pub(crate) async fn replace_run(
+    b: &Broker,
+    p: &Partition,
+    run: &[IndexEntry],
+    datas: &[Bytes],
+) -> Result<u64, PartitionError> {
     let first = &run[0];
     let last = &run[run.len() - 1];
     let max_ts = run.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
@@ -245,7 +279,7 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
     let f = builder.add(
         p.topic_id,
         p.index,
-        &datas,
+        datas,
         first.base_offset,
         last.last_offset,
         max_ts,
@@ -259,35 +293,26 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
         last.last_offset,
         &b.session,
     );
-    let marks = fold_marks(&datas);
+    let marks = fold_marks(datas);
     let object = builder.finish();
     let bytes = f.len;
-    let res = commit_segment(b, p, &run, &path, object, (f.pos, f.len), max_ts, marks).await;
+    let res = commit_segment(b, p, run, &path, object, (f.pos, f.len), max_ts, marks).await;
     // Steps run one at a time (the lifecycle lock), so step n is done when this returns.
     b.compaction.finished.store(n, Ordering::SeqCst);
     let folded = res?;
     b.crash_points
         .at(crate::crash_points::COMPACTION_AFTER_COMMIT)
         .await;
-    {
-        let mut st = p.lock();
-        let at = st
-            .segments
-            .iter()
-            .position(|s| s.base_offset == first.base_offset);
-        if let Some(i) = at {
-            let k = run.len().min(st.segments.len() - i);
-            st.segments.splice(i..i + k, [folded]);
-        }
+    let mut st = p.lock();
+    let at = st
+        .segments
+        .iter()
+        .position(|s| s.base_offset == first.base_offset);
+    if let Some(i) = at {
+        let k = run.len().min(st.segments.len() - i);
+        st.segments.splice(i..i + k, [folded]);
     }
-    let c = &b.compaction;
-    c.segments.fetch_add(1, Ordering::Relaxed);
-    c.entries_folded
-        .fetch_add(run.len() as u64 - 1, Ordering::Relaxed);
-    c.bytes.fetch_add(bytes, Ordering::Relaxed);
-    tracing::debug!(topic = %p.topic, partition = p.index, base = first.base_offset,
-        last = last.last_offset, entries = run.len(), bytes, %path, "compacted");
-    Ok(true)
+    Ok(bytes)
 }
 
 /// Writes the segment and commits it, with a definite outcome ([`super::commit_answered`]):

@@ -1,10 +1,12 @@
 //! The raw log's lifecycle: retention (`retention.ms`, `retention.bytes`, DeleteRecords) moves
 //! a partition's log start and deletes the index entries below it ([`retention`]); compaction
-//! folds small committed ranges into segment objects ([`compaction`]); garbage collection
+//! folds small committed ranges into segment objects ([`compaction`]); key compaction keeps the
+//! latest record of each key of compacted topics ([`key_compaction`]); garbage collection
 //! deletes objects no index entry references any more ([`gc`]).
 
 pub mod compaction;
 pub mod gc;
+pub mod key_compaction;
 pub mod retention;
 
 use std::time::Duration;
