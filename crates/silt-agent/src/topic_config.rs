@@ -494,6 +494,8 @@ pub struct Resolved {
     /// `cleanup.policy` includes `compact`: every record needs a key, and the latest record
     /// of each key is kept (key compaction).
     pub compacted: bool,
+    /// `cleanup.policy` includes `delete`: `retention.ms` and `retention.bytes` apply.
+    pub deletes: bool,
     /// Key compaction's rules (`delete.retention.ms`, `min.compaction.lag.ms`,
     /// `max.compaction.lag.ms`, `min.cleanable.dirty.ratio`).
     pub key_rules: crate::lifecycle::key_compaction::KeyRules,
@@ -535,6 +537,9 @@ impl Resolved {
             compacted: get("cleanup.policy")
                 .split(',')
                 .any(|p| p.trim() == "compact"),
+            deletes: get("cleanup.policy")
+                .split(',')
+                .any(|p| p.trim() == "delete"),
             key_rules: crate::lifecycle::key_compaction::KeyRules {
                 delete_retention_ms: get("delete.retention.ms").parse().unwrap_or(86_400_000),
                 min_lag_ms: get("min.compaction.lag.ms").parse().unwrap_or(0),

@@ -309,7 +309,8 @@ pub fn compression(attributes: i16) -> i16 {
     attributes & 0x07
 }
 
-fn varint(buf: &mut &[u8]) -> Option<i64> {
+/// Reads one zigzag varint (a record field), advancing `buf`; `None` if it runs out.
+pub fn varint(buf: &mut &[u8]) -> Option<i64> {
     let mut value: u64 = 0;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = buf.split_first()?;

@@ -251,7 +251,7 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
     for e in &run {
         datas.push(crate::read::range_bytes(&b.storage, &b.cache, e).await?);
     }
-    let bytes = replace_run(b, p, &run, &datas).await?;
+    let bytes = replace_run(b, p, &run, &datas, false).await?;
     let (first, last) = (&run[0], &run[run.len() - 1]);
     let c = &b.compaction;
     c.segments.fetch_add(1, Ordering::Relaxed);
@@ -263,18 +263,30 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
     Ok(true)
 }
 
-/// Writes `datas` (the batches of the consecutive committed entries `run`, as they are or with
-/// records taken out by key compaction) as one segment object and replaces `run` with one entry
+/// Writes `datas` (the batches of the consecutive committed entries `run`, as they are or —
+/// `rewritten` — with records taken out by key compaction) as one segment object and replaces `run` with one entry
 /// for it: one fenced transaction, then the leader's index. Returns the segment's size.
 pub(crate) async fn replace_run(
     b: &Broker,
     p: &Partition,
     run: &[IndexEntry],
     datas: &[Bytes],
+    rewritten: bool,
 ) -> Result<u64, PartitionError> {
     let first = &run[0];
     let last = &run[run.len() - 1];
-    let max_ts = run.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
+    let folded_max = run.iter().map(|e| e.max_timestamp).max().unwrap_or(-1);
+    // Key compaction may have taken the newest records out: the largest timestamp left.
+    let max_ts = if rewritten {
+        datas
+            .iter()
+            .flat_map(|d| batch::iter(d).map(|(h, _)| h.max_timestamp))
+            .max()
+            .unwrap_or(folded_max)
+            .min(folded_max)
+    } else {
+        folded_max
+    };
     let mut builder = ObjectBuilder::new();
     let f = builder.add(
         p.topic_id,

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions};
+use kafka_protocol::records::Compression;
 use md5::{Digest, Md5};
 use silt_meta::layout::index::IndexEntry;
 use silt_wire::batch::{self, BatchHeader};
@@ -103,14 +103,25 @@ pub fn cleanable(entries: &[IndexEntry], cleaned: Option<i64>, now: i64, r: &Key
         return 0;
     }
     let total: u64 = entries.iter().map(|e| e.len).sum();
+    // An entry is dirty for the share of its offsets past what was cleaned (a fold may have
+    // joined cleaned and new data in one entry).
+    let c = cleaned.unwrap_or(i64::MIN);
     let dirty: Vec<&IndexEntry> = entries[..end]
         .iter()
-        .filter(|e| cleaned.is_none_or(|c| e.base_offset > c))
+        .filter(|e| e.last_offset > c)
         .collect();
     let Some(oldest) = dirty.first() else {
         return 0;
     };
-    let dirty_bytes: u64 = dirty.iter().map(|e| e.len).sum();
+    let dirty_bytes: u64 = dirty
+        .iter()
+        .map(|e| {
+            let span = (e.last_offset - e.base_offset + 1).max(1) as u128;
+            let new = (e.last_offset - e.base_offset.max(c.saturating_add(1)) + 1)
+                .clamp(0, span as i64) as u128;
+            (e.len as u128 * new / span) as u64
+        })
+        .sum();
     let ratio = dirty_bytes as f64 / total.max(1) as f64;
     let overdue = oldest.max_timestamp < now.saturating_sub(r.max_lag_ms);
     if ratio >= r.min_dirty_ratio || overdue {
@@ -130,25 +141,95 @@ fn codec(attributes: i16) -> Compression {
     }
 }
 
-/// The records of one batch, or `None` if its payload does not decode (kept as it is).
-fn decode(one: &Bytes) -> Option<Vec<Record>> {
-    let d = silt_archive::decode::records(one, i64::MIN, i64::MAX, MAX_DECOMPRESSED).ok()?;
-    d.quarantined.is_empty().then_some(d.records)
+/// What compaction reads of one record of a batch: where its frame lies in the records section,
+/// its offset and timestamp delta, its key and whether its value is null.
+struct RawRecord {
+    frame: std::ops::Range<usize>,
+    offset: i64,
+    ts_delta: i64,
+    key: Option<std::ops::Range<usize>>,
+    tombstone: bool,
+}
+
+/// The records section of a batch, decompressed; `None` if it does not decompress within
+/// [`MAX_DECOMPRESSED`].
+fn records_section(one: &Bytes, h: &BatchHeader) -> Option<Bytes> {
+    let body = one.get(batch::HEADER_LEN..h.size.min(one.len()))?;
+    let body = one.slice_ref(body);
+    match codec(h.attributes) {
+        Compression::None => Some(body),
+        c => silt_archive::decode::decompress_bounded(body, c, MAX_DECOMPRESSED).ok(),
+    }
+}
+
+/// Walks the record frames of a records section. `None` unless every frame parses, there are
+/// exactly as many as the header says, and their offsets strictly increase within the batch's
+/// range (a batch Silt cannot read with certainty is kept as it is, and teaches no key).
+fn walk(section: &[u8], h: &BatchHeader) -> Option<Vec<RawRecord>> {
+    let last = h.base_offset.checked_add(h.last_offset_delta as i64)?;
+    let mut out: Vec<RawRecord> = Vec::with_capacity(h.record_count.clamp(0, 4096) as usize);
+    let mut rest = section;
+    while !rest.is_empty() {
+        let start = section.len() - rest.len();
+        let len = usize::try_from(batch::varint(&mut rest)?).ok()?;
+        let body_at = section.len() - rest.len();
+        let body = rest.get(..len)?;
+        rest = &rest[len..];
+        let mut r = body.get(1..)?; // attributes
+        let ts_delta = batch::varint(&mut r)?;
+        let offset = h.base_offset.checked_add(batch::varint(&mut r)?)?;
+        if offset > last || out.last().is_some_and(|p| p.offset >= offset) || offset < h.base_offset
+        {
+            return None;
+        }
+        let key_len = batch::varint(&mut r)?;
+        let key = if key_len < 0 {
+            None
+        } else {
+            let k = usize::try_from(key_len).ok()?;
+            let at = body_at + (body.len() - r.len());
+            r.get(..k)?;
+            r = &r[k..];
+            Some(at..at + k)
+        };
+        let value_len = batch::varint(&mut r)?;
+        out.push(RawRecord {
+            frame: start..body_at + len,
+            offset,
+            ts_delta,
+            key,
+            tombstone: value_len < 0,
+        });
+    }
+    (out.len() == h.record_count.max(0) as usize).then_some(out)
+}
+
+/// Whether a batch's records count (`txn_free`: the partition has no open or aborted
+/// transaction, so transactional records are committed ones).
+fn counts(h: &BatchHeader, txn_free: bool) -> bool {
+    !h.is_control() && (txn_free || !h.is_transactional())
 }
 
 /// Adds the keys of `data`'s batches to `latest` (key -> its last offset). False past
 /// [`MAX_KEYS`].
-fn learn(data: &Bytes, latest: &mut HashMap<KeyId, i64>) -> bool {
+fn learn(data: &Bytes, latest: &mut HashMap<KeyId, i64>, txn_free: bool) -> bool {
     for (h, rg) in batch::iter(data) {
-        if h.is_control() {
+        if !counts(&h, txn_free) {
             continue;
         }
-        let Some(records) = decode(&data.slice(rg)) else {
+        let one = data.slice(rg);
+        let Some(section) = records_section(&one, &h) else {
+            continue;
+        };
+        let Some(records) = walk(&section, &h) else {
             continue;
         };
         for r in records {
             if let Some(k) = &r.key {
-                latest.insert(key_id(k), r.offset);
+                let e = latest
+                    .entry(key_id(&section[k.clone()]))
+                    .or_insert(r.offset);
+                *e = (*e).max(r.offset);
             }
         }
         if latest.len() > MAX_KEYS {
@@ -169,59 +250,90 @@ pub enum Outcome {
     Rewritten(Bytes),
 }
 
-/// Whether record `r` stays: it is its key's latest, and not a tombstone from before
-/// `tombstones_before`. Records without a key stay (compacted topics refuse them anyway).
-fn stays(r: &Record, latest: &HashMap<KeyId, i64>, tombstones_before: i64) -> bool {
-    let Some(k) = &r.key else {
-        return true;
-    };
-    if latest.get(&key_id(k)).is_some_and(|o| *o != r.offset) {
-        return false;
-    }
-    !(r.value.is_none() && r.timestamp < tombstones_before)
-}
-
-/// Compacts one batch (`one`, headed `h`).
+/// Compacts one batch (`one`, headed `h`): the records that stay keep their bytes exactly
+/// (headers, timestamps, offsets); the header keeps its base offset, last offset delta,
+/// first timestamp, producer, sequence and attributes, with the record count (and, for
+/// create-time batches, the max timestamp) of what stays.
 pub fn compact_batch(
     one: &Bytes,
     h: &BatchHeader,
     latest: &HashMap<KeyId, i64>,
     tombstones_before: i64,
+    txn_free: bool,
 ) -> Outcome {
-    if h.is_control() || h.is_transactional() {
+    if !counts(h, txn_free) {
         return Outcome::Same;
     }
-    let Some(records) = decode(one) else {
+    let Some(section) = records_section(one, h) else {
         return Outcome::Same;
     };
-    let kept: Vec<&Record> = records
-        .iter()
-        .filter(|r| stays(r, latest, tombstones_before))
-        .collect();
+    let Some(records) = walk(&section, h) else {
+        return Outcome::Same;
+    };
+    let stays = |r: &RawRecord| {
+        let Some(k) = &r.key else {
+            return true; // compacted topics refuse keyless records; kept if any slipped in
+        };
+        if latest
+            .get(&key_id(&section[k.clone()]))
+            .is_some_and(|o| *o != r.offset)
+        {
+            return false;
+        }
+        !(r.tombstone && h.base_timestamp.saturating_add(r.ts_delta) < tombstones_before)
+    };
+    let kept: Vec<&RawRecord> = records.iter().filter(|r| stays(r)).collect();
     if kept.len() == records.len() {
         return Outcome::Same;
     }
     if kept.is_empty() {
         return Outcome::Gone;
     }
-    let mut out = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: codec(h.attributes),
+    let mut raw = BytesMut::new();
+    for r in &kept {
+        raw.extend_from_slice(&section[r.frame.clone()]);
+    }
+    let body = match codec(h.attributes) {
+        Compression::None => raw.to_vec(),
+        c => match compress(c, &raw) {
+            Some(b) => b,
+            None => return Outcome::Same,
+        },
     };
-    if RecordBatchEncoder::encode(&mut out, kept.iter().copied(), &options).is_err() {
-        return Outcome::Same;
+    let mut out = one[..batch::HEADER_LEN].to_vec();
+    out.extend_from_slice(&body);
+    let length = (out.len() - batch::LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    if h.attributes & batch::ATTR_LOG_APPEND_TIME == 0 {
+        let max_delta = kept.iter().map(|r| r.ts_delta).max().unwrap_or(0);
+        let max_ts = h.base_timestamp.saturating_add(max_delta);
+        out[35..43].copy_from_slice(&max_ts.to_be_bytes());
     }
-    let mut out = out.to_vec();
-    // What the encoder does not carry over: the timestamp type, and "no sequence".
-    let attrs =
-        i16::from_be_bytes([out[21], out[22]]) | (h.attributes & batch::ATTR_LOG_APPEND_TIME);
-    out[21..23].copy_from_slice(&attrs.to_be_bytes());
-    if h.base_sequence < 0 {
-        out[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-    }
+    out[57..61].copy_from_slice(&(kept.len() as i32).to_be_bytes());
     batch::reseal(&mut out);
     Outcome::Rewritten(Bytes::from(out))
+}
+
+/// Compresses a records section with the batch's codec (kafka-protocol's compressors, the
+/// same producers' batches are read with).
+fn compress(c: Compression, raw: &[u8]) -> Option<Vec<u8>> {
+    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
+    let mut out = BytesMut::new();
+    let put = |b: &mut BytesMut| {
+        b.extend_from_slice(raw);
+        Ok(())
+    };
+    let res = match c {
+        Compression::Gzip => <Gzip as Compressor<BytesMut>>::compress(&mut out, put),
+        Compression::Snappy => <Snappy as Compressor<BytesMut>>::compress(&mut out, put),
+        Compression::Lz4 => <Lz4 as Compressor<BytesMut>>::compress(&mut out, put),
+        Compression::Zstd => <Zstd as Compressor<BytesMut>>::compress(&mut out, put),
+        Compression::None => {
+            out.extend_from_slice(raw);
+            Ok(())
+        }
+    };
+    res.ok().map(|()| out.to_vec())
 }
 
 /// An empty batch (no record) in place of `h`'s, carrying its offsets, producer and times.
@@ -251,12 +363,13 @@ fn compact_data(
     tombstones_before: i64,
     last: &mut Option<BatchHeader>,
     removed: &mut u64,
+    txn_free: bool,
 ) -> Option<Bytes> {
     let mut out = BytesMut::new();
     let mut changed = false;
     for (h, rg) in batch::iter(data) {
         let one = data.slice(rg);
-        match compact_batch(&one, &h, latest, tombstones_before) {
+        match compact_batch(&one, &h, latest, tombstones_before, txn_free) {
             Outcome::Same => out.extend_from_slice(&one),
             Outcome::Gone => {
                 changed = true;
@@ -285,10 +398,13 @@ pub async fn step(b: &Broker, p: &Partition, rules: &KeyRules) -> Result<bool, P
         let st = p.lock();
         (st.segments.clone(), st.key_cleaned)
     };
-    if entries.iter().any(|e| !e.txns.is_empty()) {
-        return Ok(false);
-    }
-    let mut end = cleanable(&entries, cleaned, now, rules);
+    // With no open or aborted transaction tracked, transactional records are committed ones
+    // and compact like the others; else they are kept whole and teach no key (an aborted
+    // record must never supersede a committed one).
+    let txn_free = entries.iter().all(|e| e.txns.is_empty());
+    // The last entry is never rewritten: the log's tail always ends with a batch, so a reader
+    // between the last kept record and the high watermark always has one to read.
+    let mut end = cleanable(&entries, cleaned, now, rules).min(entries.len().saturating_sub(1));
     // An archived topic is compacted only where the archive already holds every record.
     let archived = b
         .topics
@@ -305,9 +421,11 @@ pub async fn step(b: &Broker, p: &Partition, rules: &KeyRules) -> Result<bool, P
     let mut latest: HashMap<KeyId, i64> = HashMap::new();
     for e in &entries {
         let data = crate::read::range_bytes(&b.storage, &b.cache, e).await?;
-        if !learn(&data, &mut latest) {
+        if !learn(&data, &mut latest, txn_free) {
             tracing::warn!(topic = %p.topic, partition = p.index, keys = MAX_KEYS,
-                "key compaction skipped: the partition has more distinct keys than one pass tracks");
+                "key compaction skipped: the partition has more distinct keys than one pass tracks; it is tried again once as much new data is dirty");
+            // Back off: not again until the partition is dirty again.
+            p.lock().key_cleaned = Some(entries[end - 1].last_offset);
             return Ok(false);
         }
     }
@@ -343,6 +461,7 @@ pub async fn step(b: &Broker, p: &Partition, rules: &KeyRules) -> Result<bool, P
                 tombstones_before,
                 &mut last_gone,
                 &mut removed,
+                txn_free,
             ) {
                 Some(d) => {
                     changed = true;
@@ -360,7 +479,7 @@ pub async fn step(b: &Broker, p: &Partition, rules: &KeyRules) -> Result<bool, P
             if p.is_closed() {
                 return Ok(rewrote);
             }
-            super::compaction::replace_run(b, p, run, &datas).await?;
+            super::compaction::replace_run(b, p, run, &datas, true).await?;
             rewrote = true;
         }
         i = j;

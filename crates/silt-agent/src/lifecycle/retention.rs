@@ -17,6 +17,27 @@ use crate::partition::Partition;
 /// Index entries deleted per transaction (etcd allows 128 operations).
 pub const DELETES_PER_TXN: usize = 100;
 
+/// Where retention moves the log start of a partition of a topic with `config` now, if
+/// anywhere. With `cleanup.policy=compact` alone records go by key compaction, never by age or
+/// size (DeleteRecords still moves the log start, as in Kafka).
+pub fn target(
+    config: &crate::topic_config::Resolved,
+    segments: &[IndexEntry],
+    high_watermark: i64,
+    now_ms: i64,
+) -> Option<i64> {
+    if !config.deletes {
+        return None;
+    }
+    due(
+        segments,
+        high_watermark,
+        now_ms,
+        config.retention_ms,
+        config.retention_bytes,
+    )
+}
+
 /// The log start retention asks for: past every leading range whose newest record is older
 /// than `retention_ms`, and past leading ranges while the rest still holds `retention_bytes`.
 /// `None` when nothing is due.
@@ -79,12 +100,11 @@ impl crate::tasks::Periodic for RetentionJob {
             };
             let target = {
                 let st = p.lock();
-                due(
+                target(
+                    &topic.config,
                     &st.segments,
                     st.high_watermark,
                     b.clock.now_ms(),
-                    topic.config.retention_ms,
-                    topic.config.retention_bytes,
                 )
             };
             if let Some(t) = target {
@@ -165,6 +185,25 @@ async fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_only_topics_keep_their_records_whatever_their_age() {
+        let segs = vec![seg(0, 9, 1, 100), seg(10, 19, 2, 100)];
+        let config = |policy: &str| {
+            crate::topic_config::Resolved::from(
+                &[
+                    ("cleanup.policy".to_string(), policy.to_string()),
+                    ("retention.ms".to_string(), "1".to_string()),
+                ]
+                .into(),
+                &Default::default(),
+                &Default::default(),
+            )
+        };
+        assert_eq!(target(&config("compact"), &segs, 20, 1_000), None);
+        assert!(target(&config("compact,delete"), &segs, 20, 1_000).is_some());
+        assert!(target(&config("delete"), &segs, 20, 1_000).is_some());
+    }
 
     fn seg(base: i64, last: i64, ts: i64, len: u64) -> IndexEntry {
         IndexEntry {

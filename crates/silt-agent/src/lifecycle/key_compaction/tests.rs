@@ -1,5 +1,7 @@
 use bytes::BytesMut;
-use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
+use kafka_protocol::records::{
+    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use silt_meta::layout::index::IndexEntry;
 
 use super::*;
@@ -66,11 +68,15 @@ fn batches_keep_each_keys_latest_record() {
         let h = batch::parse_header(&one).unwrap();
         // a's latest is 12, b's is later elsewhere, c's tombstone is its latest.
         let latest = latest_of(&[("a", 12), ("b", 99), ("c", 13)]);
-        let Outcome::Rewritten(out) = compact_batch(&one, &h, &latest, 0) else {
+        let Outcome::Rewritten(out) = compact_batch(&one, &h, &latest, 0, true) else {
             panic!("{codec:?}: expected a rewrite");
         };
-        batch::validate_single(&out).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
         let nh = batch::parse_header(&out).unwrap();
+        assert_eq!(nh.size, out.len());
+        let mut sealed = out.to_vec();
+        batch::reseal(&mut sealed);
+        assert_eq!(sealed, out.to_vec(), "{codec:?}: CRC valid");
+        assert_eq!((nh.base_offset, nh.last_offset_delta), (10, 3), "{codec:?}");
         assert_eq!(batch::compression(nh.attributes), codec as i16);
         assert_eq!((nh.producer_id, nh.producer_epoch), (7, 1));
         let set = RecordBatchDecoder::decode(&mut out.clone()).unwrap();
@@ -85,7 +91,7 @@ fn batches_keep_each_keys_latest_record() {
             "{codec:?}"
         );
         // Tombstones older than the horizon go too.
-        let Outcome::Rewritten(out) = compact_batch(&one, &h, &latest, 101) else {
+        let Outcome::Rewritten(out) = compact_batch(&one, &h, &latest, 101, true) else {
             panic!("{codec:?}: expected a rewrite");
         };
         let set = RecordBatchDecoder::decode(&mut out.clone()).unwrap();
@@ -94,10 +100,10 @@ fn batches_keep_each_keys_latest_record() {
         let all = latest_of(&[("a", 12), ("b", 11), ("c", 13)]);
         let only_a2 = encode(&[rec(12, "a", Some("a2"), 100)], codec);
         let ha = batch::parse_header(&only_a2).unwrap();
-        assert_eq!(compact_batch(&only_a2, &ha, &all, 0), Outcome::Same);
+        assert_eq!(compact_batch(&only_a2, &ha, &all, 0, true), Outcome::Same);
         // Every record superseded.
         let later = latest_of(&[("a", 50)]);
-        assert_eq!(compact_batch(&only_a2, &ha, &later, 0), Outcome::Gone);
+        assert_eq!(compact_batch(&only_a2, &ha, &later, 0, true), Outcome::Gone);
     }
 }
 
@@ -108,8 +114,14 @@ fn control_transactional_and_undecodable_batches_stay_whole() {
     let one = encode(&[t], Compression::None);
     let h = batch::parse_header(&one).unwrap();
     assert_eq!(
-        compact_batch(&one, &h, &latest_of(&[("a", 9)]), 0),
-        Outcome::Same
+        compact_batch(&one, &h, &latest_of(&[("a", 9)]), 0, false),
+        Outcome::Same,
+        "with open or aborted transactions about, transactional batches stay whole"
+    );
+    assert_eq!(
+        compact_batch(&one, &h, &latest_of(&[("a", 9)]), 0, true),
+        Outcome::Gone,
+        "with none, they are committed records like the others"
     );
     // A gzip batch whose payload is not gzip.
     let mut bad = encode(&[rec(5, "a", Some("x"), 1)], Compression::Gzip).to_vec();
@@ -119,7 +131,7 @@ fn control_transactional_and_undecodable_batches_stay_whole() {
     let bad = Bytes::from(bad);
     let h = batch::parse_header(&bad).unwrap();
     assert_eq!(
-        compact_batch(&bad, &h, &latest_of(&[("a", 9)]), 0),
+        compact_batch(&bad, &h, &latest_of(&[("a", 9)]), 0, true),
         Outcome::Same
     );
 }
@@ -191,4 +203,75 @@ fn passes_start_at_the_dirty_ratio_or_the_max_lag_and_spare_the_active_segment()
         0,
         "only the active segment"
     );
+}
+
+/// The records that stay keep their bytes: headers, timestamps and offsets; the header keeps
+/// its base offset, last offset delta and (LogAppendTime) max timestamp.
+#[test]
+fn kept_records_keep_their_bytes_and_the_batch_its_offsets() {
+    let mut a1 = rec(30, "a", Some("1"), 500);
+    a1.headers.insert("h".into(), Some(Bytes::from("x")));
+    let mut b1 = rec(31, "b", Some("2"), 600);
+    b1.headers.insert("trace".into(), Some(Bytes::from("t")));
+    let mut a2 = rec(32, "a", Some("3"), 700);
+    a2.headers.insert("k".into(), Some(Bytes::from("v")));
+    let one = encode(&[a1, b1, a2], Compression::Zstd);
+    let h = batch::parse_header(&one).unwrap();
+    // b is superseded elsewhere, a's latest is 32: a1 and b1 go; the batch keeps 30..=32.
+    let latest = latest_of(&[("a", 32), ("b", 40)]);
+    let Outcome::Rewritten(out) = compact_batch(&one, &h, &latest, 0, true) else {
+        panic!("expected a rewrite");
+    };
+    let nh = batch::parse_header(&out).unwrap();
+    assert_eq!((nh.base_offset, nh.last_offset_delta), (30, 2));
+    assert_eq!((nh.base_timestamp, nh.max_timestamp), (500, 700));
+    assert_eq!(nh.record_count, 1);
+    let mut sealed = out.to_vec();
+    batch::reseal(&mut sealed);
+    assert_eq!(sealed, out.to_vec(), "CRC valid");
+    let set = RecordBatchDecoder::decode(&mut out.clone()).unwrap();
+    assert_eq!(set.records.len(), 1);
+    let r = &set.records[0];
+    assert_eq!((r.offset, r.timestamp), (32, 700));
+    let headers: Vec<(String, Option<Bytes>)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    assert_eq!(headers, vec![("k".to_string(), Some(Bytes::from("v")))]);
+    // A LogAppendTime batch keeps its max timestamp (the append time).
+    let mut lat = one.to_vec();
+    let attrs = i16::from_be_bytes([lat[21], lat[22]]) | batch::ATTR_LOG_APPEND_TIME;
+    lat[21..23].copy_from_slice(&attrs.to_be_bytes());
+    lat[35..43].copy_from_slice(&9_999i64.to_be_bytes());
+    batch::reseal(&mut lat);
+    let lat = Bytes::from(lat);
+    let lh = batch::parse_header(&lat).unwrap();
+    let Outcome::Rewritten(out) = compact_batch(&lat, &lh, &latest, 0, true) else {
+        panic!("expected a rewrite");
+    };
+    assert_eq!(batch::parse_header(&out).unwrap().max_timestamp, 9_999);
+}
+
+/// A record whose offset delta lies outside its batch (a crafted batch with a valid CRC) makes
+/// the batch unreadable to compaction: kept whole, and it teaches no key.
+#[test]
+fn batches_with_offsets_outside_their_range_are_left_alone() {
+    let one = encode(
+        &[rec(50, "a", Some("1"), 1), rec(51, "b", Some("2"), 1)],
+        Compression::None,
+    );
+    let mut bad = one.to_vec();
+    // Claim a last offset delta of 0: the second record's delta (1) lies outside.
+    bad[23..27].copy_from_slice(&0i32.to_be_bytes());
+    batch::reseal(&mut bad);
+    let bad = Bytes::from(bad);
+    let h = batch::parse_header(&bad).unwrap();
+    assert_eq!(
+        compact_batch(&bad, &h, &latest_of(&[("a", 99), ("b", 99)]), 0, true),
+        Outcome::Same
+    );
+    let mut learned = HashMap::new();
+    assert!(learn(&bad, &mut learned, true));
+    assert!(learned.is_empty());
 }
