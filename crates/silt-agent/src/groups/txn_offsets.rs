@@ -2,7 +2,12 @@
 //! durable under `/silt/groups/{group}/txn-offsets/{pid}` and in memory — until the producer's
 //! transaction ends: a commit makes them the group's offsets, an abort drops them. Meanwhile
 //! OffsetFetch with `require_stable` answers UNSTABLE_OFFSET_COMMIT for those partitions, so a
-//! read_committed consumer never starts from an offset that may still be rolled back.
+//! read_committed consumer never starts from an offset that may still be rolled back. A
+//! TxnOffsetCommit is taken only into its producer's open transaction (checked against the
+//! transaction's record, and written only if that record has not moved since): a late or
+//! zombie request (an older epoch, or a transaction that ended) is refused, never merged into
+//! a later transaction of the same producer id, whose commit would make its stale offsets the
+//! group's.
 
 use kafka_protocol::ResponseError;
 use silt_meta::layout::group_offsets::{self, Committed};
@@ -28,14 +33,19 @@ impl GroupCoordinator {
             .unwrap_or_default()
     }
 
-    /// TxnOffsetCommit: adds `offsets` to producer `pid`'s pending offsets for `group`.
+    /// TxnOffsetCommit: adds `offsets` to producer `pid`'s pending offsets for `group`, if the
+    /// producer's transaction record is still at `txn` (its key and revision, as verified):
+    /// `Ok(false)` if it moved on meanwhile (verify again).
     pub async fn txn_commit(
         &self,
         group: &str,
         pid: i64,
         offsets: Vec<(String, i32, Committed)>,
-    ) -> Result<(), i16> {
-        let fence = self.check(group)?;
+        txn: (&str, i64),
+    ) -> Result<bool, i16> {
+        let mut fence = self.check(group)?;
+        let registered = fence.len();
+        fence.push(Compare::mod_revision(txn.0, txn.1));
         let writes = self.writes_of(group);
         let _ordered = writes.lock().await;
         let mut merged = self.pending_of(group, pid);
@@ -46,21 +56,35 @@ impl GroupCoordinator {
         let res = self
             .meta
             .txn(Txn {
-                compares: fence,
+                compares: fence.clone(),
                 success: vec![group_offsets::txn_offsets_put(group, pid, &merged)],
                 failure: vec![],
             })
             .await
             .map_err(|_| ResponseError::CoordinatorNotAvailable.code())?;
         if !res.succeeded {
-            return Err(ResponseError::NotCoordinator.code());
+            // Which compare failed: this agent's coordination, or the transaction.
+            let still = self
+                .meta
+                .txn(Txn {
+                    compares: fence[..registered].to_vec(),
+                    success: vec![],
+                    failure: vec![],
+                })
+                .await
+                .map_err(|_| ResponseError::CoordinatorNotAvailable.code())?;
+            return if still.succeeded {
+                Ok(false)
+            } else {
+                Err(ResponseError::NotCoordinator.code())
+            };
         }
         self.lock()
             .entry(group.to_string())
             .or_insert_with(Entry::new)
             .txn_pending
             .insert(pid, merged);
-        Ok(())
+        Ok(true)
     }
 
     /// Whether `partition` of `group` has offsets committed in an open transaction.

@@ -179,14 +179,43 @@ pub async fn offset_commit(
             ));
         }
     }
-    let c = match b
-        .groups
-        .txn_commit(&req.group_id.0, req.producer_id.0, offsets)
+    let tid = req.transactional_id.0.to_string();
+    let group = req.group_id.0.to_string();
+    let producer = (req.producer_id.0, req.producer_epoch);
+    let mut c = ResponseError::ConcurrentTransactions.code();
+    // The transaction record may move between the check and the write (a partition added):
+    // check again a few times; past that the client retries (CONCURRENT_TRANSACTIONS).
+    for _ in 0..5 {
+        let txn = match crate::txn::coordinator::TxnCoordinator::verify_offsets(
+            &crate::txn::deps(b),
+            &tid,
+            producer,
+            &group,
+        )
         .await
-    {
-        Ok(()) => 0,
-        Err(c) => c,
-    };
+        {
+            Ok(t) => t,
+            Err(e) => {
+                c = e.code();
+                break;
+            }
+        };
+        match b
+            .groups
+            .txn_commit(&group, producer.0, offsets.clone(), (&txn.0, txn.1))
+            .await
+        {
+            Ok(true) => {
+                c = 0;
+                break;
+            }
+            Ok(false) => continue,
+            Err(e) => {
+                c = e;
+                break;
+            }
+        }
+    }
     txn_offset_commit_response(&req.topics, |_| c)
 }
 

@@ -260,6 +260,34 @@ impl TxnCoordinator {
         })
     }
 
+    /// Whether `group` is in `tid`'s open transaction of `producer` (TxnOffsetCommit is
+    /// accepted only then): the transaction record's key and revision as they were, for the
+    /// offsets' write to compare, so offsets can never land in a transaction that ended (or a
+    /// later one of a newer epoch) meanwhile. A newer epoch: INVALID_PRODUCER_EPOCH (the
+    /// producer is fenced, as Kafka answers); no such open transaction: INVALID_TXN_STATE.
+    pub async fn verify_offsets(
+        b: &Deps<'_>,
+        tid: &str,
+        producer: (i64, i16),
+        group: &str,
+    ) -> Result<(String, i64), ResponseError> {
+        match txns::load(b.meta, tid).await.map_err(meta_err)? {
+            Some((r, _)) if r.pid == producer.0 && r.epoch > producer.1 => {
+                Err(ResponseError::InvalidProducerEpoch)
+            }
+            Some((r, rev))
+                if r.status == TxnStatus::Ongoing
+                    && (r.pid, r.epoch) == producer
+                    && r.groups.iter().any(|g| g == group) =>
+            {
+                Ok((txns::key(tid), rev))
+            }
+            Some((r, _)) if r.pid != producer.0 => Err(ResponseError::InvalidProducerIdMapping),
+            None => Err(ResponseError::InvalidProducerIdMapping),
+            Some(_) => Err(ResponseError::InvalidTxnState),
+        }
+    }
+
     /// EndTxn.
     pub async fn end(
         &self,

@@ -342,3 +342,135 @@ async fn transactions_are_described_and_listed() {
     );
     assert_eq!(list(&mut conn, &[]).transaction_states.len(), 1);
 }
+
+/// Offsets sent in a transaction land only in that producer's open transaction: a late
+/// TxnOffsetCommit of an ended transaction gets INVALID_TXN_STATE, and a zombie's (an older
+/// epoch of the same transactional id, arriving after the new instance sent its own offsets)
+/// gets INVALID_PRODUCER_EPOCH, instead of being merged into the new transaction, whose commit
+/// would have made the zombie's older offsets the group's (a consume-transform-produce
+/// application would then process inputs twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_zombie_offset_commits_never_land_in_a_later_transaction() {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let agent = crate::harness::AgentProc::start(&[]);
+    create_topic(&agent.bootstrap(), "zin", 1, &[]).await;
+    let mut conn = crate::protocol::Conn::open(&agent);
+    let tid = || TransactionalId(StrBytes::from_static_str("zombie-app"));
+    let group = || GroupId(StrBytes::from_static_str("zombie-group"));
+    // Retries what a client retries (the coordinator loading, a transaction completing).
+    let retriable = [14, 15, 16, 51];
+    let init = |conn: &mut crate::protocol::Conn| -> (i64, i16) {
+        for _ in 0..200 {
+            let r: InitProducerIdResponse = conn.call(
+                ApiKey::InitProducerId,
+                1,
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(Some(tid()))
+                    .with_transaction_timeout_ms(60_000),
+            );
+            if r.error_code == 0 {
+                return (r.producer_id.0, r.producer_epoch);
+            }
+            assert!(retriable.contains(&r.error_code), "InitProducerId: {r:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("InitProducerId never succeeded");
+    };
+    let add = |conn: &mut crate::protocol::Conn, (pid, epoch): (i64, i16)| {
+        let r: AddOffsetsToTxnResponse = conn.call(
+            ApiKey::AddOffsetsToTxn,
+            1,
+            &AddOffsetsToTxnRequest::default()
+                .with_transactional_id(tid())
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_group_id(group()),
+        );
+        assert_eq!(r.error_code, 0, "AddOffsetsToTxn");
+    };
+    let offsets =
+        |conn: &mut crate::protocol::Conn, (pid, epoch): (i64, i16), offset: i64| -> i16 {
+            let r: TxnOffsetCommitResponse = conn.call(
+                ApiKey::TxnOffsetCommit,
+                2,
+                &TxnOffsetCommitRequest::default()
+                    .with_transactional_id(tid())
+                    .with_group_id(group())
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch)
+                    .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("zin")))
+                        .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(offset)])]),
+            );
+            r.topics[0].partitions[0].error_code
+        };
+    let end = |conn: &mut crate::protocol::Conn, (pid, epoch): (i64, i16)| {
+        for _ in 0..200 {
+            let r: EndTxnResponse = conn.call(
+                ApiKey::EndTxn,
+                1,
+                &EndTxnRequest::default()
+                    .with_transactional_id(tid())
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch)
+                    .with_committed(true),
+            );
+            if r.error_code == 0 {
+                return;
+            }
+            assert!(retriable.contains(&r.error_code), "EndTxn: {r:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("EndTxn never succeeded");
+    };
+    let committed = |conn: &mut crate::protocol::Conn| -> i64 {
+        for _ in 0..200 {
+            let r: OffsetFetchResponse = conn.call(
+                ApiKey::OffsetFetch,
+                7,
+                &OffsetFetchRequest::default()
+                    .with_group_id(group())
+                    .with_require_stable(true)
+                    .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                        .with_name(TopicName(StrBytes::from_static_str("zin")))
+                        .with_partition_indexes(vec![0])])),
+            );
+            let p = &r.topics[0].partitions[0];
+            if r.error_code == 0 && p.error_code == 0 {
+                return p.committed_offset;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the committed offset never settled");
+    };
+
+    let first = init(&mut conn);
+    add(&mut conn, first);
+    assert_eq!(offsets(&mut conn, first, 10), 0);
+    end(&mut conn, first);
+    assert_eq!(committed(&mut conn), 10);
+    // A late copy of the first transaction's offsets, once it ended.
+    assert_eq!(offsets(&mut conn, first, 3), 48, "INVALID_TXN_STATE");
+
+    // A new instance (a newer epoch) sends its offsets; then the old one's arrive.
+    let second = init(&mut conn);
+    assert_eq!(second.0, first.0);
+    assert!(second.1 > first.1);
+    add(&mut conn, second);
+    assert_eq!(offsets(&mut conn, second, 20), 0);
+    assert_eq!(offsets(&mut conn, first, 3), 47, "INVALID_PRODUCER_EPOCH");
+    end(&mut conn, second);
+    assert_eq!(
+        committed(&mut conn),
+        20,
+        "the zombie's offsets were committed"
+    );
+}
