@@ -2,6 +2,7 @@
 
 import socket
 import struct
+import urllib.request
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -216,3 +217,17 @@ def result_of(futures, key, timeout=30):
     """The result of one admin future; the dict holding them stays referenced while waiting
     (confluent-kafka can drop a request whose futures dict was garbage collected)."""
     return futures[key].result(timeout=timeout)
+
+
+def metric(agent, name):
+    """A counter from the agent's /metrics (its admin port is in its log)."""
+    port = None
+    for line in agent.log_text().splitlines():
+        if "admin http on" in line:
+            port = line.rsplit(":", 1)[1].strip().rstrip(")")
+    assert port, "admin port not in the log"
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exported")

@@ -8,31 +8,16 @@ grow, and the consumer never stalls in the gaps compaction leaves. Also: a tombs
 import random
 import threading
 import time
-import urllib.request
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from conftest import wait_until
-from helpers import create_topic, watermarks
+from helpers import create_topic, metric, watermarks
 
 ENV = {
     "SILT_LIFECYCLE__COMPACT_INTERVAL_MS": "500",
     "SILT_LIFECYCLE__COMPACT_MIN_ENTRIES": "4",
 }
-
-
-def metric(agent, name):
-    """A counter from the agent's /metrics (its admin port is in its log)."""
-    port = None
-    for line in agent.log_text().splitlines():
-        if "admin http on" in line:
-            port = line.rsplit(":", 1)[1].strip().rstrip(")")
-    assert port, "admin port not in the log"
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not exported")
 
 
 def read_topic(bootstrap, topic, partitions, timeout=60):

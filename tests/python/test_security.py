@@ -13,7 +13,6 @@ import ssl
 import struct
 import subprocess
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -34,7 +33,7 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
-from helpers import admin, create_topic
+from helpers import admin, create_topic, metric
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 KCAT = shutil.which("kcat") or "/usr/bin/kcat"
@@ -120,16 +119,7 @@ class Secured:
             assert len(fut.result(timeout=30)) >= 1
 
     def metric(self, name):
-        port = None
-        for line in self.agent.log_text().splitlines():
-            if "admin http on" in line:
-                port = line.rsplit(":", 1)[1].strip().rstrip(")")
-        assert port, "admin port not in the log"
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        for line in body.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"{name} not exported")
+        return metric(self.agent, name)
 
 
 @pytest.fixture

@@ -20,11 +20,9 @@ use kafka_protocol::records::{
 };
 use silt_agent::partition::Partition;
 use silt_agent::topics::NewTopic;
-use silt_agent::{Agent, Components};
-use silt_common::{Settings, SystemClock};
+use silt_agent::Agent;
 use silt_meta::faults::{Fault, FaultyKv};
 use silt_meta::layout::index;
-use silt_meta::{EmbeddedKv, MetaKv};
 use silt_storage::Storage;
 
 use crate::support::{referenced_objects_exist, Rng};
@@ -32,44 +30,7 @@ use crate::support::{referenced_objects_exist, Rng};
 type Value = Option<Bytes>;
 
 async fn start() -> (Agent, Storage, Arc<FaultyKv>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Settings {
-        listen: "127.0.0.1:0".into(),
-        admin_listen: None,
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    s.flush.interval_ms = 1;
-    s.cache.memory_bytes = 1 << 20;
-    s.cache.disk_bytes = 0;
-    s.cache.block_bytes = 4096;
-    s.lifecycle.retention_interval_ms = 1 << 40;
-    s.lifecycle.compact_interval_ms = 1 << 40;
-    s.lifecycle.gc_interval_ms = 1 << 40;
-    s.lifecycle.gc_grace_ms = 0;
-    s.lifecycle.compact_min_entries = 4;
-    s.lifecycle.segment_bytes = 8 * 1024;
-    let clock = Arc::new(SystemClock);
-    let storage = Storage::in_memory();
-    let inner: Arc<dyn MetaKv> = Arc::new(EmbeddedKv::in_memory(clock.clone()));
-    let meta = Arc::new(FaultyKv::new(inner));
-    *meta.only_prefixes.lock().unwrap() = vec![
-        format!("{}/index/", silt_meta::layout::ROOT).into_bytes(),
-        format!("{}/log-start/", silt_meta::layout::ROOT).into_bytes(),
-    ];
-    let agent = Agent::start(
-        s,
-        Components {
-            meta: meta.clone(),
-            storage: storage.clone(),
-            clock,
-            log_levels: None,
-            crash_points: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
-    (agent, storage, meta, dir)
+    crate::support::start_lifecycle_agent(8 * 1024).await
 }
 
 fn now_ms() -> i64 {

@@ -1,11 +1,17 @@
 //! Helpers shared by the agent's integration tests: a seeded generator and record batches.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+use silt_agent::{Agent, Components};
+use silt_common::{Settings, SystemClock};
+use silt_meta::faults::FaultyKv;
+use silt_meta::{EmbeddedKv, MetaKv};
+use silt_storage::Storage;
 
 /// splitmix64: a tiny deterministic generator, so a failing seed can be replayed.
 pub struct Rng(pub u64);
@@ -87,4 +93,52 @@ pub async fn referenced_objects_exist(
         Some(e) => Err(format!("entry {e:?} references a deleted object")),
         None => Ok((log_start, hw)),
     }
+}
+
+/// A real agent over an in-memory object store and a fault-injecting in-memory metadata store
+/// (faults aimed at the index: entries and log starts), with its background lifecycle passes
+/// off (tests drive them), no GC grace and segments of `segment_bytes`.
+pub async fn start_lifecycle_agent(
+    segment_bytes: u64,
+) -> (Agent, Storage, Arc<FaultyKv>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: None,
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    s.flush.interval_ms = 1;
+    s.cache.memory_bytes = 1 << 20;
+    s.cache.disk_bytes = 0;
+    s.cache.block_bytes = 4096;
+    // Background passes are driven by the test instead.
+    s.lifecycle.retention_interval_ms = 1 << 40;
+    s.lifecycle.compact_interval_ms = 1 << 40;
+    s.lifecycle.gc_interval_ms = 1 << 40;
+    s.lifecycle.gc_grace_ms = 0;
+    s.lifecycle.compact_min_entries = 4;
+    s.lifecycle.segment_bytes = segment_bytes;
+    let clock = Arc::new(SystemClock);
+    let storage = Storage::in_memory();
+    let inner: Arc<dyn MetaKv> = Arc::new(EmbeddedKv::in_memory(clock.clone()));
+    let meta = Arc::new(FaultyKv::new(inner));
+    // Faults are aimed at the index (entries and log starts) only.
+    *meta.only_prefixes.lock().unwrap() = vec![
+        format!("{}/index/", silt_meta::layout::ROOT).into_bytes(),
+        format!("{}/log-start/", silt_meta::layout::ROOT).into_bytes(),
+    ];
+    let agent = Agent::start(
+        s,
+        Components {
+            meta: meta.clone(),
+            storage: storage.clone(),
+            clock,
+            log_levels: None,
+            crash_points: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    (agent, storage, meta, dir)
 }
