@@ -80,44 +80,59 @@ impl Etcd {
 
     /// Starts etcd with extra command-line flags (e.g. `--auth-token-ttl=2`).
     pub fn start_args(all_interfaces: bool, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port_below(u16::MAX), free_port_below(u16::MAX));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = Self::spawn(&dir, client, peer, all_interfaces, &extra);
-        Self {
-            child,
-            dir,
-            client,
-            peer,
-            all_interfaces,
-            extra,
-            url: format!("http://127.0.0.1:{client}"),
-        }
+        Self::launch(all_interfaces, |client| {
+            (format!("http://127.0.0.1:{client}"), extra.clone())
+        })
     }
 
     /// Starts etcd serving clients over TLS only (`https://`), requiring client certificates
     /// signed by `ca` (PEM paths).
     pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port_below(u16::MAX), free_port_below(u16::MAX));
-        let url = format!("https://127.0.0.1:{client}");
-        let extra: Vec<String> = vec![
-            format!("--listen-client-urls={url}"),
-            format!("--advertise-client-urls={url}"),
-            format!("--cert-file={}", cert.display()),
-            format!("--key-file={}", key.display()),
-            format!("--trusted-ca-file={}", ca.display()),
-            "--client-cert-auth".into(),
-        ];
-        let child = Self::spawn(&dir, client, peer, false, &extra);
-        Self {
-            child,
-            dir,
-            client,
-            peer,
-            all_interfaces: false,
-            extra,
-            url,
+        Self::launch(false, |client| {
+            let url = format!("https://127.0.0.1:{client}");
+            let extra = vec![
+                format!("--listen-client-urls={url}"),
+                format!("--advertise-client-urls={url}"),
+                format!("--cert-file={}", cert.display()),
+                format!("--key-file={}", key.display()),
+                format!("--trusted-ca-file={}", ca.display()),
+                "--client-cert-auth".into(),
+            ];
+            (url, extra)
+        })
+    }
+
+    /// Chooses ports, starts etcd and waits for it to listen. A port taken between choosing and
+    /// binding (tests and servers run side by side) makes etcd exit at start-up, so it gets fresh
+    /// ports and another try.
+    fn launch(all_interfaces: bool, args: impl Fn(u16) -> (String, Vec<String>)) -> Self {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let (client, peer) = (free_port_below(u16::MAX), free_port_below(u16::MAX));
+            let (url, extra) = args(client);
+            let mut child = Self::spawn_unchecked(&dir, client, peer, all_interfaces, &extra);
+            match try_wait_tcp(client, "etcd", &mut child) {
+                Ok(()) => {
+                    return Self {
+                        child,
+                        dir,
+                        client,
+                        peer,
+                        all_interfaces,
+                        extra,
+                        url,
+                    };
+                }
+                Err(e) if attempt < 4 => {
+                    eprintln!("{e}; trying again on other ports");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                Err(e) => panic!("{e}"),
+            }
         }
     }
 
@@ -152,6 +167,18 @@ impl Etcd {
         all: bool,
         extra: &[String],
     ) -> Child {
+        let mut child = Self::spawn_unchecked(dir, client, peer, all, extra);
+        wait_tcp(client, "etcd", &mut child);
+        child
+    }
+
+    fn spawn_unchecked(
+        dir: &tempfile::TempDir,
+        client: u16,
+        peer: u16,
+        all: bool,
+        extra: &[String],
+    ) -> Child {
         let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let url = format!("http://127.0.0.1:{client}");
         let listen = if all {
@@ -160,7 +187,7 @@ impl Etcd {
             url.clone()
         };
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut child = Command::new(&bin)
+        Command::new(&bin)
             .args([
                 "--name", "silt-test",
                 "--data-dir", dir.path().to_str().unwrap(),
@@ -177,9 +204,7 @@ impl Etcd {
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("could not start `{bin}` ({e}); install Debian's etcd-server (scripts/test does) or set ETCD_BIN")
-            });
-        wait_tcp(client, "etcd", &mut child);
-        child
+            })
     }
 }
 
