@@ -152,6 +152,9 @@ pub fn append_marker(
         permit,
     })?;
     st.txns.on_marker(pid);
+    // A marker at a newer epoch (transaction version 2 ends every transaction at the next one)
+    // moves the producer there: a late batch of the ended epoch is refused, as in Kafka.
+    st.producers.on_marker(pid, epoch);
     st.next_offset = offset + 1;
     Ok((offset, generation))
 }

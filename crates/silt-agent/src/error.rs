@@ -82,6 +82,11 @@ pub enum PartitionError {
     /// A transactional batch whose partition is not in its producer's open transaction.
     #[error("transactional write refused: {0}")]
     TransactionNotVerified(String),
+    /// Transaction version 2: the coordinator refused to add the partition to the producer's
+    /// transaction (the code it answered: PRODUCER_FENCED, INVALID_PRODUCER_ID_MAPPING,
+    /// CONCURRENT_TRANSACTIONS, ...).
+    #[error("transactional write refused by the transaction coordinator: {0:?}")]
+    TransactionRefused(ResponseError),
     /// The fetch offset is outside the log.
     #[error("offset {offset} is out of range [{log_start}, {high_watermark}]")]
     OffsetOutOfRange {
@@ -138,6 +143,7 @@ impl PartitionError {
             Self::UnsupportedCompression(_) => ResponseError::UnsupportedCompressionType,
             Self::UnsupportedVersion(_) => ResponseError::UnsupportedVersion,
             Self::TransactionNotVerified(_) => ResponseError::InvalidTxnState,
+            Self::TransactionRefused(code) => *code,
             Self::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             Self::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,
             Self::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,

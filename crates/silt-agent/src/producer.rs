@@ -160,6 +160,18 @@ impl ProducerStates {
         e.last_write_ms = now_ms;
     }
 
+    /// A transaction marker of `pid` at `epoch` was appended: a newer epoch becomes the
+    /// producer's (its batches are forgotten, so it continues from sequence 0).
+    pub fn on_marker(&mut self, pid: i64, epoch: i16) {
+        if let Some(e) = self.entries.get_mut(&pid) {
+            if epoch > e.epoch {
+                e.epoch = epoch;
+                e.batches.clear();
+                e.hole = None;
+            }
+        }
+    }
+
     /// Records an appended batch at `now_ms`.
     pub fn record(&mut self, pid: i64, epoch: i16, b: SeenBatch, now_ms: i64) {
         let e = self.entries.entry(pid).or_default();
@@ -353,5 +365,30 @@ mod tests {
         assert_eq!(s.check(9, 1, 0, 4).unwrap(), Verdict::Append);
         s.record(9, 1, seen(0, 4, 120), 5);
         assert_eq!(s.check(9, 1, 5, 9).unwrap(), Verdict::Append);
+    }
+
+    #[test]
+    fn a_marker_at_a_newer_epoch_moves_the_producer_there() {
+        let mut s = ProducerStates::default();
+        let seen = SeenBatch {
+            first_seq: 0,
+            last_seq: 2,
+            base_offset: 0,
+            last_offset: 2,
+        };
+        s.record(9, 4, seen, 1);
+        s.on_marker(9, 4);
+        assert!(
+            matches!(s.check(9, 4, 3, 3), Ok(Verdict::Append)),
+            "same epoch: sequences go on"
+        );
+        s.on_marker(9, 5);
+        assert!(matches!(
+            s.check(9, 4, 3, 3),
+            Err(PartitionError::InvalidProducerEpoch { current: 5, .. })
+        ));
+        assert!(matches!(s.check(9, 5, 0, 0), Ok(Verdict::Append)));
+        s.on_marker(1, 7); // a producer never seen here: nothing to move
+        assert_eq!(s.len(), 1);
     }
 }

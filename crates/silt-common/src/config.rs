@@ -493,6 +493,11 @@ pub struct TransactionSettings {
     /// How often open transactions are checked against their timeout (and prepared ones left
     /// by a failed coordinator are completed), in ms.
     pub check_interval_ms: u64,
+    /// The transaction protocol offered to clients (Kafka's `transaction.version` feature):
+    /// 2 advertises KIP-890 part 2 (an epoch bump at the end of every transaction; partitions
+    /// and groups join a transaction implicitly), which Kafka 4.0+ Java clients then use; 1
+    /// does not, so every client uses AddPartitionsToTxn and keeps its epoch.
+    pub version: i16,
 }
 
 impl Default for TransactionSettings {
@@ -500,6 +505,7 @@ impl Default for TransactionSettings {
         Self {
             max_timeout_ms: 900_000,
             check_interval_ms: 1_000,
+            version: 2,
         }
     }
 }
@@ -546,6 +552,12 @@ impl Settings {
         let bad = |what: &str, why: &str| Err(ConfigError::Invalid(format!("{what}: {why}")));
         if self.flush.interval_ms == 0 {
             return bad("flush.interval_ms = 0", "must be at least 1");
+        }
+        if !matches!(self.transactions.version, 1 | 2) {
+            return Err(ConfigError::Invalid(format!(
+                "transactions.version = {}: must be 1 (epoch per producer instance) or 2 (KIP-890 part 2, an epoch bump per transaction)",
+                self.transactions.version
+            )));
         }
         if self.flush.max_in_flight == 0 {
             return bad("flush.max_in_flight = 0", "must be at least 1");

@@ -57,7 +57,10 @@ pub async fn dispatch(
     use kafka_protocol::messages::RequestKind as R;
     let v = req.version;
     match body {
-        R::ApiVersions(_) => now(ResponseKind::ApiVersions(api_versions::handle(v))),
+        R::ApiVersions(_) => now(ResponseKind::ApiVersions(api_versions::handle(
+            v,
+            broker.settings.transactions.version,
+        ))),
         R::Metadata(r) => {
             let may_create = session.may_create(broker);
             now(ResponseKind::Metadata(
@@ -139,7 +142,7 @@ pub async fn dispatch(
             txns::add_offsets(broker, r).await,
         )),
         R::TxnOffsetCommit(r) => now(ResponseKind::TxnOffsetCommit(
-            txns::offset_commit(broker, r).await,
+            txns::offset_commit(broker, r, v).await,
         )),
         R::DescribeTransactions(r) => now(ResponseKind::DescribeTransactions(
             txns::describe(broker, r).await,
@@ -181,7 +184,7 @@ pub async fn dispatch(
         R::EndTxn(r) => {
             let b = broker.clone();
             Reply::Later(Box::pin(async move {
-                ResponseKind::EndTxn(txns::end(&b, r).await)
+                ResponseKind::EndTxn(txns::end(&b, r, v).await)
             }))
         }
         other => {

@@ -80,7 +80,7 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
                         let span =
                             tracing::debug_span!("partition", topic = %name, partition = pd.index);
                         let tid = req.transactional_id.as_ref().map(|t| t.0.as_str());
-                        match produce_one(b, &p, records, &t.config, (lat, tid), deadline)
+                        match produce_one(b, &p, records, &t.config, (lat, tid, version), deadline)
                             .instrument(span)
                             .await
                         {
@@ -172,7 +172,7 @@ async fn produce_one(
     p: &Arc<Partition>,
     records: Option<bytes::Bytes>,
     config: &Resolved,
-    (log_append_time, transactional_id): (Option<i64>, Option<&str>),
+    (log_append_time, transactional_id, version): (Option<i64>, Option<&str>, i16),
     deadline: Instant,
 ) -> Result<Appended, PartitionError> {
     let max_message_bytes = config.max_message_bytes;
@@ -192,9 +192,13 @@ async fn produce_one(
         };
         // KIP-890 part 1: a transaction's first batch in a partition is accepted only while
         // the coordinator has the partition in that producer's open transaction, so a late
-        // batch of an ended transaction can never open a new one.
+        // batch of an ended transaction can never open a new one. Part 2 (Produce v12+, a
+        // client of transaction version 2): the partition joins the transaction here.
         if !p.lock().txns.is_open(header.producer_id) {
             let producer = (header.producer_id, header.producer_epoch);
+            if version >= 12 {
+                join_transaction(b, tid, producer, p, deadline).await?;
+            }
             let verified = crate::txn::coordinator::TxnCoordinator::verify(
                 &crate::txn::deps(b),
                 tid,
@@ -272,6 +276,52 @@ async fn produce_one(
         );
     }
     Ok(appended)
+}
+
+/// Transaction version 2: the partition joins `producer`'s transaction. While the previous
+/// transaction is still being completed the coordinator answers CONCURRENT_TRANSACTIONS and the
+/// leader asks again (20 to 100 ms apart) within the request's time, as Kafka's leader does.
+/// Kafka's answers to the producer: a fenced producer INVALID_PRODUCER_EPOCH, a coordinator
+/// that cannot answer NOT_ENOUGH_REPLICAS (retriable), anything else as the coordinator said.
+async fn join_transaction(
+    b: &Broker,
+    tid: &str,
+    producer: (i64, i16),
+    p: &Partition,
+    deadline: Instant,
+) -> Result<(), PartitionError> {
+    use kafka_protocol::ResponseError as E;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let joined = b
+            .txns
+            .add_implicitly(
+                &crate::txn::deps(b),
+                tid,
+                producer,
+                &[(p.topic.clone(), p.index)],
+                &[],
+            )
+            .await;
+        let e = match joined {
+            Ok(()) => return Ok(()),
+            Err(E::ConcurrentTransactions) if Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+                continue;
+            }
+            Err(e) => e,
+        };
+        return Err(match e {
+            E::ProducerFenced | E::InvalidProducerEpoch => {
+                PartitionError::TransactionRefused(E::InvalidProducerEpoch)
+            }
+            E::CoordinatorNotAvailable | E::NotCoordinator | E::CoordinatorLoadInProgress => {
+                PartitionError::TransactionRefused(E::NotEnoughReplicas)
+            }
+            e => PartitionError::TransactionRefused(e),
+        });
+    }
 }
 
 /// Kafka checks every record's timestamp against the topic's window; Silt never decompresses,

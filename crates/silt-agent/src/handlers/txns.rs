@@ -1,6 +1,7 @@
 //! The transactional producer's APIs: AddPartitionsToTxn (v0-3, the client's form),
 //! AddOffsetsToTxn and EndTxn, answered by the coordinator of the transactional id
-//! (`crate::txn::coordinator`), and TxnOffsetCommit, answered by the group's coordinator;
+//! (`crate::txn::coordinator`), and TxnOffsetCommit, answered by the group's coordinator
+//! (from EndTxn v5 and TxnOffsetCommit v5, transaction version 2: KIP-890 part 2);
 //! InitProducerId with a transactional id is in `producer_id`. DescribeTransactions and
 //! ListTransactions answer from the records of the ids coordinated here.
 
@@ -122,8 +123,9 @@ pub async fn add_partitions(
     })
 }
 
-/// Handles EndTxn.
-pub async fn end(b: &Arc<Broker>, req: EndTxnRequest) -> EndTxnResponse {
+/// Handles EndTxn. From v5 (transaction version 2, KIP-890 part 2) ending moves the producer
+/// on to a new epoch, which the answer carries.
+pub async fn end(b: &Arc<Broker>, req: EndTxnRequest, version: i16) -> EndTxnResponse {
     let tid = req.transactional_id.0.to_string();
     let r = b
         .txns
@@ -132,12 +134,14 @@ pub async fn end(b: &Arc<Broker>, req: EndTxnRequest) -> EndTxnResponse {
             &tid,
             (req.producer_id.0, req.producer_epoch),
             req.committed,
+            version >= 5,
         )
         .await;
+    let (pid, epoch) = *r.as_ref().unwrap_or(&(-1, -1));
     EndTxnResponse::default()
-        .with_error_code(code(r))
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1)
+        .with_error_code(code(r.map(|_| ())))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
 }
 
 /// Handles AddOffsetsToTxn: the group joins the transaction (its offsets are ended with it).
@@ -158,10 +162,12 @@ pub async fn add_offsets(b: &Arc<Broker>, req: AddOffsetsToTxnRequest) -> AddOff
 }
 
 /// Handles TxnOffsetCommit, on the group's coordinator: the offsets stay pending until the
-/// producer's transaction ends.
+/// producer's transaction ends. From v5 (transaction version 2) the group joins the
+/// producer's transaction here, without AddOffsetsToTxn.
 pub async fn offset_commit(
     b: &Arc<Broker>,
     req: TxnOffsetCommitRequest,
+    version: i16,
 ) -> TxnOffsetCommitResponse {
     let now = b.clock.now_ms();
     let mut offsets = Vec::new();
@@ -183,6 +189,21 @@ pub async fn offset_commit(
     let group = req.group_id.0.to_string();
     let producer = (req.producer_id.0, req.producer_epoch);
     let mut c = ResponseError::ConcurrentTransactions.code();
+    if version >= 5 {
+        let deps = crate::txn::deps(b);
+        let added = b
+            .txns
+            .add_implicitly(&deps, &tid, producer, &[], std::slice::from_ref(&group))
+            .await;
+        if let Err(e) = added {
+            // A fenced producer: INVALID_PRODUCER_EPOCH, as TxnOffsetCommit answers it.
+            let e = match e {
+                ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+                e => e,
+            };
+            return txn_offset_commit_response(&req.topics, |_| e.code());
+        }
+    }
     // The transaction record may move between the check and the write (a partition added):
     // check again a few times; past that the client retries (CONCURRENT_TRANSACTIONS).
     for _ in 0..5 {

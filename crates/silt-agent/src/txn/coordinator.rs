@@ -18,7 +18,7 @@ use kafka_protocol::ResponseError;
 use silt_meta::layout::txns::{self, MarkerRequest, TxnRecord, TxnStatus};
 use silt_meta::{Compare, Txn};
 
-use super::state::{self, End, Init, TxnError};
+use super::state::{self, End, EndV2, Init, TxnError};
 use crate::groups::GroupCoordinator;
 use crate::producer_ids::ProducerIds;
 use crate::topics::Topics;
@@ -247,6 +247,12 @@ impl TxnCoordinator {
             Some((r, _)) if r.pid == producer.0 && r.epoch > producer.1 => {
                 Verified::Fenced { current: r.epoch }
             }
+            // Its producer id was replaced when the epoch ran out (transaction version 2).
+            Some((r, _))
+                if r.pid != producer.0 && r.previous.is_some_and(|p| p.0 == producer.0) =>
+            {
+                Verified::Fenced { current: i16::MAX }
+            }
             Some((r, _))
                 if r.status == TxnStatus::Ongoing
                     && (r.pid, r.epoch) == producer
@@ -288,26 +294,103 @@ impl TxnCoordinator {
         }
     }
 
-    /// EndTxn.
+    /// EndTxn: the producer id and epoch the client continues with. Under transaction version 2
+    /// (`v2`, EndTxn v5+) ending moves the producer on to the next epoch (KIP-890 part 2);
+    /// before, the identity does not change.
     pub async fn end(
         &self,
         b: &Deps<'_>,
         tid: &str,
         producer: (i64, i16),
         commit: bool,
-    ) -> Result<(), ResponseError> {
+        v2: bool,
+    ) -> Result<(i64, i16), ResponseError> {
         let lock = self.lock_for(tid);
         let _one = lock.lock().await;
         let Some((r, rev)) = Self::load(b, tid).await? else {
             return Err(ResponseError::InvalidProducerIdMapping);
         };
-        match state::end(&r, producer, commit, b.clock.now_ms()).map_err(TxnError::code)? {
-            End::Done => Ok(()),
-            End::Prepare(p) => {
+        let now = b.clock.now_ms();
+        if !v2 {
+            return match state::end(&r, producer, commit, now).map_err(TxnError::code)? {
+                End::Done => Ok((r.pid, r.epoch)),
+                End::Prepare(p) => {
+                    let rev = self.store(b, tid, &p, Some(rev)).await?;
+                    self.finish(b, tid, p, rev).await?;
+                    Ok(producer)
+                }
+            };
+        }
+        let fresh = if state::end_needs_new_pid(&r) {
+            b.producer_ids.next("").await.map_err(meta_err)?
+        } else {
+            -1
+        };
+        match state::end_v2(&r, producer, commit, now, || fresh).map_err(TxnError::code)? {
+            EndV2::Done => Ok(state::client_identity(&r)),
+            EndV2::Complete(c) => {
+                self.store(b, tid, &c, Some(rev)).await?;
+                Ok(state::client_identity(&c))
+            }
+            EndV2::Prepare(p) => {
                 let rev = self.store(b, tid, &p, Some(rev)).await?;
-                self.finish(b, tid, p, rev).await
+                tracing::debug!(
+                    transactional_id = tid,
+                    pid = p.pid,
+                    epoch = p.epoch,
+                    "transaction ending at the next epoch (transaction version 2)"
+                );
+                self.finish(b, tid, p.clone(), rev).await?;
+                Ok(state::client_identity(&state::complete(&p, now)))
             }
         }
+    }
+
+    /// Transaction version 2 (Produce v12+, TxnOffsetCommit v5+): adds `partitions` and
+    /// `groups` to `tid`'s transaction of `producer` (opening one if none is) on behalf of the
+    /// partition's leader or the group's coordinator, which may be another agent. Written with
+    /// a compare on the record's revision, so it never overwrites a coordinator's change.
+    pub async fn add_implicitly(
+        &self,
+        b: &Deps<'_>,
+        tid: &str,
+        producer: (i64, i16),
+        partitions: &[(String, i32)],
+        groups: &[String],
+    ) -> Result<(), ResponseError> {
+        for _ in 0..5 {
+            let Some((r, rev)) = txns::load(b.meta, tid).await.map_err(meta_err)? else {
+                return Err(ResponseError::InvalidProducerIdMapping);
+            };
+            if r.pid != producer.0 && r.previous.is_some_and(|(pid, _)| pid == producer.0) {
+                // The producer id was replaced when its epoch ran out: this is a zombie.
+                return Err(ResponseError::ProducerFenced);
+            }
+            let next = state::add(&r, producer, partitions, groups, b.clock.now_ms())
+                .map_err(TxnError::code)?;
+            if (next.status, &next.partitions, &next.groups) == (r.status, &r.partitions, &r.groups)
+            {
+                return Ok(());
+            }
+            let res = b
+                .meta
+                .txn(Txn {
+                    compares: vec![Compare::mod_revision(txns::key(tid), rev)],
+                    success: vec![txns::put_op(tid, &next)],
+                    failure: vec![],
+                })
+                .await
+                .map_err(meta_err)?;
+            if res.succeeded {
+                if b.groups.check(tid).is_ok() {
+                    // Coordinated here: its timeout is watched from now (another agent's pass
+                    // finds it by its periodic full scan).
+                    self.track(tid, next.status);
+                }
+                return Ok(());
+            }
+        }
+        Err(ResponseError::ConcurrentTransactions)
     }
 
     /// Writes the markers of a prepared transaction, waits for them, completes the record.

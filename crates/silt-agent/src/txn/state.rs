@@ -87,12 +87,15 @@ pub fn init(
             groups: Vec::new(),
             started_ms: 0,
             updated_ms: now_ms,
+            previous: None,
+            next_pid: None,
         }));
     };
     if let Some((pid, epoch)) = expected {
         // The client's last known identity must be this one (or the epoch before, if its
-        // previous bump was answered but not seen).
-        if pid != r.pid || (epoch != r.epoch && epoch != r.epoch - 1) {
+        // previous bump was answered but not seen; or the one its last EndTxn moved on from).
+        let known = pid == r.pid && (epoch == r.epoch || epoch == r.epoch - 1);
+        if !known && r.previous != Some((pid, epoch)) {
             return Err(TxnError::Fenced);
         }
     }
@@ -127,6 +130,8 @@ pub fn needs_new_pid(current: Option<&TxnRecord>) -> bool {
 /// The record with the next epoch (a new producer id when the epoch is exhausted).
 fn bumped(r: &TxnRecord, fresh_pid: impl FnOnce() -> i64) -> TxnRecord {
     let mut next = r.clone();
+    // A new instance (or a fenced one): no retry of the last EndTxn is recognised any more.
+    next.previous = None;
     if r.epoch >= MAX_EPOCH {
         next.pid = fresh_pid();
         next.epoch = 0;
@@ -209,9 +214,115 @@ pub fn end(
     }
 }
 
+/// What EndTxn does under transaction version 2 (KIP-890 part 2, EndTxn v5+): ending a
+/// transaction moves the producer on to the next epoch, so nothing it sent in this transaction
+/// can land in a later one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndV2 {
+    /// Store this record (PrepareCommit or PrepareAbort at the epoch that ends the transaction,
+    /// which the markers carry), write the markers, then complete.
+    Prepare(TxnRecord),
+    /// Store this record: an abort with nothing open, complete at once at the next epoch.
+    Complete(TxnRecord),
+    /// Already ended this way (a retry from the identity the client had): answer success with
+    /// the record's [`client_identity`].
+    Done,
+}
+
+/// EndTxn v5+ with `commit` (else abort). The client's identity is either the record's, or
+/// the one a previous EndTxn moved on from (a retry whose answer was lost).
+pub fn end_v2(
+    r: &TxnRecord,
+    (pid, epoch): (i64, i16),
+    commit: bool,
+    now_ms: i64,
+    fresh_pid: impl FnOnce() -> i64,
+) -> Result<EndV2, TxnError> {
+    if r.previous == Some((pid, epoch)) {
+        return match (r.status, commit) {
+            (TxnStatus::CompleteCommit, true) | (TxnStatus::CompleteAbort, false) => {
+                Ok(EndV2::Done)
+            }
+            (TxnStatus::PrepareCommit, true) | (TxnStatus::PrepareAbort, false) => {
+                Err(TxnError::Concurrent)
+            }
+            // The other outcome than the one it asked for (Kafka's answer).
+            (
+                TxnStatus::PrepareCommit
+                | TxnStatus::PrepareAbort
+                | TxnStatus::CompleteCommit
+                | TxnStatus::CompleteAbort,
+                _,
+            ) => Err(TxnError::InvalidState),
+            // The client moved on past this identity.
+            (TxnStatus::Empty | TxnStatus::Ongoing, _) => Err(TxnError::Fenced),
+        };
+    }
+    check_producer(r, pid, epoch)?;
+    let status = if commit {
+        TxnStatus::PrepareCommit
+    } else {
+        TxnStatus::PrepareAbort
+    };
+    match (r.status, commit) {
+        (TxnStatus::Ongoing, _) => Ok(EndV2::Prepare(moved_on(r, status, now_ms, fresh_pid))),
+        (TxnStatus::PrepareCommit | TxnStatus::PrepareAbort, _) => Err(TxnError::Concurrent),
+        // Aborting with nothing open (a client aborting after an error) still moves the epoch
+        // on: the client continues with the identity it is answered.
+        (TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort, false) => {
+            let mut n = moved_on(r, status, now_ms, fresh_pid);
+            n.partitions.clear();
+            n.groups.clear();
+            n.started_ms = 0;
+            Ok(EndV2::Complete(complete(&n, now_ms)))
+        }
+        (_, true) => Err(TxnError::InvalidState),
+    }
+}
+
+/// Whether ending `r` under transaction version 2 needs a new producer id (its epoch is
+/// exhausted); allocate one only then.
+pub fn end_needs_new_pid(r: &TxnRecord) -> bool {
+    r.epoch >= MAX_EPOCH
+}
+
+/// `r` in `status` at the epoch after the client's, remembering the client's identity. An
+/// exhausted epoch ends at `i16::MAX` (the markers carry it) and the client continues with a
+/// new producer id at epoch 0 once the transaction is complete.
+fn moved_on(
+    r: &TxnRecord,
+    status: TxnStatus,
+    now_ms: i64,
+    fresh_pid: impl FnOnce() -> i64,
+) -> TxnRecord {
+    let mut n = r.clone();
+    n.previous = Some((r.pid, r.epoch));
+    if r.epoch >= MAX_EPOCH {
+        n.epoch = i16::MAX;
+        n.next_pid = Some(fresh_pid());
+    } else {
+        n.epoch = r.epoch + 1;
+    }
+    n.status = status;
+    n.updated_ms = now_ms;
+    n
+}
+
+/// The producer id and epoch a client continues with (the EndTxn v5 answer).
+pub fn client_identity(r: &TxnRecord) -> (i64, i16) {
+    match r.next_pid {
+        Some(pid) => (pid, 0),
+        None => (r.pid, r.epoch),
+    }
+}
+
 /// The record once every marker of a prepared transaction is written.
 pub fn complete(r: &TxnRecord, now_ms: i64) -> TxnRecord {
     let mut next = r.clone();
+    if let Some(pid) = next.next_pid.take() {
+        next.pid = pid;
+        next.epoch = 0;
+    }
     next.status = match r.status {
         TxnStatus::PrepareCommit => TxnStatus::CompleteCommit,
         TxnStatus::PrepareAbort => TxnStatus::CompleteAbort,
@@ -348,5 +459,82 @@ mod tests {
             "abort with nothing open"
         );
         assert_eq!(end(&n, (77, 0), true, 1), Err(TxnError::InvalidState));
+    }
+
+    #[test]
+    fn version_2_moves_the_epoch_on_at_every_end_and_recognises_retries() {
+        let r = ready(init(None, || 42, 60_000, MAX, None, 0));
+        let r = add(&r, (42, 0), &[("t".into(), 0)], &["g".into()], 10).unwrap();
+        let Ok(EndV2::Prepare(p)) = end_v2(&r, (42, 0), true, 20, || unreachable!()) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.pid, p.epoch, p.status, p.previous),
+            (42, 1, TxnStatus::PrepareCommit, Some((42, 0))),
+            "the markers carry the next epoch"
+        );
+        assert_eq!(
+            end_v2(&p, (42, 0), true, 21, || 0),
+            Err(TxnError::Concurrent),
+            "a retry while the markers are written"
+        );
+        let c = complete(&p, 30);
+        assert_eq!(client_identity(&c), (42, 1));
+        assert_eq!(
+            end_v2(&c, (42, 0), true, 31, || 0),
+            Ok(EndV2::Done),
+            "a retry whose answer was lost"
+        );
+        assert_eq!(
+            end_v2(&c, (42, 0), false, 31, || 0),
+            Err(TxnError::InvalidState),
+            "the other outcome from the old epoch"
+        );
+        // The old epoch can no longer add anything: a delayed write of the ended transaction
+        // cannot join the next one.
+        assert_eq!(
+            add(&c, (42, 0), &[("t".into(), 0)], &[], 32),
+            Err(TxnError::Fenced)
+        );
+        let n = add(&c, (42, 1), &[("t".into(), 1)], &[], 33).unwrap();
+        assert_eq!((n.status, n.partitions.len()), (TxnStatus::Ongoing, 1));
+        // Committing with nothing open is an error; aborting moves the epoch on all the same.
+        assert_eq!(
+            end_v2(&c, (42, 1), true, 34, || 0),
+            Err(TxnError::InvalidState)
+        );
+        let Ok(EndV2::Complete(a)) = end_v2(&c, (42, 1), false, 34, || 0) else {
+            panic!()
+        };
+        assert_eq!(
+            (a.epoch, a.status, a.partitions.len(), client_identity(&a)),
+            (2, TxnStatus::CompleteAbort, 0, (42, 2))
+        );
+        // A new instance forgets the retry identity.
+        let i = ready(init(Some(&a), || 0, 60_000, MAX, None, 40));
+        assert_eq!((i.epoch, i.previous), (3, None));
+        assert_eq!(end_v2(&i, (42, 1), false, 41, || 0), Err(TxnError::Fenced));
+    }
+
+    #[test]
+    fn version_2_replaces_an_exhausted_producer_id_after_the_markers() {
+        let mut r = ready(init(None, || 7, 60_000, MAX, None, 0));
+        r.epoch = MAX_EPOCH;
+        let r = add(&r, (7, MAX_EPOCH), &[("t".into(), 0)], &[], 1).unwrap();
+        assert!(end_needs_new_pid(&r));
+        let Ok(EndV2::Prepare(p)) = end_v2(&r, (7, MAX_EPOCH), false, 2, || 8) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.pid, p.epoch, p.next_pid),
+            (7, i16::MAX, Some(8)),
+            "markers end the old producer id's transaction at the last epoch"
+        );
+        assert_eq!(client_identity(&p), (8, 0));
+        let c = complete(&p, 3);
+        assert_eq!((c.pid, c.epoch, c.next_pid), (8, 0, None));
+        assert_eq!(end_v2(&c, (7, MAX_EPOCH), false, 4, || 0), Ok(EndV2::Done));
+        // KIP-360: the client may re-initialize with the identity it knew.
+        assert!(init(Some(&c), || 0, 60_000, MAX, Some((7, MAX_EPOCH)), 5).is_ok());
     }
 }

@@ -71,6 +71,14 @@ pub struct TxnRecord {
     /// When the record last changed (Unix ms).
     #[serde(default)]
     pub updated_ms: i64,
+    /// Transaction version 2 (KIP-890 part 2): the producer id and epoch the client ended its
+    /// last transaction with, before EndTxn moved it on, so a retried EndTxn is recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<(i64, i16)>,
+    /// Transaction version 2, when ending exhausted the epoch: the producer id the client
+    /// continues with (at epoch 0) once the transaction is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_pid: Option<i64>,
 }
 
 /// The stored form of [`TxnRecord::partitions`]: grouped by topic; a list of pairs (the first
@@ -240,6 +248,8 @@ mod tests {
             groups: vec![],
             started_ms: 1,
             updated_ms: 2,
+            previous: None,
+            next_pid: None,
         };
         let Op::Put { value, .. } = put_op("x", &r) else {
             panic!("a put")
@@ -279,6 +289,8 @@ mod tests {
             groups: vec!["g".into()],
             started_ms: 1,
             updated_ms: 2,
+            previous: Some((5, 1)),
+            next_pid: Some(9),
         };
         let op = put_op("x", &r);
         let Op::Put { value, .. } = op else {

@@ -19,6 +19,7 @@ mod scale;
 mod security;
 mod tls_clients;
 mod transactions;
+mod transactions_v2;
 mod txn_checker;
 mod versions;
 mod write_path;

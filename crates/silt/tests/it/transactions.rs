@@ -53,7 +53,7 @@ pub fn read_committed_records(
 }
 
 /// The values [`read_committed_records`] reads.
-fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> {
+pub fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> {
     read_committed_records(bootstrap, topic, partitions)
         .into_iter()
         .map(|(_, _, v)| v)
