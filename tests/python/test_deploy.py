@@ -126,6 +126,46 @@ def test_kubernetes_objects_are_consistent():
         assert (K8S / r).exists()
 
 
+def test_keda_overlay_scales_the_deployment_on_the_load_signal_the_agent_exports(agent_factory):
+    """deploy/kubernetes/keda replaces the base's CPU HPA with a KEDA ScaledObject on
+    sum(silt_load_ratio): it targets the Deployment, deletes exactly the base's HPA, scales in
+    one agent at a time (as the PodDisruptionBudget allows), and its metric is one a real agent
+    serves (configured as the overlay's README says)."""
+    keda = K8S / "keda"
+    kust = yaml.safe_load((keda / "kustomization.yaml").read_text())
+    assert kust["resources"][0] == "../"
+    for r in kust["resources"][1:] + [p["path"] for p in kust["patches"]]:
+        assert (keda / r).exists(), r
+    objs = _k8s_objects()
+    (dep,) = objs["Deployment"]
+    (hpa,) = objs["HorizontalPodAutoscaler"]
+    (delete,) = list(yaml.safe_load_all((keda / "hpa-delete.yaml").read_text()))
+    assert delete["$patch"] == "delete"
+    assert (delete["kind"], delete["metadata"]["name"]) == (hpa["kind"], hpa["metadata"]["name"])
+    (so,) = list(yaml.safe_load_all((keda / "scaledobject.yaml").read_text()))
+    assert so["kind"] == "ScaledObject"
+    assert so["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert 2 <= so["spec"]["minReplicaCount"] < so["spec"]["maxReplicaCount"]
+    down = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert [p["value"] for p in down["policies"]] == [1], "one agent at a time"
+    (pdb,) = objs["PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert 0 < float(trigger["metadata"]["threshold"]) <= 1
+    metric = trigger["metadata"]["query"].split("(", 1)[1].split("{", 1)[0]
+    port = _free_port()
+    agent_factory(SILT_ADMIN_LISTEN=f"127.0.0.1:{port}")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    assert f"# TYPE {metric} gauge" in body, metric
+    value = next(l for l in body.splitlines() if l.startswith(metric + " "))
+    assert float(value.split()[1]) >= 0
+    # The settings the overlay tells operators to change exist.
+    assert "load.capacity_bytes_per_sec" in DEFAULT_KEYS
+    assert "load.capacity_bytes_per_sec" in (keda / "kustomization.yaml").read_text()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -234,6 +234,7 @@ impl Agent {
             security,
             quotas,
             txns: Default::default(),
+            load: Default::default(),
         });
         let flush = tokio::spawn(flusher.run());
         let (lease_lost_tx, lease_lost) = watch::channel(None);
@@ -248,6 +249,7 @@ impl Agent {
         jobs.every(crate::lifecycle::compaction::CompactionJob(broker.clone()));
         jobs.every(crate::txn::markers::MarkerJob::new(broker.clone(), markers));
         jobs.every(crate::txn::TxnPassJob(broker.clone()));
+        jobs.every(crate::load::LoadJob(broker.clone()));
         jobs.every(ProgressJob {
             b: broker.clone(),
             session: session.clone(),

@@ -71,4 +71,6 @@ pub struct Broker {
     pub quotas: crate::quotas::Quotas,
     /// The transaction coordinator of the shards coordinated here.
     pub txns: crate::txn::coordinator::TxnCoordinator,
+    /// The load signal autoscalers follow.
+    pub load: crate::load::LoadMeter,
 }

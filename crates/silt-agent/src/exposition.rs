@@ -74,8 +74,36 @@ pub async fn render(b: &Broker) -> String {
         "gauge",
         l.response_bytes_held(),
     );
+    load(b, &mut out);
     m.render(&mut out);
     out
+}
+
+fn load(b: &Broker, out: &mut String) {
+    single(
+        out,
+        "silt_load_ratio",
+        "The autoscaling signal: produce plus fetch bytes per second over load.window_ms against load.capacity_bytes_per_sec, or the share of the write buffer in use, whichever is larger. Scale the pool to sum(silt_load_ratio) / target agents.",
+        "gauge",
+        b.load.ratio(),
+    );
+    by_label(
+        out,
+        "silt_load_bytes_per_second",
+        "Record-batch bytes per second over load.window_ms, by direction.",
+        "direction",
+        &[
+            ("produce", b.load.produce_bytes_per_sec()),
+            ("fetch", b.load.fetch_bytes_per_sec()),
+        ],
+    );
+    single(
+        out,
+        "silt_load_capacity_bytes_per_second",
+        "load.capacity_bytes_per_sec: the produce plus fetch bytes per second at a load ratio of 1.",
+        "gauge",
+        b.settings.load.capacity_bytes_per_sec,
+    );
 }
 
 fn storage(b: &Broker, out: &mut String) {

@@ -36,6 +36,7 @@ pub(crate) mod handlers;
 pub mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod listeners;
+pub(crate) mod load;
 pub mod log_levels;
 pub(crate) mod metrics;
 pub(crate) mod old_formats;

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub converted_down: AtomicU64,
     /// Incremental fetch sessions (KIP-227) of every connection.
     pub fetch_sessions: std::sync::Arc<crate::fetch_sessions::Stats>,
+    /// Record-batch bytes accepted, over every topic (the load signal's input).
+    pub produced_bytes: AtomicU64,
+    /// Record-batch bytes returned to consumers, over every topic.
+    pub fetched_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -66,6 +70,8 @@ impl Default for Metrics {
             converted_up: AtomicU64::new(0),
             converted_down: AtomicU64::new(0),
             fetch_sessions: Default::default(),
+            produced_bytes: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -100,6 +106,7 @@ impl Metrics {
 
     /// Records an accepted batch.
     pub fn produced(&self, topic: &str, records: u64, bytes: u64) {
+        self.produced_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.topic(topic, |s| {
             s.produce_requests += 1;
             s.produced_records += records;
@@ -109,6 +116,7 @@ impl Metrics {
 
     /// Records a fetch of a topic and the bytes it returned.
     pub fn fetched(&self, topic: &str, bytes: u64) {
+        self.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.topic(topic, |s| {
             s.fetch_requests += 1;
             s.fetched_bytes += bytes;

@@ -69,6 +69,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// What one client connection, and all of them, may hold.
     pub connections: ConnectionSettings,
+    /// The load signal autoscalers follow.
+    pub load: LoadSettings,
 }
 
 impl Default for Settings {
@@ -98,6 +100,30 @@ impl Default for Settings {
             lifecycle: LifecycleSettings::default(),
             cache: CacheSettings::default(),
             connections: ConnectionSettings::default(),
+            load: LoadSettings::default(),
+        }
+    }
+}
+
+/// The agent's load signal (`silt_load_ratio`), which an autoscaler follows: produce plus fetch
+/// bytes per second over a sliding window against what one agent is meant to carry, or the
+/// share of the write buffer in use, whichever is larger.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadSettings {
+    /// Produce plus fetch bytes per second one agent is meant to carry: a load ratio of 1.0.
+    /// Measure it on your hardware and object store (`scripts/bench`) and set it a little
+    /// below what one agent sustains.
+    pub capacity_bytes_per_sec: u64,
+    /// The sliding window the rates are measured over, in ms.
+    pub window_ms: u64,
+}
+
+impl Default for LoadSettings {
+    fn default() -> Self {
+        Self {
+            capacity_bytes_per_sec: 100 * 1024 * 1024,
+            window_ms: 10_000,
         }
     }
 }
@@ -552,6 +578,12 @@ impl Settings {
         let bad = |what: &str, why: &str| Err(ConfigError::Invalid(format!("{what}: {why}")));
         if self.flush.interval_ms == 0 {
             return bad("flush.interval_ms = 0", "must be at least 1");
+        }
+        if self.load.capacity_bytes_per_sec == 0 || self.load.window_ms < 1_000 {
+            return bad(
+                "load.capacity_bytes_per_sec / load.window_ms",
+                "the capacity must be at least 1 byte/s and the window at least 1000 ms",
+            );
         }
         if !matches!(self.transactions.version, 1 | 2) {
             return Err(ConfigError::Invalid(format!(

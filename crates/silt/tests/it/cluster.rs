@@ -175,11 +175,26 @@ pub struct Load {
     acked: Arc<Mutex<HashMap<String, (i32, i64)>>>,
     failed: Arc<AtomicU64>,
     last_ack: Arc<Mutex<(Instant, Duration)>>,
+    /// Records per second per producer; 0 for as fast as acknowledgements come.
+    rate: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
     pub async fn start(bootstrap: &str, topic: &str, partitions: i32, producers: usize) -> Self {
+        Self::start_paced(bootstrap, topic, partitions, producers, 0, 0).await
+    }
+
+    /// Producers sending `rate` records per second each (0: as fast as they can), each record's
+    /// value padded with `pad` bytes after a `#`.
+    pub async fn start_paced(
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        producers: usize,
+        rate: u64,
+        pad: usize,
+    ) -> Self {
         create_topic(bootstrap, topic, partitions, &[]).await;
         let l = Self {
             topic: topic.into(),
@@ -188,6 +203,7 @@ impl Load {
             acked: Arc::default(),
             failed: Arc::default(),
             last_ack: Arc::new(Mutex::new((Instant::now(), Duration::ZERO))),
+            rate: Arc::new(AtomicU64::new(rate)),
             tasks: Vec::new(),
         };
         let mut tasks = Vec::new();
@@ -205,19 +221,39 @@ impl Load {
             )
             .create()
             .expect("producer");
-            let (topic, stop, acked, failed, last) = (
+            let (topic, stop, acked, failed, last, rate) = (
                 l.topic.clone(),
                 l.stop.clone(),
                 l.acked.clone(),
                 l.failed.clone(),
                 l.last_ack.clone(),
+                l.rate.clone(),
             );
+            let padding = format!("#{}", "x".repeat(pad));
             tasks.push(tokio::spawn(async move {
                 let mut inflight = FuturesUnordered::new();
                 let mut seq = 0u64;
+                // Sends allowed now when paced (refilled at the rate, at most 100 ms' worth).
+                let (mut tokens, mut refilled) = (0f64, Instant::now());
                 loop {
-                    while !stop.load(Ordering::Relaxed) && inflight.len() < 32 {
+                    let per_sec = rate.load(Ordering::Relaxed);
+                    if per_sec > 0 {
+                        let t = refilled.elapsed().as_secs_f64();
+                        tokens =
+                            (tokens + t * per_sec as f64).min((per_sec as f64 / 10.0).max(1.0));
+                        refilled = Instant::now();
+                    }
+                    while !stop.load(Ordering::Relaxed)
+                        && inflight.len() < 32
+                        && (per_sec == 0 || tokens >= 1.0)
+                    {
+                        tokens -= 1.0;
                         let value = format!("p{k}-{seq:09}");
+                        let payload = if pad > 0 {
+                            format!("{value}{padding}")
+                        } else {
+                            value.clone()
+                        };
                         let part = (seq % partitions as u64) as i32;
                         seq += 1;
                         let p = p.clone();
@@ -228,7 +264,7 @@ impl Load {
                                     FutureRecord::to(&topic)
                                         .partition(part)
                                         .key(&value)
-                                        .payload(&value),
+                                        .payload(&payload),
                                     Duration::from_secs(180),
                                 )
                                 .await;
@@ -238,7 +274,21 @@ impl Load {
                             )
                         });
                     }
-                    let Some((value, r)) = inflight.next().await else {
+                    let paced = per_sec > 0 && !stop.load(Ordering::Relaxed);
+                    if paced && inflight.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    let next = if paced {
+                        match tokio::time::timeout(Duration::from_millis(5), inflight.next()).await
+                        {
+                            Ok(n) => n,
+                            Err(_) => continue, // time to send more
+                        }
+                    } else {
+                        inflight.next().await
+                    };
+                    let Some((value, r)) = next else {
                         break;
                     };
                     match r {
@@ -258,6 +308,11 @@ impl Load {
             }));
         }
         Self { tasks, ..l }
+    }
+
+    /// Sets the pace: records per second per producer (0: as fast as they can).
+    pub fn set_rate(&self, per_producer: u64) {
+        self.rate.store(per_producer, Ordering::Relaxed);
     }
 
     /// Acknowledgements so far.
@@ -368,6 +423,8 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, i64, Str
                 );
                 next.insert(m.partition(), m.offset() + 1);
                 let v = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
+                // A paced load pads its values after a '#'.
+                let v = v.split('#').next().unwrap_or_default().to_string();
                 out.push((m.partition(), m.offset(), v));
             }
             Some(Err(e)) => eprintln!("checker consumer: {e}"),

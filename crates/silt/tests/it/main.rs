@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `silt` binary driven by librdkafka and raw Kafka frames.
 
+mod autoscaling;
 mod backends;
 mod cli;
 mod clients;
