@@ -249,7 +249,7 @@ impl Agent {
         jobs.every(crate::lifecycle::compaction::CompactionJob(broker.clone()));
         jobs.every(crate::txn::markers::MarkerJob::new(broker.clone(), markers));
         jobs.every(crate::txn::TxnPassJob(broker.clone()));
-        jobs.every(crate::load::LoadJob(broker.clone()));
+        jobs.every(crate::load::LoadJob::new(broker.clone(), lease));
         jobs.every(ProgressJob {
             b: broker.clone(),
             session: session.clone(),
@@ -274,6 +274,10 @@ impl Agent {
                 },
                 cluster.clone(),
                 broker.topics.subscribe(),
+                controller::Placement {
+                    by_load: broker.settings.load.placement,
+                    max_moves_per_minute: broker.settings.load.max_moves_per_minute,
+                },
             ),
         );
         membership.every(broker.groups.ticker(std::time::Duration::from_millis(100)));

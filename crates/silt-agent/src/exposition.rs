@@ -386,6 +386,13 @@ fn leadership(b: &Broker, out: &mut String) {
     );
     single(
         out,
+        "silt_controller_load_moves_total",
+        "Partitions carrying traffic this agent, as controller, moved to even out load (load.placement).",
+        "counter",
+        c.load_moves.load(r),
+    );
+    single(
+        out,
         "silt_partition_load_last_ms",
         "Time the last batch of partition take-overs spent rebuilding state from the metadata store.",
         "gauge",

@@ -3,14 +3,22 @@
 //! bytes per second one agent is meant to carry (`load.capacity_bytes_per_sec`), and the share
 //! of the write buffer in use. `silt_load_ratio` is the larger of the two: 1.0 means the agent
 //! carries what it should at most, so a pool is sized by the sum of its agents' ratios over a
-//! target (the Kubernetes HPA's rule). The [`LoadJob`] samples once a second.
+//! target (the Kubernetes HPA's rule). The [`LoadJob`] samples once a second and, every
+//! [`PUBLISH_EVERY`] seconds, publishes the agent's load and its busiest partitions
+//! (`/silt/load/{node_id}`, under its lease) for the controller's placement by load.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use silt_meta::layout::load::{self, AgentLoad, PartitionLoad};
+use uuid::Uuid;
+
 use crate::broker::Broker;
+
+/// Seconds between two publications of the agent's load.
+pub const PUBLISH_EVERY: u64 = 5;
 
 /// One sample of the agent's byte counters.
 #[derive(Debug, Clone, Copy)]
@@ -93,8 +101,77 @@ impl LoadMeter {
     }
 }
 
-/// Samples the load once a second.
-pub struct LoadJob(pub Arc<Broker>);
+/// A partition's byte counter as sampled: (Unix ms, bytes so far).
+type Samples = VecDeque<(i64, u64)>;
+
+/// The traffic of the partitions led here, sampled once a second.
+#[derive(Debug, Default)]
+pub struct PartitionRates {
+    /// Per partition: when this agent first saw it led here, and its counter's samples.
+    parts: HashMap<(Uuid, i32), (i64, Samples)>,
+}
+
+impl PartitionRates {
+    /// Records the counters of `led` (topic id, partition, bytes so far) at `now_ms`; forgets
+    /// partitions no longer led.
+    pub fn sample(&mut self, now_ms: i64, window_ms: u64, led: &[(Uuid, i32, u64)]) {
+        let mut seen = std::collections::HashSet::with_capacity(led.len());
+        for &(t, p, total) in led {
+            seen.insert((t, p));
+            let (_, samples) = self
+                .parts
+                .entry((t, p))
+                .or_insert_with(|| (now_ms, VecDeque::new()));
+            samples.push_back((now_ms, total));
+            while samples.len() > 2 && now_ms - samples[1].0 >= window_ms as i64 {
+                samples.pop_front();
+            }
+        }
+        self.parts.retain(|k, _| seen.contains(k));
+    }
+
+    /// The busiest partitions with traffic, at most `max`, busiest first.
+    pub fn busiest(&self, now_ms: i64, max: usize) -> Vec<PartitionLoad> {
+        let mut out: Vec<PartitionLoad> = self
+            .parts
+            .iter()
+            .filter_map(|((t, p), (since, s))| {
+                let (first, last) = (s.front()?, s.back()?);
+                let span = (last.0 - first.0).max(1) as u64;
+                let bps = last.1.saturating_sub(first.1) * 1000 / span;
+                (bps > 0).then(|| PartitionLoad {
+                    topic: *t,
+                    partition: *p,
+                    bytes_per_sec: bps,
+                    observed_ms: (now_ms - since).max(0) as u64,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.bytes_per_sec));
+        out.truncate(max);
+        out
+    }
+}
+
+/// Samples the load once a second and publishes it for the controller.
+pub struct LoadJob {
+    b: Arc<Broker>,
+    lease: silt_meta::LeaseId,
+    rates: PartitionRates,
+    steps: u64,
+}
+
+impl LoadJob {
+    /// The job of an agent whose session holds `lease`.
+    pub fn new(b: Arc<Broker>, lease: silt_meta::LeaseId) -> Self {
+        Self {
+            b,
+            lease,
+            rates: PartitionRates::default(),
+            steps: 0,
+        }
+    }
+}
 
 impl crate::tasks::Periodic for LoadJob {
     fn name(&self) -> &'static str {
@@ -106,19 +183,49 @@ impl crate::tasks::Periodic for LoadJob {
     }
 
     async fn step(&mut self) {
-        let b = &self.0;
+        let b = &self.b;
         let m = &b.metrics;
+        let now = b.clock.now_ms();
+        let (capacity, window) = (
+            b.settings.load.capacity_bytes_per_sec,
+            b.settings.load.window_ms,
+        );
         b.load.sample(
             Reading {
-                now_ms: b.clock.now_ms(),
+                now_ms: now,
                 produced: m.produced_bytes.load(Ordering::Relaxed),
                 fetched: m.fetched_bytes.load(Ordering::Relaxed),
                 buffered: b.flusher.buffered_bytes() as u64,
                 max_buffered: b.settings.flush.max_buffered_bytes as u64,
             },
-            b.settings.load.capacity_bytes_per_sec,
-            b.settings.load.window_ms,
+            capacity,
+            window,
         );
+        let led: Vec<(Uuid, i32, u64)> = b
+            .cluster
+            .local_partitions()
+            .iter()
+            .map(|p| (p.topic_id, p.index, p.traffic.total()))
+            .collect();
+        self.rates.sample(now, window, &led);
+        self.steps += 1;
+        if !self.steps.is_multiple_of(PUBLISH_EVERY) {
+            return;
+        }
+        let doc = AgentLoad {
+            at_ms: now,
+            bytes_per_sec: b.load.produce_bytes_per_sec() + b.load.fetch_bytes_per_sec(),
+            capacity,
+            window_ms: window,
+            partitions: self.rates.busiest(now, load::MAX_PARTITIONS),
+        };
+        let txn = silt_meta::Txn {
+            success: vec![load::put_op(b.node.id, &doc, self.lease)],
+            ..Default::default()
+        };
+        if let Err(e) = b.meta.txn(txn).await {
+            tracing::debug!(error = %e, "publishing this agent's load failed; retried");
+        }
     }
 }
 
@@ -158,5 +265,26 @@ mod tests {
         // A full buffer alone (a slow object store) says the agent is loaded.
         m.sample(at(8000, 1500, 750, 900), 1000, 3000);
         assert!((m.ratio() - 0.9).abs() < 1e-9, "{}", m.ratio());
+    }
+
+    #[test]
+    fn partition_rates_follow_their_window_and_forget_moved_partitions() {
+        let (t, mut r) = (Uuid::new_v4(), PartitionRates::default());
+        for s in 0..=4i64 {
+            let led = [(t, 0, 1000 * s as u64), (t, 1, 10 * s as u64), (t, 2, 0)];
+            r.sample(10_000 + s * 1000, 3000, &led);
+        }
+        let b = r.busiest(14_000, 256);
+        assert_eq!(
+            b.iter()
+                .map(|p| (p.partition, p.bytes_per_sec))
+                .collect::<Vec<_>>(),
+            vec![(0, 1000), (1, 10)],
+            "busiest first; idle partitions are not listed"
+        );
+        assert_eq!(b[0].observed_ms, 4000);
+        assert_eq!(r.busiest(14_000, 1).len(), 1);
+        r.sample(15_000, 3000, &[(t, 1, 50)]);
+        assert_eq!(r.busiest(15_000, 256).len(), 1, "partition 0 moved away");
     }
 }

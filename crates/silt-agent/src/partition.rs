@@ -32,6 +32,25 @@ pub struct Partition {
     /// The last flush generation whose batches of this partition committed.
     durable_gen: AtomicU64,
     state: Mutex<PartitionState>,
+    /// Record-batch bytes produced to and fetched from it here (the load placement reads).
+    pub traffic: Traffic,
+}
+
+/// Bytes through a partition on this agent, counted without its lock.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Record-batch bytes accepted.
+    pub produced: AtomicU64,
+    /// Record-batch bytes returned to consumers.
+    pub fetched: AtomicU64,
+}
+
+impl Traffic {
+    /// Both directions together.
+    pub fn total(&self) -> u64 {
+        self.produced.load(std::sync::atomic::Ordering::Relaxed)
+            + self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The mutable part of a partition.
@@ -69,6 +88,7 @@ impl Partition {
             closed: AtomicBool::new(false),
             durable_gen: AtomicU64::new(0),
             state: Mutex::new(PartitionState::default()),
+            traffic: Traffic::default(),
         }
     }
 

@@ -117,6 +117,12 @@ pub struct LoadSettings {
     pub capacity_bytes_per_sec: u64,
     /// The sliding window the rates are measured over, in ms.
     pub window_ms: u64,
+    /// Whether the controller places partitions by load (traffic published by every agent);
+    /// if not, by count only.
+    pub placement: bool,
+    /// Most moves of partitions that carry traffic the controller makes per minute to even
+    /// out load (partitions of dead agents and idle ones move regardless).
+    pub max_moves_per_minute: usize,
 }
 
 impl Default for LoadSettings {
@@ -124,6 +130,8 @@ impl Default for LoadSettings {
         Self {
             capacity_bytes_per_sec: 100 * 1024 * 1024,
             window_ms: 10_000,
+            placement: true,
+            max_moves_per_minute: 10,
         }
     }
 }

@@ -3,17 +3,20 @@
 //!
 //! Every agent runs [`run`]; the one that wins the key reconciles whenever the live agents or
 //! the catalog change (and every second as a safety net): it reads agents, topics and current
-//! assignments straight from the metadata store, computes the changes with
-//! [`assignment::balance`], and writes them in transactions of at most [`OPS_PER_TXN`]
+//! assignments straight from the metadata store, computes the changes — partitions by load
+//! with [`super::placement::balance_by_load`] from the traffic the agents publish
+//! (`/silt/load/…`, see [`LoadView`]), or by count; group shards by count with
+//! [`assignment::balance`] — and writes them in transactions of at most [`OPS_PER_TXN`]
 //! operations, each compared on its controller key, so a deposed controller writes nothing.
 //! When it dies or leaves, its key disappears with its lease and another agent takes over.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use silt_meta::layout::assignment::{self, Assignment, GROUP_SHARDS};
-use silt_meta::layout::{agents, catalog};
+use silt_meta::layout::{agents, catalog, load};
 use silt_meta::{LeaseId, MetaError, MetaKv, Op, Txn};
 use tokio::sync::watch;
 
@@ -42,12 +45,86 @@ pub struct Identity {
     pub lease: LeaseId,
 }
 
+/// How partitions are placed (the `load.*` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    /// By load (else by count).
+    pub by_load: bool,
+    /// Most moves of partitions carrying traffic per minute.
+    pub max_moves_per_minute: usize,
+}
+
+/// What the controller knows of partitions' traffic, from the loads the agents publish. A
+/// partition's rate is taken from a report that measured it for a whole window, or that shows
+/// more than known: a partition that just moved reports a rate still rising from zero, which
+/// would otherwise make its new agent look idle and draw more moves (flapping).
+#[derive(Debug, Default)]
+pub struct LoadView {
+    read_at: Option<Instant>,
+    /// Partition assignment key → (bytes/s, when learned).
+    parts: HashMap<Vec<u8>, (u64, Instant)>,
+    /// Bytes/s per weight unit: a thousandth of the smallest agent capacity.
+    unit: u64,
+    /// When each recent move of a partition carrying traffic was made.
+    moves: VecDeque<Instant>,
+}
+
+/// How long a partition's rate is remembered without a fresh report.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+impl LoadView {
+    /// Reads the agents' loads if the last read is older than their publication interval.
+    async fn refresh(&mut self, meta: &dyn MetaKv) -> Result<(), MetaError> {
+        let every = Duration::from_secs(crate::load::PUBLISH_EVERY);
+        if self.read_at.is_some_and(|t| t.elapsed() < every) {
+            return Ok(());
+        }
+        let docs = load::list(meta).await?;
+        let now = Instant::now();
+        self.read_at = Some(now);
+        self.unit = docs
+            .values()
+            .map(|d| d.capacity / 1000)
+            .min()
+            .unwrap_or(0)
+            .max(1);
+        for d in docs.values() {
+            for p in &d.partitions {
+                let key = assignment::partition_key(&p.topic, p.partition).into_bytes();
+                let whole = p.observed_ms >= d.window_ms;
+                let take = match self.parts.get(&key) {
+                    None => true,
+                    Some((bps, at)) => {
+                        whole
+                            || p.bytes_per_sec > *bps
+                            || at.elapsed() > 3 * every + Duration::from_millis(d.window_ms)
+                    }
+                };
+                if take {
+                    self.parts.insert(key, (p.bytes_per_sec, now));
+                }
+            }
+        }
+        self.parts.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
+        Ok(())
+    }
+
+    /// A partition's weight: one, plus its traffic in units.
+    fn weight(&self, key: &[u8]) -> u64 {
+        1 + self
+            .parts
+            .get(key)
+            .map_or(0, |(bps, _)| bps / self.unit.max(1))
+    }
+}
+
 /// Campaigns for the controller key and, while holding it, keeps assignments balanced.
 pub async fn run(
     meta: Arc<dyn MetaKv>,
     me: Identity,
     cluster: Arc<Cluster>,
     catalog_changes: watch::Receiver<impl Send + Sync + 'static>,
+    placement: Placement,
 ) {
     let mut catalog_changes = catalog_changes;
     loop {
@@ -56,7 +133,14 @@ pub async fn run(
         {
             Ok(true) => {
                 tracing::info!(node_id = me.node_id, "this agent is the controller");
-                lead(meta.as_ref(), &me, &cluster, &mut catalog_changes).await;
+                lead(
+                    meta.as_ref(),
+                    &me,
+                    &cluster,
+                    &mut catalog_changes,
+                    placement,
+                )
+                .await;
                 tracing::info!(
                     node_id = me.node_id,
                     "this agent is no longer the controller"
@@ -78,12 +162,17 @@ async fn lead<T>(
     me: &Identity,
     cluster: &Cluster,
     catalog_changes: &mut watch::Receiver<T>,
+    placement: Placement,
 ) {
     let mut agents_rx = cluster.agents.subscribe();
+    let mut view = LoadView::default();
     loop {
         agents_rx.borrow_and_update();
         catalog_changes.borrow_and_update();
-        match reconcile(meta, me).await {
+        let by_load = placement
+            .by_load
+            .then_some((&mut view, placement.max_moves_per_minute));
+        match reconcile(meta, me, by_load, cluster).await {
             Ok(()) => {}
             Err(Stop::Deposed) => return,
             Err(Stop::Meta(e)) => {
@@ -132,7 +221,12 @@ fn whole_key(k: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// One pass: compute and write the changes.
-async fn reconcile(meta: &dyn MetaKv, me: &Identity) -> Result<(), Stop> {
+async fn reconcile(
+    meta: &dyn MetaKv,
+    me: &Identity,
+    by_load: Option<(&mut LoadView, usize)>,
+    cluster: &Cluster,
+) -> Result<(), Stop> {
     let live: BTreeSet<i32> = agents::list(meta).await?.into_keys().collect();
     let topics = catalog::list(meta).await?;
     let parts = current(meta, assignment::partitions_prefix(), whole_key).await?;
@@ -149,7 +243,34 @@ async fn reconcile(meta: &dyn MetaKv, me: &Identity) -> Result<(), Stop> {
         .map(|k| Op::Delete { key: k.clone() })
         .collect();
     let deleted = ops.len();
-    let moves = assignment::balance(&wanted, &parts, &live);
+    let mut load_moves = 0;
+    let moves = match by_load {
+        None => assignment::balance(&wanted, &parts, &live),
+        Some((view, per_minute)) => {
+            view.refresh(meta).await?;
+            view.moves.retain(|t| t.elapsed() < Duration::from_secs(60));
+            let budget = per_minute.saturating_sub(view.moves.len());
+            // Hysteresis: a move must shrink a gap by a tenth of the mean traffic per agent.
+            let traffic: u64 = wanted.iter().map(|k| view.weight(k) - 1).sum();
+            let margin = traffic / live.len().max(1) as u64 / 10;
+            let moves = super::placement::balance_by_load(
+                &wanted,
+                &parts,
+                &live,
+                |k| view.weight(k),
+                margin,
+                budget,
+            );
+            for (k, _) in &moves {
+                let orphan = parts.get(k).is_none_or(|a| !live.contains(&a.leader));
+                if !orphan && view.weight(k) > 1 {
+                    view.moves.push_back(Instant::now());
+                    load_moves += 1;
+                }
+            }
+            moves
+        }
+    };
     let shard_keys: Vec<Vec<u8>> = (0..GROUP_SHARDS)
         .map(|s| assignment::shard_key(s).into_bytes())
         .collect();
@@ -179,9 +300,14 @@ async fn reconcile(meta: &dyn MetaKv, me: &Identity) -> Result<(), Stop> {
             return Err(Stop::Deposed);
         }
     }
+    cluster
+        .stats
+        .load_moves
+        .fetch_add(load_moves, Ordering::Relaxed);
     tracing::info!(
         live_agents = live.len(),
         partitions_moved = n_moves,
+        moved_for_load = load_moves,
         group_shards_moved = n_shards,
         assignments_deleted = deleted,
         "controller updated assignments"

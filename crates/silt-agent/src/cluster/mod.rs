@@ -8,6 +8,7 @@
 //! coordinator the same way. The [`controller`] decides the assignments.
 
 pub mod controller;
+pub mod placement;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +74,8 @@ pub struct ClusterStats {
     pub last_load_ms: AtomicU64,
     /// Partitions in the last batch of loads.
     pub last_load_partitions: AtomicU64,
+    /// Partitions carrying traffic that this agent, as controller, moved to even out load.
+    pub load_moves: AtomicU64,
 }
 
 /// The cluster as this agent sees it.

@@ -118,8 +118,19 @@ fn done(b: &Broker, resp: FetchResponse) -> ResponseKind {
         } else {
             t.topic.0.to_string()
         };
-        if b.topics.get(&name).is_some() {
+        if let Some(topic) = b.topics.get(&name) {
             b.metrics.fetched(&name, bytes as u64);
+            // Per partition, for placement by load.
+            for p in &t.partitions {
+                let n = p.records.as_ref().map_or(0, |r| r.len());
+                if n > 0 {
+                    if let Ok(part) = b.cluster.partition(&topic, p.partition_index) {
+                        part.traffic
+                            .fetched
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
         }
     }
     ResponseKind::Fetch(resp)

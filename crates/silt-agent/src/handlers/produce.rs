@@ -269,6 +269,9 @@ async fn produce_one(
         permit,
     )?;
     if matches!(appended, Appended::Buffered { .. }) {
+        p.traffic
+            .produced
+            .fetch_add(header.size as u64, std::sync::atomic::Ordering::Relaxed);
         b.metrics.produced(
             &p.topic,
             header.record_count.max(0) as u64,

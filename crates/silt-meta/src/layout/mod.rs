@@ -12,6 +12,7 @@
 //! /silt/index/{topic_id}/{partition:010}/{base:020}  IndexEntry: where an offset range lives
 //! /silt/archive/{topic_id}/{partition:010}          Progress: Parquet archiving of a partition
 //! /silt/log-start/{topic_id}/{partition:010}         log start offset moved by retention / DeleteRecords
+//! /silt/load/{node_id}                             AgentLoad: an agent's traffic and busiest partitions (leased)
 //! /silt/sessions/{session}                           last flush generation a live session finished (leased)
 //! /silt/producer-ids/next                            next unallocated producer id (i64)
 //! /silt/groups/{group}/offsets/{topic}/{p:010}       Committed: a group's committed offset
@@ -32,6 +33,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod group_offsets;
 pub mod index;
+pub mod load;
 pub mod producer_ids;
 pub mod quotas;
 pub mod security;

@@ -177,6 +177,8 @@ pub struct Load {
     last_ack: Arc<Mutex<(Instant, Duration)>>,
     /// Records per second per producer; 0 for as fast as acknowledgements come.
     rate: Arc<AtomicU64>,
+    /// When each record was acknowledged and how long after it was sent.
+    latencies: Arc<Mutex<Vec<(Instant, Duration)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -196,6 +198,21 @@ impl Load {
         pad: usize,
     ) -> Self {
         create_topic(bootstrap, topic, partitions, &[]).await;
+        Self::run_on(bootstrap, topic, partitions, None, producers, rate, pad)
+    }
+
+    /// Like [`Load::start_paced`], on an existing topic, writing only to `targets` (all
+    /// partitions if `None`).
+    pub fn run_on(
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        targets: Option<Vec<i32>>,
+        producers: usize,
+        rate: u64,
+        pad: usize,
+    ) -> Self {
+        let targets: Vec<i32> = targets.unwrap_or_else(|| (0..partitions).collect());
         let l = Self {
             topic: topic.into(),
             partitions,
@@ -204,6 +221,7 @@ impl Load {
             failed: Arc::default(),
             last_ack: Arc::new(Mutex::new((Instant::now(), Duration::ZERO))),
             rate: Arc::new(AtomicU64::new(rate)),
+            latencies: Arc::default(),
             tasks: Vec::new(),
         };
         let mut tasks = Vec::new();
@@ -221,13 +239,15 @@ impl Load {
             )
             .create()
             .expect("producer");
-            let (topic, stop, acked, failed, last, rate) = (
+            let (topic, stop, acked, failed, last, rate, latencies, targets) = (
                 l.topic.clone(),
                 l.stop.clone(),
                 l.acked.clone(),
                 l.failed.clone(),
                 l.last_ack.clone(),
                 l.rate.clone(),
+                l.latencies.clone(),
+                targets.clone(),
             );
             let padding = format!("#{}", "x".repeat(pad));
             tasks.push(tokio::spawn(async move {
@@ -254,10 +274,11 @@ impl Load {
                         } else {
                             value.clone()
                         };
-                        let part = (seq % partitions as u64) as i32;
+                        let part = targets[(seq % targets.len() as u64) as usize];
                         seq += 1;
                         let p = p.clone();
                         let topic = topic.clone();
+                        let sent = Instant::now();
                         inflight.push(async move {
                             let r = p
                                 .send(
@@ -271,6 +292,7 @@ impl Load {
                             (
                                 value,
                                 r.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e),
+                                sent.elapsed(),
                             )
                         });
                     }
@@ -288,12 +310,13 @@ impl Load {
                     } else {
                         inflight.next().await
                     };
-                    let Some((value, r)) = next else {
+                    let Some((value, r, took)) = next else {
                         break;
                     };
                     match r {
                         Ok(at) => {
                             acked.lock().unwrap().insert(value, at);
+                            latencies.lock().unwrap().push((Instant::now(), took));
                             let mut l = last.lock().unwrap();
                             let gap = l.0.elapsed();
                             l.1 = l.1.max(gap);
@@ -308,6 +331,25 @@ impl Load {
             }));
         }
         Self { tasks, ..l }
+    }
+
+    /// The 99th percentile of produce latency (send to acknowledgement) of records
+    /// acknowledged between `from` and `to`, and how many there were.
+    pub fn p99_between(&self, from: Instant, to: Instant) -> (Duration, usize) {
+        let mut v: Vec<Duration> = self
+            .latencies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|(_, d)| *d)
+            .collect();
+        v.sort();
+        let p99 = v
+            .get((v.len() * 99 / 100).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default();
+        (p99, v.len())
     }
 
     /// Sets the pace: records per second per producer (0: as fast as they can).
@@ -434,7 +476,7 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, i64, Str
     out
 }
 
-fn metadata_view(bootstrap: &str, topic: &str) -> (Vec<i32>, Vec<(i32, i32)>) {
+pub fn metadata_view(bootstrap: &str, topic: &str) -> (Vec<i32>, Vec<(i32, i32)>) {
     let c: BaseConsumer = config(bootstrap, &[]).create().expect("client");
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))

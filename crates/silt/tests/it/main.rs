@@ -14,6 +14,7 @@ mod kafka;
 mod lifecycle;
 mod limits;
 mod netfaults;
+mod placement;
 mod protocol;
 mod read_path;
 mod scale;
