@@ -34,6 +34,7 @@ def _keys(table, prefix=""):
 DEFAULT_KEYS = set(_keys(tomllib.loads((ROOT / "config" / "silt.toml").read_text())))
 # Keys documented in config/silt.toml as comments (optional settings without a default).
 OPTIONAL_KEYS = {
+    "rack",
     "advertised_host",
     "advertised_port",
     "object_store.path",

@@ -110,6 +110,7 @@ impl Agent {
             host: host.clone(),
             port,
             listeners: crate::listeners::endpoints(&bound),
+            rack: settings.rack.clone(),
         };
         let (node_id, reg_value) =
             match agents::register(c.meta.as_ref(), settings.node_id, &registration, lease)
@@ -205,6 +206,7 @@ impl Agent {
             host,
             port,
             listeners: registration.listeners.clone(),
+            rack: registration.rack.clone(),
         };
         let settings_connections = settings.connections.clone();
         let broker = Arc::new(Broker {
@@ -235,6 +237,7 @@ impl Agent {
             quotas,
             txns: Default::default(),
             load: Default::default(),
+            followers: Default::default(),
         });
         let flush = tokio::spawn(flusher.run());
         let (lease_lost_tx, lease_lost) = watch::channel(None);

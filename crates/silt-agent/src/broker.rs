@@ -73,4 +73,6 @@ pub struct Broker {
     pub txns: crate::txn::coordinator::TxnCoordinator,
     /// The load signal autoscalers follow.
     pub load: crate::load::LoadMeter,
+    /// Read-only copies of partitions led elsewhere, for consumers reading from their zone.
+    pub followers: crate::follower::FollowerReads,
 }

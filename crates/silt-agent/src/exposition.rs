@@ -82,6 +82,13 @@ pub async fn render(b: &Broker) -> String {
 fn load(b: &Broker, out: &mut String) {
     single(
         out,
+        "silt_follower_partitions",
+        "Partitions led by other agents that consumers in this agent's zone read here (KIP-392 client.rack).",
+        "gauge",
+        b.followers.len(),
+    );
+    single(
+        out,
         "silt_load_ratio",
         "The autoscaling signal: produce plus fetch bytes per second over load.window_ms against load.capacity_bytes_per_sec, or the share of the write buffer in use, whichever is larger. Scale the pool to sum(silt_load_ratio) / target agents.",
         "gauge",

@@ -818,6 +818,7 @@ mod tests {
             host: "h".into(),
             port: 1,
             listeners: Default::default(),
+            rack: None,
         };
         let (_, value) = agents::register(meta, 7, &reg, lease)
             .await

@@ -31,6 +31,7 @@ pub(crate) mod error;
 pub(crate) mod exposition;
 pub(crate) mod fetch_sessions;
 pub mod flush;
+pub(crate) mod follower;
 pub(crate) mod groups;
 pub(crate) mod handlers;
 pub mod lifecycle;

@@ -45,6 +45,9 @@ pub struct Settings {
     pub advertised_port: Option<u16>,
     /// This agent's broker id as clients see it; -1 takes the lowest free id at start.
     pub node_id: i32,
+    /// The zone (rack) this agent runs in (Kafka's `broker.rack`). Consumers that set
+    /// `client.rack` are pointed at an agent in their own zone to read from (KIP-392).
+    pub rack: Option<String>,
     /// Directory for everything local: the local object store and the embedded metadata store.
     pub data_dir: PathBuf,
     /// Largest request frame accepted, in bytes; larger frames close the connection.
@@ -88,6 +91,7 @@ impl Default for Settings {
             advertised_host: None,
             advertised_port: None,
             node_id: 0,
+            rack: None,
             data_dir: PathBuf::from("./silt-data"),
             max_frame_bytes: 100 * 1024 * 1024,
             object_store: ObjectStoreSettings::default(),
@@ -592,6 +596,13 @@ impl Settings {
                 "load.capacity_bytes_per_sec / load.window_ms",
                 "the capacity must be at least 1 byte/s and the window at least 1000 ms",
             );
+        }
+        if self
+            .rack
+            .as_deref()
+            .is_some_and(|r| r.is_empty() || r.len() > 255)
+        {
+            return bad("rack", "must be 1 to 255 characters when set (or left out)");
         }
         if !matches!(self.transactions.version, 1 | 2) {
             return Err(ConfigError::Invalid(format!(

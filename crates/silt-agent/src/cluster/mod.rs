@@ -10,7 +10,7 @@
 pub mod controller;
 pub mod placement;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -46,6 +46,8 @@ pub struct Node {
     pub port: i32,
     /// Advertised addresses of its other named listeners.
     pub listeners: std::collections::BTreeMap<String, silt_meta::layout::agents::Endpoint>,
+    /// Its zone, if set.
+    pub rack: Option<String>,
 }
 
 impl Node {
@@ -62,6 +64,20 @@ impl Node {
 
 /// A partition's identity.
 pub type PartitionKey = (Uuid, i32);
+
+/// Rendezvous (highest random weight) score of an agent for a partition: stable across agents
+/// and restarts, so every agent picks the same reader.
+fn rendezvous(topic_id: &Uuid, partition: i32, node: i32) -> u64 {
+    let (hi, lo) = topic_id.as_u64_pair();
+    let mut z = hi ^ lo.rotate_left(17) ^ ((partition as u64) << 32) ^ (node as u32 as u64);
+    for _ in 0..2 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+    }
+    z
+}
 
 /// Leadership counters (exported as metrics).
 #[derive(Debug, Default)]
@@ -171,8 +187,58 @@ impl Cluster {
                 host: r.value.host.clone(),
                 port: r.value.port,
                 listeners: r.value.listeners.clone(),
+                rack: r.value.rack.clone(),
             })
             .collect()
+    }
+
+    /// KIP-392: the live agent a consumer in `rack` should read a partition from. The leader
+    /// if it is in that rack (`None`: no redirect); otherwise one live agent of the rack,
+    /// chosen by rendezvous hashing on the partition, so a zone's readers of different
+    /// partitions spread over the zone's agents and keep their agent while it lives. `None`
+    /// also when no live agent is in the rack.
+    pub fn preferred_reader(
+        &self,
+        topic_id: &Uuid,
+        partition: i32,
+        leader: i32,
+        rack: &str,
+    ) -> Option<i32> {
+        let snap = self.agents.snapshot();
+        let in_rack = |id: &i32| {
+            snap.items
+                .get(id)
+                .is_some_and(|r| r.value.rack.as_deref() == Some(rack))
+        };
+        if in_rack(&leader) {
+            return None;
+        }
+        snap.items
+            .keys()
+            .filter(|id| in_rack(id))
+            .max_by_key(|id| rendezvous(topic_id, partition, **id))
+            .copied()
+    }
+
+    /// The agents listed as a partition's replicas (Metadata): its leader, then, when agents
+    /// carry racks, the agent each other rack's consumers read it from.
+    pub fn replicas(&self, topic_id: &Uuid, partition: i32, leader: i32) -> Vec<i32> {
+        let racks: BTreeSet<String> = self
+            .agents
+            .snapshot()
+            .items
+            .values()
+            .filter_map(|r| r.value.rack.clone())
+            .collect();
+        let mut out = vec![leader];
+        for rack in racks {
+            if let Some(id) = self.preferred_reader(topic_id, partition, leader, &rack) {
+                if !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        out
     }
 
     /// A live agent.
@@ -182,6 +248,7 @@ impl Cluster {
             host: r.value.host.clone(),
             port: r.value.port,
             listeners: r.value.listeners.clone(),
+            rack: r.value.rack.clone(),
         })
     }
 

@@ -442,7 +442,8 @@ pub fn describe_cluster(
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(n.id))
                     .with_host(str_bytes(host))
-                    .with_port(port),
+                    .with_port(port)
+                    .with_rack(n.rack.as_deref().map(str_bytes)),
             )
         })
         .collect();

@@ -23,6 +23,10 @@ use crate::read;
 /// batch may overshoot, as in Kafka).
 const FETCH_MAX_BYTES: usize = 57_671_680;
 
+/// How old a copy of a partition led elsewhere may be when a consumer reads it here (KIP-392):
+/// how far reads from the consumer's zone may trail the leader.
+const FOLLOWER_FRESH: Duration = Duration::from_millis(250);
+
 /// Handles Fetch.
 pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     let b = b.clone();
@@ -31,7 +35,10 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
         let mut rx = b.flusher.subscribe();
         // The partitions asked for, resolved once: a waiting fetch is woken by every commit,
         // and only rebuilds its response when one of them moved.
-        let parts = resolve(&b, &req, version);
+        let mut parts = resolve(&b, &req, version).await;
+        // Partitions read here but led elsewhere change without a local commit: looked at
+        // again every FOLLOWER_FRESH.
+        let follows = parts.iter().any(|p| matches!(p, Some((_, true))));
         loop {
             rx.borrow_and_update();
             let (resp, bytes, errors) = build(&b, &req, version, &parts).await;
@@ -40,16 +47,27 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
             }
             let seen = marks(&parts);
             loop {
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                let wake = if follows {
+                    deadline.min(Instant::now() + FOLLOWER_FRESH)
+                } else {
+                    deadline
+                };
+                match tokio::time::timeout_at(wake, rx.changed()).await {
                     Ok(Ok(())) if !rx.borrow().stopped => {
                         if marks(&parts) != seen {
                             break;
                         }
                     }
-                    Ok(_) => {
+                    Ok(Ok(())) | Ok(Err(_)) => {
                         // The flusher stopped; nothing new will arrive.
                         tokio::time::sleep_until(deadline).await;
                         return done(&b, build(&b, &req, version, &parts).await.0);
+                    }
+                    Err(_) if Instant::now() < deadline => {
+                        parts = resolve(&b, &req, version).await;
+                        if marks(&parts) != seen {
+                            break;
+                        }
                     }
                     Err(_) => return done(&b, build(&b, &req, version, &parts).await.0),
                 }
@@ -71,17 +89,47 @@ fn topic_of(
     }
 }
 
-/// The partitions of a request led here, in request order (`None` for the rest).
-fn resolve(b: &Broker, req: &FetchRequest, version: i16) -> Vec<Option<Arc<Partition>>> {
+/// A partition of the request as it is read here: led here (`false`), or a copy of one led
+/// elsewhere (`true`) for a consumer in this agent's zone.
+type Resolved = Option<(Arc<Partition>, bool)>;
+
+/// The client's rack from Fetch v11 (`client.rack`), if it sent one.
+fn client_rack(req: &FetchRequest, version: i16) -> Option<&str> {
+    (version >= 11)
+        .then(|| req.rack_id.as_str())
+        .filter(|r| !r.is_empty())
+}
+
+/// The partitions of a request that can be read here, in request order (`None` for the rest):
+/// those led here, and — for a consumer that named its rack — those led elsewhere, read from
+/// a copy of their committed state (KIP-392; the leader pointed the consumer here).
+async fn resolve(b: &Broker, req: &FetchRequest, version: i16) -> Vec<Resolved> {
+    let rack = client_rack(req, version);
     let mut out = Vec::new();
     for ft in &req.topics {
         let topic = topic_of(b, ft, version);
         for fp in &ft.partitions {
-            out.push(
-                topic
-                    .as_ref()
-                    .and_then(|t| b.cluster.partition(t, fp.partition).ok()),
-            );
+            let Some(t) = topic.as_ref() else {
+                out.push(None);
+                continue;
+            };
+            if let Ok(p) = b.cluster.partition(t, fp.partition) {
+                out.push(Some((p, false)));
+                continue;
+            }
+            let led_elsewhere = b
+                .cluster
+                .leader(&t.record.id, fp.partition)
+                .filter(|a| a.leader != b.node.id && rack.is_some());
+            out.push(match led_elsewhere {
+                Some(a) => b
+                    .followers
+                    .get(b.meta.as_ref(), t, fp.partition, a.epoch, FOLLOWER_FRESH)
+                    .await
+                    .ok()
+                    .map(|p| (p, true)),
+                None => None,
+            });
         }
     }
     out
@@ -89,11 +137,11 @@ fn resolve(b: &Broker, req: &FetchRequest, version: i16) -> Vec<Option<Arc<Parti
 
 /// What a waiting fetch watches of each partition: high watermark, log start, and whether
 /// it is still led here.
-fn marks(parts: &[Option<Arc<Partition>>]) -> Vec<Option<(i64, i64, bool)>> {
+fn marks(parts: &[Resolved]) -> Vec<Option<(i64, i64, bool)>> {
     parts
         .iter()
         .map(|p| {
-            p.as_ref().map(|p| {
+            p.as_ref().map(|(p, _)| {
                 let st = p.lock();
                 (st.high_watermark, st.log_start, p.is_closed())
             })
@@ -137,13 +185,15 @@ fn done(b: &Broker, resp: FetchResponse) -> ResponseKind {
 }
 
 /// One pass over the request; returns the response, the record bytes in it, and whether any
-/// partition had an error (which answers the fetch at once, as Kafka does).
+/// partition had an error or a preferred read replica (which answers the fetch at once, as
+/// Kafka does).
 async fn build(
     b: &Broker,
     req: &FetchRequest,
     version: i16,
-    parts: &[Option<Arc<Partition>>],
+    parts: &[Resolved],
 ) -> (FetchResponse, usize, bool) {
+    let rack = client_rack(req, version);
     // Kafka caps a response at the broker's fetch.max.bytes (55 MiB) whatever the client asks.
     let max_total = if req.max_bytes <= 0 {
         FETCH_MAX_BYTES
@@ -180,15 +230,24 @@ async fn build(
                     )))
                 }
                 // Resolved when the request arrived, unless closed since.
-                Some(t) => match resolved.filter(|p| !p.is_closed()) {
+                Some(t) => match resolved.filter(|(p, _)| !p.is_closed()) {
                     Some(p) => Ok(p),
-                    None => b.cluster.partition(t, fp.partition),
+                    None => b.cluster.partition(t, fp.partition).map(|p| (p, false)),
                 },
             };
+            // KIP-392: a consumer in another zone than this leader's is pointed at an agent in
+            // its own zone, with the offsets and no records, as Kafka's leader answers.
+            let mut preferred = None;
             let res = match found {
                 Err(e) => Err(e),
-                Ok(p) => {
+                Ok((p, follower)) => {
                     let p = &p;
+                    if !follower {
+                        preferred = rack.and_then(|r| {
+                            b.cluster
+                                .preferred_reader(&p.topic_id, p.index, b.node.id, r)
+                        });
+                    }
                     let (epoch, caught_up) = {
                         let st = p.lock();
                         (st.leader_epoch, fp.fetch_offset == st.high_watermark)
@@ -197,7 +256,7 @@ async fn build(
                         Err(PartitionError::UnknownLeaderEpoch(fp.current_leader_epoch))
                     } else if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < epoch {
                         Err(PartitionError::FencedLeaderEpoch(fp.current_leader_epoch))
-                    } else if used >= max_total || caught_up {
+                    } else if used >= max_total || caught_up || preferred.is_some() {
                         // Nothing to read (a caught-up consumer, the common case of a wide
                         // fetch) or no room left: the offsets only, without a read.
                         read::check_offset(p, fp.fetch_offset).map(|(log_start, hw)| {
@@ -253,6 +312,14 @@ async fn build(
                             })
                             .collect()
                     });
+                    let pd = match preferred {
+                        Some(id) if r.records.is_none() => {
+                            // Answered at once, as Kafka does, so the consumer moves now.
+                            errors = true;
+                            pd.with_preferred_read_replica(kafka_protocol::messages::BrokerId(id))
+                        }
+                        _ => pd,
+                    };
                     pd.with_high_watermark(r.high_watermark)
                         .with_last_stable_offset(r.last_stable)
                         .with_log_start_offset(if version >= 5 { r.log_start } else { -1 })

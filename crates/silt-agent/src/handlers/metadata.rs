@@ -41,7 +41,8 @@ pub async fn handle(
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(n.id))
                     .with_host(str_bytes(host))
-                    .with_port(port),
+                    .with_port(port)
+                    .with_rack(n.rack.as_deref().map(str_bytes)),
             )
         })
         .collect();
@@ -125,11 +126,18 @@ fn describe(t: &Topic, b: &Broker, version: i16) -> MetadataResponseTopic {
             let r = MetadataResponsePartition::default().with_partition_index(p);
             match b.cluster.leader(&t.record.id, p) {
                 Some(a) => {
-                    let id = BrokerId(a.leader);
-                    r.with_leader_id(id)
+                    // The leader first, then (with racks) the agent each other zone reads from:
+                    // any agent serves reads of any partition from the object store.
+                    let replicas: Vec<BrokerId> = b
+                        .cluster
+                        .replicas(&t.record.id, p, a.leader)
+                        .into_iter()
+                        .map(BrokerId)
+                        .collect();
+                    r.with_leader_id(BrokerId(a.leader))
                         .with_leader_epoch(if version >= 7 { a.epoch } else { -1 })
-                        .with_replica_nodes(vec![id])
-                        .with_isr_nodes(vec![id])
+                        .with_replica_nodes(replicas.clone())
+                        .with_isr_nodes(replicas)
                 }
                 None => r
                     .with_error_code(ResponseError::LeaderNotAvailable.code())

@@ -26,6 +26,9 @@ pub struct Registration {
     /// the default one).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub listeners: BTreeMap<String, Endpoint>,
+    /// The agent's zone (`rack` setting), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
 }
 
 /// An advertised address.
@@ -203,6 +206,7 @@ mod tests {
             host: "h".into(),
             port,
             listeners: Default::default(),
+            rack: None,
         }
     }
 

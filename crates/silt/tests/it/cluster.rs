@@ -100,11 +100,17 @@ impl TestCluster {
 
     /// Starts one more agent; returns its index.
     pub fn add(&mut self) -> usize {
+        self.add_with(&[])
+    }
+
+    /// Starts one more agent with extra settings of its own; returns its index.
+    pub fn add_with(&mut self, own: &[(&str, &str)]) -> usize {
         let i = self.agents.len();
         if self.in_netns && self.netns.len() == i {
             self.netns.push(silt_testkit::NetNs::create(200 + i as u8));
         }
-        let env = self.env(i + 1);
+        let mut env = self.env(i + 1);
+        env.extend(own.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let agent = match self.netns.get(i) {
             Some(ns) => AgentProc::start_in(ns, &refs),

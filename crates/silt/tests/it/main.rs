@@ -25,3 +25,4 @@ mod transactions_v2;
 mod txn_checker;
 mod versions;
 mod write_path;
+mod zones;
