@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use silt_meta::layout::load::{self, AgentLoad, PartitionLoad};
+use silt_meta::layout::load::{self, AgentLoad, PartitionLoad, ShardLoad};
 use uuid::Uuid;
 
 use crate::broker::Broker;
@@ -101,63 +101,87 @@ impl LoadMeter {
     }
 }
 
-/// A partition's byte counter as sampled: (Unix ms, bytes so far).
+/// A counter as sampled: (Unix ms, count so far).
 type Samples = VecDeque<(i64, u64)>;
 
-/// The traffic of the partitions led here, sampled once a second.
-#[derive(Debug, Default)]
-pub struct PartitionRates {
-    /// Per partition: when this agent first saw it led here, and its counter's samples.
-    parts: HashMap<(Uuid, i32), (i64, Samples)>,
+/// Rates of counters over a sliding window, sampled once a second: bytes of the partitions led
+/// here, requests of the group shards coordinated here.
+#[derive(Debug)]
+pub struct Rates<K> {
+    /// Per key: when this agent first saw it here, and its counter's samples.
+    items: HashMap<K, (i64, Samples)>,
 }
 
-impl PartitionRates {
-    /// Records the counters of `led` (topic id, partition, bytes so far) at `now_ms`; forgets
-    /// partitions no longer led.
-    pub fn sample(&mut self, now_ms: i64, window_ms: u64, led: &[(Uuid, i32, u64)]) {
-        let mut seen = std::collections::HashSet::with_capacity(led.len());
-        for &(t, p, total) in led {
-            seen.insert((t, p));
+impl<K> Default for Rates<K> {
+    fn default() -> Self {
+        Self {
+            items: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Rates<K> {
+    /// Records the counters of `now` (key, count so far) at `now_ms`; forgets keys no longer
+    /// here.
+    pub fn sample(&mut self, now_ms: i64, window_ms: u64, now: &[(K, u64)]) {
+        let mut seen = std::collections::HashSet::with_capacity(now.len());
+        for &(k, total) in now {
+            seen.insert(k);
             let (_, samples) = self
-                .parts
-                .entry((t, p))
+                .items
+                .entry(k)
                 .or_insert_with(|| (now_ms, VecDeque::new()));
             samples.push_back((now_ms, total));
             while samples.len() > 2 && now_ms - samples[1].0 >= window_ms as i64 {
                 samples.pop_front();
             }
         }
-        self.parts.retain(|k, _| seen.contains(k));
+        self.items.retain(|k, _| seen.contains(k));
     }
 
-    /// The busiest partitions with traffic, at most `max`, busiest first.
-    pub fn busiest(&self, now_ms: i64, max: usize) -> Vec<PartitionLoad> {
-        let mut out: Vec<PartitionLoad> = self
-            .parts
+    /// The busiest keys with a rate above zero, at most `max`, busiest first: (key, per
+    /// second, ms observed).
+    pub fn busiest(&self, now_ms: i64, max: usize) -> Vec<(K, u64, u64)> {
+        let mut out: Vec<(K, u64, u64)> = self
+            .items
             .iter()
-            .filter_map(|((t, p), (since, s))| {
+            .filter_map(|(k, (since, s))| {
                 let (first, last) = (s.front()?, s.back()?);
                 let span = (last.0 - first.0).max(1) as u64;
-                let bps = last.1.saturating_sub(first.1) * 1000 / span;
-                (bps > 0).then(|| PartitionLoad {
-                    topic: *t,
-                    partition: *p,
-                    bytes_per_sec: bps,
-                    observed_ms: (now_ms - since).max(0) as u64,
-                })
+                let rate = last.1.saturating_sub(first.1) * 1000 / span;
+                (rate > 0).then_some((*k, rate, (now_ms - since).max(0) as u64))
             })
             .collect();
-        out.sort_by_key(|p| std::cmp::Reverse(p.bytes_per_sec));
+        out.sort_by_key(|x| std::cmp::Reverse(x.1));
         out.truncate(max);
         out
     }
 }
 
+/// CPU time this process used so far, in clock ticks (Linux `/proc/self/stat`; 0 elsewhere).
+fn cpu_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// Clock ticks per second of `/proc` times (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
 /// Samples the load once a second and publishes it for the controller.
 pub struct LoadJob {
     b: Arc<Broker>,
     lease: silt_meta::LeaseId,
-    rates: PartitionRates,
+    partitions: Rates<(Uuid, i32)>,
+    shards: Rates<i32>,
+    requests: Rates<()>,
+    cpu: (i64, u64),
     steps: u64,
 }
 
@@ -167,7 +191,10 @@ impl LoadJob {
         Self {
             b,
             lease,
-            rates: PartitionRates::default(),
+            partitions: Rates::default(),
+            shards: Rates::default(),
+            requests: Rates::default(),
+            cpu: (0, 0),
             steps: 0,
         }
     }
@@ -201,23 +228,59 @@ impl crate::tasks::Periodic for LoadJob {
             capacity,
             window,
         );
-        let led: Vec<(Uuid, i32, u64)> = b
+        let led: Vec<((Uuid, i32), u64)> = b
             .cluster
             .local_partitions()
             .iter()
-            .map(|p| (p.topic_id, p.index, p.traffic.total()))
+            .map(|p| ((p.topic_id, p.index), p.traffic.total()))
             .collect();
-        self.rates.sample(now, window, &led);
+        self.partitions.sample(now, window, &led);
+        self.shards.sample(now, window, &b.groups.shard_requests());
+        self.requests
+            .sample(now, window, &[((), m.requests_answered())]);
+        let ticks = cpu_ticks();
+        let (last_ms, last_ticks) = std::mem::replace(&mut self.cpu, (now, ticks));
         self.steps += 1;
         if !self.steps.is_multiple_of(PUBLISH_EVERY) {
             return;
         }
+        let cpu_cores = if last_ms > 0 && now > last_ms {
+            ticks.saturating_sub(last_ticks) as f64
+                / TICKS_PER_SEC
+                / ((now - last_ms) as f64 / 1000.0)
+        } else {
+            0.0
+        };
         let doc = AgentLoad {
             at_ms: now,
             bytes_per_sec: b.load.produce_bytes_per_sec() + b.load.fetch_bytes_per_sec(),
             capacity,
             window_ms: window,
-            partitions: self.rates.busiest(now, load::MAX_PARTITIONS),
+            partitions: self
+                .partitions
+                .busiest(now, load::MAX_PARTITIONS)
+                .into_iter()
+                .map(|((topic, partition), bps, observed_ms)| PartitionLoad {
+                    topic,
+                    partition,
+                    bytes_per_sec: bps,
+                    observed_ms,
+                })
+                .collect(),
+            requests_per_sec: self.requests.busiest(now, 1).first().map_or(0, |r| r.1),
+            cpu_cores,
+            buffer: b.flusher.buffered_bytes() as f64
+                / b.settings.flush.max_buffered_bytes.max(1) as f64,
+            shards: self
+                .shards
+                .busiest(now, usize::MAX)
+                .into_iter()
+                .map(|(shard, rps, observed_ms)| ShardLoad {
+                    shard,
+                    requests_per_sec: rps,
+                    observed_ms,
+                })
+                .collect(),
         };
         let txn = silt_meta::Txn {
             success: vec![load::put_op(b.node.id, &doc, self.lease)],
@@ -269,22 +332,31 @@ mod tests {
 
     #[test]
     fn partition_rates_follow_their_window_and_forget_moved_partitions() {
-        let (t, mut r) = (Uuid::new_v4(), PartitionRates::default());
+        let (t, mut r) = (Uuid::new_v4(), Rates::default());
         for s in 0..=4i64 {
-            let led = [(t, 0, 1000 * s as u64), (t, 1, 10 * s as u64), (t, 2, 0)];
+            let led = [
+                ((t, 0), 1000 * s as u64),
+                ((t, 1), 10 * s as u64),
+                ((t, 2), 0),
+            ];
             r.sample(10_000 + s * 1000, 3000, &led);
         }
         let b = r.busiest(14_000, 256);
         assert_eq!(
-            b.iter()
-                .map(|p| (p.partition, p.bytes_per_sec))
-                .collect::<Vec<_>>(),
+            b.iter().map(|p| (p.0 .1, p.1)).collect::<Vec<_>>(),
             vec![(0, 1000), (1, 10)],
             "busiest first; idle partitions are not listed"
         );
-        assert_eq!(b[0].observed_ms, 4000);
+        assert_eq!(b[0].2, 4000, "observed since first seen");
         assert_eq!(r.busiest(14_000, 1).len(), 1);
-        r.sample(15_000, 3000, &[(t, 1, 50)]);
+        let before = cpu_ticks();
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_ticks() > before, "this process's CPU time is read");
+        r.sample(15_000, 3000, &[((t, 1), 50)]);
         assert_eq!(r.busiest(15_000, 256).len(), 1, "partition 0 moved away");
     }
 }

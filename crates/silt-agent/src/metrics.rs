@@ -77,6 +77,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Requests answered since start, over every API.
+    pub fn requests_answered(&self) -> u64 {
+        self.apis
+            .iter()
+            .map(|s| s.count.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Records one answered request of `api` that took `took` to answer.
     pub fn request(&self, api: ApiKey, took: Duration) {
         let Some(s) = self.apis.get(api as usize) else {

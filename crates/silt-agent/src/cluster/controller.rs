@@ -63,6 +63,8 @@ pub struct LoadView {
     read_at: Option<Instant>,
     /// Partition assignment key → (bytes/s, when learned).
     parts: HashMap<Vec<u8>, (u64, Instant)>,
+    /// Group shard assignment key → (coordinator requests/s, when learned).
+    shards: HashMap<Vec<u8>, (u64, Instant)>,
     /// Bytes/s per weight unit: a thousandth of the smallest agent capacity.
     unit: u64,
     /// When each recent move of a partition carrying traffic was made.
@@ -71,6 +73,26 @@ pub struct LoadView {
 
 /// How long a partition's rate is remembered without a fresh report.
 const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Coordinator requests per second a group shard weighs one unit more for.
+const SHARD_UNIT_RPS: u64 = 10;
+
+/// Takes a report of `rate` for `key` into `cache` if it measured a whole window, shows more
+/// than known, or the known rate is stale.
+fn learn(
+    cache: &mut HashMap<Vec<u8>, (u64, Instant)>,
+    key: Vec<u8>,
+    rate: u64,
+    whole: bool,
+    stale_after: Duration,
+) {
+    let take = match cache.get(&key) {
+        None => true,
+        Some((known, at)) => whole || rate > *known || at.elapsed() > stale_after,
+    };
+    if take {
+        cache.insert(key, (rate, Instant::now()));
+    }
+}
 
 impl LoadView {
     /// Reads the agents' loads if the last read is older than their publication interval.
@@ -89,24 +111,39 @@ impl LoadView {
             .unwrap_or(0)
             .max(1);
         for d in docs.values() {
+            let stale = 3 * every + Duration::from_millis(d.window_ms);
             for p in &d.partitions {
                 let key = assignment::partition_key(&p.topic, p.partition).into_bytes();
-                let whole = p.observed_ms >= d.window_ms;
-                let take = match self.parts.get(&key) {
-                    None => true,
-                    Some((bps, at)) => {
-                        whole
-                            || p.bytes_per_sec > *bps
-                            || at.elapsed() > 3 * every + Duration::from_millis(d.window_ms)
-                    }
-                };
-                if take {
-                    self.parts.insert(key, (p.bytes_per_sec, now));
-                }
+                learn(
+                    &mut self.parts,
+                    key,
+                    p.bytes_per_sec,
+                    p.observed_ms >= d.window_ms,
+                    stale,
+                );
+            }
+            for sh in &d.shards {
+                let key = assignment::shard_key(sh.shard).into_bytes();
+                learn(
+                    &mut self.shards,
+                    key,
+                    sh.requests_per_sec,
+                    sh.observed_ms >= d.window_ms,
+                    stale,
+                );
             }
         }
         self.parts.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
+        self.shards.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
         Ok(())
+    }
+
+    /// A group shard's weight: one, plus its coordinator requests in units.
+    fn shard_weight(&self, key: &[u8]) -> u64 {
+        1 + self
+            .shards
+            .get(key)
+            .map_or(0, |(rps, _)| rps / SHARD_UNIT_RPS)
     }
 
     /// A partition's weight: one, plus its traffic in units.
@@ -244,8 +281,14 @@ async fn reconcile(
         .collect();
     let deleted = ops.len();
     let mut load_moves = 0;
-    let moves = match by_load {
-        None => assignment::balance(&wanted, &parts, &live),
+    let shard_keys: Vec<Vec<u8>> = (0..GROUP_SHARDS)
+        .map(|s| assignment::shard_key(s).into_bytes())
+        .collect();
+    let (moves, shard_moves) = match by_load {
+        None => (
+            assignment::balance(&wanted, &parts, &live),
+            assignment::balance(&shard_keys, &shards, &live),
+        ),
         Some((view, per_minute)) => {
             view.refresh(meta).await?;
             view.moves.retain(|t| t.elapsed() < Duration::from_secs(60));
@@ -268,13 +311,28 @@ async fn reconcile(
                     load_moves += 1;
                 }
             }
-            moves
+            // Group shards the same way, weighed by their coordinator requests.
+            let budget = per_minute.saturating_sub(view.moves.len());
+            let requests: u64 = shard_keys.iter().map(|k| view.shard_weight(k) - 1).sum();
+            let margin = requests / live.len().max(1) as u64 / 10;
+            let shard_moves = super::placement::balance_by_load(
+                &shard_keys,
+                &shards,
+                &live,
+                |k| view.shard_weight(k),
+                margin,
+                budget,
+            );
+            for (k, _) in &shard_moves {
+                let orphan = shards.get(k).is_none_or(|a| !live.contains(&a.leader));
+                if !orphan && view.shard_weight(k) > 1 {
+                    view.moves.push_back(Instant::now());
+                    load_moves += 1;
+                }
+            }
+            (moves, shard_moves)
         }
     };
-    let shard_keys: Vec<Vec<u8>> = (0..GROUP_SHARDS)
-        .map(|s| assignment::shard_key(s).into_bytes())
-        .collect();
-    let shard_moves = assignment::balance(&shard_keys, &shards, &live);
     let (n_moves, n_shards) = (moves.len(), shard_moves.len());
     for (k, a) in moves.into_iter().chain(shard_moves) {
         ops.push(assignment::put_op(
@@ -313,4 +371,36 @@ async fn reconcile(
         "controller updated assignments"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition that just moved reports a rate still rising from zero: the rate measured
+    /// over a whole window stays, so its new agent does not look idle and draw more moves.
+    #[test]
+    fn a_rising_rate_after_a_move_does_not_replace_a_whole_window() {
+        let mut cache = HashMap::new();
+        let stale = Duration::from_secs(60);
+        learn(&mut cache, b"p".to_vec(), 1000, true, stale);
+        learn(&mut cache, b"p".to_vec(), 200, false, stale);
+        assert_eq!(
+            cache[&b"p".to_vec()].0,
+            1000,
+            "a partial window is not taken"
+        );
+        learn(&mut cache, b"p".to_vec(), 1500, false, stale);
+        assert_eq!(cache[&b"p".to_vec()].0, 1500, "more than known is taken");
+        learn(&mut cache, b"p".to_vec(), 300, true, stale);
+        assert_eq!(cache[&b"p".to_vec()].0, 300, "a whole window is taken");
+        learn(&mut cache, b"p".to_vec(), 10, false, Duration::ZERO);
+        assert_eq!(cache[&b"p".to_vec()].0, 10, "a stale rate is replaced");
+        let view = LoadView {
+            unit: 100,
+            parts: cache,
+            ..Default::default()
+        };
+        assert_eq!((view.weight(b"p"), view.weight(b"idle")), (1, 1));
+    }
 }

@@ -1,5 +1,5 @@
-//! Placement by load: where the controller puts partitions so that agents carry even traffic,
-//! not even counts. A partition weighs one unit plus its measured traffic in units (the
+//! Placement by load: where the controller puts partitions (and group shards) so that agents
+//! carry even traffic, not even counts. A partition weighs one unit plus its measured traffic in units (the
 //! controller's [`super::controller`] turns bytes per second into units), so with no traffic
 //! this is count balancing (every agent within one of the others) and with traffic it evens
 //! out bytes. Moves are chosen greedily, each from a more loaded agent to the least loaded one,

@@ -159,6 +159,8 @@ pub struct GroupCoordinator {
     limits: GroupLimits,
     groups: Mutex<HashMap<String, Entry>>,
     shards: Mutex<Shards>,
+    /// Coordinator requests per shard since start (placement by load weighs shards by them).
+    requests: Vec<std::sync::atomic::AtomicU64>,
 }
 
 impl GroupCoordinator {
@@ -170,7 +172,22 @@ impl GroupCoordinator {
             limits,
             groups: Mutex::default(),
             shards: Mutex::default(),
+            requests: (0..assignment::GROUP_SHARDS)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
         }
+    }
+
+    /// The shards coordinated here with their request counters.
+    pub fn shard_requests(&self) -> Vec<(i32, u64)> {
+        let owned: Vec<i32> = self.lock_shards().owned.keys().copied().collect();
+        owned
+            .into_iter()
+            .filter_map(|s| {
+                let n = self.requests.get(s as usize)?;
+                Some((s, n.load(std::sync::atomic::Ordering::Relaxed)))
+            })
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -185,6 +202,9 @@ impl GroupCoordinator {
     /// code a client gets (NOT_COORDINATOR, or COORDINATOR_LOAD_IN_PROGRESS).
     pub fn check(&self, group: &str) -> Result<Vec<Compare>, i16> {
         let shard = assignment::group_shard(group);
+        if let Some(n) = self.requests.get(shard as usize) {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let s = self.lock_shards();
         match (s.owned.get(&shard), &s.registered) {
             (Some(rev), Some(reg)) => Ok(vec![

@@ -28,6 +28,29 @@ pub struct AgentLoad {
     /// The busiest partitions it leads.
     #[serde(default)]
     pub partitions: Vec<PartitionLoad>,
+    /// Kafka requests per second it answered.
+    #[serde(default)]
+    pub requests_per_sec: u64,
+    /// CPU it used, in cores (1.0 = one core busy), over the last second.
+    #[serde(default)]
+    pub cpu_cores: f64,
+    /// The share of its write buffer in use (0 to 1).
+    #[serde(default)]
+    pub buffer: f64,
+    /// The group shards it coordinates that see requests, busiest first.
+    #[serde(default)]
+    pub shards: Vec<ShardLoad>,
+}
+
+/// One group shard's coordinator requests on the agent coordinating it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLoad {
+    /// Shard number.
+    pub shard: i32,
+    /// Coordinator requests per second (joins, heartbeats, commits, fetches of offsets).
+    pub requests_per_sec: u64,
+    /// How long the agent has measured it (ms).
+    pub observed_ms: u64,
 }
 
 /// One partition's traffic on the agent leading it.
@@ -102,6 +125,14 @@ mod tests {
                     observed_ms: u64::MAX,
                 })
                 .collect(),
+            requests_per_sec: 1,
+            cpu_cores: 1.5,
+            buffer: 0.25,
+            shards: vec![ShardLoad {
+                shard: 3,
+                requests_per_sec: 10,
+                observed_ms: 1,
+            }],
         };
         let Op::Put { value, key, .. } = put_op(7, &load, 0) else {
             panic!()
