@@ -70,12 +70,22 @@ fn read_up_to(c: &BaseConsumer, ends: &[i64], seen: &mut HashSet<(i32, i64)>) {
     }
 }
 
+/// Each partition's high watermark. A request to a leader that was just killed waits for
+/// that agent until it times out, so it is asked again (librdkafka routes the retry to the new
+/// leader once its metadata has moved).
 fn high_watermarks(c: &BaseConsumer) -> Vec<i64> {
     (0..PARTITIONS)
         .map(|p| {
-            c.fetch_watermarks(TOPIC, p, Duration::from_secs(30))
-                .expect("watermarks")
-                .1
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                match c.fetch_watermarks(TOPIC, p, Duration::from_secs(5)) {
+                    Ok((_, hw)) => break hw,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("watermarks of partition {p}: {e}; asking again")
+                    }
+                    Err(e) => panic!("watermarks of partition {p}: {e}"),
+                }
+            }
         })
         .collect()
 }
