@@ -2,7 +2,8 @@
 confluent-kafka / librdkafka 2.12 against a real silt agent: server-side assignment, members
 joining and being SIGKILLed without a stop-the-world rebalance, no partition owned by two live
 members at any time, offsets committed with member epochs surviving an agent SIGKILL, the admin
-APIs (ConsumerGroupDescribe, ListGroups by type), and Kafka's answers to mixing protocols.
+APIs (ConsumerGroupDescribe, ListGroups by type), and classic members sharing a group with
+consumer-protocol members (Kafka 4.0's online migration).
 
 The agent runs with a 500 ms consumer heartbeat interval and a 6 s consumer session timeout
 (Kafka's defaults are 5 s and 45 s) so membership changes take seconds."""
@@ -287,28 +288,85 @@ def test_regex_subscription_and_range_assignor(cagent, topic_name, group_name):
         close_all(members)
 
 
-def test_mixing_protocols_gets_kafkas_answers(cagent, topic_name, group_name):
-    create_topic(cagent.bootstrap, topic_name, partitions=2)
-    classic = Consumer({"bootstrap.servers": cagent.bootstrap, "group.id": group_name, "client.id": "classic",
-                        "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
-    classic.subscribe([topic_name])
+def test_classic_and_consumer_members_share_a_group_through_an_online_upgrade(cagent, topic_name, group_name):
+    """Kafka 4.0's online migration: two classic members (librdkafka's default protocol, eager
+    range/roundrobin) consume a topic; a group.protocol=consumer member joins the same group,
+    which becomes a consumer group; the classic members are told to rejoin and the server's
+    assignor spreads the partitions over all three. The consumer-protocol member then leaves
+    and the classic members take everything back. No partition is ever owned by two members,
+    and every record is delivered exactly once (members commit on revocation)."""
+    n = 6
+    create_topic(cagent.bootstrap, topic_name, partitions=n)
+    expected = produce_spread(cagent.bootstrap, topic_name, n, 0, 300)
+    classic_conf = {"group.protocol": "classic", "session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+    a = Member(cagent.bootstrap, group_name, [topic_name], "classic-a", **classic_conf)
+    b = Member(cagent.bootstrap, group_name, [topic_name], "classic-b", **classic_conf)
+    members = [a, b]
     try:
-        wait_until(lambda: classic.poll(0.05) is None and len(classic.assignment()) == 2, timeout=30,
-                   what="the classic member's assignment")
-        # A consumer-protocol member cannot join a classic group with members; the classic
-        # member keeps its partitions.
-        c = Consumer(conf(cagent.bootstrap, group_name, "new"))
-        c.subscribe([topic_name])
-        errors = []
-        deadline = time.monotonic() + 15
-        while not errors and time.monotonic() < deadline:
-            m = c.poll(0.1)
-            if m is not None and m.error() is not None:
-                errors.append(m.error())
+        pump(members, lambda: cover(members, topic_name, n), timeout=40, what="the classic members' assignment")
+        pump(members, lambda: len(delivered(members)) >= 100, timeout=30, what="records before the upgrade")
+        c = Member(cagent.bootstrap, group_name, [topic_name], "consumer-c")
+        members.append(c)
+        pump(members, lambda: cover(members, topic_name, n), timeout=60, what="a share for all three")
+        expected.update(produce_spread(cagent.bootstrap, topic_name, n, 300, 300))
+        pump(members, lambda: len(delivered(members)) >= len(expected), timeout=40, what="records after the upgrade")
+        ac = admin(cagent.bootstrap)
+        listed = ac.list_consumer_groups(types={ConsumerGroupType.CONSUMER}, request_timeout=15).result()
+        assert group_name in {x.group_id for x in listed.valid}, listed.valid
+        desc = result_of(ac.describe_consumer_groups([group_name], request_timeout=15), group_name)
+        assert len(desc.members) == 3, desc.members
+        # The consumer-protocol member leaves: the classic members take everything back.
         c.close()
-        # GROUP_ID_NOT_FOUND, as Kafka 3.7-3.8 answer (no online migration); librdkafka makes
-        # it fatal for that consumer.
-        assert errors and "group id does not exist" in errors[0].str(), errors
-        assert len(classic.assignment()) == 2
+        expected.update(produce_spread(cagent.bootstrap, topic_name, n, 600, 300))
+        pump(members, lambda: cover(members, topic_name, n), timeout=60, what="the classic members taking all back")
+        pump(members, lambda: len(delivered(members)) >= len(expected), timeout=40, what="records after the leave")
+        assert_exactly_once(members, expected)
+        assert c.assigned and all(m.revoked for m in (a, b)), "the classic members rejoined"
     finally:
-        classic.close()
+        close_all(members)
+
+
+def test_a_classic_group_of_another_protocol_type_is_not_taken_over(cagent, topic_name, group_name):
+    """Only a group of consumers (protocol type "consumer") can become a consumer group: a
+    group.protocol=consumer member joining one with members of another type gets
+    GROUP_ID_NOT_FOUND, as from Kafka, and the classic members keep their partitions."""
+    create_topic(cagent.bootstrap, topic_name, partitions=2)
+    # A classic member with protocol type "connect" (as Kafka Connect workers join), in raw frames.
+    import socket
+    import struct
+
+    def frame(api, version, body):
+        client = b"raw"
+        head = struct.pack(">hhih", api, version, 1, len(client)) + client
+        payload = head + body
+        return struct.pack(">i", len(payload)) + payload
+
+    def string(x):
+        x = x.encode()
+        return struct.pack(">h", len(x)) + x
+
+    s = socket.create_connection(("127.0.0.1", int(cagent.bootstrap.rsplit(":", 1)[1])), timeout=10)
+    # FindCoordinator is not needed: a single agent coordinates every group.
+    body = (string(group_name) + struct.pack(">ii", 10000, 10000) + string("") + string("connect")
+            + struct.pack(">i", 1) + string("default") + struct.pack(">i", 0))
+    for _ in range(2):  # JoinGroup v1; the first answer may be MEMBER_ID_REQUIRED in newer versions
+        s.sendall(frame(11, 1, body))
+        size = struct.unpack(">i", s.recv(4))[0]
+        resp = b""
+        while len(resp) < size:
+            resp += s.recv(size - len(resp))
+        error = struct.unpack(">h", resp[4:6])[0]
+        if error == 0:
+            break
+    assert error == 0, error
+    c = Consumer(conf(cagent.bootstrap, group_name, "new"))
+    c.subscribe([topic_name])
+    errors = []
+    deadline = time.monotonic() + 15
+    while not errors and time.monotonic() < deadline:
+        m = c.poll(0.1)
+        if m is not None and m.error() is not None:
+            errors.append(m.error())
+    c.close()
+    s.close()
+    assert errors and "group id does not exist" in errors[0].str(), errors

@@ -19,6 +19,10 @@
 //! a heartbeat that changed it, so a coordinator that takes the group over knows who holds what
 //! and members carry on at their epochs.
 //!
+//! Classic members (JoinGroup, SyncGroup, Heartbeat) can be part of a consumer group, as in
+//! Kafka 4.0's online migration ([`classic`]): they are assigned by the same target and
+//! reconciliation, and told to rejoin when their assignment has to change.
+//!
 //! Time is a parameter (`now`, ms) and topics come through [`TopicView`]: nothing here reads a
 //! clock or the catalog, so tests drive it directly.
 
@@ -142,6 +146,10 @@ struct Member {
     revoke_deadline_ms: i64,
     /// Left with epoch -2: kept (with its assignment) for a successor until the session ends.
     left_static: bool,
+    /// A classic member (JoinGroup, SyncGroup, Heartbeat) of this consumer group: its session
+    /// timeout and protocols ([`classic`]). `None` for members of the consumer protocol.
+    #[serde(default)]
+    classic: Option<classic::ClassicMeta>,
 }
 
 /// A member as ConsumerGroupDescribe reports it.
@@ -167,6 +175,8 @@ pub struct MemberInfo {
     pub assigned: Parts,
     /// Target assignment.
     pub target: Parts,
+    /// A classic member (JoinGroup/SyncGroup) rather than one of the consumer protocol.
+    pub classic: bool,
 }
 
 /// A group as ConsumerGroupDescribe reports it.
@@ -299,7 +309,13 @@ impl ConsumerGroup {
         let mut g: Self = serde_json::from_slice(doc)?;
         for m in g.members.values_mut() {
             m.last_seen_ms = now;
-            m.revoke_deadline_ms = now + i64::from(m.rebalance_timeout_ms);
+            // A classic member's deadline is its rejoin deadline, armed only when it is told
+            // to rejoin.
+            m.revoke_deadline_ms = if m.classic.is_some() {
+                0
+            } else {
+                now + i64::from(m.rebalance_timeout_ms)
+            };
         }
         Ok(g)
     }
@@ -501,7 +517,11 @@ impl ConsumerGroup {
                 format!("member epoch {e} is not valid (0 joins, -1 and -2 leave)"),
             )),
             e => {
-                let Some(m) = self.members.get(&hb.member_id) else {
+                let Some(m) = self
+                    .members
+                    .get(&hb.member_id)
+                    .filter(|m| m.classic.is_none())
+                else {
                     return Err(Reply::err(
                         ResponseError::UnknownMemberId,
                         format!(
@@ -558,6 +578,7 @@ impl ConsumerGroup {
             last_seen_ms: now,
             revoke_deadline_ms: 0,
             left_static: false,
+            classic: None,
         };
         // A static member replacing its predecessor takes over its assignment and epoch.
         if let Some(inst) = &hb.instance_id {
@@ -742,9 +763,18 @@ impl ConsumerGroup {
         let gone: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| {
-                now - m.last_seen_ms > i64::from(lim.session_timeout_ms)
-                    || (m.state == MemberState::UnrevokedPartitions && now > m.revoke_deadline_ms)
+            .filter(|(_, m)| match &m.classic {
+                // Classic members: their own session timeout, and the rebalance timeout to
+                // rejoin once told to.
+                Some(c) => {
+                    now - m.last_seen_ms > i64::from(c.session_timeout_ms)
+                        || (m.revoke_deadline_ms > 0 && now > m.revoke_deadline_ms)
+                }
+                None => {
+                    now - m.last_seen_ms > i64::from(lim.session_timeout_ms)
+                        || (m.state == MemberState::UnrevokedPartitions
+                            && now > m.revoke_deadline_ms)
+                }
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -770,7 +800,12 @@ impl ConsumerGroup {
             return Err(ResponseError::UnknownMemberId.code());
         };
         if epoch != m.epoch {
-            return Err(ResponseError::StaleMemberEpoch.code());
+            // A classic member's epoch is its generation.
+            return Err(if m.classic.is_some() {
+                ResponseError::IllegalGeneration.code()
+            } else {
+                ResponseError::StaleMemberEpoch.code()
+            });
         }
         Ok(())
     }
@@ -796,11 +831,14 @@ impl ConsumerGroup {
                     topic_regex: m.regex.as_ref().map(|x| x.0.clone()),
                     assigned: m.assigned.clone(),
                     target: self.target.get(id).cloned().unwrap_or_default(),
+                    classic: m.classic.is_some(),
                 })
                 .collect(),
         }
     }
 }
+
+mod classic;
 
 #[cfg(test)]
 mod tests;

@@ -172,6 +172,40 @@ pub struct MemberInfo {
     pub assignment: Bytes,
 }
 
+/// A classic group's members as a consumer group takes them over (online upgrade).
+#[derive(Debug, Clone)]
+pub struct ClassicExport {
+    /// The generation, which becomes the consumer group's epoch.
+    pub generation: i32,
+    /// Protocol type ("consumer" for consumers).
+    pub protocol_type: String,
+    /// The chosen protocol (assignor).
+    pub protocol: String,
+    /// Members.
+    pub members: Vec<ExportedMember>,
+}
+
+/// A classic member as [`ClassicExport`] carries it.
+#[derive(Debug, Clone)]
+pub struct ExportedMember {
+    /// Member id.
+    pub id: String,
+    /// Static id.
+    pub instance_id: Option<String>,
+    /// Client id.
+    pub client_id: String,
+    /// Client host.
+    pub client_host: String,
+    /// Session timeout.
+    pub session_timeout_ms: i32,
+    /// Rebalance timeout.
+    pub rebalance_timeout_ms: i32,
+    /// Protocols in preference order, with their metadata.
+    pub protocols: Vec<(String, Bytes)>,
+    /// Its assignment of the current generation (empty if it has none yet).
+    pub assignment: Bytes,
+}
+
 /// One group.
 #[derive(Debug)]
 pub struct Group {
@@ -288,6 +322,43 @@ impl Group {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The members, for a consumer group to take over (`None` while the group has none).
+    pub fn export(&self) -> Option<ClassicExport> {
+        if self.members.is_empty() {
+            return None;
+        }
+        Some(ClassicExport {
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            protocol: self.protocol.clone().unwrap_or_default(),
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| ExportedMember {
+                    id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    protocols: m.protocols.clone(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The group became a consumer group: whatever its members wait on (a join, a sync) is
+    /// answered REBALANCE_IN_PROGRESS, as Kafka answers them on an online upgrade, and it is
+    /// empty again.
+    pub fn converted(&mut self) {
+        let err = code(ResponseError::RebalanceInProgress);
+        for (id, m) in self.members.iter_mut() {
+            m.fail_waiters(id, err);
+        }
+        *self = Self::new();
     }
 
     /// Marks the group deleted; waiters learn the coordinator lost it.

@@ -6,9 +6,10 @@
 //!
 //! A group is classic ([`group`]: JoinGroup/SyncGroup, the client assigns) or, once a member
 //! joins with ConsumerGroupHeartbeat, a KIP-848 consumer group ([`consumer`]: the server
-//! assigns, members reconcile incrementally); the two share committed offsets. Groups are not
-//! converted while they have members: a classic JoinGroup to a consumer group with members gets
-//! INCONSISTENT_GROUP_PROTOCOL, a heartbeat to a classic group with members GROUP_ID_NOT_FOUND.
+//! assigns, members reconcile incrementally); the two share committed offsets. A group with
+//! members changes protocol as Kafka 4.0's online migration does: a consumer-protocol member
+//! joining a classic group of consumers turns it into a consumer group whose classic members go
+//! on with JoinGroup, SyncGroup and Heartbeat ([`consumer`]'s classic module).
 //!
 //! Classic membership is in memory only: after a restart or a coordinator move, members find
 //! their session unknown and rejoin, as after a Kafka coordinator failover. A consumer group's
@@ -21,6 +22,7 @@
 
 pub mod assignors;
 pub mod consumer;
+pub mod consumer_protocol;
 pub mod group;
 mod txn_offsets;
 
@@ -427,34 +429,161 @@ impl GroupCoordinator {
         }
     }
 
-    /// JoinGroup.
-    pub fn join(&self, group_id: &str, j: Join) -> oneshot::Receiver<JoinResult> {
-        let (tx, rx) = oneshot::channel();
+    /// JoinGroup: to a classic group (answered when its rebalance completes), or from a classic
+    /// member of a consumer group with members (answered at once, once the membership is
+    /// stored: [`consumer::ConsumerGroup::classic_join`]).
+    pub async fn join(
+        &self,
+        group_id: &str,
+        j: Join,
+        topics: &(dyn consumer::TopicView + Sync),
+    ) -> JoinResult {
         if let Err(error) = self.check(group_id) {
-            let _ = tx.send(JoinResult {
+            return JoinResult {
                 error,
                 generation: -1,
                 ..Default::default()
-            });
-            return rx;
+            };
         }
         let now = self.clock.now_ms();
-        let mut groups = self.lock();
-        let e = groups
-            .entry(group_id.to_string())
-            .or_insert_with(Entry::new);
-        if e.consumer.as_ref().is_some_and(|c| !c.is_empty()) {
-            let _ = tx.send(JoinResult {
-                error: ResponseError::InconsistentGroupProtocol.code(),
-                generation: -1,
-                ..Default::default()
-            });
-            return rx;
+        let classic = {
+            let mut groups = self.lock();
+            let e = groups
+                .entry(group_id.to_string())
+                .or_insert_with(Entry::new);
+            if e.consumer.as_ref().is_some_and(|c| !c.is_empty()) {
+                None
+            } else {
+                // An empty consumer group becomes a classic one.
+                e.consumer = None;
+                let (tx, rx) = oneshot::channel();
+                e.group.join(j.clone(), now, &self.limits, tx);
+                Some(rx)
+            }
+        };
+        let failed = |error: i16| JoinResult {
+            error,
+            generation: -1,
+            ..Default::default()
+        };
+        match classic {
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| failed(ResponseError::CoordinatorNotAvailable.code())),
+            None => {
+                let lim = self.limits.consumer.clone();
+                self.change_consumer_group(
+                    group_id,
+                    |c, now| c.classic_join(&j, now, &lim, topics),
+                    failed,
+                )
+                .await
+            }
         }
-        // An empty consumer group becomes a classic one.
-        e.consumer = None;
-        e.group.join(j, now, &self.limits, tx);
-        rx
+    }
+
+    /// Applies `op` to `group_id`'s consumer group (which must have members) and, if that
+    /// changed its membership, stores it before returning `op`'s answer; if it cannot be
+    /// stored, the change is undone and the answer is `refused(code)` (the client retries).
+    async fn change_consumer_group<R>(
+        &self,
+        group_id: &str,
+        op: impl FnOnce(&mut consumer::ConsumerGroup, i64) -> R,
+        refused: impl Fn(i16) -> R,
+    ) -> R {
+        let (writes, _ordered) = match self.lock_membership(group_id).await {
+            Ok(x) => x,
+            Err(code) => return refused(code),
+        };
+        let fence = match self.check(group_id) {
+            Ok(f) => f,
+            Err(code) => return refused(code),
+        };
+        let now = self.clock.now_ms();
+        let (reply, before, doc) = {
+            let mut groups = self.lock();
+            let e = match groups.get_mut(group_id) {
+                Some(e) if Arc::ptr_eq(&e.membership_writes, &writes) => e,
+                _ => return refused(ResponseError::CoordinatorNotAvailable.code()),
+            };
+            // Emptied meanwhile: the client's retry finds the group as it is now.
+            let Some(c) = e.consumer.as_mut().filter(|c| !c.is_empty()) else {
+                return refused(ResponseError::CoordinatorNotAvailable.code());
+            };
+            let before = c.clone();
+            let reply = op(c, now);
+            let doc = c.stored();
+            if doc == e.stored_membership {
+                return reply;
+            }
+            (reply, before, doc)
+        };
+        match self
+            .store_membership_change(group_id, &writes, &fence, &before, doc)
+            .await
+        {
+            Ok(()) => reply,
+            Err(code) => refused(code),
+        }
+    }
+
+    /// Stores a consumer group's changed membership `doc` (fenced); on failure puts `before`
+    /// back and returns the code the member gets.
+    async fn store_membership_change(
+        &self,
+        group_id: &str,
+        writes: &Arc<tokio::sync::Mutex<()>>,
+        fence: &[Compare],
+        before: &consumer::ConsumerGroup,
+        doc: Option<Vec<u8>>,
+    ) -> Result<(), i16> {
+        let undo = |code: i16| {
+            if let Some(e) = self.lock().get_mut(group_id) {
+                if Arc::ptr_eq(&e.membership_writes, writes) {
+                    e.consumer = Some(before.clone());
+                }
+            }
+            Err(code)
+        };
+        // A membership too large to store is not stored at all (the stored one is deleted):
+        // the group goes on, and a coordinator taking it over holds its partitions back for two
+        // heartbeat intervals instead (see the module docs).
+        let doc = match doc {
+            Some(d) if d.len() > MAX_MEMBERSHIP_BYTES => {
+                tracing::warn!(
+                    group = group_id,
+                    bytes = d.len(),
+                    "a consumer group's membership is too large to store; a coordinator move will make its members rejoin"
+                );
+                None
+            }
+            d => d,
+        };
+        if doc
+            == self
+                .lock()
+                .get(group_id)
+                .and_then(|e| e.stored_membership.clone())
+        {
+            return Ok(());
+        }
+        match group_offsets::put_membership(self.meta.as_ref(), fence, group_id, doc.as_deref())
+            .await
+        {
+            Ok(true) => {
+                if let Some(e) = self.lock().get_mut(group_id) {
+                    if Arc::ptr_eq(&e.membership_writes, writes) {
+                        e.stored_membership = doc;
+                    }
+                }
+                Ok(())
+            }
+            Ok(false) => undo(ResponseError::NotCoordinator.code()),
+            Err(err) => {
+                tracing::warn!(group = group_id, error = %err, "storing a consumer group's membership failed; the member retries");
+                undo(ResponseError::CoordinatorNotAvailable.code())
+            }
+        }
     }
 
     /// The heartbeat interval consumer-protocol members are told.
@@ -502,15 +631,37 @@ impl GroupCoordinator {
                 _ => return refused(ResponseError::CoordinatorNotAvailable.code(), None),
             };
             if e.consumer.is_none() {
-                if !e.group.is_empty() {
-                    return refused(
-                        ResponseError::GroupIdNotFound.code(),
-                        Some(format!(
-                            "group {group_id} is a classic group with members; a member using \
-                             group.protocol=consumer can join it once they have left"
-                        )),
-                    );
+                if let Some(classic) = e.group.export() {
+                    // Online upgrade: the classic members become members of a consumer group.
+                    match consumer::ConsumerGroup::from_classic(
+                        &classic,
+                        now,
+                        &self.limits.consumer,
+                        topics,
+                    ) {
+                        Ok(c) => {
+                            tracing::info!(
+                                group = group_id,
+                                members = classic.members.len(),
+                                generation = classic.generation,
+                                "a consumer-protocol member joined a classic group: it is now a consumer group"
+                            );
+                            e.group.converted();
+                            e.consumer = Some(c);
+                        }
+                        Err(why) => {
+                            return refused(
+                                ResponseError::GroupIdNotFound.code(),
+                                Some(format!(
+                                    "group {group_id} is a classic group with members that a \
+                                     consumer group cannot take over: {why}"
+                                )),
+                            )
+                        }
+                    }
                 }
+            }
+            if e.consumer.is_none() {
                 let hold = if e.offsets.is_empty() && !e.unreadable_membership {
                     0
                 } else {
@@ -527,52 +678,12 @@ impl GroupCoordinator {
             }
             (reply, before, doc)
         };
-        let undo = |code: i16| {
-            if let Some(e) = self.lock().get_mut(group_id) {
-                if Arc::ptr_eq(&e.membership_writes, &writes) {
-                    e.consumer = Some(before.clone());
-                }
-            }
-            refused(code, None)
-        };
-        // A membership too large to store is not stored at all (the stored one is deleted):
-        // the group goes on, and a coordinator taking it over holds its partitions back for two
-        // heartbeat intervals instead (see the module docs).
-        let doc = match doc {
-            Some(d) if d.len() > MAX_MEMBERSHIP_BYTES => {
-                tracing::warn!(
-                    group = group_id,
-                    bytes = d.len(),
-                    "a consumer group's membership is too large to store; a coordinator move will make its members rejoin"
-                );
-                None
-            }
-            d => d,
-        };
-        if doc
-            == self
-                .lock()
-                .get(group_id)
-                .and_then(|e| e.stored_membership.clone())
-        {
-            return reply;
-        }
-        match group_offsets::put_membership(self.meta.as_ref(), &fence, group_id, doc.as_deref())
+        match self
+            .store_membership_change(group_id, &writes, &fence, &before, doc)
             .await
         {
-            Ok(true) => {
-                if let Some(e) = self.lock().get_mut(group_id) {
-                    if Arc::ptr_eq(&e.membership_writes, &writes) {
-                        e.stored_membership = doc;
-                    }
-                }
-                reply
-            }
-            Ok(false) => undo(ResponseError::NotCoordinator.code()),
-            Err(err) => {
-                tracing::warn!(group = group_id, error = %err, "storing a consumer group's membership failed; the member retries");
-                undo(ResponseError::CoordinatorNotAvailable.code())
-            }
+            Ok(()) => reply,
+            Err(code) => refused(code, None),
         }
     }
 
@@ -616,6 +727,7 @@ impl GroupCoordinator {
         protocol_type: Option<&str>,
         protocol_name: Option<&str>,
         assignments: Vec<(String, bytes::Bytes)>,
+        topics: &dyn consumer::TopicView,
     ) -> oneshot::Receiver<SyncResult> {
         let (tx, rx) = oneshot::channel();
         if let Err(error) = self.check(group_id) {
@@ -627,6 +739,16 @@ impl GroupCoordinator {
         }
         let now = self.clock.now_ms();
         match self.lock().get_mut(group_id) {
+            Some(e) if e.consumer.as_ref().is_some_and(|c| !c.is_empty()) => {
+                let c = e.consumer.as_ref().expect("checked");
+                let _ = tx.send(c.classic_sync(
+                    member_id,
+                    instance_id,
+                    generation,
+                    (protocol_type, protocol_name),
+                    topics,
+                ));
+            }
             Some(e) => e.group.sync(
                 member_id,
                 instance_id,
@@ -661,15 +783,38 @@ impl GroupCoordinator {
         }
         let now = self.clock.now_ms();
         match self.lock().get_mut(group_id) {
+            Some(e) if e.consumer.as_ref().is_some_and(|c| !c.is_empty()) => e
+                .consumer
+                .as_mut()
+                .expect("checked")
+                .classic_heartbeat(member_id, instance_id, generation, now),
             Some(e) => e.group.heartbeat(member_id, instance_id, generation, now),
             None => ResponseError::UnknownMemberId.code(),
         }
     }
 
     /// LeaveGroup for each (member id, instance id).
-    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+    pub async fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
         if let Err(code) = self.check(group_id) {
             return vec![code; members.len()];
+        }
+        let consumer = self
+            .lock()
+            .get(group_id)
+            .is_some_and(|e| e.consumer.as_ref().is_some_and(|c| !c.is_empty()));
+        if consumer {
+            return self
+                .change_consumer_group(
+                    group_id,
+                    |c, _| {
+                        members
+                            .iter()
+                            .map(|(m, i)| c.classic_leave(m, i.as_deref()))
+                            .collect()
+                    },
+                    |code| vec![code; members.len()],
+                )
+                .await;
         }
         let now = self.clock.now_ms();
         let mut groups = self.lock();
@@ -902,7 +1047,15 @@ impl GroupCoordinator {
                         client_id: m.client_id,
                         client_host: m.client_host,
                         metadata: Default::default(),
-                        assignment: classic_assignment(&m.assigned, topics),
+                        assignment: consumer_protocol::encode_assignment(
+                            0,
+                            &m.assigned
+                                .iter()
+                                .filter_map(|(id, ps)| {
+                                    Some((topics.name_of(id)?, ps.iter().copied().collect()))
+                                })
+                                .collect::<Vec<_>>(),
+                        ),
                     })
                     .collect(),
             });
@@ -1029,28 +1182,6 @@ impl GroupCoordinator {
         }
         Ok(codes)
     }
-}
-
-/// A consumer-protocol assignment (version 0: topics and partitions, no user data), as classic
-/// DescribeGroups reports members' assignments.
-fn classic_assignment(parts: &assignors::Parts, topics: &dyn consumer::TopicView) -> bytes::Bytes {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0i16.to_be_bytes());
-    let named: Vec<(String, &std::collections::BTreeSet<i32>)> = parts
-        .iter()
-        .filter_map(|(id, ps)| topics.name_of(id).map(|n| (n, ps)))
-        .collect();
-    out.extend_from_slice(&(named.len() as i32).to_be_bytes());
-    for (name, ps) in named {
-        out.extend_from_slice(&(name.len() as i16).to_be_bytes());
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&(ps.len() as i32).to_be_bytes());
-        for p in ps {
-            out.extend_from_slice(&p.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&(-1i32).to_be_bytes());
-    out.into()
 }
 
 #[cfg(test)]

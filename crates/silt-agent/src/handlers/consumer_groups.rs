@@ -170,7 +170,8 @@ pub fn describe(
                                     .with_target_assignment(described_assignment(
                                         &m.target, &topics,
                                     ))
-                                    .with_member_type(1)
+                                    // KIP-1099: 0 classic, 1 consumer protocol.
+                                    .with_member_type(if m.classic { 0 } else { 1 })
                             })
                             .collect(),
                     ),

@@ -82,14 +82,10 @@ pub fn join(
             .collect(),
         require_known_member_id: v >= 4,
     };
-    let rx = b.groups.join(&group, j);
+    let b = b.clone();
     Reply::Later(Box::pin(async move {
-        let r = rx.await.unwrap_or(JoinResult {
-            error: ResponseError::CoordinatorNotAvailable.code(),
-            generation: -1,
-            ..Default::default()
-        });
-        respond(r)
+        let topics = super::consumer_groups::Catalog(&b.topics);
+        respond(b.groups.join(&group, j, &topics).await)
     }))
 }
 
@@ -124,6 +120,7 @@ pub fn sync(b: &Arc<Broker>, req: SyncGroupRequest, v: i16) -> Reply {
             .into_iter()
             .map(|a| (a.member_id.to_string(), a.assignment))
             .collect(),
+        &super::consumer_groups::Catalog(&b.topics),
     );
     Reply::Later(Box::pin(async move {
         respond(rx.await.unwrap_or(SyncResult {
@@ -150,7 +147,7 @@ pub fn heartbeat(b: &Arc<Broker>, req: HeartbeatRequest) -> HeartbeatResponse {
 }
 
 /// LeaveGroup (one member in v0-2, a batch in v3+).
-pub fn leave(b: &Arc<Broker>, req: LeaveGroupRequest, v: i16) -> LeaveGroupResponse {
+pub async fn leave(b: &Arc<Broker>, req: LeaveGroupRequest, v: i16) -> LeaveGroupResponse {
     let group = req.group_id.0.to_string();
     if group.is_empty() {
         return LeaveGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code());
@@ -159,7 +156,10 @@ pub fn leave(b: &Arc<Broker>, req: LeaveGroupRequest, v: i16) -> LeaveGroupRespo
         return LeaveGroupResponse::default().with_error_code(code);
     }
     if v < 3 {
-        let codes = b.groups.leave(&group, &[(req.member_id.to_string(), None)]);
+        let codes = b
+            .groups
+            .leave(&group, &[(req.member_id.to_string(), None)])
+            .await;
         return LeaveGroupResponse::default().with_error_code(codes[0]);
     }
     let members: Vec<(String, Option<String>)> = req
@@ -167,7 +167,7 @@ pub fn leave(b: &Arc<Broker>, req: LeaveGroupRequest, v: i16) -> LeaveGroupRespo
         .iter()
         .map(|m| (m.member_id.to_string(), opt(&m.group_instance_id)))
         .collect();
-    let codes = b.groups.leave(&group, &members);
+    let codes = b.groups.leave(&group, &members).await;
     LeaveGroupResponse::default().with_members(
         members
             .into_iter()

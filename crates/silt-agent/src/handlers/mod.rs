@@ -114,7 +114,7 @@ pub async fn dispatch(
         R::JoinGroup(r) => groups::join(broker, r, v, client_id, peer),
         R::SyncGroup(r) => groups::sync(broker, r, v),
         R::Heartbeat(r) => now(ResponseKind::Heartbeat(groups::heartbeat(broker, r))),
-        R::LeaveGroup(r) => now(ResponseKind::LeaveGroup(groups::leave(broker, r, v))),
+        R::LeaveGroup(r) => now(ResponseKind::LeaveGroup(groups::leave(broker, r, v).await)),
         R::DescribeGroups(r) => now(ResponseKind::DescribeGroups(groups::describe(broker, r, v))),
         R::ConsumerGroupHeartbeat(r) => now(ResponseKind::ConsumerGroupHeartbeat(
             consumer_groups::heartbeat(broker, r, client_id, peer).await,
