@@ -112,7 +112,7 @@ def test_producer_compression_reaches_the_log(agent, topic_name, compression):
 
 def test_api_versions_advertises_the_documented_ranges(agent):
     assert api_versions_v0(agent.bootstrap) == {
-        0: (0, 11),  # Produce (v0-2: message sets v0/v1, converted)
+        0: (0, 12),  # Produce (v0-2: message sets v0/v1, converted; v12: transaction version 2)
         1: (0, 16),  # Fetch (v0-3: message sets, converted down)
         2: (0, 8),  # ListOffsets
         3: (0, 13),  # Metadata
@@ -134,8 +134,8 @@ def test_api_versions_advertises_the_documented_ranges(agent):
         22: (0, 4),  # InitProducerId
         24: (0, 3),  # AddPartitionsToTxn
         25: (0, 3),  # AddOffsetsToTxn
-        26: (0, 3),  # EndTxn
-        28: (0, 3),  # TxnOffsetCommit
+        26: (0, 5),  # EndTxn (v5: transaction version 2)
+        28: (0, 5),  # TxnOffsetCommit (v5: transaction version 2)
         65: (0, 0),  # DescribeTransactions
         66: (0, 1),  # ListTransactions
         23: (0, 4),  # OffsetForLeaderEpoch

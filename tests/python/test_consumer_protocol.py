@@ -292,9 +292,10 @@ def test_classic_and_consumer_members_share_a_group_through_an_online_upgrade(ca
     """Kafka 4.0's online migration: two classic members (librdkafka's default protocol, eager
     range/roundrobin) consume a topic; a group.protocol=consumer member joins the same group,
     which becomes a consumer group; the classic members are told to rejoin and the server's
-    assignor spreads the partitions over all three. The consumer-protocol member then leaves
-    and the classic members take everything back. No partition is ever owned by two members,
-    and every record is delivered exactly once (members commit on revocation)."""
+    assignor spreads the partitions over all three. The consumer-protocol member then leaves:
+    the group is classic again and the classic members take everything back in a classic
+    rebalance. No partition is ever owned by two members, and every record is delivered
+    exactly once (members commit on revocation)."""
     n = 6
     create_topic(cagent.bootstrap, topic_name, partitions=n)
     expected = produce_spread(cagent.bootstrap, topic_name, n, 0, 300)
@@ -319,6 +320,8 @@ def test_classic_and_consumer_members_share_a_group_through_an_online_upgrade(ca
         c.close()
         expected.update(produce_spread(cagent.bootstrap, topic_name, n, 600, 300))
         pump(members, lambda: cover(members, topic_name, n), timeout=60, what="the classic members taking all back")
+        listed = ac.list_consumer_groups(types={ConsumerGroupType.CLASSIC}, request_timeout=15).result()
+        assert group_name in {x.group_id for x in listed.valid}, "a classic group again"
         pump(members, lambda: len(delivered(members)) >= len(expected), timeout=40, what="records after the leave")
         assert_exactly_once(members, expected)
         assert c.assigned and all(m.revoked for m in (a, b)), "the classic members rejoined"

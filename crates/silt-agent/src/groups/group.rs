@@ -350,6 +350,45 @@ impl Group {
         })
     }
 
+    /// A consumer group whose members are all classic, turned back into a classic group (Kafka
+    /// 4.0's online downgrade): generation `generation` (the consumer group's epoch), the members
+    /// kept, and a rebalance begun at once, so they rejoin and their leader assigns.
+    pub fn from_consumer(
+        generation: i32,
+        members: Vec<ExportedMember>,
+        now: i64,
+        lim: &GroupLimits,
+    ) -> Self {
+        let mut g = Self::new();
+        g.generation = generation;
+        g.protocol_type = Some("consumer".to_string());
+        g.state = State::Stable;
+        for m in members {
+            if let Some(inst) = &m.instance_id {
+                g.statics.insert(inst.clone(), m.id.clone());
+            }
+            g.members.insert(
+                m.id,
+                Member {
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    protocols: m.protocols,
+                    assignment: m.assignment,
+                    last_seen: now,
+                    join_waiter: None,
+                    sync_waiter: None,
+                },
+            );
+        }
+        g.protocol = g.choose_protocol();
+        g.leader = g.members.keys().next().cloned();
+        g.prepare_rebalance(now, lim);
+        g
+    }
+
     /// The group became a consumer group: whatever its members wait on (a join, a sync) is
     /// answered REBALANCE_IN_PROGRESS, as Kafka answers them on an online upgrade, and it is
     /// empty again.

@@ -9,7 +9,8 @@
 //! assigns, members reconcile incrementally); the two share committed offsets. A group with
 //! members changes protocol as Kafka 4.0's online migration does: a consumer-protocol member
 //! joining a classic group of consumers turns it into a consumer group whose classic members go
-//! on with JoinGroup, SyncGroup and Heartbeat ([`consumer`]'s classic module).
+//! on with JoinGroup, SyncGroup and Heartbeat ([`consumer`]'s classic module); once only classic
+//! members remain, it is a classic group again, with a rebalance.
 //!
 //! Classic membership is in memory only: after a restart or a coordinator move, members find
 //! their session unknown and rejoin, as after a Kafka coordinator failover. A consumer group's
@@ -342,6 +343,7 @@ impl GroupCoordinator {
             if let Some(c) = e.consumer.as_mut() {
                 if c.tick(now, &self.limits.consumer) > 0 {
                     changed.push(id.clone());
+                    self.maybe_downgrade(id, e, now);
                 }
             }
         }
@@ -372,10 +374,12 @@ impl GroupCoordinator {
                 let groups = self.lock();
                 match groups.get(g.as_str()) {
                     Some(e) if Arc::ptr_eq(&e.membership_writes, &writes) => {
-                        match e.consumer.as_ref().map(|c| c.stored()) {
-                            Some(doc) if doc != e.stored_membership => doc,
-                            _ => continue,
+                        // None once the group is empty or classic again: the stored one goes.
+                        let doc = e.consumer.as_ref().and_then(|c| c.stored());
+                        if doc == e.stored_membership {
+                            continue;
                         }
+                        doc
                     }
                     _ => continue,
                 }
@@ -512,7 +516,8 @@ impl GroupCoordinator {
             };
             let before = c.clone();
             let reply = op(c, now);
-            let doc = c.stored();
+            self.maybe_downgrade(group_id, e, now);
+            let doc = e.consumer.as_ref().and_then(|c| c.stored());
             if doc == e.stored_membership {
                 return reply;
             }
@@ -540,7 +545,11 @@ impl GroupCoordinator {
         let undo = |code: i16| {
             if let Some(e) = self.lock().get_mut(group_id) {
                 if Arc::ptr_eq(&e.membership_writes, writes) {
+                    // Back to the consumer group as it was (a downgrade undone too).
                     e.consumer = Some(before.clone());
+                    if !before.is_empty() {
+                        e.group = Group::new();
+                    }
                 }
             }
             Err(code)
@@ -584,6 +593,25 @@ impl GroupCoordinator {
                 undo(ResponseError::CoordinatorNotAvailable.code())
             }
         }
+    }
+
+    /// Kafka 4.0's online downgrade: a consumer group whose members are all classic becomes a
+    /// classic group again, with a rebalance begun.
+    fn maybe_downgrade(&self, group_id: &str, e: &mut Entry, now: i64) {
+        let Some(c) = e.consumer.as_ref() else {
+            return;
+        };
+        let Some(members) = c.downgradable() else {
+            return;
+        };
+        tracing::info!(
+            group = group_id,
+            members = members.len(),
+            generation = c.downgrade_generation(),
+            "the last consumer-protocol member left: the group is a classic group again"
+        );
+        e.group = Group::from_consumer(c.downgrade_generation(), members, now, &self.limits);
+        e.consumer = None;
     }
 
     /// The heartbeat interval consumer-protocol members are told.
@@ -672,7 +700,8 @@ impl GroupCoordinator {
             let c = e.consumer.as_mut().expect("set above");
             let before = c.clone();
             let reply = c.heartbeat(hb, now, &self.limits.consumer, topics);
-            let doc = c.stored();
+            self.maybe_downgrade(group_id, e, now);
+            let doc = e.consumer.as_ref().and_then(|c| c.stored());
             if doc == e.stored_membership {
                 return reply;
             }

@@ -15,9 +15,10 @@
 //!   REBALANCE_IN_PROGRESS when the member is behind the group epoch, must give up partitions,
 //!   or could take released ones — and from then on the member must rejoin within its rebalance
 //!   timeout. A classic member's session is its own session timeout.
-//! - A group whose consumer-protocol members have all left stays a consumer group serving its
-//!   classic members until it is empty (Kafka 4.0 turns it back into a classic group at once;
-//!   docs/compatibility.md).
+//! - **Downgrade.** Once the last consumer-protocol member has left or been fenced and classic
+//!   members remain, the group turns back into a classic group ([`ConsumerGroup::downgradable`],
+//!   `Group::from_consumer`): generation = the group epoch, a rebalance begun at once, so the
+//!   members rejoin and their leader assigns again.
 
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use super::{
     intersect, minus, ConsumerGroup, ConsumerLimits, Member, MemberState, Parts, TopicView,
 };
 use crate::groups::consumer_protocol;
-use crate::groups::group::{ClassicExport, Join, JoinResult, SyncResult};
+use crate::groups::group::{ClassicExport, ExportedMember, Join, JoinResult, SyncResult};
 
 /// The protocol type of classic consumers.
 pub const CLASSIC_PROTOCOL_TYPE: &str = "consumer";
@@ -395,6 +396,49 @@ impl ConsumerGroup {
             m.revoke_deadline_ms = now + i64::from(m.rebalance_timeout_ms);
         }
         ResponseError::RebalanceInProgress.code()
+    }
+
+    /// When every member left is classic (the last consumer-protocol member left or was
+    /// fenced): the members for a classic group to take over (Kafka 4.0's online downgrade).
+    pub fn downgradable(&self) -> Option<Vec<ExportedMember>> {
+        if self.members.is_empty() || self.members.values().any(|m| m.classic.is_none()) {
+            return None;
+        }
+        Some(
+            self.members
+                .iter()
+                .map(|(id, m)| {
+                    let c = m.classic.as_ref().expect("all classic");
+                    ExportedMember {
+                        id: id.clone(),
+                        instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        session_timeout_ms: c.session_timeout_ms,
+                        rebalance_timeout_ms: m.rebalance_timeout_ms,
+                        protocols: c
+                            .protocols
+                            .iter()
+                            .map(|(n, b)| (n.clone(), bytes::Bytes::from(b.clone())))
+                            .collect(),
+                        // The classic rebalance that follows hands out new assignments.
+                        assignment: bytes::Bytes::new(),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// The generation a downgraded group starts at: its members' epoch (the newest, if they
+    /// differ), so members at it are told REBALANCE_IN_PROGRESS, not ILLEGAL_GENERATION, and
+    /// can still commit what they consumed before they rejoin (a leave moved the group epoch
+    /// past theirs).
+    pub fn downgrade_generation(&self) -> i32 {
+        self.members
+            .values()
+            .map(|m| m.epoch)
+            .max()
+            .unwrap_or(self.group_epoch)
     }
 
     /// LeaveGroup of one member, by id, or by instance id (v3+).

@@ -360,3 +360,96 @@ fn errors_timeouts_leaves_and_the_stored_form() {
         "a hostile subscription"
     );
 }
+
+#[test]
+fn once_only_classic_members_remain_the_group_is_classic_again_with_a_rebalance() {
+    use crate::groups::group::{Group, GroupLimits, State};
+    let (c, mut g) = (cat(), upgraded());
+    assert_eq!(
+        g.downgradable().map(|m| m.len()),
+        Some(2),
+        "classic members only: a classic group (an upgrade whose joining member failed)"
+    );
+    let joined = g.heartbeat(
+        Heartbeat {
+            member_id: "c".into(),
+            member_epoch: 0,
+            topic_names: Some(vec!["t".into()]),
+            owned: Some(Parts::new()),
+            ..Default::default()
+        },
+        1,
+        &lim(),
+        &c,
+    );
+    assert!(
+        g.downgradable().is_none(),
+        "a consumer-protocol member is in the group"
+    );
+    g.heartbeat(
+        Heartbeat {
+            member_id: "c".into(),
+            member_epoch: -1,
+            ..Default::default()
+        },
+        2,
+        &lim(),
+        &c,
+    );
+    assert!(joined.member_epoch > 0);
+    let members = g.downgradable().expect("only classic members left");
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[0].protocols[0].0, "range");
+    let glim = GroupLimits {
+        min_session_timeout_ms: 1,
+        max_session_timeout_ms: 60_000,
+        initial_rebalance_delay_ms: 0,
+        max_size: 10,
+        max_assignment_bytes: 1 << 20,
+        consumer: lim(),
+    };
+    // a and b are still at the upgrade's generation: that is the classic group's, so they are
+    // told to rejoin (and may still commit), not that their generation is stale.
+    let generation = g.downgrade_generation();
+    assert_eq!(generation, 5);
+    let mut classic = Group::from_consumer(generation, members, 3, &glim);
+    assert_eq!(
+        classic.state(),
+        State::PreparingRebalance,
+        "a rebalance begins at once"
+    );
+    assert_eq!(
+        classic.heartbeat("a", None, 5, 4),
+        ResponseError::RebalanceInProgress.code(),
+        "the members are told to rejoin"
+    );
+    assert_eq!(
+        classic.check_commit("a", None, 5),
+        Ok(()),
+        "what a consumed is committed"
+    );
+    assert_eq!(
+        classic.heartbeat("b", None, 3, 4),
+        ResponseError::IllegalGeneration.code()
+    );
+    let mut waits = Vec::new();
+    for id in ["a", "b"] {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        classic.join(join(id, "range", subscription(0, &[])), 5, &glim, tx);
+        waits.push(rx);
+    }
+    let results: Vec<JoinResult> = waits
+        .into_iter()
+        .map(|mut r| r.try_recv().expect("answered"))
+        .collect();
+    assert_eq!(classic.state(), State::CompletingRebalance);
+    assert!(
+        results.iter().all(|r| r.error == 0 && r.generation == 6),
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|r| !r.members.is_empty()).count(),
+        1,
+        "one leader assigns"
+    );
+}
