@@ -152,6 +152,32 @@ struct Member {
     classic: Option<classic::ClassicMeta>,
 }
 
+impl Member {
+    /// A member that just joined: epoch 0, nothing assigned, no subscription yet.
+    fn joining(instance_id: Option<String>, rebalance_timeout_ms: i32, now: i64) -> Self {
+        Self {
+            instance_id,
+            rack_id: None,
+            client_id: String::new(),
+            client_host: String::new(),
+            rebalance_timeout_ms,
+            names: BTreeSet::new(),
+            regex: None,
+            assignor: None,
+            epoch: 0,
+            previous_epoch: 0,
+            state: MemberState::Stable,
+            assigned: Parts::new(),
+            revoking: Parts::new(),
+            sent: None,
+            last_seen_ms: now,
+            revoke_deadline_ms: 0,
+            left_static: false,
+            classic: None,
+        }
+    }
+}
+
 /// A member as ConsumerGroupDescribe reports it.
 #[derive(Debug, Clone)]
 pub struct MemberInfo {
@@ -556,30 +582,15 @@ impl ConsumerGroup {
                 "a joining member must own no partitions",
             ));
         }
-        let fresh = Member {
-            instance_id: hb.instance_id.clone(),
-            rack_id: None,
-            client_id: String::new(),
-            client_host: String::new(),
-            rebalance_timeout_ms: if hb.rebalance_timeout_ms > 0 {
+        let fresh = Member::joining(
+            hb.instance_id.clone(),
+            if hb.rebalance_timeout_ms > 0 {
                 hb.rebalance_timeout_ms
             } else {
                 300_000
             },
-            names: BTreeSet::new(),
-            regex: None,
-            assignor: None,
-            epoch: 0,
-            previous_epoch: 0,
-            state: MemberState::Stable,
-            assigned: Parts::new(),
-            revoking: Parts::new(),
-            sent: None,
-            last_seen_ms: now,
-            revoke_deadline_ms: 0,
-            left_static: false,
-            classic: None,
-        };
+            now,
+        );
         // A static member replacing its predecessor takes over its assignment and epoch.
         if let Some(inst) = &hb.instance_id {
             let prior = self
@@ -840,5 +851,7 @@ impl ConsumerGroup {
 
 mod classic;
 
+#[cfg(test)]
+mod test_catalog;
 #[cfg(test)]
 mod tests;

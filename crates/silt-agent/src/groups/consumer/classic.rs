@@ -131,36 +131,23 @@ impl ConsumerGroup {
                 .ok_or_else(|| format!("member {}'s assignment does not decode", m.id))?;
             let assigned = to_parts(&assigned, topics);
             g.target.insert(m.id.clone(), assigned.clone());
-            g.members.insert(
-                m.id.clone(),
-                Member {
-                    instance_id: m.instance_id.clone(),
-                    rack_id: sub.rack.clone(),
-                    client_id: m.client_id.clone(),
-                    client_host: m.client_host.clone(),
-                    rebalance_timeout_ms: m.rebalance_timeout_ms,
-                    names: sub.topics.iter().cloned().collect(),
-                    regex: None,
-                    assignor: None,
-                    epoch: c.generation,
-                    previous_epoch: c.generation,
-                    state: MemberState::Stable,
-                    assigned,
-                    revoking: Parts::new(),
-                    sent: None,
-                    last_seen_ms: now,
-                    revoke_deadline_ms: 0,
-                    left_static: false,
-                    classic: Some(ClassicMeta {
-                        session_timeout_ms: m.session_timeout_ms,
-                        protocols: m
-                            .protocols
-                            .iter()
-                            .map(|(n, b)| (n.clone(), b.to_vec()))
-                            .collect(),
-                    }),
-                },
-            );
+            let mut member = Member::joining(m.instance_id.clone(), m.rebalance_timeout_ms, now);
+            member.rack_id = sub.rack.clone();
+            member.client_id = m.client_id.clone();
+            member.client_host = m.client_host.clone();
+            member.names = sub.topics.iter().cloned().collect();
+            member.epoch = c.generation;
+            member.previous_epoch = c.generation;
+            member.assigned = assigned;
+            member.classic = Some(ClassicMeta {
+                session_timeout_ms: m.session_timeout_ms,
+                protocols: m
+                    .protocols
+                    .iter()
+                    .map(|(n, b)| (n.clone(), b.to_vec()))
+                    .collect(),
+            });
+            g.members.insert(m.id.clone(), member);
         }
         g.refresh_topics(topics);
         Ok(g)
@@ -235,26 +222,7 @@ impl ConsumerGroup {
             }
             self.members.insert(
                 id.clone(),
-                Member {
-                    instance_id: j.instance_id.clone(),
-                    rack_id: None,
-                    client_id: String::new(),
-                    client_host: String::new(),
-                    rebalance_timeout_ms: j.rebalance_timeout_ms,
-                    names: Default::default(),
-                    regex: None,
-                    assignor: None,
-                    epoch: 0,
-                    previous_epoch: 0,
-                    state: MemberState::Stable,
-                    assigned: Parts::new(),
-                    revoking: Parts::new(),
-                    sent: None,
-                    last_seen_ms: now,
-                    revoke_deadline_ms: 0,
-                    left_static: false,
-                    classic: None,
-                },
+                Member::joining(j.instance_id.clone(), j.rebalance_timeout_ms, now),
             );
             self.group_epoch += 1;
         }

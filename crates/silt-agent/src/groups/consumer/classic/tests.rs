@@ -11,22 +11,7 @@ use super::*;
 use crate::groups::consumer::Heartbeat;
 use crate::groups::group::ExportedMember;
 
-struct Catalog(BTreeMap<String, (Uuid, i32)>);
-
-impl TopicView for Catalog {
-    fn by_name(&self, name: &str) -> Option<(Uuid, i32)> {
-        self.0.get(name).copied()
-    }
-    fn names(&self) -> Vec<String> {
-        self.0.keys().cloned().collect()
-    }
-    fn name_of(&self, id: &Uuid) -> Option<String> {
-        self.0
-            .iter()
-            .find(|(_, v)| v.0 == *id)
-            .map(|(k, _)| k.clone())
-    }
-}
+use crate::groups::consumer::test_catalog::Catalog;
 
 fn cat() -> Catalog {
     Catalog(BTreeMap::from([("t".to_string(), (Uuid::from_u128(7), 6))]))
