@@ -33,6 +33,30 @@ impl GroupCoordinator {
             .unwrap_or_default()
     }
 
+    /// KIP-447: a TxnOffsetCommit naming its consumer's member id and generation (v3+) is
+    /// checked against the group as an OffsetCommit is (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION,
+    /// FENCED_INSTANCE_ID, REBALANCE_IN_PROGRESS; a consumer group's member epoch), so offsets
+    /// of a consumer that was rebalanced meanwhile never become part of the transaction: the
+    /// producer must abort, and the records it wrote for those inputs are never read.
+    pub fn check_txn_member(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), i16> {
+        self.check(group)?;
+        let groups = self.lock();
+        match groups.get(group) {
+            Some(e) => match &e.consumer {
+                Some(c) if !c.is_empty() => c.check_member_epoch(member_id, generation),
+                _ => e.group.check_commit(member_id, instance_id, generation),
+            },
+            None if generation < 0 => Ok(()),
+            None => Err(ResponseError::IllegalGeneration.code()),
+        }
+    }
+
     /// TxnOffsetCommit: adds `offsets` to producer `pid`'s pending offsets for `group`, if the
     /// producer's transaction record is still at `txn` (its key and revision, as verified):
     /// `Ok(false)` if it moved on meanwhile (verify again).

@@ -189,6 +189,18 @@ pub async fn offset_commit(
     let group = req.group_id.0.to_string();
     let producer = (req.producer_id.0, req.producer_epoch);
     let mut c = ResponseError::ConcurrentTransactions.code();
+    // KIP-447 (v3+): the consumer whose positions these are must still be the group's member
+    // at that generation.
+    if version >= 3 && (req.generation_id >= 0 || !req.member_id.is_empty()) {
+        if let Err(code) = b.groups.check_txn_member(
+            &group,
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+        ) {
+            return txn_offset_commit_response(&req.topics, |_| code);
+        }
+    }
     if version >= 5 {
         let deps = crate::txn::deps(b);
         let added = b

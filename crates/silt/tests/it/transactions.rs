@@ -474,3 +474,111 @@ async fn late_and_zombie_offset_commits_never_land_in_a_later_transaction() {
         "the zombie's offsets were committed"
     );
 }
+
+/// KIP-447: offsets sent in a transaction name the consumer they come from (member id and
+/// generation, TxnOffsetCommit v3+); those of a consumer the group no longer has at that
+/// generation (rebalanced meanwhile) are refused, so the producer aborts and its outputs for
+/// those inputs are never read — instead of committing positions the group has since moved
+/// past or back from (a consume-transform-produce application would write inputs twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_a_rebalanced_consumer_never_join_a_transaction() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let agent =
+        crate::harness::AgentProc::start(&[("SILT_GROUPS__INITIAL_REBALANCE_DELAY_MS", "0")]);
+    create_topic(&agent.bootstrap(), "kin", 1, &[]).await;
+    let mut conn = crate::protocol::Conn::open(&agent);
+    let group = || GroupId(StrBytes::from_static_str("kip447"));
+    let tid = || TransactionalId(StrBytes::from_static_str("kip447-app"));
+    // A classic member: JoinGroup (twice: the first answer hands out the member id), SyncGroup.
+    let join = |conn: &mut crate::protocol::Conn, member: &str| -> JoinGroupResponse {
+        conn.call(
+            ApiKey::JoinGroup,
+            5,
+            &JoinGroupRequest::default()
+                .with_group_id(group())
+                .with_session_timeout_ms(30_000)
+                .with_rebalance_timeout_ms(30_000)
+                .with_member_id(StrBytes::from_string(member.to_string()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(bytes::Bytes::from_static(
+                        b"\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff",
+                    ))]),
+        )
+    };
+    let first = join(&mut conn, "");
+    assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
+    let joined = join(&mut conn, first.member_id.as_str());
+    assert_eq!(joined.error_code, 0, "{joined:?}");
+    let (member, generation) = (joined.member_id.to_string(), joined.generation_id);
+    let synced: SyncGroupResponse = conn.call(
+        ApiKey::SyncGroup,
+        3,
+        &SyncGroupRequest::default()
+            .with_group_id(group())
+            .with_member_id(StrBytes::from_string(member.clone()))
+            .with_generation_id(generation),
+    );
+    assert_eq!(synced.error_code, 0);
+    // A transactional producer with the group in its transaction.
+    let init: InitProducerIdResponse = conn.call(
+        ApiKey::InitProducerId,
+        1,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(tid()))
+            .with_transaction_timeout_ms(60_000),
+    );
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id, init.producer_epoch);
+    let added: AddOffsetsToTxnResponse = conn.call(
+        ApiKey::AddOffsetsToTxn,
+        1,
+        &AddOffsetsToTxnRequest::default()
+            .with_transactional_id(tid())
+            .with_producer_id(pid)
+            .with_producer_epoch(epoch)
+            .with_group_id(group()),
+    );
+    assert_eq!(added.error_code, 0);
+    let commit = |conn: &mut crate::protocol::Conn, member: &str, generation: i32| -> i16 {
+        let r: TxnOffsetCommitResponse = conn.call(
+            ApiKey::TxnOffsetCommit,
+            3,
+            &TxnOffsetCommitRequest::default()
+                .with_transactional_id(tid())
+                .with_group_id(group())
+                .with_producer_id(pid)
+                .with_producer_epoch(epoch)
+                .with_member_id(StrBytes::from_string(member.to_string()))
+                .with_generation_id(generation)
+                .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("kin")))
+                    .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(5)])]),
+        );
+        r.topics[0].partitions[0].error_code
+    };
+    assert_eq!(
+        commit(&mut conn, &member, generation - 1),
+        22,
+        "ILLEGAL_GENERATION"
+    );
+    assert_eq!(
+        commit(&mut conn, "someone-else", generation),
+        25,
+        "UNKNOWN_MEMBER_ID"
+    );
+    assert_eq!(
+        commit(&mut conn, &member, generation),
+        0,
+        "the current member at its generation"
+    );
+}
