@@ -43,7 +43,7 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
             rx.borrow_and_update();
             let (resp, bytes, errors) = build(&b, &req, version, &parts).await;
             if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
-                return done(&b, resp);
+                return done(&b, resp, &parts);
             }
             let seen = marks(&parts);
             loop {
@@ -61,7 +61,7 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
                     Ok(Ok(())) | Ok(Err(_)) => {
                         // The flusher stopped; nothing new will arrive.
                         tokio::time::sleep_until(deadline).await;
-                        return done(&b, build(&b, &req, version, &parts).await.0);
+                        return done(&b, build(&b, &req, version, &parts).await.0, &parts);
                     }
                     Err(_) if Instant::now() < deadline => {
                         parts = resolve(&b, &req, version).await;
@@ -69,7 +69,7 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
                             break;
                         }
                     }
-                    Err(_) => return done(&b, build(&b, &req, version, &parts).await.0),
+                    Err(_) => return done(&b, build(&b, &req, version, &parts).await.0, &parts),
                 }
             }
         }
@@ -149,15 +149,25 @@ fn marks(parts: &[Resolved]) -> Vec<Option<(i64, i64, bool)>> {
         .collect()
 }
 
-/// Counts the bytes a response returns, per topic, and wraps it.
-fn done(b: &Broker, resp: FetchResponse) -> ResponseKind {
+/// Counts the bytes a response returns, per topic and (for placement by load) per partition
+/// led here — `parts` are the request's partitions as resolved, in response order — and wraps
+/// it.
+fn done(b: &Broker, resp: FetchResponse, parts: &[Resolved]) -> ResponseKind {
+    let mut at = 0usize;
     for t in &resp.responses {
-        let bytes: usize = t
-            .partitions
-            .iter()
-            .filter_map(|p| p.records.as_ref())
-            .map(|r| r.len())
-            .sum();
+        let mut bytes = 0usize;
+        for p in &t.partitions {
+            let n = p.records.as_ref().map_or(0, |r| r.len());
+            bytes += n;
+            if let Some(Some((part, false))) = parts.get(at) {
+                if n > 0 {
+                    part.traffic
+                        .fetched
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            at += 1;
+        }
         let name = if t.topic.0.is_empty() {
             b.topics
                 .get_by_id(&t.topic_id)
@@ -166,19 +176,8 @@ fn done(b: &Broker, resp: FetchResponse) -> ResponseKind {
         } else {
             t.topic.0.to_string()
         };
-        if let Some(topic) = b.topics.get(&name) {
+        if b.topics.get(&name).is_some() {
             b.metrics.fetched(&name, bytes as u64);
-            // Per partition, for placement by load.
-            for p in &t.partitions {
-                let n = p.records.as_ref().map_or(0, |r| r.len());
-                if n > 0 {
-                    if let Ok(part) = b.cluster.partition(&topic, p.partition_index) {
-                        part.traffic
-                            .fetched
-                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            }
         }
     }
     ResponseKind::Fetch(resp)
