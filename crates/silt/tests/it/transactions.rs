@@ -52,6 +52,32 @@ pub fn read_committed_records(
     out
 }
 
+/// Partition 0's committed offset of `topic` for `group`, once no transaction has it pending
+/// (OffsetFetch with `require_stable`, retried while the answer is not settled).
+pub fn stable_committed_offset(conn: &mut crate::protocol::Conn, group: &str, topic: &str) -> i64 {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    for _ in 0..200 {
+        let r: OffsetFetchResponse = conn.call(
+            ApiKey::OffsetFetch,
+            7,
+            &OffsetFetchRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+                .with_require_stable(true)
+                .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_partition_indexes(vec![0])])),
+        );
+        let p = &r.topics[0].partitions[0];
+        if r.error_code == 0 && p.error_code == 0 {
+            return p.committed_offset;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the committed offset never settled");
+}
+
 /// The values [`read_committed_records`] reads.
 pub fn read_committed(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> {
     read_committed_records(bootstrap, topic, partitions)
@@ -351,7 +377,6 @@ async fn transactions_are_described_and_listed() {
 /// application would then process inputs twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_and_zombie_offset_commits_never_land_in_a_later_transaction() {
-    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
     use kafka_protocol::messages::txn_offset_commit_request::{
         TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
     };
@@ -431,26 +456,8 @@ async fn late_and_zombie_offset_commits_never_land_in_a_later_transaction() {
         }
         panic!("EndTxn never succeeded");
     };
-    let committed = |conn: &mut crate::protocol::Conn| -> i64 {
-        for _ in 0..200 {
-            let r: OffsetFetchResponse = conn.call(
-                ApiKey::OffsetFetch,
-                7,
-                &OffsetFetchRequest::default()
-                    .with_group_id(group())
-                    .with_require_stable(true)
-                    .with_topics(Some(vec![OffsetFetchRequestTopic::default()
-                        .with_name(TopicName(StrBytes::from_static_str("zin")))
-                        .with_partition_indexes(vec![0])])),
-            );
-            let p = &r.topics[0].partitions[0];
-            if r.error_code == 0 && p.error_code == 0 {
-                return p.committed_offset;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the committed offset never settled");
-    };
+    let committed =
+        |conn: &mut crate::protocol::Conn| stable_committed_offset(conn, "zombie-group", "zin");
 
     let first = init(&mut conn);
     add(&mut conn, first);

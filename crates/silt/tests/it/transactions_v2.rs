@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::txn_offset_commit_request::{
     TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
@@ -117,24 +116,7 @@ fn commit_offset(c: &mut Conn, (pid, epoch): (i64, i16), offset: i64) -> i16 {
 }
 
 fn committed_offset(c: &mut Conn) -> i64 {
-    for _ in 0..200 {
-        let r: OffsetFetchResponse = c.call(
-            ApiKey::OffsetFetch,
-            7,
-            &OffsetFetchRequest::default()
-                .with_group_id(GroupId(StrBytes::from_static_str(GROUP)))
-                .with_require_stable(true)
-                .with_topics(Some(vec![OffsetFetchRequestTopic::default()
-                    .with_name(name())
-                    .with_partition_indexes(vec![0])])),
-        );
-        let p = &r.topics[0].partitions[0];
-        if r.error_code == 0 && p.error_code == 0 {
-            return p.committed_offset;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the committed offset never settled");
+    crate::transactions::stable_committed_offset(c, GROUP, TOPIC)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
