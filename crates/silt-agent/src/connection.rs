@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
-use silt_wire::frame::read_frame;
+use silt_wire::frame::{read_frame_body, read_frame_size};
 use silt_wire::request::{decode_body, parse_header};
 use silt_wire::response::encode_response;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
@@ -43,6 +43,12 @@ struct Outgoing {
     _hold: Option<crate::limits::ResponsePermit>,
     /// Who the quota layer charges (a fetch response's bytes are counted when it is written).
     quota: Option<Ticket>,
+}
+
+/// How long a request frame's body may take to arrive once its size was read and its memory
+/// reserved: 30 s, plus a second per MiB.
+fn body_deadline(size: usize) -> std::time::Duration {
+    std::time::Duration::from_secs(30 + (size >> 20) as u64)
 }
 
 /// Largest request accepted before a connection authenticates (Kafka's
@@ -168,7 +174,7 @@ where
                 tracing::info!(%peer, "closing connection: this agent session ended");
                 break;
             }
-            read = tokio::time::timeout(wait, read_frame(&mut rd, max)) => match read {
+            read = tokio::time::timeout(wait, read_frame_size(&mut rd, max)) => match read {
                 Ok(read) => read,
                 Err(_) if !session.authenticated() => {
                     tracing::info!(%peer, listener = %session.listener.name,
@@ -183,11 +189,34 @@ where
                 }
             },
         };
-        let frame: Bytes = match read {
-            Ok(Some(f)) => f,
+        let size = match read {
+            Ok(Some(size)) => size,
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "closing connection: {e}");
+                break;
+            }
+        };
+        // The memory layer: the frame's bytes are reserved on the agent's request budget before
+        // they are read, and given back once the request was handled.
+        let request_permit = tokio::select! {
+            p = broker.limits.reserve_request(size) => p,
+            _ = stopping.wait_for(|s| *s) => break,
+        };
+        let frame: Bytes = match tokio::time::timeout(
+            body_deadline(size),
+            read_frame_body(&mut rd, size),
+        )
+        .await
+        {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "closing connection: {e}");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, size,
+                    "closing connection: a request frame's body did not arrive in time (it holds request memory meanwhile)");
                 break;
             }
         };
@@ -358,12 +387,14 @@ where
         let reply = handlers::dispatch(broker, &req, body, &mut session)
             .instrument(span)
             .await;
+        drop(req);
         let out = match crate::authz::apply(reply, fixup) {
             Reply::None => {
                 broker.metrics.request(api, started.elapsed());
                 continue;
             }
             Reply::Now(resp) => {
+                drop(request_permit);
                 broker.metrics.request(api, started.elapsed());
                 let encoded = encode_response(correlation_id, api, version, &resp);
                 if let Some(t) = &quota {
@@ -396,6 +427,7 @@ where
                                     resp
                                 }
                             };
+                            drop(request_permit);
                             b.metrics.request(api, started.elapsed());
                             resp
                         }),

@@ -13,6 +13,14 @@ use silt_meta::layout::index;
 
 use crate::broker::Broker;
 
+/// The process's resident size, from `/proc/self/status` (Linux only).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Renders every metric of the agent.
 pub async fn render(b: &Broker) -> String {
     let mut out = String::new();
@@ -74,6 +82,29 @@ pub async fn render(b: &Broker) -> String {
         "gauge",
         l.response_bytes_held(),
     );
+    single(
+        &mut out,
+        "silt_request_bytes_reserved",
+        "Bytes reserved by request frames being read or handled, over all connections (bounded by connections.max_total_request_bytes).",
+        "gauge",
+        l.request_bytes_held(),
+    );
+    single(
+        &mut out,
+        "silt_memory_budget_bytes",
+        "The agent's memory budget (memory_bytes), which the produce buffer, requests, caches and responses share.",
+        "gauge",
+        b.settings.memory_bytes,
+    );
+    if let Some(rss) = resident_bytes() {
+        single(
+            &mut out,
+            "process_resident_memory_bytes",
+            "Resident memory of the agent process (Linux), to compare with silt_memory_budget_bytes.",
+            "gauge",
+            rss,
+        );
+    }
     load(b, &mut out);
     m.render(&mut out);
     out

@@ -4,7 +4,10 @@
 //! may take on its connection's budget (`connections.max_response_bytes`) and on the agent's
 //! (`connections.max_total_response_bytes`) before it runs, and gives them back once the
 //! response is written — so a client that stops reading its responses stops being read from,
-//! and memory stays bounded whatever clients do. Handlers never see any of this.
+//! and memory stays bounded whatever clients do. Request frames are bounded the same way: a
+//! frame's bytes are reserved on the agent's request budget
+//! (`connections.max_total_request_bytes`) before its body is read, and given back once its
+//! response is written. Handlers never see any of this.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,6 +33,7 @@ pub struct ConnectionLimits {
     pub settings: ConnectionSettings,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
     responses: Arc<Semaphore>,
+    requests: Arc<Semaphore>,
     /// Connections refused because too many were open in all.
     pub refused_total: AtomicU64,
     /// Connections refused because too many were open from one address.
@@ -79,6 +83,9 @@ impl ConnectionLimits {
                 settings
                     .max_total_response_bytes
                     .min(Semaphore::MAX_PERMITS),
+            )),
+            requests: Arc::new(Semaphore::new(
+                settings.max_total_request_bytes.min(Semaphore::MAX_PERMITS),
             )),
             settings,
             open: Mutex::new((0, HashMap::new())),
@@ -139,6 +146,30 @@ impl ConnectionLimits {
         }
     }
 
+    /// Reserves the bytes of a request frame of `size` bytes before it is read, waiting while
+    /// the requests being read or handled hold the agent's request budget. A frame larger than
+    /// the whole budget reserves all of it.
+    pub async fn reserve_request(&self, size: usize) -> OwnedSemaphorePermit {
+        let n = permits(size.min(self.request_budget()));
+        self.requests
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("request budget never closes")
+    }
+
+    fn request_budget(&self) -> usize {
+        self.settings
+            .max_total_request_bytes
+            .min(Semaphore::MAX_PERMITS)
+    }
+
+    /// Bytes of request frames reserved now, over all connections.
+    pub fn request_bytes_held(&self) -> usize {
+        self.request_budget()
+            .saturating_sub(self.requests.available_permits())
+    }
+
     /// Bytes of fetch responses reserved now, over all connections.
     pub fn response_bytes_held(&self) -> usize {
         self.settings
@@ -163,8 +194,33 @@ mod tests {
             max_per_ip: 2,
             max_response_bytes: 100,
             max_total_response_bytes: 150,
+            max_total_request_bytes: 1000,
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn request_bytes_are_bounded_in_all() {
+        let l = ConnectionLimits::new(settings());
+        let a = l.reserve_request(600).await;
+        let b = l.reserve_request(400).await;
+        assert_eq!(l.request_bytes_held(), 1000);
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), l.reserve_request(1));
+        assert!(wait.await.is_err(), "the budget is spent");
+        drop(a);
+        let huge = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            l.reserve_request(1 << 30),
+        );
+        assert!(
+            huge.await.is_err(),
+            "a frame larger than the budget waits for all of it"
+        );
+        drop(b);
+        let all = l.reserve_request(1 << 30).await;
+        assert_eq!(l.request_bytes_held(), 1000, "and then holds all of it");
+        drop(all);
+        assert_eq!(l.request_bytes_held(), 0);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Largest request frame accepted, in bytes; larger frames close the connection.
     pub max_frame_bytes: usize,
+    /// The agent's one memory budget, in bytes: the produce buffer, requests being read or
+    /// handled, the tail cache, the block cache's memory tier and unwritten fetch responses
+    /// share it ([`MEMORY_SHARES`]; what is left covers the process itself). A part set on its
+    /// own keeps its value, and the parts together must fit.
+    pub memory_bytes: usize,
     /// Object storage.
     pub object_store: ObjectStoreSettings,
     /// Metadata store.
@@ -76,6 +81,24 @@ pub struct Settings {
     pub load: LoadSettings,
 }
 
+/// The default memory budget (`memory_bytes`): 1 GiB, sized for a laptop.
+pub const DEFAULT_MEMORY_BYTES: usize = 1 << 30;
+
+/// The parts of `memory_bytes`, in eighths of it. They add up to seven eighths: the last eighth
+/// is for the process itself (code, the runtime, partition and group state, socket buffers).
+pub const MEMORY_SHARES: [(&str, usize); 5] = [
+    ("flush.max_buffered_bytes", 1),
+    ("connections.max_total_request_bytes", 1),
+    ("flush.tail_cache_bytes", 2),
+    ("cache.memory_bytes", 2),
+    ("connections.max_total_response_bytes", 1),
+];
+
+/// `eighths` eighths of `memory`.
+const fn share(memory: usize, eighths: usize) -> usize {
+    memory / 8 * eighths
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -94,6 +117,7 @@ impl Default for Settings {
             rack: None,
             data_dir: PathBuf::from("./silt-data"),
             max_frame_bytes: 100 * 1024 * 1024,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
             object_store: ObjectStoreSettings::default(),
             metadata: MetadataSettings::default(),
             flush: FlushSettings::default(),
@@ -173,6 +197,10 @@ pub struct ConnectionSettings {
     pub max_response_bytes: usize,
     /// Most bytes of fetch responses all connections together may hold unwritten.
     pub max_total_response_bytes: usize,
+    /// Most bytes of request frames all connections together may hold while they are read and
+    /// handled (Kafka's `queued.max.request.bytes`): past it, connections are not read from
+    /// until requests finish. A frame larger than this waits until it is the only one held.
+    pub max_total_request_bytes: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -183,7 +211,8 @@ impl Default for ConnectionSettings {
             idle_timeout_ms: 600_000,
             max_in_flight: 1024,
             max_response_bytes: 64 << 20,
-            max_total_response_bytes: 1 << 30,
+            max_total_response_bytes: share(DEFAULT_MEMORY_BYTES, 1),
+            max_total_request_bytes: share(DEFAULT_MEMORY_BYTES, 1),
         }
     }
 }
@@ -208,7 +237,7 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
-            memory_bytes: 256 << 20,
+            memory_bytes: share(DEFAULT_MEMORY_BYTES, 2),
             disk_bytes: 1 << 30,
             dir: None,
             block_bytes: 1 << 20,
@@ -443,8 +472,8 @@ impl Default for FlushSettings {
             interval_ms: 100,
             max_bytes: 4 * 1024 * 1024,
             max_in_flight: 4,
-            max_buffered_bytes: 64 * 1024 * 1024,
-            tail_cache_bytes: 256 * 1024 * 1024,
+            max_buffered_bytes: share(DEFAULT_MEMORY_BYTES, 1),
+            tail_cache_bytes: share(DEFAULT_MEMORY_BYTES, 2),
             idle_ms: 2,
             min_gap_ms: 20,
         }
@@ -579,15 +608,70 @@ impl Settings {
                 .ignore(&["LOG", "LOG_FORMAT"])
                 .split("__"),
         );
-        let settings: Settings = fig
+        let mut settings: Settings = fig
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        // The parts of the memory budget not set on their own are its shares.
+        let given = |key: &str| {
+            let mut only = Figment::new();
+            if let Some(path) = file {
+                only = only.merge(Toml::file(path));
+            }
+            only.merge(Env::prefixed("SILT_").split("__"))
+                .find_value(key)
+                .is_ok()
+        };
+        settings.share_memory(given);
         settings.validate()?;
         Ok(settings)
     }
 
+    /// Sets every part of `memory_bytes` that `given` says was not set on its own to its share
+    /// ([`MEMORY_SHARES`]).
+    pub fn share_memory(&mut self, given: impl Fn(&str) -> bool) {
+        let m = self.memory_bytes;
+        for (key, eighths) in MEMORY_SHARES {
+            if !given(key) {
+                *self.memory_part(key) = share(m, eighths);
+            }
+        }
+        if !given("connections.max_response_bytes") {
+            self.connections.max_response_bytes = (64usize << 20)
+                .min(self.connections.max_total_response_bytes)
+                .max(1 << 20);
+        }
+    }
+
+    fn memory_part(&mut self, key: &str) -> &mut usize {
+        match key {
+            "flush.max_buffered_bytes" => &mut self.flush.max_buffered_bytes,
+            "flush.tail_cache_bytes" => &mut self.flush.tail_cache_bytes,
+            "cache.memory_bytes" => &mut self.cache.memory_bytes,
+            "connections.max_total_response_bytes" => {
+                &mut self.connections.max_total_response_bytes
+            }
+            "connections.max_total_request_bytes" => &mut self.connections.max_total_request_bytes,
+            other => unreachable!("{other} is not a part of memory_bytes"),
+        }
+    }
+
+    /// The parts of the memory budget as set: `(key, bytes)`.
+    pub fn memory_parts(&self) -> Vec<(&'static str, usize)> {
+        let mut s = self.clone();
+        MEMORY_SHARES
+            .iter()
+            .map(|(k, _)| (*k, *s.memory_part(k)))
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |what: &str, why: &str| Err(ConfigError::Invalid(format!("{what}: {why}")));
+        if self.memory_bytes < 128 << 20 {
+            return bad(
+                &format!("memory_bytes = {}", self.memory_bytes),
+                "must be at least 134217728 (128 MiB): an eighth of it is the produce buffer, which must hold 16 MiB",
+            );
+        }
         if self.flush.interval_ms == 0 {
             return bad("flush.interval_ms = 0", "must be at least 1");
         }
@@ -639,6 +723,27 @@ impl Settings {
             return bad(
                 &format!("connections.idle_timeout_ms = {}", c.idle_timeout_ms),
                 "must be at least 1000",
+            );
+        }
+        let parts = self.memory_parts();
+        let total: usize = parts.iter().map(|(_, n)| n).sum();
+        if total > self.memory_bytes {
+            let list: Vec<String> = parts.iter().map(|(k, n)| format!("{k} = {n}")).collect();
+            return bad(
+                &format!("{} (together {total})", list.join(", ")),
+                &format!(
+                    "the parts of the memory budget exceed memory_bytes = {}: raise memory_bytes, or lower the parts set on their own (unset parts take their share of memory_bytes)",
+                    self.memory_bytes
+                ),
+            );
+        }
+        if self.connections.max_total_request_bytes < 1 << 20 {
+            return bad(
+                &format!(
+                    "connections.max_total_request_bytes = {}",
+                    self.connections.max_total_request_bytes
+                ),
+                "must be at least 1048576 (1 MiB)",
             );
         }
         if self.flush.max_buffered_bytes < self.max_frame_bytes.min(16 * 1024 * 1024) {
@@ -904,6 +1009,52 @@ fn describe(e: figment::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    fn load_toml(text: &str) -> Result<Settings, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        Settings::load(Some(f.path()))
+    }
+
+    /// Issue 14: one memory budget. Unset parts take their shares of `memory_bytes`; a part set
+    /// on its own keeps its value; parts that do not fit stop start-up, naming them.
+    #[test]
+    fn the_parts_of_memory_share_one_budget() {
+        let d = Settings::default();
+        let parts: usize = d.memory_parts().iter().map(|(_, n)| n).sum();
+        assert_eq!(parts, d.memory_bytes / 8 * 7, "the defaults are the shares");
+        let s = load_toml("memory_bytes = 4294967296\n").unwrap();
+        assert_eq!(s.flush.max_buffered_bytes, 512 << 20);
+        assert_eq!(s.flush.tail_cache_bytes, 1 << 30);
+        assert_eq!(s.cache.memory_bytes, 1 << 30);
+        assert_eq!(s.connections.max_total_request_bytes, 512 << 20);
+        assert_eq!(s.connections.max_total_response_bytes, 512 << 20);
+        assert_eq!(s.connections.max_response_bytes, 64 << 20);
+        let small = load_toml("memory_bytes = 134217728\n[cache]\nmemory_bytes = 0\n").unwrap();
+        assert_eq!(
+            small.cache.memory_bytes, 0,
+            "a part set on its own keeps its value"
+        );
+        assert_eq!(small.flush.tail_cache_bytes, 32 << 20);
+        assert_eq!(
+            small.connections.max_response_bytes,
+            16 << 20,
+            "a connection's bound is no larger than the total"
+        );
+        let err = load_toml("memory_bytes = 536870912\n[flush]\ntail_cache_bytes = 400000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("flush.tail_cache_bytes = 400000000")
+                && err.contains("exceed memory_bytes = 536870912")
+                && err.contains("raise memory_bytes"),
+            "{err}"
+        );
+        let err = load_toml("memory_bytes = 1000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 134217728"), "{err}");
+    }
+
     use super::*;
 
     /// No secret in any Debug output of the settings (they are logged and shown in errors).

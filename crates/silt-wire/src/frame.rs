@@ -33,6 +33,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    match read_frame_size(r, max).await? {
+        None => Ok(None),
+        Some(size) => read_frame_body(r, size).await.map(Some),
+    }
+}
+
+/// Reads a frame's size prefix and checks it against `max`; `Ok(None)` on a clean end of
+/// stream. The caller may then wait (for memory) before [`read_frame_body`].
+pub async fn read_frame_size<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -49,20 +61,27 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if size < 0 || size as u64 > max as u64 {
         return Err(FrameError::TooLarge { size, max });
     }
-    let size = size as usize;
-    let mut buf = BytesMut::zeroed(size);
-    let mut filled = 0;
-    while filled < size {
-        let n = r.read(&mut buf[filled..]).await?;
+    Ok(Some(size as usize))
+}
+
+/// Reads a frame body of `size` bytes, straight into a buffer of that size (never zero-filled
+/// first, never read past).
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    size: usize,
+) -> Result<Bytes, FrameError> {
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let want = (size - buf.len()) as u64;
+        let n = (&mut *r).take(want).read_buf(&mut buf).await?;
         if n == 0 {
             return Err(FrameError::Truncated {
-                got: filled,
+                got: buf.len(),
                 want: size,
             });
         }
-        filled += n;
     }
-    Ok(Some(buf.freeze()))
+    Ok(buf.freeze())
 }
 
 #[cfg(test)]
