@@ -177,6 +177,7 @@ fn split_entries(object: &str, pos: u64, batches: &[&Pending]) -> Vec<IndexEntry
                 producers: Vec::new(),
                 marks: vec![],
                 txns: vec![],
+                pieces: Vec::new(),
             });
         }
         let e = out.last_mut().expect("an entry");
@@ -452,7 +453,8 @@ impl Flusher {
             groups[i].1.push(it);
         }
         let path = paths::flush_object(self.inner.node_id, &self.inner.session, gen);
-        let mut builder = ObjectBuilder::new();
+        let data_bytes: usize = items.iter().map(|it| it.data.len()).sum();
+        let mut builder = ObjectBuilder::with_capacity(data_bytes, groups.len());
         let mut entries = Vec::with_capacity(groups.len());
         let mut partitions = Vec::with_capacity(groups.len());
         for (p, batches) in &groups {

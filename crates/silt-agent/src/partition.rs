@@ -191,6 +191,16 @@ impl Partition {
     }
 }
 
+/// The one-object ranges of `s` that hold `offset` or follow it.
+fn split_from(s: &IndexEntry, offset: i64) -> Vec<IndexEntry> {
+    if s.pieces.is_empty() {
+        return vec![s.clone()];
+    }
+    let mut pieces = s.split();
+    pieces.retain(|p| p.last_offset >= offset);
+    pieces
+}
+
 impl PartitionState {
     /// Makes a committed range visible.
     pub fn on_commit(&mut self, entry: IndexEntry) {
@@ -213,25 +223,33 @@ impl PartitionState {
         self.txns.truncate_before(offset);
     }
 
-    /// The committed ranges to read for a fetch at `offset` of up to `max_bytes`.
+    /// The committed ranges to read for a fetch at `offset` of up to `max_bytes`, each in one
+    /// object (a range of several pieces is read piece by piece, from the one holding `offset`).
     pub fn locate(&self, offset: i64, max_bytes: usize) -> Vec<IndexEntry> {
         let start = self.segments.partition_point(|s| s.last_offset < offset);
         let mut out = Vec::new();
         let mut bytes = 0u64;
-        for s in &self.segments[start..] {
-            if !out.is_empty() && bytes >= max_bytes as u64 {
-                break;
+        'ranges: for s in &self.segments[start..] {
+            for piece in split_from(s, offset) {
+                if !out.is_empty() && bytes >= max_bytes as u64 {
+                    break 'ranges;
+                }
+                bytes += piece.len;
+                out.push(piece);
             }
-            bytes += s.len;
-            out.push(s.clone());
         }
         out
     }
 
-    /// Up to `n` committed ranges after the one holding `offset`.
+    /// Up to `n` committed ranges (pieces, as [`Self::locate`] gives them) after the one
+    /// holding `offset`.
     pub fn next_ranges(&self, offset: i64, n: usize) -> Vec<IndexEntry> {
         let start = self.segments.partition_point(|s| s.last_offset <= offset);
-        self.segments[start..].iter().take(n).cloned().collect()
+        self.segments[start..]
+            .iter()
+            .flat_map(|s| split_from(s, offset + 1))
+            .take(n)
+            .collect()
     }
 
     /// Segments whose max timestamp is at least `ts`, from the first such one.
@@ -267,6 +285,7 @@ mod tests {
             producers: vec![],
             marks: vec![],
             txns: vec![],
+            pieces: Vec::new(),
         }
     }
 

@@ -56,6 +56,23 @@ pub async fn range_bytes(
     cache: &ObjectCache,
     r: &IndexEntry,
 ) -> Result<Bytes, PartitionError> {
+    if !r.pieces.is_empty() {
+        // A range of several objects: its pieces' bytes, in order.
+        let mut all = BytesMut::with_capacity(r.len as usize);
+        for piece in r.split() {
+            all.extend_from_slice(&piece_bytes(storage, cache, &piece).await?);
+        }
+        return Ok(all.freeze());
+    }
+    piece_bytes(storage, cache, r).await
+}
+
+/// The bytes of a range in one object: from the tail cache, or stored.
+async fn piece_bytes(
+    storage: &Storage,
+    cache: &ObjectCache,
+    r: &IndexEntry,
+) -> Result<Bytes, PartitionError> {
     if let Some(d) = cache.get(&r.object, r.pos, r.len) {
         return Ok(d);
     }
@@ -163,6 +180,7 @@ fn sub_range(r: &IndexEntry, pos: u64, len: u64) -> IndexEntry {
     part.len = len;
     part.marks = Vec::new();
     part.producers = Vec::new();
+    part.pieces = Vec::new();
     part
 }
 
@@ -416,6 +434,7 @@ mod tests {
                     producers: vec![],
                     marks,
                     txns: vec![],
+                    pieces: Vec::new(),
                 });
             }
             let budgets = [1usize, 1000, 100_000, 1 << 20];
@@ -490,6 +509,7 @@ mod tests {
             producers: vec![],
             marks,
             txns: vec![],
+            pieces: Vec::new(),
         });
         // A small range after it: a read cut at the window must not jump to it.
         let mut tail = BytesMut::new();
@@ -511,6 +531,7 @@ mod tests {
             producers: vec![],
             marks: vec![],
             txns: vec![],
+            pieces: Vec::new(),
         });
         let mut next = 0i64;
         let mut reads = 0;

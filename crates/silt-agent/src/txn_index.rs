@@ -212,6 +212,7 @@ mod tests {
             producers: vec![],
             marks: vec![],
             txns,
+            pieces: Vec::new(),
         };
         let entries = vec![
             entry(vec![start(1, 0), start(2, 1)]),

@@ -17,6 +17,8 @@ use uuid::Uuid;
 const MAGIC: &[u8; 8] = b"SILTOBJ1";
 const VERSION: u8 = 1;
 const ENTRY_LEN: usize = 16 + 4 + 8 + 8 + 8 + 8 + 8;
+/// Footer bytes besides its entries: version, count, CRC, footer length, magic.
+const FOOTER_FIXED: usize = 1 + 4 + 4 + 4 + 8;
 
 /// One partition's range inside an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,16 @@ impl ObjectBuilder {
     /// An empty object.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty object with room for `data_bytes` of batches from `partitions` partitions, so
+    /// the finished object is one allocation of its own size (caches that hold it count what
+    /// it takes).
+    pub fn with_capacity(data_bytes: usize, partitions: usize) -> Self {
+        Self {
+            data: BytesMut::with_capacity(data_bytes + FOOTER_FIXED + partitions * ENTRY_LEN),
+            entries: Vec::with_capacity(partitions),
+        }
     }
 
     /// Appends one partition's contiguous batches; returns its footer entry.
@@ -165,6 +177,17 @@ pub fn read_footer(object: &[u8]) -> Result<Vec<FooterEntry>, FooterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_presized_object_is_exactly_its_size() {
+        let mut b = ObjectBuilder::with_capacity(300, 2);
+        let data = [Bytes::from(vec![1u8; 100]), Bytes::from(vec![2u8; 200])];
+        b.add(Uuid::nil(), 0, &data[..1], 0, 0, 0);
+        b.add(Uuid::nil(), 1, &data[1..], 0, 0, 0);
+        let cap = b.data.capacity();
+        let object = b.finish();
+        assert_eq!(object.len(), cap, "no growth, no slack");
+    }
 
     #[test]
     fn footer_round_trips_and_locates_data() {

@@ -479,7 +479,7 @@ pub async fn step(b: &Broker, p: &Partition, rules: &KeyRules) -> Result<bool, P
             if p.is_closed() {
                 return Ok(rewrote);
             }
-            super::compaction::replace_run(b, p, run, &datas, true).await?;
+            super::compaction::replace_run(b, p, run, Vec::new(), run, &datas, true).await?;
             rewrote = true;
         }
         i = j;

@@ -216,6 +216,7 @@ mod tests {
             producers: vec![],
             marks: vec![],
             txns: vec![],
+            pieces: Vec::new(),
         }
     }
 

@@ -60,6 +60,9 @@ struct Sim {
     crash_steps: u64,
     /// Crash points reached (an agent stopped there and was crashed).
     points_hit: BTreeSet<&'static str>,
+    /// Full reads of a partition whose index had a range of several pieces (segments folded
+    /// by reference).
+    pieced_reads: u64,
 }
 
 /// A buffered append waiting for its acknowledgement: the flush pipeline, partition, index, base
@@ -100,6 +103,7 @@ impl Sim {
             trace: Vec::new(),
             crash_steps: 0,
             points_hit: BTreeSet::new(),
+            pieced_reads: 0,
         };
         sim.start_agent().await;
         let b = sim.agents[0].0.broker().clone();
@@ -299,6 +303,9 @@ impl Sim {
             self.fail(&format!(
                 "partition {index}: acknowledged offset {o} is at or above the high watermark {hw}: lost"
             ));
+        }
+        if p.lock().segments.iter().any(|e| !e.pieces.is_empty()) {
+            self.pieced_reads += 1;
         }
         let mut offset = log_start;
         let budgets = [1usize, 4096, 100_000, 1 << 20, 8 << 20];
@@ -567,7 +574,7 @@ impl Sim {
         )
     }
 
-    async fn finish(mut self) -> BTreeSet<&'static str> {
+    async fn finish(mut self) -> (BTreeSet<&'static str>, u64) {
         self.meta.cue(-1, 0, Fault::Unavailable);
         self.check(true).await;
         let steps = self.trace.len();
@@ -576,13 +583,14 @@ impl Sim {
             a.shutdown().await;
         }
         eprintln!(
-            "simulation seed {}: {steps} steps, {} partitions, {acked} acknowledged records held, {} MiB appended, {} metadata faults injected",
+            "simulation seed {}: {steps} steps, {} partitions, {acked} acknowledged records held, {} MiB appended, {} metadata faults injected, {} reads of ranges in pieces",
             self.seed,
             self.partitions,
             self.bytes >> 20,
-            self.meta.injected.load(Ordering::SeqCst)
+            self.meta.injected.load(Ordering::SeqCst),
+            self.pieced_reads
         );
-        std::mem::take(&mut self.points_hit)
+        (std::mem::take(&mut self.points_hit), self.pieced_reads)
     }
 }
 
@@ -609,6 +617,7 @@ async fn simulation() {
         .unwrap_or(120);
     let seeds = seeds();
     let mut reached = BTreeSet::new();
+    let mut pieced = 0;
     for &seed in &seeds {
         let mut sim = Sim::new(seed).await;
         for step in 0..steps {
@@ -626,7 +635,9 @@ async fn simulation() {
                 sim.check(false).await;
             }
         }
-        reached.extend(sim.finish().await);
+        let (hit, reads) = sim.finish().await;
+        reached.extend(hit);
+        pieced += reads;
     }
     let missed: Vec<&str> = crash_points::ALL
         .iter()
@@ -636,4 +647,9 @@ async fn simulation() {
     eprintln!("crash points reached: {reached:?}; not reached: {missed:?}");
     // Every seed ends by crashing an agent at each point its steps did not reach.
     assert!(missed.is_empty(), "crash points never reached: {missed:?}");
+    // Ranges of several pieces (compaction folding segments by reference) were read and
+    // checked, when the run was long enough to fold segments again.
+    if seeds.len() >= 4 && steps >= 100 {
+        assert!(pieced > 0, "no range of several pieces was ever read");
+    }
 }

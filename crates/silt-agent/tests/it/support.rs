@@ -89,7 +89,10 @@ pub async fn referenced_objects_exist(
         let st = p.lock();
         (st.segments.clone(), st.log_start, st.high_watermark)
     };
-    match segments.iter().find(|e| !objects.contains(&e.object)) {
+    match segments
+        .iter()
+        .find(|e| e.objects().iter().any(|o| !objects.contains(*o)))
+    {
         Some(e) => Err(format!("entry {e:?} references a deleted object")),
         None => Ok((log_start, hw)),
     }

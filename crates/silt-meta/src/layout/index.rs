@@ -71,9 +71,86 @@ pub struct IndexEntry {
     /// Transactions that began or ended in the range, in offset order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub txns: Vec<TxnMark>,
+    /// A range compaction built from segments already written, by reference instead of by
+    /// copy: its bytes are these pieces' bytes, in order. Then `object` and `pos` name the first
+    /// piece, `len` is the pieces' total and `marks` is empty (each piece has its own). Empty
+    /// for a range in one object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<Piece>,
+}
+
+/// One object's part of a range made of several ([`IndexEntry::pieces`]). Persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// Object path in the object store.
+    pub object: String,
+    /// Byte offset of the piece's first batch in the object.
+    pub pos: u64,
+    /// Length in bytes of the piece's batches.
+    pub len: u64,
+    /// First offset.
+    pub base_offset: i64,
+    /// Last offset (inclusive).
+    pub last_offset: i64,
+    /// Sparse batch positions, relative to `pos` (as [`IndexEntry::marks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marks: Vec<(i64, u64)>,
 }
 
 impl IndexEntry {
+    /// The range's pieces: its own pieces, or itself as the one piece.
+    pub fn as_pieces(&self) -> Vec<Piece> {
+        if !self.pieces.is_empty() {
+            return self.pieces.clone();
+        }
+        vec![Piece {
+            object: self.object.clone(),
+            pos: self.pos,
+            len: self.len,
+            base_offset: self.base_offset,
+            last_offset: self.last_offset,
+            marks: self.marks.clone(),
+        }]
+    }
+
+    /// How many objects (pieces) the range is read from.
+    pub fn piece_count(&self) -> usize {
+        self.pieces.len().max(1)
+    }
+
+    /// The range as ranges of one object each, in offset order: itself, or one per piece (with
+    /// the range's largest timestamp, and no producer or transaction state: these are for
+    /// reading).
+    pub fn split(&self) -> Vec<IndexEntry> {
+        if self.pieces.is_empty() {
+            return vec![self.clone()];
+        }
+        self.pieces
+            .iter()
+            .map(|p| IndexEntry {
+                object: p.object.clone(),
+                pos: p.pos,
+                len: p.len,
+                base_offset: p.base_offset,
+                last_offset: p.last_offset,
+                max_timestamp: self.max_timestamp,
+                producers: Vec::new(),
+                marks: p.marks.clone(),
+                txns: Vec::new(),
+                pieces: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Every object the range references.
+    pub fn objects(&self) -> Vec<&str> {
+        if self.pieces.is_empty() {
+            vec![self.object.as_str()]
+        } else {
+            self.pieces.iter().map(|p| p.object.as_str()).collect()
+        }
+    }
+
     /// The byte position (relative to `pos`) of a batch boundary at or before `offset`.
     pub fn seek(&self, offset: i64) -> u64 {
         let i = self.marks.partition_point(|(o, _)| *o <= offset);
@@ -181,7 +258,7 @@ pub async fn referenced_objects(
     let keys = items.len();
     for item in items {
         let e: IndexEntry = decode_json(&item.key, &item.value)?;
-        out.insert(e.object);
+        out.extend(e.objects().into_iter().map(str::to_string));
     }
     Ok((out, keys))
 }

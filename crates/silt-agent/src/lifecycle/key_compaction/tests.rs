@@ -166,6 +166,7 @@ fn entry(base: i64, len: u64, ts: i64) -> IndexEntry {
         producers: vec![],
         marks: vec![],
         txns: vec![],
+        pieces: Vec::new(),
     }
 }
 
