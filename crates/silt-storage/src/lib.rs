@@ -5,6 +5,7 @@
 //! This crate never decides what to write or when; the agent does.
 #![warn(missing_docs)]
 
+pub mod direct;
 pub mod object;
 pub mod paths;
 pub mod store;

@@ -141,13 +141,14 @@ impl Storage {
         Self::new(Arc::new(object_store::memory::InMemory::new()))
     }
 
-    /// A store in a local directory, fsyncing every write.
+    /// A store in a local directory, fsyncing every write and writing around the page cache
+    /// ([`crate::direct`]).
     pub fn local(dir: &std::path::Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(std::io::Error::other)?
             .with_fsync(true);
-        Ok(Self::new(Arc::new(fs)))
+        Ok(Self::new(Arc::new(crate::direct::DirectLocal::new(fs))))
     }
 
     /// A store in an S3-compatible bucket. Settings left unset come from the `AWS_*`
