@@ -67,6 +67,36 @@ pub async fn range_bytes(
     piece_bytes(storage, cache, r).await
 }
 
+/// [`range_bytes`] for a caller that reads the range once (compaction): from the tail cache if
+/// it is there, else straight from the object store, leaving the block cache to readers.
+pub async fn range_bytes_uncached(
+    storage: &Storage,
+    cache: &ObjectCache,
+    r: &IndexEntry,
+) -> Result<Bytes, PartitionError> {
+    let mut all = BytesMut::new();
+    let pieces = r.split();
+    let one = pieces.len() == 1;
+    for piece in pieces {
+        let data = match cache.get(&piece.object, piece.pos, piece.len) {
+            Some(d) => d,
+            None => {
+                storage
+                    .get(
+                        &Path::from(piece.object.as_str()),
+                        Some(piece.pos..piece.pos + piece.len),
+                    )
+                    .await?
+            }
+        };
+        if one {
+            return Ok(data);
+        }
+        all.extend_from_slice(&data);
+    }
+    Ok(all.freeze())
+}
+
 /// The bytes of a range in one object: from the tail cache, or stored.
 async fn piece_bytes(
     storage: &Storage,

@@ -89,12 +89,41 @@ impl ObjectBuilder {
         e
     }
 
+    /// One partition's batches as an object's chunks — `batches` as they are, then the footer —
+    /// without copying them into one buffer; and the footer entry.
+    pub fn chunks(
+        topic_id: Uuid,
+        partition: i32,
+        batches: &[Bytes],
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+    ) -> (Vec<Bytes>, FooterEntry) {
+        let len: u64 = batches.iter().map(|b| b.len() as u64).sum();
+        let e = FooterEntry {
+            topic_id,
+            partition,
+            pos: 0,
+            len,
+            base_offset,
+            last_offset,
+            max_timestamp,
+        };
+        let mut footer = ObjectBuilder::with_capacity(0, 1);
+        footer.entries.push(e.clone());
+        let mut out: Vec<Bytes> = batches.to_vec();
+        let tail = footer.finish();
+        out.push(tail);
+        (out, e)
+    }
+
     /// Bytes of batch data so far.
     pub fn data_len(&self) -> usize {
         self.data.len()
     }
 
-    /// The finished object.
+    /// The finished object (the footer's CRC covers only the footer, so a footer alone is the
+    /// tail of an object whose data is held elsewhere: [`Self::chunks`]).
     pub fn finish(mut self) -> Bytes {
         let start = self.data.len();
         self.data.put_u8(VERSION);
@@ -177,6 +206,17 @@ pub fn read_footer(object: &[u8]) -> Result<Vec<FooterEntry>, FooterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_in_chunks_is_the_object_built_whole() {
+        let data = [Bytes::from(vec![1u8; 100]), Bytes::from(vec![2u8; 250])];
+        let mut whole = ObjectBuilder::new();
+        let a = whole.add(Uuid::nil(), 3, &data, 10, 20, 99);
+        let whole = whole.finish();
+        let (chunks, b) = ObjectBuilder::chunks(Uuid::nil(), 3, &data, 10, 20, 99);
+        assert_eq!(a, b);
+        assert_eq!(chunks.concat(), whole.to_vec());
+    }
 
     #[test]
     fn a_presized_object_is_exactly_its_size() {

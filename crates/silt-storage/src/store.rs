@@ -294,6 +294,16 @@ impl Storage {
     /// Writes a new object. Writing the same path twice with the same bytes (a retry after a lost
     /// response) is treated as success.
     pub async fn put(&self, path: &Path, data: Bytes) -> Result<(), StorageError> {
+        self.put_payload(path, PutPayload::from_bytes(data)).await
+    }
+
+    /// [`Self::put`] of an object made of several chunks, written in order without first being
+    /// copied into one buffer.
+    pub async fn put_chunks(&self, path: &Path, chunks: Vec<Bytes>) -> Result<(), StorageError> {
+        self.put_payload(path, chunks.into_iter().collect()).await
+    }
+
+    async fn put_payload(&self, path: &Path, data: PutPayload) -> Result<(), StorageError> {
         self.retry("PUT", path, || async {
             if self
                 .faults
@@ -310,11 +320,7 @@ impl Storage {
                 mode: PutMode::Create,
                 ..Default::default()
             };
-            match self
-                .inner
-                .put_opts(path, PutPayload::from_bytes(data.clone()), opts)
-                .await
-            {
+            match self.inner.put_opts(path, data.clone(), opts).await {
                 // Paths are unique per agent session, so an existing object is our own earlier
                 // attempt whose response was lost.
                 Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
@@ -325,7 +331,7 @@ impl Storage {
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         self.stats
             .put_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+            .fetch_add(data.content_length() as u64, Ordering::Relaxed);
         let pause = self.faults.after_put_ms.load(Ordering::Relaxed);
         if pause > 0 {
             tokio::time::sleep(Duration::from_millis(pause)).await;

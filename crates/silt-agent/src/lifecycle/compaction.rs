@@ -318,7 +318,8 @@ pub async fn step(b: &Broker, p: &Partition) -> Result<bool, PartitionError> {
     let (kept, copied) = split_run(&run, l.segment_bytes);
     let mut datas: Vec<Bytes> = Vec::with_capacity(copied.len());
     for e in &copied {
-        datas.push(crate::read::range_bytes(&b.storage, &b.cache, e).await?);
+        // Read once and written on: kept out of the block cache, which is for readers.
+        datas.push(crate::read::range_bytes_uncached(&b.storage, &b.cache, e).await?);
     }
     let bytes = replace_run(b, p, &run, kept, &copied, &datas, false).await?;
     let (first, last) = (&run[0], &run[run.len() - 1]);
@@ -363,15 +364,14 @@ pub(crate) async fn replace_run(
     let mut written = None;
     let mut bytes = 0;
     if let (Some(from), Some(to)) = (copied.first(), copied.last()) {
-        let total: usize = datas.iter().map(|d| d.len()).sum();
-        let mut builder = ObjectBuilder::with_capacity(total, 1);
         let copied_max = copied
             .iter()
             .map(|e| e.max_timestamp)
             .max()
             .unwrap_or(-1)
             .min(max_ts);
-        let f = builder.add(
+        // The batches as they were read, and a footer: no copy into one buffer.
+        let (chunks, f) = ObjectBuilder::chunks(
             p.topic_id,
             p.index,
             datas,
@@ -396,7 +396,7 @@ pub(crate) async fn replace_run(
             marks: fold_marks(datas),
         });
         bytes = f.len;
-        written = Some((path, builder.finish()));
+        written = Some((path, chunks));
     }
     let res = commit_segment(b, p, run, written, pieces, max_ts).await;
     // Steps run one at a time (the lifecycle lock), so step n is done when this returns.
@@ -424,13 +424,13 @@ async fn commit_segment(
     b: &Broker,
     p: &Partition,
     run: &[IndexEntry],
-    written: Option<(object_store::path::Path, Bytes)>,
+    written: Option<(object_store::path::Path, Vec<Bytes>)>,
     mut pieces: Vec<Piece>,
     max_ts: i64,
 ) -> Result<IndexEntry, PartitionError> {
     let (first, last) = (&run[0], &run[run.len() - 1]);
-    if let Some((path, object)) = written {
-        b.storage.put(&path, object).await?;
+    if let Some((path, chunks)) = written {
+        b.storage.put_chunks(&path, chunks).await?;
         b.crash_points
             .at(crate::crash_points::COMPACTION_AFTER_PUT)
             .await;
