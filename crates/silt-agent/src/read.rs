@@ -274,7 +274,9 @@ pub async fn read_isolated(
             }
         }
     }
-    let mut out = BytesMut::new();
+    // Sized once (no doubling): what the located ranges hold, within the fetch's budget.
+    let located: u64 = ranges.iter().map(|r| r.len).sum();
+    let mut out = BytesMut::with_capacity((located as usize).min(max_bytes));
     let mut single: Option<Bytes> = None;
     // Key compaction leaves offsets without records, at the end of a range too: when the
     // located ranges hold nothing at or after `offset`, the next ones are located, so every

@@ -54,6 +54,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread starts: few malloc arenas, so freed memory is reused, not kept per thread.
+    silt_wire::alloc::limit_malloc_arenas(2);
     let cli = Cli::parse();
     if let Command::Admin { bootstrap, command } = cli.command {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -60,11 +60,12 @@ pub fn plan(
         let mut bytes = 0u64;
         let mut kept_pieces = 0usize;
         let mut copying = false;
+        let mut copy_bytes = 0u64;
         let mut kept = ProducerBudget::default();
         let mut txn_marks = 0usize;
         while end < candidates {
             let e = &segments[end];
-            let (mut k, mut c) = (kept_pieces, copying);
+            let (mut k, mut c, mut cb) = (kept_pieces, copying, copy_bytes);
             let mut fits = true;
             for piece in e.as_pieces() {
                 if is_segment(e) && piece.len >= min {
@@ -75,7 +76,12 @@ pub fn plan(
                     k += 1;
                 } else {
                     c = true;
+                    cb += piece.len;
                 }
+            }
+            // What a step copies is held in memory: at most COPY_PER_STEP (or one range).
+            if cb > COPY_PER_STEP && copy_bytes > 0 {
+                fits = false;
             }
             if !fits
                 || end - start >= ENTRIES_PER_STEP
@@ -86,7 +92,7 @@ pub fn plan(
             {
                 break;
             }
-            (kept_pieces, copying) = (k, c);
+            (kept_pieces, copying, copy_bytes) = (k, c, cb);
             txn_marks += e.txns.len();
             bytes += e.len;
             kept.add(e);
@@ -95,6 +101,10 @@ pub fn plan(
         (end - start >= 2).then_some((start, end))
     })
 }
+
+/// Most bytes one step reads and writes (a single larger flush range is copied alone): the
+/// step holds them in memory, outside the produce buffer's budget.
+pub const COPY_PER_STEP: u64 = 16 << 20;
 
 /// The smallest piece a folded range keeps by reference: smaller ones are copied again with
 /// the flush ranges after them, so a range never reads from many tiny objects.
@@ -249,7 +259,7 @@ fn fold_producers(entries: &[IndexEntry]) -> Vec<ProducerBatch> {
 /// Most steps on one partition per pass: enough to fold what a partition taking tens of MB/s
 /// flushed since the last pass (a step folds up to `segment_bytes`), few enough that none
 /// starves the others.
-const STEPS_PER_PASS: usize = 32;
+const STEPS_PER_PASS: usize = 64;
 
 /// Compaction as a periodic job: every `lifecycle.compact_interval_ms`, up to
 /// [`STEPS_PER_PASS`] steps on each partition led here.
@@ -624,6 +634,16 @@ mod tests {
             (kept.len(), copied.len()),
             (0, 17),
             "tiny pieces are copied again"
+        );
+        // A step holds what it copies in memory: at most COPY_PER_STEP, or one larger range.
+        let mib: Vec<IndexEntry> = (0..40).map(|i| e(i, 1 << 20)).collect();
+        let (a, z) = plan(&mib, 4, 64 << 20).unwrap();
+        assert_eq!(z - a, (COPY_PER_STEP >> 20) as usize);
+        let huge: Vec<IndexEntry> = (0..8).map(|i| e(i, 40 << 20)).collect();
+        assert_eq!(
+            plan(&huge, 2, 1 << 30),
+            None,
+            "ranges that large stay as they are"
         );
     }
 
