@@ -203,15 +203,25 @@ where
             p = broker.limits.reserve_request(size) => p,
             _ = stopping.wait_for(|s| *s) => break,
         };
-        let frame: Bytes = match tokio::time::timeout(
-            body_deadline(size),
-            read_frame_body(&mut rd, size),
-        )
-        .await
+        // The body within its own bound, and — before authentication — within what is left of
+        // sasl.auth_timeout_ms, however slowly it trickles in.
+        let body_wait = if session.authenticated() {
+            body_deadline(size).min(idle)
+        } else {
+            body_deadline(size)
+                .min(auth_deadline.saturating_duration_since(tokio::time::Instant::now()))
+        };
+        let frame: Bytes = match tokio::time::timeout(body_wait, read_frame_body(&mut rd, size))
+            .await
         {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "closing connection: {e}");
+                break;
+            }
+            Err(_) if !session.authenticated() => {
+                tracing::info!(%peer, listener = %session.listener.name,
+                    "closing connection: not authenticated within sasl.auth_timeout_ms");
                 break;
             }
             Err(_) => {
