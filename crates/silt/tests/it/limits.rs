@@ -145,45 +145,8 @@ async fn partition_counts_are_bounded_per_topic_and_in_all() {
 
 /// A Produce v9 frame (acks=all) carrying one record of `value_len` bytes to `partition`.
 fn produce_frame(topic: &str, partition: i32, value_len: usize) -> bytes::Bytes {
-    use bytes::{BufMut, BytesMut};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::protocol::{Encodable, HeaderVersion};
-    fn varint(b: &mut BytesMut, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            b.put_u8((z as u8 & 0x7f) | 0x80);
-            z >>= 7;
-        }
-        b.put_u8(z as u8);
-    }
-    let mut r = BytesMut::new();
-    r.put_i8(0);
-    varint(&mut r, 0);
-    varint(&mut r, 0);
-    varint(&mut r, -1); // null key
-    varint(&mut r, value_len as i64);
-    r.put_bytes(7, value_len);
-    varint(&mut r, 0);
-    let mut records = BytesMut::new();
-    varint(&mut records, r.len() as i64);
-    records.extend_from_slice(&r);
-    let mut b = BytesMut::new();
-    b.put_i64(0);
-    b.put_i32((49 + records.len()) as i32);
-    b.put_i32(-1);
-    b.put_i8(2);
-    b.put_u32(0);
-    b.put_i16(0);
-    b.put_i32(0);
-    b.put_i64(1_000);
-    b.put_i64(1_000);
-    b.put_i64(-1);
-    b.put_i16(-1);
-    b.put_i32(-1);
-    b.put_i32(1);
-    b.put_slice(&records);
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    let records = crate::protocol::batch_of(&[(None, vec![7u8; value_len])], -1, -1, -1);
     let req = ProduceRequest::default()
         .with_acks(-1)
         .with_timeout_ms(30_000)
@@ -191,20 +154,8 @@ fn produce_frame(topic: &str, partition: i32, value_len: usize) -> bytes::Bytes 
             .with_name(TopicName(StrBytes::from_string(topic.into())))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
-                .with_records(Some(b.freeze()))])]);
-    let mut f = BytesMut::new();
-    f.put_i32(0);
-    RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(9)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("flood")))
-        .encode(&mut f, ProduceRequest::header_version(9))
-        .unwrap();
-    req.encode(&mut f, 9).unwrap();
-    let len = (f.len() - 4) as i32;
-    f[..4].copy_from_slice(&len.to_be_bytes());
-    f.freeze()
+                .with_records(Some(records))])]);
+    crate::protocol::frame(ApiKey::Produce, 9, 1, &req)
 }
 
 /// Issue 14 (one memory budget): a thousand connections write 256 KiB produce requests as fast

@@ -42,19 +42,7 @@ impl Conn {
     pub fn send<R: Encodable + HeaderVersion>(&mut self, key: ApiKey, v: i16, req: &R) -> i32 {
         let corr = self.next;
         self.next += 1;
-        let mut b = BytesMut::new();
-        b.put_i32(0);
-        RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(v)
-            .with_correlation_id(corr)
-            .with_client_id(Some(StrBytes::from_static_str("silt-tests")))
-            .encode(&mut b, key.request_header_version(v))
-            .unwrap();
-        req.encode(&mut b, v).unwrap();
-        let len = (b.len() - 4) as i32;
-        b[..4].copy_from_slice(&len.to_be_bytes());
-        self.s.write_all(&b).unwrap();
+        self.s.write_all(&frame(key, v, corr, req)).unwrap();
         corr
     }
 
@@ -94,6 +82,23 @@ impl Conn {
     }
 }
 
+/// A complete request frame: length prefix, header, body.
+pub fn frame<R: Encodable + HeaderVersion>(key: ApiKey, v: i16, corr: i32, req: &R) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(v)
+        .with_correlation_id(corr)
+        .with_client_id(Some(StrBytes::from_static_str("silt-tests")))
+        .encode(&mut b, key.request_header_version(v))
+        .unwrap();
+    req.encode(&mut b, v).unwrap();
+    let len = (b.len() - 4) as i32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
 fn topic(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
@@ -101,6 +106,19 @@ fn topic(s: &str) -> TopicName {
 /// A v2 record batch of `n` uncompressed records (kafka-protocol's encoder writes one batch per
 /// record, so the tests build their own).
 pub fn batch(n: usize, pid: i64, epoch: i16, seq: i32) -> Bytes {
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..n)
+        .map(|i| {
+            (
+                Some(format!("k{i}").into_bytes()),
+                format!("v{i}").into_bytes(),
+            )
+        })
+        .collect();
+    batch_of(&records, pid, epoch, seq)
+}
+
+/// A v2 record batch of the given (key, value) records, uncompressed.
+pub fn batch_of(records: &[(Option<Vec<u8>>, Vec<u8>)], pid: i64, epoch: i16, seq: i32) -> Bytes {
     fn varint(b: &mut BytesMut, v: i64) {
         let mut z = ((v << 1) ^ (v >> 63)) as u64;
         while z >= 0x80 {
@@ -109,21 +127,27 @@ pub fn batch(n: usize, pid: i64, epoch: i16, seq: i32) -> Bytes {
         }
         b.put_u8(z as u8);
     }
-    let mut records = BytesMut::new();
-    for i in 0..n {
+    let n = records.len();
+    let mut encoded = BytesMut::new();
+    for (i, (k, v)) in records.iter().enumerate() {
         let mut r = BytesMut::new();
         r.put_i8(0);
         varint(&mut r, i as i64); // timestamp delta
         varint(&mut r, i as i64); // offset delta
-        let (k, v) = (format!("k{i}"), format!("v{i}"));
-        varint(&mut r, k.len() as i64);
-        r.put_slice(k.as_bytes());
+        match k {
+            Some(k) => {
+                varint(&mut r, k.len() as i64);
+                r.put_slice(k);
+            }
+            None => varint(&mut r, -1),
+        }
         varint(&mut r, v.len() as i64);
-        r.put_slice(v.as_bytes());
+        r.put_slice(v);
         varint(&mut r, 0);
-        varint(&mut records, r.len() as i64);
-        records.extend_from_slice(&r);
+        varint(&mut encoded, r.len() as i64);
+        encoded.extend_from_slice(&r);
     }
+    let records = encoded;
     let mut b = BytesMut::new();
     b.put_i64(0);
     b.put_i32((49 + records.len()) as i32);
