@@ -106,6 +106,15 @@ pub async fn pass(b: &Broker) {
     }
 }
 
+/// The first offset of `p` not yet in a visible archive file, as this agent's archiver last
+/// committed it in the partition's current term (`None` before its first pass).
+pub(crate) fn visible_until(b: &Broker, p: &Partition) -> Option<i64> {
+    let m = b.archive.progress.lock().unwrap_or_else(|e| e.into_inner());
+    m.get(&(p.topic_id, p.index))
+        .filter(|(rev, _, _)| *rev == p.fence_revision)
+        .map(|(_, _, shown)| shown.next_offset)
+}
+
 fn cached(b: &Broker, p: &Partition) -> Option<Progress> {
     let m = b.archive.progress.lock().unwrap_or_else(|e| e.into_inner());
     m.get(&(p.topic_id, p.index))

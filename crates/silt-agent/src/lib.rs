@@ -19,6 +19,7 @@
 pub(crate) mod admin_http;
 pub mod agent;
 pub mod append;
+pub(crate) mod archive_reads;
 pub(crate) mod archiver;
 pub(crate) mod authz;
 pub(crate) mod blocks;

@@ -80,6 +80,8 @@ pub struct ArchiveState {
     pub quarantined: Mutex<BTreeMap<String, u64>>,
     /// Progress of partitions archived here, with the assignment revision it was read under.
     pub(crate) progress: Mutex<HashMap<(Uuid, i32), Tracked>>,
+    /// What serving offsets from the archive keeps (listings, footers, offsets columns).
+    pub reads: crate::archive_reads::ArchiveReads,
 }
 
 /// A partition's progress, the assignment revision it was read under, and its status.

@@ -106,11 +106,14 @@ pub const DEFS: &[ConfigDef] = &[
     def("unclean.leader.election.enable", ConfigType::Boolean),
     // Silt's own: Parquet archiving (docs/archive.md).
     def("silt.archive.enable", ConfigType::Boolean),
+    def("silt.archive.serve", ConfigType::Boolean),
     def("silt.archive.value.schema", ConfigType::String),
 ];
 
 /// Topic config: archive this topic as Parquet.
 pub const ARCHIVE_ENABLE: &str = "silt.archive.enable";
+/// Topic config: serve offsets below the raw log start from the archive (implies archiving).
+pub const ARCHIVE_SERVE: &str = "silt.archive.serve";
 /// Topic config: JSON value schema for typed archive columns.
 pub const ARCHIVE_VALUE_SCHEMA: &str = "silt.archive.value.schema";
 
@@ -290,6 +293,7 @@ pub fn default_value(name: &str, d: &TopicDefaults) -> String {
         "segment.jitter.ms" => "0".into(),
         "segment.ms" => "604800000".into(),
         ARCHIVE_ENABLE => d.archive.to_string(),
+        ARCHIVE_SERVE => "false".into(),
         _ => String::new(),
     }
 }
@@ -499,8 +503,11 @@ pub struct Resolved {
     /// Key compaction's rules (`delete.retention.ms`, `min.compaction.lag.ms`,
     /// `max.compaction.lag.ms`, `min.cleanable.dirty.ratio`).
     pub key_rules: crate::lifecycle::key_compaction::KeyRules,
-    /// `silt.archive.enable`.
+    /// `silt.archive.enable` (or `silt.archive.serve`): archived as Parquet.
     pub archive: bool,
+    /// `silt.archive.serve`: offsets below the raw log start are served from the archive, and
+    /// retention never moves the raw log start past what is archived.
+    pub archive_serve: bool,
     /// `message.downconversion.enable`: Fetch v0–3 (message sets) is served.
     pub downconversion: bool,
     /// `silt.archive.value.schema`, parsed.
@@ -548,7 +555,9 @@ impl Resolved {
                 segment_bytes: get("segment.bytes").parse().unwrap_or(1 << 30),
                 segment_ms: get("segment.ms").parse().unwrap_or(7 * 86_400_000),
             },
-            archive: get(ARCHIVE_ENABLE).eq_ignore_ascii_case("true"),
+            archive: get(ARCHIVE_ENABLE).eq_ignore_ascii_case("true")
+                || get(ARCHIVE_SERVE).eq_ignore_ascii_case("true"),
+            archive_serve: get(ARCHIVE_SERVE).eq_ignore_ascii_case("true"),
             downconversion: !get("message.downconversion.enable").eq_ignore_ascii_case("false"),
             value_schema: configs
                 .get(ARCHIVE_VALUE_SCHEMA)

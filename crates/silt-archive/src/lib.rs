@@ -2,12 +2,13 @@
 //! Polars or Spark read straight from the bucket.
 //!
 //! This crate owns the pure parts — decoding batches ([`decode`]), the file layout
-//! ([`layout`]), the value schema a topic may declare ([`schema`]) and building a Parquet file
+//! ([`layout`]), rebuilding record batches from archived rows ([`rebuild`]), the value schema a topic may declare ([`schema`]) and building a Parquet file
 //! ([`writer`]). The agent's archiver runs them per partition and commits progress.
 #![warn(missing_docs)]
 
 pub mod decode;
 pub mod layout;
+pub mod rebuild;
 pub mod schema;
 pub mod writer;
 

@@ -1,6 +1,7 @@
 //! DeleteRecords: moves partitions' log start (on their leader), as Kafka's admin
 //! `deleteRecords` does. `-1` means the high watermark; an offset past it is
-//! OFFSET_OUT_OF_RANGE; one below the current log start changes nothing.
+//! OFFSET_OUT_OF_RANGE; one below the current log start changes nothing. On a topic serving its
+//! archive (`silt.archive.serve`) the archived offsets below it stop being served too.
 
 use std::sync::Arc;
 
@@ -40,6 +41,9 @@ pub async fn handle(b: &Arc<Broker>, req: DeleteRecordsRequest) -> DeleteRecords
                         log_start,
                         high_watermark: hw,
                     });
+                }
+                if topic.config.archive_serve {
+                    return crate::archive_reads::delete_below(b, topic, &p, target).await;
                 }
                 move_log_start(b, &p, target).await
             }

@@ -247,14 +247,31 @@ async fn build(
                                 .preferred_reader(&p.topic_id, p.index, b.node.id, r)
                         });
                     }
-                    let (epoch, caught_up) = {
+                    let (epoch, caught_up, below_raw) = {
                         let st = p.lock();
-                        (st.leader_epoch, fp.fetch_offset == st.high_watermark)
+                        (
+                            st.leader_epoch,
+                            fp.fetch_offset == st.high_watermark,
+                            fp.fetch_offset < st.log_start,
+                        )
                     };
+                    // Below the raw log start of a topic serving its archive: from Parquet.
+                    let archived = topic
+                        .as_ref()
+                        .filter(|t| below_raw && t.config.archive_serve);
                     if fp.current_leader_epoch > epoch {
                         Err(PartitionError::UnknownLeaderEpoch(fp.current_leader_epoch))
                     } else if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < epoch {
                         Err(PartitionError::FencedLeaderEpoch(fp.current_leader_epoch))
+                    } else if let Some(t) = archived {
+                        let room = if used >= max_total || preferred.is_some() {
+                            0
+                        } else {
+                            (fp.partition_max_bytes.max(0) as usize)
+                                .min(max_total - used)
+                                .max(1)
+                        };
+                        crate::archive_reads::read(b, t, p, fp.fetch_offset, room, isolation).await
                     } else if used >= max_total || caught_up || preferred.is_some() {
                         // Nothing to read (a caught-up consumer, the common case of a wide
                         // fetch) or no room left: the offsets only, without a read.

@@ -55,9 +55,15 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> L
                 Err(e) => Err(e),
                 Ok(p) => match check_epoch(&p, lp.current_leader_epoch) {
                     Err(e) => Err(e),
-                    Ok(epoch) => lookup(b, &p, lp.timestamp, req.isolation_level == 1)
-                        .await
-                        .map(|(o, ts)| (o, ts, epoch)),
+                    Ok(epoch) => lookup(
+                        b,
+                        topic.as_deref(),
+                        &p,
+                        lp.timestamp,
+                        req.isolation_level == 1,
+                    )
+                    .await
+                    .map(|(o, ts)| (o, ts, epoch)),
                 },
             };
             parts.push(match res {
@@ -82,8 +88,11 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, version: i16) -> L
 
 /// Offset and timestamp for a ListOffsets target; `committed` (read_committed) answers the last
 /// stable offset for the latest offset, as Kafka does.
+/// A topic serving its archive (`silt.archive.serve`) answers earliest and timestamps from the
+/// archive too; earliest-local is the raw log's start, as Kafka's tiered storage answers.
 async fn lookup(
     b: &Broker,
+    topic: Option<&crate::topics::Topic>,
     p: &Partition,
     target: i64,
     committed: bool,
@@ -96,8 +105,13 @@ async fn lookup(
             st.txns.last_stable(st.high_watermark),
         )
     };
+    let serving = topic.filter(|t| t.config.archive_serve);
     match target {
-        EARLIEST | EARLIEST_LOCAL => Ok((log_start, -1)),
+        EARLIEST => match serving {
+            Some(t) => Ok((crate::archive_reads::start(b, t, p).await?, -1)),
+            None => Ok((log_start, -1)),
+        },
+        EARLIEST_LOCAL => Ok((log_start, -1)),
         LATEST if committed => Ok((lso, -1)),
         LATEST => Ok((hw, -1)),
         MAX_TIMESTAMP => {
@@ -113,6 +127,11 @@ async fn lookup(
             Ok((best, seg.max_timestamp))
         }
         ts if ts >= 0 => {
+            if let Some(t) = serving {
+                if let Some(hit) = crate::archive_reads::offset_for_time(b, t, p, ts).await? {
+                    return Ok(hit);
+                }
+            }
             // The first range whose max timestamp reaches `ts` holds the first record that does.
             let Some(seg) = p.lock().first_segment_at_or_after(ts) else {
                 return Ok((-1, -1));

@@ -2,7 +2,9 @@
 //! metadata transaction (this agent's registration, the partition's assignment) per at most
 //! [`DELETES_PER_TXN`] index entries: the entries wholly below the new start are deleted and the
 //! start recorded, so a crash at any point leaves a consistent, resumable state. Reads below the
-//! start get OFFSET_OUT_OF_RANGE, as from Kafka; the objects are left to [`super::gc`].
+//! start get OFFSET_OUT_OF_RANGE, as from Kafka (or, on a topic with `silt.archive.serve`,
+//! batches rebuilt from the archive, whose files retention never reaches: it only moves the raw
+//! log start, and never past what is archived); the objects are left to [`super::gc`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +108,13 @@ impl crate::tasks::Periodic for RetentionJob {
                     st.high_watermark,
                     b.clock.now_ms(),
                 )
+            };
+            // A topic serving its archive keeps raw data until it is archived.
+            let target = match target {
+                Some(t) if topic.config.archive_serve => {
+                    crate::archiver::visible_until(b, &p).map(|a| t.min(a))
+                }
+                t => t,
             };
             if let Some(t) = target {
                 if let Err(e) = move_log_start(b, &p, t).await {

@@ -60,3 +60,37 @@ pub async fn load(kv: &dyn MetaKv, topic_id: &Uuid, partition: i32) -> Result<Pr
 pub fn put_op(topic_id: &Uuid, partition: i32, progress: &Progress) -> Op {
     Op::put(key(topic_id, partition), encode_json(progress))
 }
+
+/// How far DeleteRecords moved the start of a partition that serves its archive
+/// (`silt.archive.serve`): offsets below it are out of range even where archive files still
+/// hold them. Persisted as `{"floor": offset}` next to the progress keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    /// The first offset still served.
+    pub floor: i64,
+}
+
+/// The floor key of a partition (under the topic's prefix, so deleting the topic deletes it).
+pub fn floor_key(topic_id: &Uuid, partition: i32) -> String {
+    format!("{}floor-{partition:010}", topic_prefix(topic_id))
+}
+
+/// A partition's floor (0 when DeleteRecords never moved it).
+pub async fn load_floor(
+    kv: &dyn MetaKv,
+    topic_id: &Uuid,
+    partition: i32,
+) -> Result<i64, MetaError> {
+    match kv.get(floor_key(topic_id, partition).as_bytes()).await? {
+        Some(v) => Ok(decode_json::<Floor>(&v.key, &v.value)?.floor),
+        None => Ok(0),
+    }
+}
+
+/// The put that records `floor`.
+pub fn floor_op(topic_id: &Uuid, partition: i32, floor: i64) -> Op {
+    Op::put(
+        floor_key(topic_id, partition),
+        encode_json(&Floor { floor }),
+    )
+}
