@@ -4,10 +4,12 @@ offsets, timestamps, keys, values and headers), then the raw log, then the tail,
 ListOffsets earliest and by timestamp answer from the archive; deleting archive files or
 DeleteRecords moves the start clients see; an agent restart changes nothing."""
 
+import random
 import re
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -161,3 +163,47 @@ def test_deleted_files_and_delete_records_move_the_start_clients_see(agent_facto
         c.close()
     a.restart()
     _check_all(a, topic_name, sent, start={0: cut, 1: 0})
+
+
+def test_any_offset_of_large_files_and_large_records_is_served(agent_factory, topic_name):
+    """Shapes the small tests do not draw: one file of three row groups (65 536 rows each) and
+    records of several MiB. Consumers assigned at seeded random offsets get exactly that
+    offset first, with its value."""
+    a = _agent(agent_factory, SILT_LIFECYCLE__RETENTION_INTERVAL_MS="200",
+               SILT_ARCHIVE__MAX_FILE_RECORDS="200000")
+    create_topic(a.bootstrap, topic_name, partitions=2,
+                 config={"silt.archive.serve": "true", "retention.ms": "1000",
+                         "max.message.bytes": str(8 << 20)})
+    p = Producer({"bootstrap.servers": a.bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
+                  "message.max.bytes": 9 << 20, "compression.type": "lz4"})
+    small = 150_000
+    for i in range(small):
+        p.produce(topic_name, value=b"%08d" % i, partition=0)
+        if i % 50_000 == 0:
+            p.poll(0)
+    big = [bytes([i]) * ((i + 1) * (1 << 20) + i) for i in range(6)]  # 1–6 MiB
+    for v in big:
+        p.produce(topic_name, value=v, partition=1)
+    assert p.flush(60) == 0
+    wait_until(lambda: _raw_starts(a, topic_name) == {0: small, 1: len(big)}, timeout=90,
+               what="the raw log dropped after archiving")
+    files = list(Path(a.data_dir, "objects", "archive", f"topic={topic_name}", "partition=0")
+                 .rglob("*.parquet"))
+    assert len(files) == 1, files
+
+    assert pq.ParquetFile(files[0]).metadata.num_row_groups == 3
+
+    rnd = random.Random(7)
+    probes = [0, 65_535, 65_536, 131_072, small - 1] + [rnd.randrange(small) for _ in range(10)]
+    for off in probes:
+        c = Consumer({"bootstrap.servers": a.bootstrap, **CONSUMER_BASE})
+        try:
+            c.assign([TopicPartition(topic_name, 0, off)])
+            m = wait_until(lambda: (lambda m: m if m is not None and not m.error() else None)(c.poll(0.5)),
+                           timeout=30, what=f"a record at offset {off}")
+            assert (m.offset(), m.value()) == (off, b"%08d" % off)
+        finally:
+            c.close()
+    got = consume_all(a.bootstrap, topic_name, [1], len(big), timeout=60,
+                      extra={"fetch.max.bytes": 1 << 20, "max.partition.fetch.bytes": 1 << 20})
+    assert [m.value() for m in got] == big

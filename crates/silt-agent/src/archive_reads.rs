@@ -41,7 +41,7 @@ use crate::topics::Topic;
 /// How long a partition's file listing is trusted.
 const LISTING_TTL: Duration = Duration::from_secs(5);
 /// Footers kept (a few KiB each).
-const FOOTERS: usize = 4096;
+const FOOTERS: usize = 1024;
 /// Row groups whose offsets column is kept (512 KiB each at most).
 const OFFSET_COLUMNS: usize = 32;
 /// Top-level columns a rebuilt batch needs: `partition` .. `producer_epoch`.
@@ -81,13 +81,15 @@ impl Served {
 }
 
 type Listing = (Instant, Arc<Served>);
+/// An archive file's path and row group.
+type RowGroupKey = (String, usize);
 
 /// Cached listings, footers and offsets columns.
 #[derive(Default)]
 pub struct ArchiveReads {
     listings: Mutex<HashMap<(Uuid, i32), Listing>>,
     footers: Mutex<HashMap<String, ArrowReaderMetadata>>,
-    offsets: Mutex<HashMap<(String, usize), Arc<Vec<i64>>>>,
+    offsets: Mutex<HashMap<RowGroupKey, Arc<Vec<i64>>>>,
 }
 
 impl std::fmt::Debug for ArchiveReads {

@@ -50,6 +50,9 @@ pub struct ProduceArgs {
     /// librdkafka queue.buffering.max.kbytes: how far the client may run ahead of the broker.
     #[arg(long, default_value_t = 1_048_576)]
     pub queue_kbytes: u64,
+    /// Fill every record's value with fresh pseudo-random bytes (incompressible), not a constant.
+    #[arg(long)]
+    pub random_values: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -187,6 +190,7 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
     let total = warmup + crate::secs(a.seconds);
     let started = Instant::now();
     let mut value = vec![b'x'; a.record_size.max(8)];
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut sent = 0u64;
     let mut measured = 0u64;
     let mut measure_start = None;
@@ -201,6 +205,14 @@ async fn run_producer(a: &ProduceArgs, label: &'static str, stamp: bool) -> anyh
         let in_window = started.elapsed() >= warmup;
         if in_window && measure_start.is_none() {
             measure_start = Some(Instant::now());
+        }
+        if a.random_values {
+            for w in value.chunks_mut(8) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                w.copy_from_slice(&rng.to_le_bytes()[..w.len()]);
+            }
         }
         if stamp {
             value[..8].copy_from_slice(&now_us().to_be_bytes());

@@ -5,6 +5,7 @@
 
 mod group;
 mod load;
+mod replay;
 mod sink;
 mod stats;
 
@@ -36,6 +37,8 @@ enum Cmd {
     E2e(load::E2eArgs),
     /// Produce a backlog, then drain it with a consumer group; report consume throughput.
     Group(group::GroupArgs),
+    /// Read an existing topic from its earliest offsets to its high watermarks; report throughput.
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Produce(a) => rt.block_on(load::produce(a)).map(|r| println!("{r}")),
         Cmd::E2e(a) => rt.block_on(load::e2e(a)).map(|r| println!("{r}")),
         Cmd::Group(a) => rt.block_on(group::run(a)).map(|r| println!("{r}")),
+        Cmd::Replay(a) => replay::run(a).map(|r| println!("{r}")),
     }
 }
 
