@@ -427,24 +427,27 @@ pub(crate) async fn replace_run(
     Ok(bytes)
 }
 
-/// Writes the new segment object, if any, and commits the folded entry, with a definite
-/// outcome ([`super::commit_answered`]): garbage collection relies on a finished step having
-/// one.
-async fn commit_segment(
-    b: &Broker,
-    p: &Partition,
-    run: &[IndexEntry],
-    written: Option<(object_store::path::Path, Vec<Bytes>)>,
-    mut pieces: Vec<Piece>,
-    max_ts: i64,
-) -> Result<IndexEntry, PartitionError> {
-    let (first, last) = (&run[0], &run[run.len() - 1]);
-    if let Some((path, chunks)) = written {
-        b.storage.put_chunks(&path, chunks).await?;
-        b.crash_points
-            .at(crate::crash_points::COMPACTION_AFTER_PUT)
-            .await;
+/// Marks kept per piece of an entry made of several: a segment's [`MAX_MARKS`] thinned to
+/// this many (a 64 MiB segment's marks 1 MiB apart, within a 2 MiB read window), so the largest
+/// entry stays far inside the metadata store's request limit.
+const PIECE_MARKS: usize = 64;
+
+/// Every `ceil(n / max)`-th of `marks`, starting with the first.
+fn thin_marks(marks: &mut Vec<(i64, u64)>, max: usize) {
+    if marks.len() > max {
+        let step = marks.len().div_ceil(max);
+        let mut i = 0;
+        marks.retain(|_| {
+            i += 1;
+            (i - 1) % step == 0
+        });
     }
+}
+
+/// The entry that replaces `run`: its bytes are `pieces` (one: a plain range with the piece's
+/// marks; several: a pieced range, each piece's marks thinned to [`PIECE_MARKS`]).
+fn folded_entry(run: &[IndexEntry], mut pieces: Vec<Piece>, max_ts: i64) -> IndexEntry {
+    let (first, last) = (&run[0], &run[run.len() - 1]);
     let mut folded = IndexEntry {
         object: pieces[0].object.clone(),
         pos: pieces[0].pos,
@@ -460,8 +463,32 @@ async fn commit_segment(
     if pieces.len() == 1 {
         folded.marks = pieces.pop().map(|x| x.marks).unwrap_or_default();
     } else {
+        for piece in &mut pieces {
+            thin_marks(&mut piece.marks, PIECE_MARKS);
+        }
         folded.pieces = pieces;
     }
+    folded
+}
+
+/// Writes the new segment object, if any, and commits the folded entry, with a definite
+/// outcome ([`super::commit_answered`]): garbage collection relies on a finished step having
+/// one.
+async fn commit_segment(
+    b: &Broker,
+    p: &Partition,
+    run: &[IndexEntry],
+    written: Option<(object_store::path::Path, Vec<Bytes>)>,
+    pieces: Vec<Piece>,
+    max_ts: i64,
+) -> Result<IndexEntry, PartitionError> {
+    if let Some((path, chunks)) = written {
+        b.storage.put_chunks(&path, chunks).await?;
+        b.crash_points
+            .at(crate::crash_points::COMPACTION_AFTER_PUT)
+            .await;
+    }
+    let folded = folded_entry(run, pieces, max_ts);
     let mut success: Vec<_> = run
         .iter()
         .map(|e| index::delete_op(&p.topic_id, p.index, e.base_offset))
@@ -759,6 +786,106 @@ mod tests {
         let one: Vec<IndexEntry> = (0..120).map(|i| many(i, 7..8)).collect();
         let (a, z) = plan(&one, 4, 1 << 30).unwrap();
         assert_eq!(z - a, ENTRIES_PER_STEP);
+    }
+
+    /// Issue 11.2 at the largest entry a fold can write: [`MAX_PIECES`] segment pieces with
+    /// [`MAX_MARKS`] marks each, [`MAX_FOLDED_PRODUCER_BATCHES`] producer batches and
+    /// [`MAX_FOLDED_TXN_MARKS`] transaction marks, every number at its widest, plus the deletes
+    /// of [`ENTRIES_PER_STEP`] entries: the transaction fits etcd's request limit (1.5 MiB)
+    /// and operation limit (128), with room to spare.
+    #[test]
+    fn the_largest_fold_fits_the_metadata_store_limits() {
+        let wide = i64::MAX / 3;
+        let path = |i: u64| {
+            silt_storage::paths::segment_object(
+                &uuid::Uuid::from_u128(u128::MAX - 7),
+                i32::MAX,
+                u64::MAX - i,
+                wide,
+                wide + 1,
+                &"f".repeat(32),
+            )
+            .to_string()
+        };
+        let marks: Vec<(i64, u64)> = (0..MAX_MARKS as i64)
+            .map(|i| (wide + i, u64::MAX / 5))
+            .collect();
+        let pieces: Vec<Piece> = (0..MAX_PIECES as u64)
+            .map(|i| Piece {
+                object: path(i),
+                pos: u64::MAX / 5,
+                len: 1 << 57,
+                base_offset: wide,
+                last_offset: wide,
+                marks: marks.clone(),
+            })
+            .collect();
+        let run = [e(wide, 10), e(wide + 10, 10)];
+        let mut entry = folded_entry(&run, pieces, wide);
+        assert!(entry.pieces.iter().all(|p| p.marks.len() <= PIECE_MARKS));
+        entry = IndexEntry {
+            object: path(999),
+            pos: u64::MAX / 5,
+            len: u64::MAX / 5,
+            base_offset: wide,
+            last_offset: wide,
+            max_timestamp: wide,
+            producers: (0..MAX_FOLDED_PRODUCER_BATCHES as i64)
+                .map(|i| ProducerBatch {
+                    pid: wide + i,
+                    epoch: i16::MAX,
+                    first_seq: i32::MAX - 1,
+                    last_seq: i32::MAX,
+                    base_offset: wide,
+                })
+                .collect(),
+            marks: marks.clone(),
+            txns: (0..MAX_FOLDED_TXN_MARKS as i64)
+                .map(|i| silt_meta::layout::index::TxnMark {
+                    pid: wide + i,
+                    first_offset: wide,
+                    end: Some((wide, true)),
+                })
+                .collect(),
+            ..entry
+        };
+        let id = uuid::Uuid::from_u128(u128::MAX - 7);
+        let mut success: Vec<_> = (0..ENTRIES_PER_STEP as i64)
+            .map(|i| index::delete_op(&id, i32::MAX, wide + i))
+            .collect();
+        success.push(index::put_op(&id, i32::MAX, &entry));
+        success.push(index::log_start_op(&id, i32::MAX, wide));
+        let txn = silt_meta::Txn {
+            success,
+            ..Default::default()
+        };
+        let (bytes, ops) = (txn.encoded_len(), txn.success.len() + 2);
+        assert!(
+            bytes < silt_meta::LIMITS.max_request_bytes * 3 / 4,
+            "{bytes} bytes against {}",
+            silt_meta::LIMITS.max_request_bytes
+        );
+        assert!(ops <= 128, "{ops} operations");
+        eprintln!("largest fold: {bytes} bytes, {ops} operations");
+    }
+
+    #[test]
+    fn thinned_marks_keep_the_first_and_stay_evenly_spread() {
+        for n in [0usize, 1, 63, 64, 65, 128, 255, 256] {
+            let mut m: Vec<(i64, u64)> = (0..n as i64).map(|i| (i, i as u64 * 10)).collect();
+            thin_marks(&mut m, PIECE_MARKS);
+            assert!(
+                m.len() <= PIECE_MARKS && m.len() >= n.min(PIECE_MARKS) / 2,
+                "{n}: {}",
+                m.len()
+            );
+            assert_eq!(m.first().map(|x| x.0), (n > 0).then_some(0));
+            let gaps: Vec<i64> = m.windows(2).map(|w| w[1].0 - w[0].0).collect();
+            assert!(
+                gaps.windows(2).all(|g| g[0] == g[1]),
+                "{n}: uneven {gaps:?}"
+            );
+        }
     }
 
     #[test]
