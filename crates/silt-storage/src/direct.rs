@@ -169,6 +169,44 @@ impl ObjectStore for DirectLocal {
     }
 }
 
+/// Whether `name` is a staging name (`object#digits`), which `LocalFileSystem` lists as no
+/// object.
+fn is_staging(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, d)| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Deletes the staging files under `root` that a process left when it died mid-write: those
+/// not modified for `older_than` (no live write takes that long). Returns how many.
+pub fn sweep_staging(root: &FsPath, older_than: std::time::Duration) -> io::Result<usize> {
+    let mut dirs = vec![root.to_path_buf()];
+    let mut swept = 0;
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() && entry.file_name().to_str().is_some_and(is_staging) {
+                let age = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+                if age >= older_than {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => swept += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+    Ok(swept)
+}
+
 /// A staging name next to `path` that `LocalFileSystem` lists as no object (`name#digits`).
 fn staging(path: &FsPath) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -311,6 +349,52 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
+    }
+
+    /// A write killed mid-way leaves a staging file nothing lists; the next start sweeps the
+    /// old ones and leaves objects, other files and staging files still being written.
+    #[test]
+    fn staging_files_left_by_a_crash_are_swept_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("flush/0/abc");
+        std::fs::create_dir_all(&sub).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for name in [
+            "000001.silt#1234000001",
+            "000002.silt#9",
+            "000003.silt#77000002",
+        ] {
+            let f = File::create(sub.join(name)).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        File::create(sub.join("000004.silt#55000003")).unwrap(); // being written now
+        for name in ["000001.silt", "a#b", "x#", "notes#12a"] {
+            File::create(sub.join(name))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let swept = sweep_staging(dir.path(), std::time::Duration::from_secs(600)).unwrap();
+        assert_eq!(swept, 3);
+        let mut left: Vec<String> = std::fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "000001.silt",
+                "000004.silt#55000003",
+                "a#b",
+                "notes#12a",
+                "x#"
+            ]
+        );
+        assert_eq!(
+            sweep_staging(&dir.path().join("missing"), Default::default()).unwrap(),
+            0
+        );
     }
 
     /// Objects of every awkward size — empty, below a block, around block and chunk

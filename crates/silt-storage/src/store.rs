@@ -145,6 +145,13 @@ impl Storage {
     /// ([`crate::direct`]).
     pub fn local(dir: &std::path::Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        match crate::direct::sweep_staging(dir, std::time::Duration::from_secs(600)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dir = %dir.display(), files = n,
+                "deleted staging files of writes interrupted by a crash"),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e,
+                "could not sweep staging files of interrupted writes; they only take space"),
+        }
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(std::io::Error::other)?
             .with_fsync(true);
