@@ -56,15 +56,7 @@ pub async fn range_bytes(
     cache: &ObjectCache,
     r: &IndexEntry,
 ) -> Result<Bytes, PartitionError> {
-    if !r.pieces.is_empty() {
-        // A range of several objects: its pieces' bytes, in order.
-        let mut all = BytesMut::with_capacity(r.len as usize);
-        for piece in r.split() {
-            all.extend_from_slice(&piece_bytes(storage, cache, &piece).await?);
-        }
-        return Ok(all.freeze());
-    }
-    piece_bytes(storage, cache, r).await
+    bytes_of(storage, cache, r, true).await
 }
 
 /// [`range_bytes`] for a caller that reads the range once (compaction): from the tail cache if
@@ -74,37 +66,41 @@ pub async fn range_bytes_uncached(
     cache: &ObjectCache,
     r: &IndexEntry,
 ) -> Result<Bytes, PartitionError> {
-    let mut all = BytesMut::new();
-    let pieces = r.split();
-    let one = pieces.len() == 1;
-    for piece in pieces {
-        let data = match cache.get(&piece.object, piece.pos, piece.len) {
-            Some(d) => d,
-            None => {
-                storage
-                    .get(
-                        &Path::from(piece.object.as_str()),
-                        Some(piece.pos..piece.pos + piece.len),
-                    )
-                    .await?
-            }
-        };
-        if one {
-            return Ok(data);
-        }
-        all.extend_from_slice(&data);
+    bytes_of(storage, cache, r, false).await
+}
+
+/// A range's bytes, piece by piece (one piece: without a copy); stored bytes through the block
+/// cache if `blocks`.
+async fn bytes_of(
+    storage: &Storage,
+    cache: &ObjectCache,
+    r: &IndexEntry,
+    blocks: bool,
+) -> Result<Bytes, PartitionError> {
+    if r.pieces.is_empty() {
+        return piece_bytes(storage, cache, r, blocks).await;
+    }
+    let mut all = BytesMut::with_capacity(r.len as usize);
+    for piece in r.split() {
+        all.extend_from_slice(&piece_bytes(storage, cache, &piece, blocks).await?);
     }
     Ok(all.freeze())
 }
 
-/// The bytes of a range in one object: from the tail cache, or stored.
+/// The bytes of a range in one object: from the tail cache, or stored (through the block cache
+/// if `blocks`).
 async fn piece_bytes(
     storage: &Storage,
     cache: &ObjectCache,
     r: &IndexEntry,
+    blocks: bool,
 ) -> Result<Bytes, PartitionError> {
     if let Some(d) = cache.get(&r.object, r.pos, r.len) {
         return Ok(d);
+    }
+    if !blocks {
+        let path = Path::from(r.object.as_str());
+        return Ok(storage.get(&path, Some(r.pos..r.pos + r.len)).await?);
     }
     stored_bytes(storage, cache, r).await
 }
