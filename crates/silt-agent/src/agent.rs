@@ -181,7 +181,7 @@ impl Agent {
             tail.blocks = Some(
                 crate::blocks::BlockCache::open(
                     cs.memory_bytes,
-                    cs.disk_bytes,
+                    cs.disk_bytes_for(settings.object_store.kind),
                     &dir,
                     cs.block_bytes,
                     cs.read_ahead_ranges,

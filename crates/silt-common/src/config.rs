@@ -223,8 +223,10 @@ impl Default for ConnectionSettings {
 pub struct CacheSettings {
     /// Memory tier, in bytes (0 disables the block cache: misses are plain range GETs).
     pub memory_bytes: usize,
-    /// Disk tier, in bytes (0: memory only).
-    pub disk_bytes: usize,
+    /// Disk tier, in bytes (0: memory only). Unset: 1 GiB in front of S3, none in front of the
+    /// local store, whose objects are already files on a local disk (a disk tier there only
+    /// copies them: it halved replay throughput in `scripts/bench-archive-replay`).
+    pub disk_bytes: Option<usize>,
     /// Directory of the disk tier; defaults to `<data_dir>/cache`.
     pub dir: Option<PathBuf>,
     /// Objects are read in blocks of this size (one GET per block).
@@ -234,11 +236,21 @@ pub struct CacheSettings {
     pub read_ahead_ranges: u64,
 }
 
+impl CacheSettings {
+    /// The disk tier's size in front of an object store of `kind`.
+    pub fn disk_bytes_for(&self, kind: ObjectStoreKind) -> usize {
+        self.disk_bytes.unwrap_or(match kind {
+            ObjectStoreKind::Local => 0,
+            _ => 1 << 30,
+        })
+    }
+}
+
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             memory_bytes: share(DEFAULT_MEMORY_BYTES, 2),
-            disk_bytes: 1 << 30,
+            disk_bytes: None,
             dir: None,
             block_bytes: 1 << 20,
             read_ahead_ranges: 2,

@@ -137,7 +137,7 @@ impl Sim {
         s.flush.idle_ms = [0, 1, 5][self.rng.below(3) as usize];
         s.flush.min_gap_ms = [0, 10][self.rng.below(2) as usize];
         s.cache.memory_bytes = if self.rng.chance(2) { 1 << 20 } else { 0 };
-        s.cache.disk_bytes = 0;
+        s.cache.disk_bytes = Some(0);
         s.cache.block_bytes = 4096 << self.rng.below(6);
         s.lifecycle.retention_interval_ms = 1 << 40;
         s.lifecycle.compact_interval_ms = 1 << 40;

@@ -113,7 +113,7 @@ pub async fn start_lifecycle_agent(
     };
     s.flush.interval_ms = 1;
     s.cache.memory_bytes = 1 << 20;
-    s.cache.disk_bytes = 0;
+    s.cache.disk_bytes = Some(0);
     s.cache.block_bytes = 4096;
     // Background passes are driven by the test instead.
     s.lifecycle.retention_interval_ms = 1 << 40;
