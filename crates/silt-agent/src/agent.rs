@@ -191,8 +191,10 @@ impl Agent {
             );
         }
         let cache = Arc::new(tail);
+        let mut flush = settings.flush.clone();
+        flush.min_gap_ms = Some(flush.min_gap_ms_for(settings.object_store.kind));
         let flusher = Flusher::new(
-            settings.flush.clone(),
+            flush,
             c.storage.clone(),
             c.meta.clone(),
             cache.clone(),

@@ -130,6 +130,9 @@ struct Inner {
     buffer: Mutex<Buffer>,
     wake: Notify,
     progress: watch::Sender<FlushProgress>,
+    /// Set once with `progress.stopped`, for waiters that care only about the end (fetch
+    /// long-polls, which partitions wake).
+    halted: watch::Sender<bool>,
     budget: Arc<Semaphore>,
     storage: Storage,
     meta: Arc<dyn MetaKv>,
@@ -218,6 +221,7 @@ impl Flusher {
                 }),
                 wake: Notify::new(),
                 progress: watch::channel(FlushProgress::default()).0,
+                halted: watch::channel(false).0,
                 budget,
                 storage,
                 meta,
@@ -302,9 +306,20 @@ impl Flusher {
         self.inner.wake.notify_one();
     }
 
-    /// A receiver of flush progress (acks and fetch long-polls wait on it).
+    /// A receiver of flush progress (acks wait on it).
     pub fn subscribe(&self) -> watch::Receiver<FlushProgress> {
         self.inner.progress.subscribe()
+    }
+
+    /// A receiver that turns true when the flusher stops: nothing more will commit.
+    pub fn halted(&self) -> watch::Receiver<bool> {
+        self.inner.halted.subscribe()
+    }
+
+    /// Marks the flusher stopped, for both kinds of waiter.
+    fn halt(&self) {
+        self.inner.progress.send_modify(|p| p.stopped = true);
+        self.inner.halted.send_replace(true);
     }
 
     /// Waits until generation `gen` is done and says whether `partition`'s batches in it
@@ -335,7 +350,7 @@ impl Flusher {
     /// told now). For a session that lost its lease, whose commits would be refused anyway.
     pub fn abandon(&self) {
         self.close();
-        self.inner.progress.send_modify(|p| p.stopped = true);
+        self.halt();
     }
 
     /// Stops taking writes; the run loop flushes what is buffered and ends.
@@ -411,7 +426,7 @@ impl Flusher {
         }
         drop(tx);
         let _ = committer.await;
-        self.inner.progress.send_modify(|p| p.stopped = true);
+        self.halt();
         self.inner.budget.close();
     }
 
@@ -419,7 +434,7 @@ impl Flusher {
         while let Some((prepared, put)) = rx.recv().await {
             if put.await.is_err() {
                 tracing::error!("object PUT task failed; stopping the flush pipeline");
-                self.inner.progress.send_modify(|p| p.stopped = true);
+                self.halt();
                 self.close();
                 break;
             }
@@ -428,7 +443,7 @@ impl Flusher {
             if let Err(e) = self.commit(prepared).await {
                 tracing::error!(error = %e, "flush pipeline stopped: {e}");
                 // Take no more writes, and let the builder loop see it.
-                self.inner.progress.send_modify(|p| p.stopped = true);
+                self.halt();
                 self.close();
                 break;
             }
@@ -519,6 +534,7 @@ impl Flusher {
                     continue;
                 }
                 p.lock().on_commit(e);
+                p.changed();
                 // Waiters are answered once the partition's whole range in this flush is in.
                 if last_of_partition {
                     p.mark_durable(f.gen);
@@ -669,7 +685,7 @@ impl Early {
     fn new(s: &FlushSettings) -> Self {
         Self {
             idle: (s.idle_ms > 0).then(|| Duration::from_millis(s.idle_ms)),
-            gap: Duration::from_millis(s.min_gap_ms),
+            gap: Duration::from_millis(s.min_gap_ms.unwrap_or(20)),
         }
     }
 
@@ -759,7 +775,7 @@ mod tests {
             max_buffered_bytes: 16 << 20,
             tail_cache_bytes: 1 << 20,
             idle_ms: 0,
-            min_gap_ms: 0,
+            min_gap_ms: Some(0),
         }
     }
 
@@ -774,7 +790,7 @@ mod tests {
         );
         let on = Early::new(&FlushSettings {
             idle_ms: 2,
-            min_gap_ms: 20,
+            min_gap_ms: Some(20),
             ..settings()
         });
         // Quiet for 2 ms after the last batch, the first flush ever: at once.
@@ -799,7 +815,7 @@ mod tests {
             let quiet = FlushSettings {
                 interval_ms: 60_000,
                 idle_ms,
-                min_gap_ms: 0,
+                min_gap_ms: Some(0),
                 ..settings()
             };
             let (f, _meta, _storage, p) = setup_with("s1", quiet).await;

@@ -2,10 +2,10 @@
 //! records and bytes per topic, and client connections. Rendered with the rest of the agent's
 //! metrics by [`crate::exposition`].
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
@@ -24,7 +24,17 @@ struct ApiStats {
     buckets: [AtomicU64; BUCKETS.len()],
 }
 
-/// Per-topic traffic.
+/// Per-topic traffic, counted without a lock: the map is locked only to add a topic.
+#[derive(Debug, Default)]
+struct TopicCounters {
+    produce_requests: AtomicU64,
+    produced_records: AtomicU64,
+    produced_bytes: AtomicU64,
+    fetch_requests: AtomicU64,
+    fetched_bytes: AtomicU64,
+}
+
+/// A snapshot of one topic's counters.
 #[derive(Debug, Default, Clone, Copy)]
 struct TopicStats {
     produce_requests: u64,
@@ -34,11 +44,25 @@ struct TopicStats {
     fetched_bytes: u64,
 }
 
+impl TopicCounters {
+    fn snapshot(&self) -> TopicStats {
+        let r = Ordering::Relaxed;
+        TopicStats {
+            produce_requests: self.produce_requests.load(r),
+            produced_records: self.produced_records.load(r),
+            produced_bytes: self.produced_bytes.load(r),
+            fetch_requests: self.fetch_requests.load(r),
+            fetched_bytes: self.fetched_bytes.load(r),
+        }
+    }
+}
+
 /// The agent's request metrics.
 #[derive(Debug)]
 pub struct Metrics {
     apis: Vec<ApiStats>,
-    topics: Mutex<BTreeMap<String, TopicStats>>,
+    /// Shared by every connection: read-locked per batch, write-locked once per new topic.
+    topics: RwLock<HashMap<String, Arc<TopicCounters>>>,
     /// Client connections open now.
     pub connections_open: AtomicI64,
     /// Client connections accepted since start.
@@ -57,13 +81,15 @@ pub struct Metrics {
     pub produced_bytes: AtomicU64,
     /// Record-batch bytes returned to consumers, over every topic.
     pub fetched_bytes: AtomicU64,
+    /// Long-polling fetches woken by a change to one of their partitions.
+    pub long_poll_wakeups: AtomicU64,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
             apis: (0..APIS).map(|_| ApiStats::default()).collect(),
-            topics: Mutex::default(),
+            topics: RwLock::default(),
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
@@ -72,6 +98,7 @@ impl Default for Metrics {
             fetch_sessions: Default::default(),
             produced_bytes: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
+            long_poll_wakeups: AtomicU64::new(0),
         }
     }
 }
@@ -101,24 +128,32 @@ impl Metrics {
         }
     }
 
-    fn topic(&self, topic: &str, f: impl FnOnce(&mut TopicStats)) {
-        let mut t = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = t.get_mut(topic) {
-            f(s);
-        } else {
-            let mut s = TopicStats::default();
-            f(&mut s);
-            t.insert(topic.to_string(), s);
+    fn topic(&self, topic: &str, f: impl FnOnce(&TopicCounters)) {
+        if let Some(c) = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
+            return f(c);
         }
+        let c = self
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(topic.to_string())
+            .or_default()
+            .clone();
+        f(&c)
     }
 
     /// Records an accepted batch.
     pub fn produced(&self, topic: &str, records: u64, bytes: u64) {
         self.produced_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.topic(topic, |s| {
-            s.produce_requests += 1;
-            s.produced_records += records;
-            s.produced_bytes += bytes;
+            s.produce_requests.fetch_add(1, Ordering::Relaxed);
+            s.produced_records.fetch_add(records, Ordering::Relaxed);
+            s.produced_bytes.fetch_add(bytes, Ordering::Relaxed);
         });
     }
 
@@ -126,8 +161,8 @@ impl Metrics {
     pub fn fetched(&self, topic: &str, bytes: u64) {
         self.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.topic(topic, |s| {
-            s.fetch_requests += 1;
-            s.fetched_bytes += bytes;
+            s.fetch_requests.fetch_add(1, Ordering::Relaxed);
+            s.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
         });
     }
 
@@ -172,11 +207,14 @@ impl Metrics {
                 "silt_request_duration_seconds_count{{api=\"{k:?}\"}} {n}"
             );
         }
-        let topics = self
+        let mut topics: Vec<(String, TopicStats)> = self
             .topics
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .iter()
+            .map(|(t, c)| (t.clone(), c.snapshot()))
+            .collect();
+        topics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (name, help, get) in [
             (
                 "silt_produce_requests_total",

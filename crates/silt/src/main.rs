@@ -54,8 +54,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Before any thread starts: few malloc arenas, so freed memory is reused, not kept per thread.
-    silt_wire::alloc::limit_malloc_arenas(2);
+    // Before any thread starts: few malloc arenas and a fixed mmap threshold, so freed memory is
+    // reused or returned, not kept per thread or fragmented in the heap.
+    silt_wire::alloc::tune_malloc(2);
     let cli = Cli::parse();
     if let Command::Admin { bootstrap, command } = cli.command {
         let rt = tokio::runtime::Builder::new_current_thread()

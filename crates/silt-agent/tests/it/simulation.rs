@@ -135,7 +135,7 @@ impl Sim {
         s.flush.max_bytes = [4 << 20, 16 << 20][self.rng.below(2) as usize];
         // Early flushes of a quiet buffer (none, or after 1-5 ms within a PUT budget).
         s.flush.idle_ms = [0, 1, 5][self.rng.below(3) as usize];
-        s.flush.min_gap_ms = [0, 10][self.rng.below(2) as usize];
+        s.flush.min_gap_ms = Some([0, 10][self.rng.below(2) as usize]);
         s.cache.memory_bytes = if self.rng.chance(2) { 1 << 20 } else { 0 };
         s.cache.disk_bytes = Some(0);
         s.cache.block_bytes = 4096 << self.rng.below(6);

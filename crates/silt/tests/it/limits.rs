@@ -16,6 +16,11 @@ use crate::kafka::{create_topic, producer, send};
 use crate::protocol::Conn;
 
 fn big_fetch(topic: &str) -> FetchRequest {
+    wide_fetch(topic, 1, 50 << 20)
+}
+
+/// A fetch of partitions `0..partitions` from offset 0, `per_partition` bytes each, 50 MiB in all.
+fn wide_fetch(topic: &str, partitions: i32, per_partition: i32) -> FetchRequest {
     FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(0)
@@ -23,10 +28,16 @@ fn big_fetch(topic: &str) -> FetchRequest {
         .with_max_bytes(50 << 20)
         .with_topics(vec![FetchTopic::default()
             .with_topic(TopicName(StrBytes::from_string(topic.into())))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(50 << 20)])])
+            .with_partitions(
+                (0..partitions)
+                    .map(|p| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(per_partition)
+                    })
+                    .collect(),
+            )])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,33 +169,46 @@ fn produce_frame(topic: &str, partition: i32, value_len: usize) -> bytes::Bytes 
     crate::protocol::frame(ApiKey::Produce, 9, 1, &req)
 }
 
-/// Issue 14 (one memory budget): a thousand connections write 256 KiB produce requests as fast
-/// as the agent takes them and never read an answer, while fifty more pipeline 50 MiB fetches
-/// they never read — far more than a 512 MiB agent can hold or write. Its resident size stays
-/// under `memory_bytes` + 64 MiB throughout, each part stays inside its share, and once the
-/// flood stops a well-behaved producer is served. (Before the request budget, frames read from
-/// sockets were bounded only per connection, 1 024 requests each.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_stays_inside_one_budget_under_a_flood() {
+/// What a flood did, and the most the agent held meanwhile.
+struct Flood {
+    offered: u64,
+    baseline: u64,
+    peak: u64,
+    peak_requests: f64,
+    peak_buffer: f64,
+    peak_responses: f64,
+}
+
+/// A thousand connections write produce requests of `value_len` bytes (each to one of
+/// `partitions`, in turn) as fast as the agent takes them and never read an answer, while
+/// fifty more pipeline fetches (`fetch`) they never read, for `secs` seconds.
+async fn flood(
+    agent: &AgentProc,
+    topic: &str,
+    partitions: i32,
+    value_len: usize,
+    fetch: FetchRequest,
+    secs: u64,
+) -> Flood {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
-    const BUDGET: u64 = 512 << 20;
-    let agent = AgentProc::start(&[
-        ("SILT_MEMORY_BYTES", &BUDGET.to_string()),
-        ("SILT_CONNECTIONS__MAX_PER_IP", "2000"),
-    ]);
     let b = agent.bootstrap();
-    create_topic(&b, "flood", 16, &[]).await;
-    let p = producer(&b, &[("linger.ms", "5")]);
-    let value = vec![3u8; 100_000];
-    futures::future::join_all((0..100).map(|_| send(&p, "flood", 0, b"k", &value))).await;
     let baseline = agent.rss_kib();
     let frames: Arc<Vec<bytes::Bytes>> = Arc::new(
-        (0..16)
-            .map(|i| produce_frame("flood", i, 256 << 10))
+        (0..partitions)
+            .map(|i| produce_frame(topic, i, value_len))
             .collect(),
     );
+    // The fetchers first: their requests are written with blocking sends, which would hold a
+    // runtime worker (and keep the flood going past its end) if the writers already filled the
+    // agent's request budget.
+    let mut hoarders: Vec<Conn> = (0..50).map(|_| Conn::open(agent)).collect();
+    for c in &mut hoarders {
+        for _ in 0..20 {
+            c.send(ApiKey::Fetch, 4, &fetch);
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
@@ -206,25 +230,38 @@ async fn memory_stays_inside_one_budget_under_a_flood() {
             }
         }));
     }
-    let mut hoarders: Vec<Conn> = (0..50).map(|_| Conn::open(&agent)).collect();
-    for c in &mut hoarders {
-        for _ in 0..20 {
-            c.send(ApiKey::Fetch, 4, &big_fetch("flood"));
+    let mut f = Flood {
+        offered: 0,
+        baseline,
+        peak: 0,
+        peak_requests: 0.0,
+        peak_buffer: 0.0,
+        peak_responses: 0.0,
+    };
+    let until = Instant::now() + Duration::from_secs(secs);
+    // The flood ends on time even when a sample is slow (the agent answers /metrics late
+    // while it is flooded): the writers stop at `until`, and the sample in progress then is
+    // the last. Samples block this worker only, not the writers' (block_in_place).
+    let timer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep_until(until.into()).await;
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (rss, m) = tokio::task::block_in_place(|| (agent.rss_kib(), agent.metrics()));
+        f.peak = f.peak.max(rss);
+        f.peak_requests = f.peak_requests.max(m["silt_request_bytes_reserved"]);
+        f.peak_buffer = f.peak_buffer.max(m["silt_buffered_bytes"]);
+        f.peak_responses = f.peak_responses.max(m["silt_response_bytes_reserved"]);
+        if stop.load(Ordering::Relaxed) {
+            break;
         }
     }
-    let mut peak = 0u64;
-    let (mut peak_requests, mut peak_buffer, mut peak_responses) = (0f64, 0f64, 0f64);
-    let until = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        peak = peak.max(agent.rss_kib());
-        let m = agent.metrics();
-        peak_requests = peak_requests.max(m["silt_request_bytes_reserved"]);
-        peak_buffer = peak_buffer.max(m["silt_buffered_bytes"]);
-        peak_responses = peak_responses.max(m["silt_response_bytes_reserved"]);
-    }
-    stop.store(true, Ordering::Relaxed);
-    let offered = written.load(Ordering::Relaxed);
+    let _ = timer.await;
+    f.offered = written.load(Ordering::Relaxed);
     for w in &writers {
         w.abort();
     }
@@ -232,38 +269,73 @@ async fn memory_stays_inside_one_budget_under_a_flood() {
         let _ = w.await;
     }
     drop(hoarders);
+    f
+}
+
+/// The flood was an overload, and the agent stayed inside `budget` (+ 64 MiB) and each share.
+fn assert_inside(budget: u64, what: &str, f: &Flood) {
     eprintln!(
-        "flood of 1 000 writers and 50 unread fetchers for 20 s against memory_bytes = {} MiB: {} MiB written to sockets; \
+        "{what} against memory_bytes = {} MiB: {} MiB written to sockets; \
          RSS {} MiB at rest, peak {} MiB; peak reserved: requests {} MiB, buffer {} MiB, responses {} MiB",
-        BUDGET >> 20,
-        offered >> 20,
-        baseline >> 10,
-        peak >> 10,
-        peak_requests as u64 >> 20,
-        peak_buffer as u64 >> 20,
-        peak_responses as u64 >> 20,
+        budget >> 20,
+        f.offered >> 20,
+        f.baseline >> 10,
+        f.peak >> 10,
+        f.peak_requests as u64 >> 20,
+        f.peak_buffer as u64 >> 20,
+        f.peak_responses as u64 >> 20,
     );
     assert!(
-        offered > 1 << 30,
-        "the flood wrote only {offered} bytes: not an overload"
+        f.offered > 1 << 30,
+        "the flood wrote only {} bytes: not an overload",
+        f.offered
     );
     assert!(
-        peak_requests <= (BUDGET / 8) as f64,
-        "requests over their share: {peak_requests}"
+        f.peak_requests <= (budget / 8) as f64,
+        "requests over their share: {}",
+        f.peak_requests
     );
     assert!(
-        peak_buffer <= (BUDGET / 8) as f64,
-        "buffer over its share: {peak_buffer}"
+        f.peak_buffer <= (budget / 8) as f64,
+        "buffer over its share: {}",
+        f.peak_buffer
     );
     assert!(
-        peak_responses <= (BUDGET / 8) as f64,
-        "responses over their share: {peak_responses}"
+        f.peak_responses <= (budget / 8) as f64,
+        "responses over their share: {}",
+        f.peak_responses
     );
     assert!(
-        peak <= (BUDGET >> 10) + 64 * 1024,
+        f.peak <= (budget >> 10) + 64 * 1024,
         "RSS peaked at {} MiB, over memory_bytes ({} MiB) + 64 MiB",
-        peak >> 10,
-        BUDGET >> 20
+        f.peak >> 10,
+        budget >> 20
+    );
+}
+
+/// Issue 14 (one memory budget): a thousand connections write 256 KiB produce requests as fast
+/// as the agent takes them and never read an answer, while fifty more pipeline 50 MiB fetches
+/// they never read — far more than a 512 MiB agent can hold or write. Its resident size stays
+/// under `memory_bytes` + 64 MiB throughout, each part stays inside its share, and once the
+/// flood stops a well-behaved producer is served. (Before the request budget, frames read from
+/// sockets were bounded only per connection, 1 024 requests each.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_inside_one_budget_under_a_flood() {
+    const BUDGET: u64 = 512 << 20;
+    let agent = AgentProc::start(&[
+        ("SILT_MEMORY_BYTES", &BUDGET.to_string()),
+        ("SILT_CONNECTIONS__MAX_PER_IP", "2000"),
+    ]);
+    let b = agent.bootstrap();
+    create_topic(&b, "flood", 16, &[]).await;
+    let p = producer(&b, &[("linger.ms", "5")]);
+    let value = vec![3u8; 100_000];
+    futures::future::join_all((0..100).map(|_| send(&p, "flood", 0, b"k", &value))).await;
+    let f = flood(&agent, "flood", 16, 256 << 10, big_fetch("flood"), 20).await;
+    assert_inside(
+        BUDGET,
+        "flood of 1 000 writers and 50 unread fetchers for 20 s",
+        &f,
     );
     // The flood is over: a producer is served again.
     let t = Instant::now();
@@ -274,4 +346,31 @@ async fn memory_stays_inside_one_budget_under_a_flood() {
     .await;
     assert!(r.is_ok(), "a producer was not served after the flood");
     eprintln!("first acknowledgement after the flood in {:?}", t.elapsed());
+}
+
+/// The same budget with the shape of many partitions: 4 000 partitions, each flood write to
+/// the next one (16 KiB), the unread fetches asking for all 4 000 at 64 KiB each. Per-partition
+/// state (buffered batches, tail cache entries, index entries of thousands of small flush
+/// ranges) must fit the same budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_inside_one_budget_across_thousands_of_partitions() {
+    const BUDGET: u64 = 512 << 20;
+    const PARTITIONS: i32 = 4000;
+    let agent = AgentProc::start(&[
+        ("SILT_MEMORY_BYTES", &BUDGET.to_string()),
+        ("SILT_CONNECTIONS__MAX_PER_IP", "2000"),
+    ]);
+    let b = agent.bootstrap();
+    create_topic(&b, "wide", PARTITIONS, &[]).await;
+    let fetch = wide_fetch("wide", PARTITIONS, 64 << 10);
+    // 30 s: the wide fetches cost the agent more CPU per byte taken in than the narrow ones.
+    let f = flood(&agent, "wide", PARTITIONS, 16 << 10, fetch, 30).await;
+    assert_inside(BUDGET, "flood over 4 000 partitions for 30 s", &f);
+    let p = producer(&b, &[("linger.ms", "5")]);
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        send(&p, "wide", 3999, b"k", b"after"),
+    )
+    .await;
+    assert!(r.is_ok(), "a producer was not served after the flood");
 }
