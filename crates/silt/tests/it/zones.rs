@@ -40,7 +40,13 @@ fn served(c: &TestCluster, alive: &[bool]) -> Vec<f64> {
 }
 
 /// Polls until every partition is read up to `ends` (or 90 s); the offsets read.
-fn read_up_to(c: &BaseConsumer, ends: &[i64], seen: &mut HashSet<(i32, i64)>) {
+/// On a stall, `views` says what each live agent sees of the pool (for the failure message).
+fn read_up_to(
+    c: &BaseConsumer,
+    ends: &[i64],
+    seen: &mut HashSet<(i32, i64)>,
+    views: &dyn Fn() -> String,
+) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut next: Vec<i64> = (0..PARTITIONS)
         .map(|p| {
@@ -54,7 +60,8 @@ fn read_up_to(c: &BaseConsumer, ends: &[i64], seen: &mut HashSet<(i32, i64)>) {
     while next.iter().zip(ends).any(|(n, e)| n < e) {
         assert!(
             Instant::now() < deadline,
-            "the zone's consumer stalled at {next:?} of {ends:?}"
+            "the zone's consumer stalled at {next:?} of {ends:?}; {}",
+            views()
         );
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             assert!(
@@ -68,6 +75,27 @@ fn read_up_to(c: &BaseConsumer, ends: &[i64], seen: &mut HashSet<(i32, i64)>) {
             *n += 1;
         }
     }
+}
+
+/// What each live agent sees: the agents it counts, and the partitions it leads.
+fn views(c: &TestCluster, alive: &[bool]) -> String {
+    (0..6)
+        .filter(|i| alive[*i])
+        .map(|i| {
+            let m = c.agents[i].metrics();
+            let led: Vec<String> = m
+                .keys()
+                .filter(|k| k.starts_with("silt_high_watermark{") && k.contains(TOPIC))
+                .cloned()
+                .collect();
+            format!(
+                "agent {} sees {} agents, leads {led:?}",
+                i + 1,
+                m.get("silt_cluster_agents").copied().unwrap_or(-1.0)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Each partition's high watermark. A request to a leader that was just killed waits for
@@ -120,7 +148,7 @@ async fn consumers_read_only_from_agents_in_their_zone() {
     consumer.assign(&tpl).unwrap();
     let mut seen = HashSet::new();
     let ends = high_watermarks(&consumer);
-    read_up_to(&consumer, &ends, &mut seen);
+    read_up_to(&consumer, &ends, &mut seen, &|| views(&c, &[true; 6]));
     let first = served(&c, &alive);
     eprintln!("bytes served per agent (zones z1 z1 z2 z2 z3 z3): {first:?}");
     assert!(
@@ -137,7 +165,7 @@ async fn consumers_read_only_from_agents_in_their_zone() {
     let killed = Instant::now();
     load.progress(3_000).await;
     let ends = high_watermarks(&consumer);
-    read_up_to(&consumer, &ends, &mut seen);
+    read_up_to(&consumer, &ends, &mut seen, &|| views(&c, &alive));
     let caught_up = killed.elapsed();
     let second = served(&c, &alive);
     eprintln!(
