@@ -32,7 +32,14 @@ pub struct TestCluster {
     /// With network namespaces: agent i runs in `netns[i]`.
     pub netns: Vec<silt_testkit::NetNs>,
     in_netns: bool,
+    /// Held by a cluster in network namespaces for its whole life (dropped last): namespaces
+    /// are numbered from 200, so two such clusters at once would replace each other's. Across
+    /// processes, nextest runs these tests one at a time (`.config/nextest.toml`).
+    _netns_lock: Option<std::sync::MutexGuard<'static, ()>>,
 }
+
+/// See [`TestCluster::_netns_lock`].
+static NETNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl TestCluster {
     pub fn start(n: usize) -> Self {
@@ -51,6 +58,7 @@ impl TestCluster {
     }
 
     fn build(n: usize, extra: &[(&str, &str)], in_netns: bool) -> Self {
+        let lock = in_netns.then(|| NETNS.lock().unwrap_or_else(|p| p.into_inner()));
         let mut c = Self {
             etcd: Etcd::start_with(in_netns),
             weed: Weed::start_with("silt", in_netns),
@@ -61,6 +69,7 @@ impl TestCluster {
                 .collect(),
             netns: Vec::new(),
             in_netns,
+            _netns_lock: lock,
         };
         for _ in 0..n {
             c.add();
