@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
@@ -33,19 +32,15 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     let b = b.clone();
     Reply::Later(Box::pin(async move {
         let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
-        let mut halted = b.flusher.halted();
+        let mut rx = b.flusher.subscribe();
+        // The partitions asked for, resolved once: a waiting fetch is woken by every commit,
+        // and only rebuilds its response when one of them moved.
         let mut parts = resolve(&b, &req, version).await;
         // Partitions read here but led elsewhere change without a local commit: looked at
         // again every FOLLOWER_FRESH.
         let follows = parts.iter().any(|p| matches!(p, Some((_, true))));
         loop {
-            // Armed before the response is built, so a commit meanwhile wakes the wait below.
-            // Only this request's partitions wake it: a commit elsewhere costs it nothing.
-            let mut changes: FuturesUnordered<_> = parts
-                .iter()
-                .flatten()
-                .map(|(p, _)| p.next_change())
-                .collect();
+            rx.borrow_and_update();
             let (resp, bytes, errors) = build(&b, &req, version, &parts).await;
             if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
                 return done(&b, resp, &parts);
@@ -57,46 +52,28 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
                 } else {
                     deadline
                 };
-                let woke = tokio::select! {
-                    _ = halted.wait_for(|h| *h) => Wake::Halted,
-                    Some(()) = changes.next() => Wake::Changed,
-                    _ = tokio::time::sleep_until(wake) => Wake::Timer,
-                };
-                match woke {
-                    Wake::Changed => {
-                        b.metrics
-                            .long_poll_wakeups
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        break;
+                match tokio::time::timeout_at(wake, rx.changed()).await {
+                    Ok(Ok(())) if !rx.borrow().stopped => {
+                        if marks(&parts) != seen {
+                            break;
+                        }
                     }
-                    Wake::Halted => {
+                    Ok(Ok(())) | Ok(Err(_)) => {
                         // The flusher stopped; nothing new will arrive.
                         tokio::time::sleep_until(deadline).await;
                         return done(&b, build(&b, &req, version, &parts).await.0, &parts);
                     }
-                    Wake::Timer if Instant::now() < deadline => {
+                    Err(_) if Instant::now() < deadline => {
                         parts = resolve(&b, &req, version).await;
                         if marks(&parts) != seen {
                             break;
                         }
                     }
-                    Wake::Timer => {
-                        return done(&b, build(&b, &req, version, &parts).await.0, &parts)
-                    }
+                    Err(_) => return done(&b, build(&b, &req, version, &parts).await.0, &parts),
                 }
             }
         }
     }))
-}
-
-/// What ended a long-poll's wait.
-enum Wake {
-    /// One of the request's partitions changed.
-    Changed,
-    /// The flusher stopped.
-    Halted,
-    /// The deadline, or time to look at copies of partitions led elsewhere again.
-    Timer,
 }
 
 /// A requested topic: by id from v13, by name before.
