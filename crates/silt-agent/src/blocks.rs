@@ -161,7 +161,19 @@ impl BlockCache {
         });
         let path = path.to_string();
         async move {
-            match get.await {
+            let started = std::time::Instant::now();
+            let got = get.await;
+            let took = started.elapsed();
+            if took >= SLOW_BLOCK {
+                tracing::warn!(
+                    %path,
+                    block = b,
+                    took_ms = took.as_millis() as u64,
+                    source = ?got.as_ref().ok().map(|e| e.source()),
+                    "a slow block-cache read"
+                );
+            }
+            match got {
                 Ok(e) => {
                     match e.source() {
                         Source::Memory => stats.memory_hits.fetch_add(1, Ordering::Relaxed),
@@ -183,6 +195,9 @@ impl BlockCache {
         }
     }
 }
+
+/// A block read slower than this is logged.
+const SLOW_BLOCK: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn short_read(path: &str, range: &Range<u64>) -> StorageError {
     StorageError::Failed {

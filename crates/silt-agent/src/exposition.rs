@@ -176,6 +176,13 @@ fn storage(b: &Broker, out: &mut String) {
     ] {
         single(out, name, help, "counter", v.load(r));
     }
+    single(
+        out,
+        "silt_object_requests_in_flight",
+        "Object-store requests under way now.",
+        "gauge",
+        s.in_flight.load(r),
+    );
     let kinds = [("put", &s.put), ("get", &s.get), ("delete", &s.delete)];
     header(
         out,

@@ -3,6 +3,7 @@
 //! bytes in the flush object. Never returns an offset at or above the high watermark.
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use object_store::path::Path;
 use silt_meta::layout::index::IndexEntry;
 use silt_storage::Storage;
@@ -254,7 +255,7 @@ pub async fn read_isolated(
             aborted: Vec::new(),
         });
     }
-    let ranges = p.lock().locate(offset, max_bytes);
+    let ranges = bounded(p.lock().locate(offset, max_bytes), cache);
     // Read ahead: the next committed ranges, into the block cache, for catch-up readers.
     if let (Some(blocks), Some(last)) = (&cache.blocks, ranges.last()) {
         if blocks.read_ahead > 0 {
@@ -284,7 +285,7 @@ pub async fn read_isolated(
         if single.is_some() || !out.is_empty() || after >= end {
             break;
         }
-        ranges = p.lock().locate(after, max_bytes);
+        ranges = bounded(p.lock().locate(after, max_bytes), cache);
     }
     let records = match single {
         Some(s) if out.is_empty() => Some(s),
@@ -309,6 +310,28 @@ pub async fn read_isolated(
     })
 }
 
+/// Ranges one read fetches from the object store at once.
+const READ_CONCURRENCY: usize = 16;
+
+/// Ranges not in the tail cache that one read may need: past them it returns what it has (the
+/// consumer asks again from there), so a read of a partition spread thin over thousands of
+/// objects answers in a few round trips, well inside the client's request timeout.
+pub const MAX_STORED_RANGES: usize = 64;
+
+/// The first of `ranges` up to the [`MAX_STORED_RANGES`]th not in the tail cache (at least one).
+fn bounded(mut ranges: Vec<IndexEntry>, cache: &ObjectCache) -> Vec<IndexEntry> {
+    let mut stored = 0;
+    let keep = ranges
+        .iter()
+        .position(|r| {
+            stored += usize::from(!cache.holds(&r.object));
+            stored > MAX_STORED_RANGES
+        })
+        .unwrap_or(ranges.len());
+    ranges.truncate(keep.max(1));
+    ranges
+}
+
 /// Appends to `out` (or to `single`, one batch without a copy) the whole batches of `ranges`
 /// from the one holding `offset`, below `end`, within `max_bytes` (at least one batch).
 async fn read_ranges(
@@ -319,8 +342,14 @@ async fn read_ranges(
     out: &mut BytesMut,
     single: &mut Option<Bytes>,
 ) -> Result<(), PartitionError> {
-    'ranges: for r in ranges {
-        let (data, whole) = range_from(storage, cache, &r, offset, max_bytes).await?;
+    // In order, READ_CONCURRENCY at a time: a catch-up read of ranges written by other agents
+    // is one GET per range (a few hundred bytes each in a busy pool), and one after another
+    // they would hold the fetch for seconds.
+    let mut fetched = futures::stream::iter(ranges)
+        .map(|r| async move { range_from(storage, cache, &r, offset, max_bytes).await })
+        .buffered(READ_CONCURRENCY);
+    'ranges: while let Some(got) = fetched.next().await {
+        let (data, whole) = got?;
         for (h, range) in batch::iter(&data) {
             let last = h.base_offset + h.last_offset_delta as i64;
             if last < offset {
@@ -401,6 +430,73 @@ mod tests {
         fn below(&mut self, n: u64) -> u64 {
             self.next() % n.max(1)
         }
+    }
+
+    /// A partition spread over 400 objects written elsewhere (one small range each, as a busy
+    /// pool's flushes leave it) read from offset 0 with a 1 MiB budget: the read fetches its
+    /// ranges several at a time and stops after MAX_STORED_RANGES of them, returning whole
+    /// batches from offset 0 in order (one GET after another, 400 GETs held a follower's fetch
+    /// past the client's request timeout). The next read goes on from where it stopped.
+    #[tokio::test]
+    async fn a_read_over_many_stored_ranges_is_bounded_and_concurrent() {
+        let storage = Storage::in_memory();
+        storage
+            .faults()
+            .latency_ms
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        let cache = ObjectCache::new(64 << 20);
+        let p = Partition::new("t", uuid::Uuid::nil(), 0);
+        for i in 0..400i64 {
+            let data = one_record_batch(i);
+            let path = format!("flush/{i}");
+            storage
+                .put(&Path::from(path.as_str()), data.clone())
+                .await
+                .unwrap();
+            p.lock().on_commit(IndexEntry {
+                object: path,
+                pos: 0,
+                len: data.len() as u64,
+                base_offset: i,
+                last_offset: i,
+                max_timestamp: 0,
+                producers: vec![],
+                marks: vec![],
+                txns: vec![],
+                pieces: Vec::new(),
+            });
+        }
+        let gets = |s: &Storage| s.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
+        let mut at = 0i64;
+        let mut reads = 0;
+        while at < 400 {
+            let before = gets(&storage);
+            let r = read(&storage, &cache, &p, at, 1 << 20).await.unwrap();
+            let data = r.records.expect("a batch at every offset");
+            let offsets: Vec<i64> = batch::iter(&data).map(|(h, _)| h.base_offset).collect();
+            assert_eq!(offsets[0], at, "from the offset asked for");
+            assert!(
+                offsets.windows(2).all(|w| w[1] == w[0] + 1),
+                "in order, no gap"
+            );
+            assert!(
+                offsets.len() <= MAX_STORED_RANGES,
+                "one read takes at most {MAX_STORED_RANGES} stored ranges, took {}",
+                offsets.len()
+            );
+            assert!(gets(&storage) - before <= MAX_STORED_RANGES as u64);
+            at = offsets.last().unwrap() + 1;
+            reads += 1;
+        }
+        assert_eq!(reads, 400usize.div_ceil(MAX_STORED_RANGES));
+        let peak = storage
+            .stats()
+            .peak_in_flight
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            peak > 1 && peak <= READ_CONCURRENCY as u64 + 1,
+            "GETs went out several at a time, bounded: peak {peak}"
+        );
     }
 
     /// Rule: every offset in [log start, high watermark) reads at least the batch holding it,

@@ -11,6 +11,9 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use rand::Rng;
 
+/// One object-store request slower than this is logged (with what it was).
+const SLOW_OP: Duration = Duration::from_secs(5);
+
 /// Request counters, readable at any time.
 #[derive(Debug, Default)]
 pub struct StorageStats {
@@ -34,6 +37,10 @@ pub struct StorageStats {
     pub last_ok_ms: AtomicU64,
     /// Unix ms of the last failed attempt (0: none).
     pub last_error_ms: AtomicU64,
+    /// Requests under way now.
+    pub in_flight: AtomicU64,
+    /// The most requests ever under way at once.
+    pub peak_in_flight: AtomicU64,
 }
 
 /// Counters of one kind of object-store request.
@@ -70,6 +77,23 @@ impl StorageStats {
     /// Whether the object store answered more recently than it failed.
     pub fn healthy(&self) -> bool {
         self.last_error_ms.load(Ordering::Relaxed) <= self.last_ok_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// One request counted in [`StorageStats::in_flight`] while it lives (a cancelled request too).
+struct InFlight<'a>(&'a StorageStats);
+
+impl<'a> InFlight<'a> {
+    fn new(stats: &'a StorageStats) -> Self {
+        let now = stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        stats.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -259,9 +283,21 @@ impl Storage {
         let mut n = 0;
         loop {
             n += 1;
+            let counted = InFlight::new(&self.stats);
             self.delay().await;
             let started = std::time::Instant::now();
             let res = attempt().await;
+            drop(counted);
+            let took = started.elapsed();
+            if took >= SLOW_OP {
+                tracing::warn!(
+                    op,
+                    %path,
+                    took_ms = took.as_millis() as u64,
+                    ok = res.is_ok(),
+                    "a slow object-store request (is the object store overloaded or far away?)"
+                );
+            }
             let stats = self.stats.op(op);
             if let Some(s) = stats {
                 s.attempts.fetch_add(1, Ordering::Relaxed);

@@ -31,6 +31,69 @@ const FOLLOWER_FRESH: Duration = Duration::from_millis(250);
 pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     let b = b.clone();
     Reply::Later(Box::pin(async move {
+        let stage = Stage::default();
+        let what = describe(&req);
+        let max_wait = req.max_wait_ms;
+        let fetch = answer(b, req, version, stage.clone());
+        tokio::pin!(fetch);
+        // A fetch unanswered long past its wait blocks every later response on its connection
+        // (they go out in order): say where it is, once, and keep waiting.
+        let slow = Duration::from_millis(max_wait.max(0) as u64) + SLOW;
+        tokio::select! {
+            resp = &mut fetch => return resp,
+            _ = tokio::time::sleep(slow) => {}
+        }
+        tracing::warn!(
+            partitions = %what,
+            stage = stage.get(),
+            waited_ms = slow.as_millis() as u64,
+            "a fetch is still unanswered; the responses after it on its connection wait too"
+        );
+        fetch.await
+    }))
+}
+
+/// How far past its `max_wait_ms` a fetch may run before the agent says so.
+const SLOW: Duration = Duration::from_secs(15);
+
+/// Where a fetch is, for the slow-fetch warning.
+#[derive(Clone, Default)]
+struct Stage(Arc<std::sync::atomic::AtomicU8>);
+
+impl Stage {
+    const NAMES: [&'static str; 4] = [
+        "resolving the partitions (loading copies of partitions led elsewhere)",
+        "reading batches",
+        "waiting for commits",
+        "reloading copies of partitions led elsewhere",
+    ];
+    fn set(&self, i: u8) {
+        self.0.store(i, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn get(&self) -> &'static str {
+        Self::NAMES[self.0.load(std::sync::atomic::Ordering::Relaxed) as usize % 4]
+    }
+}
+
+/// `topic[partition]@offset, …` of a request, for logs.
+fn describe(req: &FetchRequest) -> String {
+    let mut out = Vec::new();
+    for t in &req.topics {
+        let name = if t.topic.0.is_empty() {
+            t.topic_id.to_string()
+        } else {
+            t.topic.0.to_string()
+        };
+        for p in t.partitions.iter().take(16) {
+            out.push(format!("{name}[{}]@{}", p.partition, p.fetch_offset));
+        }
+    }
+    out.join(", ")
+}
+
+/// The fetch itself: resolve, read, and long-poll until there is something to answer.
+async fn answer(b: Arc<Broker>, req: FetchRequest, version: i16, stage: Stage) -> ResponseKind {
+    {
         let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
         let mut rx = b.flusher.subscribe();
         // The partitions asked for, resolved once: a waiting fetch is woken by every commit,
@@ -41,12 +104,14 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
         let follows = parts.iter().any(|p| matches!(p, Some((_, true))));
         loop {
             rx.borrow_and_update();
+            stage.set(1);
             let (resp, bytes, errors) = build(&b, &req, version, &parts).await;
             if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
                 return done(&b, resp, &parts);
             }
             let seen = marks(&parts);
             loop {
+                stage.set(2);
                 let wake = if follows {
                     deadline.min(Instant::now() + FOLLOWER_FRESH)
                 } else {
@@ -64,6 +129,7 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
                         return done(&b, build(&b, &req, version, &parts).await.0, &parts);
                     }
                     Err(_) if Instant::now() < deadline => {
+                        stage.set(3);
                         parts = resolve(&b, &req, version).await;
                         if marks(&parts) != seen {
                             break;
@@ -73,7 +139,7 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
                 }
             }
         }
-    }))
+    }
 }
 
 /// A requested topic: by id from v13, by name before.

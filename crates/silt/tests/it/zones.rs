@@ -5,10 +5,13 @@
 //! killed, it falls back to the leaders and comes back to the zone's other agent, still
 //! reading nothing across zones, and every offset once.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -20,6 +23,47 @@ const PARTITIONS: i32 = 6;
 
 fn zone(agent: usize) -> String {
     format!("z{}", agent / 2 + 1)
+}
+
+/// Keeps the consumer's latest debug lines (broker, topic, fetch), for a stall's message.
+#[derive(Default)]
+struct Captured {
+    lines: Mutex<VecDeque<String>>,
+}
+
+impl ClientContext for Captured {
+    fn log(&self, _level: RDKafkaLogLevel, fac: &str, line: &str) {
+        let mut l = self.lines.lock().unwrap();
+        if l.len() == 50_000 {
+            l.pop_front();
+        }
+        l.push_back(format!("{:?} {fac} {line}", Instant::now()));
+    }
+}
+
+impl ConsumerContext for Captured {}
+
+impl Captured {
+    /// The last lines that name partition `p` of the topic, or a broker's state.
+    fn about(&self, p: i32) -> String {
+        let tag = format!("{TOPIC} [{p}]");
+        let l = self.lines.lock().unwrap();
+        let hits: Vec<&String> = l
+            .iter()
+            .filter(|x| {
+                (x.contains(&tag) || x.contains("STATE") || x.contains("DESTROY"))
+                    && !x.contains(" METADATA ")
+                    && !x.contains("not migrating away")
+                    && !x.contains("Topic zoned changed state")
+                    && !x.contains(" -> leader ")
+            })
+            .collect();
+        hits[hits.len().saturating_sub(300)..]
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// Record bytes each agent served to consumers of the topic.
@@ -42,7 +86,7 @@ fn served(c: &TestCluster, alive: &[bool]) -> Vec<f64> {
 /// Polls until every partition is read up to `ends` (or 90 s); the offsets read.
 /// On a stall, `views` says what each live agent sees of the pool (for the failure message).
 fn read_up_to(
-    c: &BaseConsumer,
+    c: &BaseConsumer<Captured>,
     ends: &[i64],
     seen: &mut HashSet<(i32, i64)>,
     views: &dyn Fn() -> String,
@@ -58,11 +102,17 @@ fn read_up_to(
         })
         .collect();
     while next.iter().zip(ends).any(|(n, e)| n < e) {
-        assert!(
-            Instant::now() < deadline,
-            "the zone's consumer stalled at {next:?} of {ends:?}; {}",
-            views()
-        );
+        if Instant::now() >= deadline {
+            let stuck: Vec<String> = (0..PARTITIONS)
+                .filter(|p| next[*p as usize] < ends[*p as usize])
+                .map(|p| format!("partition {p}:\n{}", c.context().about(p)))
+                .collect();
+            panic!(
+                "the zone's consumer stalled at {next:?} of {ends:?}; {}\n{}",
+                views(),
+                stuck.join("\n")
+            );
+        }
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             assert!(
                 seen.insert((m.partition(), m.offset())),
@@ -101,7 +151,7 @@ fn views(c: &TestCluster, alive: &[bool]) -> String {
 /// Each partition's high watermark. A request to a leader that was just killed waits for
 /// that agent until it times out, so it is asked again (librdkafka routes the retry to the new
 /// leader once its metadata has moved).
-fn high_watermarks(c: &BaseConsumer) -> Vec<i64> {
+fn high_watermarks(c: &BaseConsumer<Captured>) -> Vec<i64> {
     (0..PARTITIONS)
         .map(|p| {
             let deadline = Instant::now() + Duration::from_secs(90);
@@ -128,17 +178,20 @@ async fn consumers_read_only_from_agents_in_their_zone() {
     let load = Load::start(&c.bootstrap(), TOPIC, PARTITIONS, 2).await;
     load.progress(3_000).await;
 
-    let consumer: BaseConsumer = config(
+    let consumer: BaseConsumer<Captured> = config(
         &c.bootstrap(),
         &[
             ("group.id", "zone-1-readers"),
+            ("debug", "broker,topic,fetch"),
+            ("log_level", "7"),
             ("client.rack", "z1"),
             ("enable.auto.commit", "false"),
             ("fetch.wait.max.ms", "100"),
             ("topic.metadata.refresh.interval.ms", "1000"),
         ],
     )
-    .create()
+    .set_log_level(RDKafkaLogLevel::Debug)
+    .create_with_context(Captured::default())
     .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
