@@ -47,6 +47,13 @@ pub async fn render(b: &Broker) -> String {
         m.connections_total.load(Ordering::Relaxed),
     );
     fetch_sessions(&m.fetch_sessions, &mut out);
+    single(
+        &mut out,
+        "silt_fetch_long_poll_wakeups_total",
+        "Times a waiting Fetch was woken because one of its partitions changed (a commit, a new log start, leadership gone) and built its response again. Commits to other partitions do not wake it.",
+        "counter",
+        m.long_poll_wakeups.load(Ordering::Relaxed),
+    );
     by_label(
         &mut out,
         "silt_message_format_conversions_total",

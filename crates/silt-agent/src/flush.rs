@@ -130,6 +130,9 @@ struct Inner {
     buffer: Mutex<Buffer>,
     wake: Notify,
     progress: watch::Sender<FlushProgress>,
+    /// Set once with `progress.stopped`, for waiters that care only about the end (fetch
+    /// long-polls, which partitions wake).
+    halted: watch::Sender<bool>,
     budget: Arc<Semaphore>,
     storage: Storage,
     meta: Arc<dyn MetaKv>,
@@ -218,6 +221,7 @@ impl Flusher {
                 }),
                 wake: Notify::new(),
                 progress: watch::channel(FlushProgress::default()).0,
+                halted: watch::channel(false).0,
                 budget,
                 storage,
                 meta,
@@ -302,14 +306,20 @@ impl Flusher {
         self.inner.wake.notify_one();
     }
 
-    /// A receiver of flush progress (acks and fetch long-polls wait on it).
+    /// A receiver of flush progress (acks wait on it).
     pub fn subscribe(&self) -> watch::Receiver<FlushProgress> {
         self.inner.progress.subscribe()
     }
 
-    /// Marks the flusher stopped: nothing more will commit.
+    /// A receiver that turns true when the flusher stops: nothing more will commit.
+    pub fn halted(&self) -> watch::Receiver<bool> {
+        self.inner.halted.subscribe()
+    }
+
+    /// Marks the flusher stopped, for both kinds of waiter.
     fn halt(&self) {
         self.inner.progress.send_modify(|p| p.stopped = true);
+        self.inner.halted.send_replace(true);
     }
 
     /// Waits until generation `gen` is done and says whether `partition`'s batches in it
@@ -524,6 +534,7 @@ impl Flusher {
                     continue;
                 }
                 p.lock().on_commit(e);
+                p.changed();
                 // Waiters are answered once the partition's whole range in this flush is in.
                 if last_of_partition {
                     p.mark_durable(f.gen);

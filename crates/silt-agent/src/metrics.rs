@@ -81,6 +81,8 @@ pub struct Metrics {
     pub produced_bytes: AtomicU64,
     /// Record-batch bytes returned to consumers, over every topic.
     pub fetched_bytes: AtomicU64,
+    /// Long-polling fetches woken by a change to one of their partitions.
+    pub long_poll_wakeups: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,7 @@ impl Default for Metrics {
             fetch_sessions: Default::default(),
             produced_bytes: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
+            long_poll_wakeups: AtomicU64::new(0),
         }
     }
 }

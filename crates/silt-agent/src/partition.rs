@@ -5,8 +5,12 @@
 //! The state is rebuilt from the metadata store when the partition is loaded; nothing here is
 //! durable by itself. Offsets at or above the high watermark are never read.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 use silt_meta::layout::assignment;
 use silt_meta::layout::index::{self, IndexEntry};
@@ -32,6 +36,9 @@ pub struct Partition {
     /// The last flush generation whose batches of this partition committed.
     durable_gen: AtomicU64,
     state: Mutex<PartitionState>,
+    /// Fetches long-polling this partition: told of every commit, new log start and the end
+    /// of leadership ([`Partition::changed`]), and of nothing else.
+    readers: Arc<Notify>,
     /// Record-batch bytes produced to and fetched from it here (the load placement reads).
     pub traffic: Traffic,
 }
@@ -88,6 +95,7 @@ impl Partition {
             closed: AtomicBool::new(false),
             durable_gen: AtomicU64::new(0),
             state: Mutex::new(PartitionState::default()),
+            readers: Arc::new(Notify::new()),
             traffic: Traffic::default(),
         }
     }
@@ -168,6 +176,21 @@ impl Partition {
     /// Ends this term of leadership: no more appends; buffered batches fail their commit.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Wakes the fetches waiting on this partition: its high watermark or log start moved, or
+    /// leadership is gone. Callers change the state first.
+    pub fn changed(&self) {
+        self.readers.notify_waiters();
+    }
+
+    /// A wait for the next [`Self::changed`], armed now: a change after this call wakes it
+    /// even if it is first polled later.
+    pub fn next_change(&self) -> Pin<Box<OwnedNotified>> {
+        let mut wait = Box::pin(self.readers.clone().notified_owned());
+        wait.as_mut().enable();
+        wait
     }
 
     /// Whether leadership of this term is gone.
@@ -273,6 +296,24 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_wait_armed_before_a_change_sees_it() {
+        use futures::FutureExt;
+        let p = Partition::new("t", Uuid::nil(), 0);
+        let early = p.next_change();
+        // Nothing changed yet: not ready.
+        let mut pending = p.next_change();
+        assert!((&mut pending).now_or_never().is_none());
+        p.changed();
+        // Armed before the change, first polled after it: woken.
+        assert!(early.now_or_never().is_some());
+        assert!(pending.now_or_never().is_some());
+        // A wait armed after the change waits for the next one; closing is one.
+        let late = p.next_change();
+        p.close();
+        assert!(late.now_or_never().is_some());
+    }
 
     fn entry(base: i64, last: i64, len: u64) -> IndexEntry {
         IndexEntry {

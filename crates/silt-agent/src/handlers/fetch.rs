@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
@@ -95,16 +96,16 @@ fn describe(req: &FetchRequest) -> String {
 async fn answer(b: Arc<Broker>, req: FetchRequest, version: i16, stage: Stage) -> ResponseKind {
     {
         let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
-        let mut rx = b.flusher.subscribe();
-        // The partitions asked for, resolved once: a waiting fetch is woken by every commit,
-        // and only rebuilds its response when one of them moved.
+        let mut halted = b.flusher.halted();
         let mut parts = resolve(&b, &req, version).await;
         // Partitions read here but led elsewhere change without a local commit: looked at
         // again every FOLLOWER_FRESH.
         let follows = parts.iter().any(|p| matches!(p, Some((_, true))));
         loop {
-            rx.borrow_and_update();
             stage.set(1);
+            // Armed before the response is built, so a commit meanwhile wakes the wait below.
+            // Only this request's partitions wake it: a commit elsewhere costs it nothing.
+            let mut changes = arm(&parts);
             let (resp, bytes, errors) = build(&b, &req, version, &parts).await;
             if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
                 return done(&b, resp, &parts);
@@ -117,29 +118,62 @@ async fn answer(b: Arc<Broker>, req: FetchRequest, version: i16, stage: Stage) -
                 } else {
                     deadline
                 };
-                match tokio::time::timeout_at(wake, rx.changed()).await {
-                    Ok(Ok(())) if !rx.borrow().stopped => {
-                        if marks(&parts) != seen {
-                            break;
-                        }
+                let woke = tokio::select! {
+                    _ = halted.wait_for(|h| *h) => Wake::Halted,
+                    Some(()) = changes.next() => Wake::Changed,
+                    _ = tokio::time::sleep_until(wake) => Wake::Timer,
+                };
+                match woke {
+                    Wake::Changed => {
+                        b.metrics
+                            .long_poll_wakeups
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        break;
                     }
-                    Ok(Ok(())) | Ok(Err(_)) => {
+                    Wake::Halted => {
                         // The flusher stopped; nothing new will arrive.
                         tokio::time::sleep_until(deadline).await;
                         return done(&b, build(&b, &req, version, &parts).await.0, &parts);
                     }
-                    Err(_) if Instant::now() < deadline => {
+                    Wake::Timer if Instant::now() < deadline => {
                         stage.set(3);
                         parts = resolve(&b, &req, version).await;
+                        // Armed again before looking: the partitions may have been resolved
+                        // anew (a copy reloaded, leadership arrived), and a commit from here
+                        // on wakes the wait.
+                        changes = arm(&parts);
                         if marks(&parts) != seen {
                             break;
                         }
                     }
-                    Err(_) => return done(&b, build(&b, &req, version, &parts).await.0, &parts),
+                    Wake::Timer => {
+                        return done(&b, build(&b, &req, version, &parts).await.0, &parts)
+                    }
                 }
             }
         }
     }
+}
+
+/// One wait per resolved partition for its next change, armed now.
+fn arm(
+    parts: &[Resolved],
+) -> FuturesUnordered<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>> {
+    parts
+        .iter()
+        .flatten()
+        .map(|(p, _)| p.next_change())
+        .collect()
+}
+
+/// What ended a long-poll's wait.
+enum Wake {
+    /// One of the request's partitions changed.
+    Changed,
+    /// The flusher stopped.
+    Halted,
+    /// The deadline, or time to look at copies of partitions led elsewhere again.
+    Timer,
 }
 
 /// A requested topic: by id from v13, by name before.

@@ -165,8 +165,10 @@ pub async fn move_log_start(b: &Broker, p: &Partition, offset: i64) -> Result<i6
             .at(crate::crash_points::RETENTION_AFTER_COMMIT)
             .await;
         p.lock().truncate_before(step);
+        p.changed();
     }
     p.lock().truncate_before(target);
+    p.changed();
     tracing::info!(topic = %p.topic, partition = p.index, log_start = target,
         entries_deleted = doomed.len(), "log start moved");
     Ok(target)

@@ -592,3 +592,82 @@ fn long_poll_fetch_wakes_on_commit() {
     let r: FetchResponse = fetcher.call(ApiKey::Fetch, 12, &bad);
     assert_eq!(r.responses[0].partitions[0].error_code, 1);
 }
+
+/// Issue 14 (per-partition wakeups): a long-polling fetch is woken by commits to its own
+/// partitions only. Twenty fetches wait on a quiet topic while another takes thirty commits;
+/// none of them is woken (before, every commit anywhere woke every waiting fetch, which then
+/// looked at each of its partitions), and the first commit to the quiet topic wakes them all.
+#[test]
+fn long_polls_wake_only_for_their_own_partitions() {
+    let a = AgentProc::start(&[]);
+    let mut c = Conn::open(&a);
+    metadata(&mut c, &["quiet", "busy"], 12);
+    let fetch = |max_wait_ms: i32| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic("quiet"))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])])
+    };
+    let wakeups = |a: &AgentProc| a.metrics()["silt_fetch_long_poll_wakeups_total"];
+    let mut waiting: Vec<Conn> = (0..20).map(|_| Conn::open(&a)).collect();
+    let started = Instant::now();
+    for w in &mut waiting {
+        w.send(ApiKey::Fetch, 12, &fetch(6_000));
+    }
+    for _ in 0..30 {
+        assert_eq!(produce_result(&mut c, "busy", batch(1, -1, -1, -1)).0, 0);
+    }
+    let busy_done = started.elapsed();
+    assert!(
+        busy_done < Duration::from_secs(5),
+        "the thirty commits took {busy_done:?}: the fetches may have timed out meanwhile"
+    );
+    assert_eq!(
+        wakeups(&a),
+        0.0,
+        "fetches of a quiet partition were woken by commits to another topic"
+    );
+    for w in &mut waiting {
+        let (_, r): (i32, FetchResponse) = w.recv(ApiKey::Fetch, 12);
+        assert!(r.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .is_none_or(|r| r.is_empty()));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "they waited out max_wait"
+    );
+    assert_eq!(wakeups(&a), 0.0);
+
+    // A commit to the quiet partition wakes each fetch waiting on it, once.
+    for w in &mut waiting {
+        w.send(ApiKey::Fetch, 12, &fetch(15_000));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let woken = Instant::now();
+    assert_eq!(
+        produce_result(&mut c, "quiet", batch(2, -1, -1, -1)),
+        (0, 0)
+    );
+    for w in &mut waiting {
+        let (_, r): (i32, FetchResponse) = w.recv(ApiKey::Fetch, 12);
+        assert_eq!(r.responses[0].partitions[0].high_watermark, 2);
+        assert!(r.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .is_some_and(|r| !r.is_empty()));
+    }
+    assert!(
+        woken.elapsed() < Duration::from_secs(10),
+        "the commit woke them"
+    );
+    assert_eq!(wakeups(&a), 20.0, "each waiting fetch was woken once");
+}
