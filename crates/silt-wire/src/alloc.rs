@@ -31,7 +31,7 @@ pub fn tune_malloc(arenas: i32) {
     // SAFETY: mallopt only changes allocator parameters; both take any positive value.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap_threshold());
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = arenas;
@@ -40,6 +40,16 @@ pub fn tune_malloc(arenas: i32) {
 /// Allocations of at least this many bytes get pages of their own (mmap), returned to the
 /// system when freed ([`tune_malloc`]).
 pub const MMAP_THRESHOLD: i32 = 1 << 20;
+
+/// [`MMAP_THRESHOLD`], unless glibc's own `MALLOC_MMAP_THRESHOLD_` (bytes) is set: an
+/// operator's setting wins, and benchmarks compare thresholds with it.
+fn mmap_threshold() -> i32 {
+    std::env::var("MALLOC_MMAP_THRESHOLD_")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(MMAP_THRESHOLD)
+}
 
 /// Allocations at least this large are reserved lazily.
 pub const LARGE: usize = 1 << 30;
