@@ -316,7 +316,7 @@ const READ_CONCURRENCY: usize = 16;
 /// Ranges not in the tail cache that one read may need: past them it returns what it has (the
 /// consumer asks again from there), so a read of a partition spread thin over thousands of
 /// objects answers in a few round trips, well inside the client's request timeout.
-pub const MAX_STORED_RANGES: usize = 64;
+const MAX_STORED_RANGES: usize = 64;
 
 /// The first of `ranges` up to the [`MAX_STORED_RANGES`]th not in the tail cache (at least one).
 fn bounded(mut ranges: Vec<IndexEntry>, cache: &ObjectCache) -> Vec<IndexEntry> {
@@ -497,6 +497,61 @@ mod tests {
             peak > 1 && peak <= READ_CONCURRENCY as u64 + 1,
             "GETs went out several at a time, bounded: peak {peak}"
         );
+    }
+
+    /// The same bound with the shapes mixed: 300 single-batch ranges, every third in the tail
+    /// cache (free: it does not count), every 37th a 3 MiB batch (past the 1 MiB budget and the
+    /// 2 MiB window). Every read starts at the offset asked for, reads consecutive batches,
+    /// makes at most MAX_STORED_RANGES GETs, and the reads together cover every offset once.
+    #[tokio::test]
+    async fn the_bound_holds_with_cached_and_multi_mib_ranges() {
+        let storage = Storage::in_memory();
+        let cache = ObjectCache::new(256 << 20);
+        let p = Partition::new("t", uuid::Uuid::nil(), 0);
+        for i in 0..300i64 {
+            let data = if i % 37 == 5 {
+                batch_of(i, 1, 3 << 20)
+            } else {
+                one_record_batch(i)
+            };
+            let path = format!("flush/{i}");
+            storage
+                .put(&Path::from(path.as_str()), data.clone())
+                .await
+                .unwrap();
+            if i % 3 == 0 {
+                cache.insert(&path, data.clone());
+            }
+            p.lock().on_commit(IndexEntry {
+                object: path,
+                pos: 0,
+                len: data.len() as u64,
+                base_offset: i,
+                last_offset: i,
+                max_timestamp: 0,
+                producers: vec![],
+                marks: vec![],
+                txns: vec![],
+                pieces: Vec::new(),
+            });
+        }
+        let gets = |s: &Storage| s.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
+        let mut at = 0i64;
+        while at < 300 {
+            let before = gets(&storage);
+            let r = read(&storage, &cache, &p, at, 1 << 20).await.unwrap();
+            let data = r.records.expect("a batch at every offset");
+            let offsets: Vec<i64> = batch::iter(&data).map(|(h, _)| h.base_offset).collect();
+            assert_eq!(offsets[0], at, "from the offset asked for");
+            assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "no gap");
+            let stored = offsets.iter().filter(|o| *o % 3 != 0).count();
+            assert!(
+                stored <= MAX_STORED_RANGES,
+                "{stored} stored ranges in one read"
+            );
+            assert!(gets(&storage) - before <= MAX_STORED_RANGES as u64);
+            at = offsets.last().unwrap() + 1;
+        }
     }
 
     /// Rule: every offset in [log start, high watermark) reads at least the batch holding it,

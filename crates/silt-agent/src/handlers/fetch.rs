@@ -33,19 +33,17 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     let b = b.clone();
     Reply::Later(Box::pin(async move {
         let stage = Stage::default();
-        let what = describe(&req);
-        let max_wait = req.max_wait_ms;
-        let fetch = answer(b, req, version, stage.clone());
+        let fetch = answer(&b, &req, version, &stage);
         tokio::pin!(fetch);
         // A fetch unanswered long past its wait blocks every later response on its connection
         // (they go out in order): say where it is, once, and keep waiting.
-        let slow = Duration::from_millis(max_wait.max(0) as u64) + SLOW;
+        let slow = Duration::from_millis(req.max_wait_ms.max(0) as u64) + SLOW;
         tokio::select! {
             resp = &mut fetch => return resp,
             _ = tokio::time::sleep(slow) => {}
         }
         tracing::warn!(
-            partitions = %what,
+            partitions = %describe(&req),
             stage = stage.get(),
             waited_ms = slow.as_millis() as u64,
             "a fetch is still unanswered; the responses after it on its connection wait too"
@@ -58,21 +56,28 @@ pub fn handle(b: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
 const SLOW: Duration = Duration::from_secs(15);
 
 /// Where a fetch is, for the slow-fetch warning.
-#[derive(Clone, Default)]
-struct Stage(Arc<std::sync::atomic::AtomicU8>);
+#[derive(Default)]
+struct Stage(std::sync::atomic::AtomicU8);
 
 impl Stage {
-    const NAMES: [&'static str; 4] = [
-        "resolving the partitions (loading copies of partitions led elsewhere)",
-        "reading batches",
-        "waiting for commits",
-        "reloading copies of partitions led elsewhere",
-    ];
-    fn set(&self, i: u8) {
-        self.0.store(i, std::sync::atomic::Ordering::Relaxed);
+    const RESOLVING: u8 = 0;
+    const READING: u8 = 1;
+    const WAITING: u8 = 2;
+    const RELOADING: u8 = 3;
+
+    fn set(&self, stage: u8) {
+        self.0.store(stage, std::sync::atomic::Ordering::Relaxed);
     }
+
     fn get(&self) -> &'static str {
-        Self::NAMES[self.0.load(std::sync::atomic::Ordering::Relaxed) as usize % 4]
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            Self::RESOLVING => {
+                "resolving the partitions (loading copies of partitions led elsewhere)"
+            }
+            Self::READING => "reading batches",
+            Self::WAITING => "waiting for commits",
+            _ => "reloading copies of partitions led elsewhere",
+        }
     }
 }
 
@@ -93,63 +98,59 @@ fn describe(req: &FetchRequest) -> String {
 }
 
 /// The fetch itself: resolve, read, and long-poll until there is something to answer.
-async fn answer(b: Arc<Broker>, req: FetchRequest, version: i16, stage: Stage) -> ResponseKind {
-    {
-        let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
-        let mut halted = b.flusher.halted();
-        let mut parts = resolve(&b, &req, version).await;
-        // Partitions read here but led elsewhere change without a local commit: looked at
-        // again every FOLLOWER_FRESH.
-        let follows = parts.iter().any(|p| matches!(p, Some((_, true))));
+async fn answer(b: &Broker, req: &FetchRequest, version: i16, stage: &Stage) -> ResponseKind {
+    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let mut halted = b.flusher.halted();
+    let mut parts = resolve(b, req, version).await;
+    // Partitions read here but led elsewhere change without a local commit: looked at
+    // again every FOLLOWER_FRESH.
+    let follows = parts.iter().any(|p| matches!(p, Some((_, true))));
+    loop {
+        stage.set(Stage::READING);
+        // Armed before the response is built, so a commit meanwhile wakes the wait below.
+        // Only this request's partitions wake it: a commit elsewhere costs it nothing.
+        let mut changes = arm(&parts);
+        let (resp, bytes, errors) = build(b, req, version, &parts).await;
+        if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
+            return done(b, resp, &parts);
+        }
+        let seen = marks(&parts);
         loop {
-            stage.set(1);
-            // Armed before the response is built, so a commit meanwhile wakes the wait below.
-            // Only this request's partitions wake it: a commit elsewhere costs it nothing.
-            let mut changes = arm(&parts);
-            let (resp, bytes, errors) = build(&b, &req, version, &parts).await;
-            if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
-                return done(&b, resp, &parts);
-            }
-            let seen = marks(&parts);
-            loop {
-                stage.set(2);
-                let wake = if follows {
-                    deadline.min(Instant::now() + FOLLOWER_FRESH)
-                } else {
-                    deadline
-                };
-                let woke = tokio::select! {
-                    _ = halted.wait_for(|h| *h) => Wake::Halted,
-                    Some(()) = changes.next() => Wake::Changed,
-                    _ = tokio::time::sleep_until(wake) => Wake::Timer,
-                };
-                match woke {
-                    Wake::Changed => {
-                        b.metrics
-                            .long_poll_wakeups
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stage.set(Stage::WAITING);
+            let wake = if follows {
+                deadline.min(Instant::now() + FOLLOWER_FRESH)
+            } else {
+                deadline
+            };
+            let woke = tokio::select! {
+                _ = halted.wait_for(|h| *h) => Wake::Halted,
+                Some(()) = changes.next() => Wake::Changed,
+                _ = tokio::time::sleep_until(wake) => Wake::Timer,
+            };
+            match woke {
+                Wake::Changed => {
+                    b.metrics
+                        .long_poll_wakeups
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                Wake::Halted => {
+                    // The flusher stopped; nothing new will arrive.
+                    tokio::time::sleep_until(deadline).await;
+                    return done(b, build(b, req, version, &parts).await.0, &parts);
+                }
+                Wake::Timer if Instant::now() < deadline => {
+                    stage.set(Stage::RELOADING);
+                    parts = resolve(b, req, version).await;
+                    // Armed again before looking: the partitions may have been resolved
+                    // anew (a copy reloaded, leadership arrived), and a commit from here
+                    // on wakes the wait.
+                    changes = arm(&parts);
+                    if marks(&parts) != seen {
                         break;
                     }
-                    Wake::Halted => {
-                        // The flusher stopped; nothing new will arrive.
-                        tokio::time::sleep_until(deadline).await;
-                        return done(&b, build(&b, &req, version, &parts).await.0, &parts);
-                    }
-                    Wake::Timer if Instant::now() < deadline => {
-                        stage.set(3);
-                        parts = resolve(&b, &req, version).await;
-                        // Armed again before looking: the partitions may have been resolved
-                        // anew (a copy reloaded, leadership arrived), and a commit from here
-                        // on wakes the wait.
-                        changes = arm(&parts);
-                        if marks(&parts) != seen {
-                            break;
-                        }
-                    }
-                    Wake::Timer => {
-                        return done(&b, build(&b, &req, version, &parts).await.0, &parts)
-                    }
                 }
+                Wake::Timer => return done(b, build(b, req, version, &parts).await.0, &parts),
             }
         }
     }

@@ -183,7 +183,6 @@ async fn consumers_read_only_from_agents_in_their_zone() {
         &[
             ("group.id", "zone-1-readers"),
             ("debug", "broker,topic,fetch"),
-            ("log_level", "7"),
             ("client.rack", "z1"),
             ("enable.auto.commit", "false"),
             ("fetch.wait.max.ms", "100"),
