@@ -228,7 +228,7 @@ pub async fn read(
         found = from_files(b, p, &again.files, offset, max_bytes, raw_start).await?;
     }
     if found.is_some() {
-        result.records = found;
+        result.records = found.map(silt_wire::rope::Rope::from);
         return Ok(result);
     }
     // Nothing archived at or after `offset` below the raw log start (files deleted, or the

@@ -11,13 +11,14 @@ use std::path::Path as FsPath;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
     NoopDeviceBuilder, Source,
 };
 use object_store::path::Path;
 use silt_storage::{Storage, StorageError};
+use silt_wire::rope::Rope;
 
 /// Block cache counters, per tier.
 #[derive(Debug, Default)]
@@ -90,22 +91,21 @@ impl BlockCache {
         })
     }
 
-    /// Bytes `range` of object `path`.
+    /// Bytes `range` of object `path`, as a slice of each block it spans (no copy).
     pub async fn read(
         &self,
         storage: &Storage,
         path: &str,
         range: Range<u64>,
-    ) -> Result<Bytes, StorageError> {
+    ) -> Result<Rope, StorageError> {
         if range.is_empty() {
-            return Ok(Bytes::new());
+            return Ok(Rope::default());
         }
         let (first, last) = (range.start / self.block, (range.end - 1) / self.block);
         // Every block of the range at once.
         let fetched =
             futures::future::join_all((first..=last).map(|b| self.fetch(storage, path, b))).await;
-        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
-        let mut single = None;
+        let mut out = Rope::default();
         for (b, data) in (first..=last).zip(fetched) {
             let data = data?;
             let base = b * self.block;
@@ -114,17 +114,12 @@ impl BlockCache {
             if from >= to {
                 return Err(short_read(path, &range));
             }
-            if first == last {
-                single = Some(data.slice(from..to));
-            } else {
-                out.extend_from_slice(&data[from..to]);
-            }
+            out.push(data.slice(from..to));
         }
-        let got = single.unwrap_or_else(|| out.freeze());
-        if got.len() as u64 != range.end - range.start {
+        if out.len() as u64 != range.end - range.start {
             return Err(short_read(path, &range));
         }
-        Ok(got)
+        Ok(out)
     }
 
     /// Starts fetching `range` of `path` into the cache, in the background.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use silt_wire::frame::{read_frame_body, read_frame_size};
 use silt_wire::request::{decode_body, parse_header};
-use silt_wire::response::encode_response;
+use silt_wire::response::{encode_frame, encode_response, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -58,7 +58,7 @@ const UNAUTHENTICATED_MAX_FRAME: usize = 512 * 1024;
 enum OutKind {
     Ready(Bytes),
     Pending {
-        task: JoinHandle<ResponseKind>,
+        task: JoinHandle<handlers::Answer>,
         correlation_id: i32,
         api: ApiKey,
         version: i16,
@@ -466,44 +466,39 @@ async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
     (broker, mute): (Arc<Broker>, Arc<Mute>),
 ) {
     while let Some(out) = rx.recv().await {
-        let bytes = match out.kind {
-            OutKind::Ready(b) => b,
+        let frame = match out.kind {
+            OutKind::Ready(b) => Frame::from(b),
             OutKind::Pending {
                 task,
                 correlation_id,
                 api,
                 version,
             } => {
-                let resp = match task.await {
+                let answer = match task.await {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!(%peer, ?api, error = %e, "request handler failed; closing connection");
                         return;
                     }
                 };
-                match encode_response(correlation_id, api, version, &resp) {
-                    Ok(b) => match out.quota.as_ref().filter(|t| t.fetch) {
-                        Some(ticket) => {
-                            let t = ticket.fetched(&broker.quotas, b.len() as u64);
-                            if t.is_zero() {
-                                b
-                            } else {
+                match encode_frame(correlation_id, api, version, &answer.body, &answer.records) {
+                    Ok(mut f) => {
+                        if let Some(ticket) = out.quota.as_ref().filter(|t| t.fetch) {
+                            let t = ticket.fetched(&broker.quotas, f.len() as u64);
+                            if !t.is_zero() {
                                 mute.extend(t);
                                 broker
                                     .metrics
                                     .throttled
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let mut m = bytes::BytesMut::from(b);
-                                crate::quotas::set_encoded_fetch_throttle(
-                                    &mut m,
-                                    version,
-                                    t.as_millis().min(i32::MAX as u128) as i32,
-                                );
-                                m.freeze()
+                                let ms = t.as_millis().min(i32::MAX as u128) as i32;
+                                f.head_mut(|m| {
+                                    crate::quotas::set_encoded_fetch_throttle(m, version, ms)
+                                });
                             }
                         }
-                        None => b,
-                    },
+                        f
+                    }
                     Err(e) => {
                         tracing::error!(%peer, ?api, version, error = %e, "could not encode a response; closing connection");
                         return;
@@ -513,7 +508,7 @@ async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
         };
         // A client that stops reading for the idle timeout loses its connection (and gives back
         // the response memory it holds).
-        match tokio::time::timeout(stall, wr.write_all(&bytes)).await {
+        match tokio::time::timeout(stall, write_frame(&mut wr, &frame)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "client went away");
@@ -526,6 +521,39 @@ async fn write_loop<W: AsyncRead + AsyncWrite + Send + Unpin>(
         }
     }
 }
+
+/// Writes a frame's pieces in order, as many at once as the stream takes (one `writev` for a
+/// Fetch response and the record bytes it names, wherever they lie).
+async fn write_frame<W: AsyncWrite + Unpin>(wr: &mut W, frame: &Frame) -> std::io::Result<()> {
+    let pieces = frame.pieces();
+    let (mut i, mut at) = (0usize, 0usize);
+    while i < pieces.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&pieces[i][at..])
+            .chain(pieces[i + 1..].iter().map(|p| &p[..]))
+            .take(MAX_IOVECS)
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < pieces.len() {
+            let left = pieces[i].len() - at;
+            if n >= left {
+                n -= left;
+                i += 1;
+                at = 0;
+            } else {
+                at += n;
+                n = 0;
+            }
+        }
+    }
+    wr.flush().await
+}
+
+/// Pieces handed to one vectored write (Linux takes up to 1024).
+const MAX_IOVECS: usize = 256;
 
 /// Accepts connections on `bound` until `stop` is set; one over the connection limits is closed
 /// at once.

@@ -1309,7 +1309,7 @@ mod tests {
         );
         let r = read(ReadUncommitted).await;
         assert_eq!(
-            silt_wire::batch::iter(r.records.as_ref().unwrap()).count(),
+            silt_wire::batch::iter(&r.records.as_ref().unwrap().contiguous()).count(),
             2
         );
         // Aborted at 5.
@@ -1320,7 +1320,7 @@ mod tests {
         assert_eq!(aborted.len(), 1);
         assert_eq!((aborted[0].first_offset, aborted[0].last_offset), (0, 5));
         let r = read(ReadCommitted).await;
-        let batches: Vec<i64> = silt_wire::batch::iter(r.records.as_ref().unwrap())
+        let batches: Vec<i64> = silt_wire::batch::iter(&r.records.as_ref().unwrap().contiguous())
             .map(|(h, _)| h.base_offset)
             .collect();
         assert_eq!(batches, vec![0, 3, 5], "records, then the abort marker");

@@ -8,6 +8,7 @@ use object_store::path::Path;
 use silt_meta::layout::index::IndexEntry;
 use silt_storage::Storage;
 use silt_wire::batch;
+use silt_wire::rope::Rope;
 
 use crate::cache::ObjectCache;
 use crate::error::PartitionError;
@@ -16,8 +17,9 @@ use crate::partition::Partition;
 /// What a read found.
 #[derive(Debug, Clone, Default)]
 pub struct ReadResult {
-    /// Whole batches starting at or before the offset read, or `None` if none.
-    pub records: Option<Bytes>,
+    /// Whole batches starting at or before the offset read, or `None` if none: slices of the
+    /// buffers they were read into (the tail cache's objects, the block cache's blocks).
+    pub records: Option<Rope>,
     /// The high watermark when the read started.
     pub high_watermark: i64,
     /// The log start offset.
@@ -103,15 +105,16 @@ async fn piece_bytes(
         let path = Path::from(r.object.as_str());
         return Ok(storage.get(&path, Some(r.pos..r.pos + r.len)).await?);
     }
-    stored_bytes(storage, cache, r).await
+    Ok(stored(storage, cache, r).await?.contiguous())
 }
 
-/// The bytes of one committed range from object storage, through the block cache if any.
-async fn stored_bytes(
+/// The bytes of one committed range from object storage, through the block cache if any (a
+/// slice of each block it spans).
+async fn stored(
     storage: &Storage,
     cache: &ObjectCache,
     r: &IndexEntry,
-) -> Result<Bytes, PartitionError> {
+) -> Result<Rope, PartitionError> {
     if let Some(blocks) = &cache.blocks {
         return Ok(blocks
             .read(storage, &r.object, r.pos..r.pos + r.len)
@@ -119,7 +122,8 @@ async fn stored_bytes(
     }
     Ok(storage
         .get(&Path::from(r.object.as_str()), Some(r.pos..r.pos + r.len))
-        .await?)
+        .await?
+        .into())
 }
 
 /// The bytes a read at `offset` of `max_bytes` needs from `r`: they start with the batch that
@@ -137,15 +141,15 @@ async fn range_from(
     r: &IndexEntry,
     offset: i64,
     max_bytes: usize,
-) -> Result<(Bytes, bool), PartitionError> {
+) -> Result<(Rope, bool), PartitionError> {
     let holds = |h: &batch::BatchHeader| reaches(h, offset);
     let mut pos = r.seek(offset).min(r.len);
     if let Some(all) = cache.get(&r.object, r.pos, r.len) {
-        return Ok((from_holding(all.slice(pos as usize..), offset), true));
+        return Ok((from_holding(all.slice(pos as usize..).into(), offset), true));
     }
     let window = (max_bytes as u64).max(1 << 20) * 2;
     if pos == 0 && r.len <= window {
-        let all = stored_bytes(storage, cache, r).await?;
+        let all = stored(storage, cache, r).await?;
         return Ok((from_holding(all, offset), true));
     }
     let corrupt = |at: u64, reason: String| PartitionError::CorruptStored {
@@ -155,17 +159,23 @@ async fn range_from(
     };
     while pos < r.len {
         let len = (r.len - pos).min(window);
-        let data = stored_bytes(storage, cache, &sub_range(r, pos, len)).await?;
+        let data = stored(storage, cache, &sub_range(r, pos, len)).await?;
         let mut consumed = 0usize;
-        for (h, rg) in batch::iter(&data) {
+        for (h, rg) in data.batches() {
             if holds(&h) {
-                return Ok((data.slice(rg.start..), pos + len == r.len));
+                return Ok((data.slice(rg.start..data.len()), pos + len == r.len));
             }
             consumed = rg.end;
         }
         if consumed == 0 {
             // The first batch is larger than the window: fetch it alone.
-            let h = batch::parse_header(&data).map_err(|e| corrupt(pos, e.to_string()))?;
+            let mut head = [0u8; batch::HEADER_LEN];
+            let head = if data.read_at(0, &mut head) {
+                &head[..]
+            } else {
+                &[][..]
+            };
+            let h = batch::parse_header(head).map_err(|e| corrupt(pos, e.to_string()))?;
             let size = h.size as u64;
             if size <= len || size > r.len - pos {
                 return Err(corrupt(
@@ -177,14 +187,14 @@ async fn range_from(
                 ));
             }
             if holds(&h) {
-                let one = stored_bytes(storage, cache, &sub_range(r, pos, size)).await?;
+                let one = stored(storage, cache, &sub_range(r, pos, size)).await?;
                 return Ok((one, pos + size == r.len));
             }
             consumed = h.size;
         }
         pos += consumed as u64;
     }
-    Ok((Bytes::new(), true))
+    Ok((Rope::default(), true))
 }
 
 /// Whether the batch holds `offset` or follows it.
@@ -193,10 +203,10 @@ fn reaches(h: &batch::BatchHeader, offset: i64) -> bool {
 }
 
 /// The whole batches of `all` from the first that holds `offset` or follows it (empty if none).
-fn from_holding(all: Bytes, offset: i64) -> Bytes {
-    match batch::iter(&all).find(|(h, _)| reaches(h, offset)) {
-        Some((_, rg)) => all.slice(rg.start..),
-        None => Bytes::new(),
+fn from_holding(all: Rope, offset: i64) -> Rope {
+    match all.batches().find(|(h, _)| reaches(h, offset)) {
+        Some((_, rg)) => all.slice(rg.start..all.len()),
+        None => Rope::default(),
     }
 }
 
@@ -271,30 +281,23 @@ pub async fn read_isolated(
             }
         }
     }
-    // Sized once (no doubling): what the located ranges hold, within the fetch's budget.
-    let located: u64 = ranges.iter().map(|r| r.len).sum();
-    let mut out = BytesMut::with_capacity((located as usize).min(max_bytes));
-    let mut single: Option<Bytes> = None;
+    let mut out = Rope::default();
     // Key compaction leaves offsets without records, at the end of a range too: when the
     // located ranges hold nothing at or after `offset`, the next ones are located, so every
     // offset below the end reads the next batch there is.
     let mut ranges = ranges;
     while let Some(after) = ranges.last().map(|r| r.last_offset + 1) {
         let args = (offset, end, max_bytes);
-        read_ranges(storage, cache, ranges, args, &mut out, &mut single).await?;
-        if single.is_some() || !out.is_empty() || after >= end {
+        read_ranges(storage, cache, ranges, args, &mut out).await?;
+        if !out.is_empty() || after >= end {
             break;
         }
         ranges = bounded(p.lock().locate(after, max_bytes), cache);
     }
-    let records = match single {
-        Some(s) if out.is_empty() => Some(s),
-        _ if out.is_empty() => None,
-        _ => Some(out.freeze()),
-    };
+    let records = (!out.is_empty()).then_some(out);
     let aborted = match (&records, isolation) {
         (Some(r), Isolation::ReadCommitted) => {
-            let upto = batch::iter(r).last().map_or(offset, |(h, _)| {
+            let upto = r.batches().last().map_or(offset, |(h, _)| {
                 h.base_offset + h.last_offset_delta as i64 + 1
             });
             p.lock().txns.aborted_between(offset, upto)
@@ -332,15 +335,14 @@ fn bounded(mut ranges: Vec<IndexEntry>, cache: &ObjectCache) -> Vec<IndexEntry> 
     ranges
 }
 
-/// Appends to `out` (or to `single`, one batch without a copy) the whole batches of `ranges`
-/// from the one holding `offset`, below `end`, within `max_bytes` (at least one batch).
+/// Appends to `out` the whole batches of `ranges` from the one holding `offset`, below `end`,
+/// within `max_bytes` (at least one batch): one slice of what each range read, no copy.
 async fn read_ranges(
     storage: &Storage,
     cache: &ObjectCache,
     ranges: Vec<IndexEntry>,
     (offset, end, max_bytes): (i64, i64, usize),
-    out: &mut BytesMut,
-    single: &mut Option<Bytes>,
+    out: &mut Rope,
 ) -> Result<(), PartitionError> {
     // In order, READ_CONCURRENCY at a time: a catch-up read of ranges written by other agents
     // is one GET per range (a few hundred bytes each in a busy pool), and one after another
@@ -348,32 +350,32 @@ async fn read_ranges(
     let mut fetched = futures::stream::iter(ranges)
         .map(|r| async move { range_from(storage, cache, &r, offset, max_bytes).await })
         .buffered(READ_CONCURRENCY);
-    'ranges: while let Some(got) = fetched.next().await {
+    while let Some(got) = fetched.next().await {
         let (data, whole) = got?;
-        for (h, range) in batch::iter(&data) {
+        // The run of batches taken from `data`, and whether the read stops in it.
+        let mut run: Option<std::ops::Range<usize>> = None;
+        let mut stop = !whole;
+        for (h, range) in data.batches() {
             let last = h.base_offset + h.last_offset_delta as i64;
             if last < offset {
                 continue;
             }
             if h.base_offset >= end {
-                break 'ranges;
+                stop = true;
+                break;
             }
-            let taken = out.len() + single.as_ref().map_or(0, |b| b.len());
+            let taken = out.len() + run.as_ref().map_or(0, |r| r.len());
             if taken > 0 && taken + range.len() > max_bytes {
-                break 'ranges;
+                stop = true;
+                break;
             }
-            // Avoid a copy for the common single-batch case.
-            if taken == 0 {
-                *single = Some(data.slice(range));
-            } else {
-                if let Some(s) = single.take() {
-                    out.extend_from_slice(&s);
-                }
-                out.extend_from_slice(&data[range]);
-            }
+            run = Some(run.map_or(range.clone(), |r| r.start..range.end));
         }
-        if !whole {
-            break 'ranges;
+        if let Some(r) = run {
+            out.append(data.slice(r));
+        }
+        if stop {
+            break;
         }
     }
     Ok(())
@@ -472,7 +474,10 @@ mod tests {
         while at < 400 {
             let before = gets(&storage);
             let r = read(&storage, &cache, &p, at, 1 << 20).await.unwrap();
-            let data = r.records.expect("a batch at every offset");
+            let data = r
+                .records
+                .map(|r| r.contiguous())
+                .expect("a batch at every offset");
             let offsets: Vec<i64> = batch::iter(&data).map(|(h, _)| h.base_offset).collect();
             assert_eq!(offsets[0], at, "from the offset asked for");
             assert!(
@@ -540,7 +545,10 @@ mod tests {
         while at < 300 {
             let before = gets(&storage);
             let r = read(&storage, &cache, &p, at, 1 << 20).await.unwrap();
-            let data = r.records.expect("a batch at every offset");
+            let data = r
+                .records
+                .map(|r| r.contiguous())
+                .expect("a batch at every offset");
             let offsets: Vec<i64> = batch::iter(&data).map(|(h, _)| h.base_offset).collect();
             assert_eq!(offsets[0], at, "from the offset asked for");
             assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "no gap");
@@ -623,6 +631,7 @@ mod tests {
                 let r = read(&storage, &cache, &p, off, max).await.unwrap();
                 let data = r
                     .records
+                    .map(|r| r.contiguous())
                     .unwrap_or_else(|| panic!("seed {seed}: nothing read at {off} < {next}"));
                 let (h, _) = batch::iter(&data).next().expect("a whole batch");
                 let last = h.base_offset + h.last_offset_delta as i64;
@@ -639,6 +648,7 @@ mod tests {
                 let r = read(&storage, &cache, &p, at, max).await.unwrap();
                 let data = r
                     .records
+                    .map(|r| r.contiguous())
                     .unwrap_or_else(|| panic!("seed {seed}: stalled at {at} < {next}"));
                 for (h, _) in batch::iter(&data) {
                     let last = h.base_offset + h.last_offset_delta as i64;
@@ -716,7 +726,7 @@ mod tests {
         let mut reads = 0;
         while next < 4010 {
             let r = read(&storage, &cache, &p, next, 700_000).await.unwrap();
-            let data = r.records.expect("records");
+            let data = r.records.map(|r| r.contiguous()).expect("records");
             assert!(data.len() <= 700_000 + 2_000, "bounded by max_bytes");
             let offsets: Vec<i64> = batch::iter(&data).map(|(h, _)| h.base_offset).collect();
             assert_eq!(offsets[0], next, "starts at the requested offset");

@@ -16,6 +16,7 @@ pub mod legacy;
 pub mod message_set;
 pub mod request;
 pub mod response;
+pub mod rope;
 pub mod write;
 
 pub use kafka_protocol;

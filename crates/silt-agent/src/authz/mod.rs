@@ -197,7 +197,7 @@ pub fn apply(reply: Reply, fixup: Option<Fixup>) -> Reply {
         }
         Reply::Later(fut) => Reply::Later(Box::pin(async move {
             let mut r = fut.await;
-            f(&mut r);
+            f(&mut r.body);
             r
         })),
     }

@@ -14,7 +14,9 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, Response
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{topic_name, Reply};
+use silt_wire::rope::Rope;
+
+use super::{topic_name, Answer, Reply};
 use crate::broker::Broker;
 use crate::error::PartitionError;
 use crate::partition::Partition;
@@ -98,7 +100,7 @@ fn describe(req: &FetchRequest) -> String {
 }
 
 /// The fetch itself: resolve, read, and long-poll until there is something to answer.
-async fn answer(b: &Broker, req: &FetchRequest, version: i16, stage: &Stage) -> ResponseKind {
+async fn answer(b: &Broker, req: &FetchRequest, version: i16, stage: &Stage) -> Answer {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let mut halted = b.flusher.halted();
     let mut parts = resolve(b, req, version).await;
@@ -114,6 +116,7 @@ async fn answer(b: &Broker, req: &FetchRequest, version: i16, stage: &Stage) -> 
         if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
             return done(b, resp, &parts);
         }
+        drop(resp);
         let seen = marks(&parts);
         loop {
             stage.set(Stage::WAITING);
@@ -250,15 +253,35 @@ fn marks(parts: &[Resolved]) -> Vec<Option<(i64, i64, bool)>> {
         .collect()
 }
 
+/// A response built, with the records its partitions name by marker.
+struct Built {
+    resp: FetchResponse,
+    records: Vec<Rope>,
+}
+
+impl Built {
+    /// The record bytes of a partition of the response.
+    fn records_len(&self, p: &PartitionData) -> usize {
+        p.records
+            .as_ref()
+            .filter(|r| r.len() == 4)
+            .and_then(|m| {
+                self.records
+                    .get(u32::from_be_bytes(m[..].try_into().ok()?) as usize)
+            })
+            .map_or(0, Rope::len)
+    }
+}
+
 /// Counts the bytes a response returns, per topic and (for placement by load) per partition
 /// led here — `parts` are the request's partitions as resolved, in response order — and wraps
 /// it.
-fn done(b: &Broker, resp: FetchResponse, parts: &[Resolved]) -> ResponseKind {
+fn done(b: &Broker, built: Built, parts: &[Resolved]) -> Answer {
     let mut at = 0usize;
-    for t in &resp.responses {
+    for t in &built.resp.responses {
         let mut bytes = 0usize;
         for p in &t.partitions {
-            let n = p.records.as_ref().map_or(0, |r| r.len());
+            let n = built.records_len(p);
             bytes += n;
             if let Some(Some((part, false))) = parts.get(at) {
                 if n > 0 {
@@ -281,7 +304,10 @@ fn done(b: &Broker, resp: FetchResponse, parts: &[Resolved]) -> ResponseKind {
             b.metrics.fetched(&name, bytes as u64);
         }
     }
-    ResponseKind::Fetch(resp)
+    Answer {
+        body: ResponseKind::Fetch(built.resp),
+        records: built.records,
+    }
 }
 
 /// One pass over the request; returns the response, the record bytes in it, and whether any
@@ -292,7 +318,7 @@ async fn build(
     req: &FetchRequest,
     version: i16,
     parts: &[Resolved],
-) -> (FetchResponse, usize, bool) {
+) -> (Built, usize, bool) {
     let rack = client_rack(req, version);
     // Kafka caps a response at the broker's fetch.max.bytes (55 MiB) whatever the client asks.
     let max_total = if req.max_bytes <= 0 {
@@ -301,6 +327,7 @@ async fn build(
         (req.max_bytes as usize).min(FETCH_MAX_BYTES)
     };
     let mut used = 0usize;
+    let mut records: Vec<Rope> = Vec::new();
     let mut errors = false;
     let isolation = if req.isolation_level == 1 {
         read::Isolation::ReadCommitted
@@ -403,7 +430,7 @@ async fn build(
             };
             out.push(match res {
                 Ok(mut r) => {
-                    used += r.records.as_ref().map_or(0, |r| r.len());
+                    used += r.records.as_ref().map_or(0, Rope::len);
                     if version < 4 {
                         if let Some(data) = r.records.take().filter(|d| !d.is_empty()) {
                             b.metrics
@@ -411,12 +438,12 @@ async fn build(
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let magic = if version < 2 { 0 } else { 1 };
                             let max = (fp.partition_max_bytes.max(1) as usize).min(max_total);
-                            r.records = Some(crate::old_formats::down_convert(
-                                &data,
+                            r.records = Some(Rope::from(crate::old_formats::down_convert(
+                                &data.contiguous(),
                                 fp.fetch_offset,
                                 magic,
                                 max,
-                            ));
+                            )));
                         }
                     }
                     let aborted = (req.isolation_level == 1).then(|| {
@@ -441,7 +468,14 @@ async fn build(
                         .with_last_stable_offset(r.last_stable)
                         .with_log_start_offset(if version >= 5 { r.log_start } else { -1 })
                         .with_aborted_transactions(aborted)
-                        .with_records(Some(r.records.unwrap_or_default()))
+                        .with_records(Some(match r.records.filter(|r| !r.is_empty()) {
+                            // Written in place of the marker, as it was read.
+                            Some(rope) => {
+                                records.push(rope);
+                                silt_wire::response::records_marker(records.len() as u32 - 1)
+                            }
+                            None => bytes::Bytes::new(),
+                        }))
                 }
                 Err(e) => {
                     errors = true;
@@ -464,7 +498,10 @@ async fn build(
         );
     }
     (
-        FetchResponse::default().with_responses(topics),
+        Built {
+            resp: FetchResponse::default().with_responses(topics),
+            records,
+        },
         used,
         errors,
     )

@@ -83,7 +83,7 @@ pub fn join(
         require_known_member_id: v >= 4,
     };
     let b = b.clone();
-    Reply::Later(Box::pin(async move {
+    Reply::later(Box::pin(async move {
         let topics = super::consumer_groups::Catalog(&b.topics);
         respond(b.groups.join(&group, j, &topics).await)
     }))
@@ -122,7 +122,7 @@ pub fn sync(b: &Arc<Broker>, req: SyncGroupRequest, v: i16) -> Reply {
             .collect(),
         &super::consumer_groups::Catalog(&b.topics),
     );
-    Reply::Later(Box::pin(async move {
+    Reply::later(Box::pin(async move {
         respond(rx.await.unwrap_or(SyncResult {
             error: ResponseError::CoordinatorNotAvailable.code(),
             ..Default::default()

@@ -39,7 +39,33 @@ pub enum Reply {
     /// A response ready now.
     Now(Box<ResponseKind>),
     /// A response that waits (durability, long-poll); answered in request order.
-    Later(BoxFuture<'static, ResponseKind>),
+    Later(BoxFuture<'static, Answer>),
+}
+
+impl Reply {
+    /// A response that waits, with no records to place ([`Answer::records`] empty).
+    pub fn later(fut: BoxFuture<'static, ResponseKind>) -> Reply {
+        Reply::Later(Box::pin(async move { Answer::from(fut.await) }))
+    }
+}
+
+/// A response body, and the records its Fetch partitions name by
+/// [`silt_wire::response::records_marker`]: written where the markers are, as they were read
+/// (no copy), by [`silt_wire::response::encode_frame`].
+pub struct Answer {
+    /// The response.
+    pub body: ResponseKind,
+    /// Records named by markers in `body`; empty if it has none.
+    pub records: Vec<silt_wire::rope::Rope>,
+}
+
+impl From<ResponseKind> for Answer {
+    fn from(body: ResponseKind) -> Self {
+        Self {
+            body,
+            records: Vec::new(),
+        }
+    }
 }
 
 /// Handles one decoded request. Runs in request order on its connection; anything that waits
@@ -150,19 +176,19 @@ pub async fn dispatch(
         R::ListTransactions(r) => now(ResponseKind::ListTransactions(txns::list(broker, r).await)),
         R::IncrementalAlterConfigs(r) => {
             let b = broker.clone();
-            Reply::Later(Box::pin(async move {
+            Reply::later(Box::pin(async move {
                 ResponseKind::IncrementalAlterConfigs(configs::incremental(&b, r).await)
             }))
         }
         R::AlterConfigs(r) => {
             let b = broker.clone();
-            Reply::Later(Box::pin(async move {
+            Reply::later(Box::pin(async move {
                 ResponseKind::AlterConfigs(configs::alter(&b, r).await)
             }))
         }
         R::CreatePartitions(r) => {
             let b = broker.clone();
-            Reply::Later(Box::pin(async move {
+            Reply::later(Box::pin(async move {
                 ResponseKind::CreatePartitions(partitions_admin::create_partitions(&b, r).await)
             }))
         }
@@ -183,7 +209,7 @@ pub async fn dispatch(
         )),
         R::EndTxn(r) => {
             let b = broker.clone();
-            Reply::Later(Box::pin(async move {
+            Reply::later(Box::pin(async move {
                 ResponseKind::EndTxn(txns::end(&b, r, v).await)
             }))
         }

@@ -106,7 +106,7 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply
         1 => super::now(ResponseKind::Produce(respond(slots, version))),
         _ => {
             let b = b.clone();
-            Reply::Later(Box::pin(async move {
+            Reply::later(Box::pin(async move {
                 let mut waited = Vec::with_capacity(slots.len());
                 for (name, parts) in slots {
                     let mut out = Vec::with_capacity(parts.len());

@@ -90,6 +90,7 @@ async fn read_all(agent: &Agent, p: &Partition) -> Result<Vec<(i64, Bytes, Value
             .map_err(|e| format!("read at {offset}: {e}"))?;
         let data = r
             .records
+            .map(|r| r.contiguous())
             .ok_or(format!("nothing at {offset} below the high watermark {hw}"))?;
         let mut next = offset;
         for (h, rg) in silt_wire::batch::iter(&data) {

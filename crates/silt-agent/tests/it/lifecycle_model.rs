@@ -65,7 +65,10 @@ async fn check(
         let r = silt_agent::read::read(&b.storage, &b.cache, p, offset, 1 << 20)
             .await
             .map_err(|e| format!("read at {offset}: {e}"))?;
-        let mut data = r.records.ok_or(format!("nothing at {offset} below {hw}"))?;
+        let mut data = r
+            .records
+            .map(|r| r.contiguous())
+            .ok_or(format!("nothing at {offset} below {hw}"))?;
         let set = RecordBatchDecoder::decode(&mut data).map_err(|e| e.to_string())?;
         for rec in set.records {
             if rec.offset >= offset {

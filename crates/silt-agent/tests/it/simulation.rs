@@ -316,7 +316,7 @@ impl Sim {
                 .unwrap_or_else(|e| {
                     self.fail(&format!("partition {index}: read at {offset}: {e}"))
                 });
-            let Some(mut data) = r.records else {
+            let Some(mut data) = r.records.map(|r| r.contiguous()) else {
                 self.fail(&format!(
                     "partition {index}: nothing read at {offset} below the high watermark {hw} (budget {max})"
                 ));
