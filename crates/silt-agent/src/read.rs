@@ -160,6 +160,15 @@ async fn range_from(
     while pos < r.len {
         let len = (r.len - pos).min(window);
         let data = stored(storage, cache, &sub_range(r, pos, len)).await?;
+        // Read ahead inside the range too: a catch-up consumer's next fetch of this partition
+        // starts where this window ends (a range can hold many fetches' worth).
+        if let Some(blocks) = &cache.blocks {
+            let next = pos + len;
+            if blocks.read_ahead > 0 && next < r.len {
+                let ahead = r.pos + next..r.pos + (next + window).min(r.len);
+                blocks.prefetch(storage, &r.object, ahead);
+            }
+        }
         let mut consumed = 0usize;
         for (h, rg) in data.batches() {
             if holds(&h) {
@@ -745,6 +754,77 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 < 3 * len,
             "reads fetch windows, not the whole range each time"
+        );
+    }
+
+    /// A catch-up consumer reading a range many fetches long finds each next window in the
+    /// block cache: a read warms the window after its own inside the range, so after the
+    /// first, no read waits for the object store, and no block is fetched twice.
+    #[tokio::test]
+    async fn a_read_warms_the_next_window_of_its_range() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let storage = Storage::in_memory();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = ObjectCache::new(0);
+        let blocks = crate::blocks::BlockCache::open(64 << 20, 0, dir.path(), 1 << 20, 2)
+            .await
+            .unwrap();
+        let stats = blocks.stats.clone();
+        cache.blocks = Some(blocks);
+        let mut data = BytesMut::new();
+        let mut marks = Vec::new();
+        for i in 0..8000 {
+            if i % 100 == 0 {
+                marks.push((i, data.len() as u64));
+            }
+            data.extend_from_slice(&one_record_batch(i));
+        }
+        let len = data.len() as u64;
+        assert!(len > 6 << 20, "many windows long");
+        storage
+            .put(&Path::from("flush/0/s/1.silt"), data.freeze())
+            .await
+            .unwrap();
+        let p = Partition::new("t", uuid::Uuid::nil(), 0);
+        p.lock().on_commit(IndexEntry {
+            object: "flush/0/s/1.silt".into(),
+            pos: 0,
+            len,
+            base_offset: 0,
+            last_offset: 7999,
+            max_timestamp: 0,
+            producers: vec![],
+            marks,
+            txns: vec![],
+            pieces: Vec::new(),
+        });
+        let mut next = 0i64;
+        let mut reads = 0;
+        while next < 8000 {
+            let before = stats.fetches.load(Relaxed);
+            let r = read(&storage, &cache, &p, next, 1 << 20).await.unwrap();
+            let got = r.records.expect("records");
+            if reads > 0 {
+                assert_eq!(
+                    stats.fetches.load(Relaxed),
+                    before,
+                    "read {reads} at {next} fetched from the object store"
+                );
+            }
+            next = got.batches().last().map(|(h, _)| h.base_offset).unwrap() + 1;
+            reads += 1;
+            // The consumer handles what it got; the read-ahead lands meanwhile.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(reads >= 6, "{reads} reads");
+        let blocks_in_range = len.div_ceil(1 << 20);
+        assert_eq!(
+            stats.fetches.load(Relaxed),
+            blocks_in_range,
+            "every block fetched once"
         );
     }
 }

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod direct;
+mod direct_read;
 pub mod object;
 pub mod paths;
 pub mod store;
