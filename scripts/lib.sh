@@ -51,3 +51,43 @@ build_librdkafka() {
     echo "$stamp" >"$LIBRDKAFKA_ROOT/built"
   fi
 }
+
+# Builds librdkafka's own benchmark client (examples/rdkafka_performance.c) against the library
+# build_librdkafka made; sets RDKAFKA_PERFORMANCE to its path (under target/, never committed).
+build_rdkafka_performance() {
+  build_librdkafka
+  RDKAFKA_PERFORMANCE=$LIBRDKAFKA_ROOT/rdkafka_performance
+  if [ ! -x "$RDKAFKA_PERFORMANCE" ] || [ "$LIBRDKAFKA/examples/rdkafka_performance.c" -nt "$RDKAFKA_PERFORMANCE" ]; then
+    cc -O2 -I"$LIBRDKAFKA/src" "$LIBRDKAFKA/examples/rdkafka_performance.c" -o "$RDKAFKA_PERFORMANCE" \
+      "$LIBRDKAFKA/src/librdkafka.a" -lpthread -lz -lzstd -lm -ldl -lrt
+  fi
+}
+
+# start_s3_store DIR: etcd on 127.0.0.1:19379 and SeaweedFS's S3 gateway on 127.0.0.1:19333
+# (from .venv/bin/weed or TEST_WEED_BIN) with a bucket `silt`, in the background, their data
+# under DIR; sets STORE_ENV to the agent settings that use them, as a pool's agents run.
+start_s3_store() {
+  local weed=${TEST_WEED_BIN:-$PWD/.venv/bin/weed} p
+  [ -x "$weed" ] || { echo "the S3 store needs SeaweedFS at $weed: run scripts/test once (it installs .venv) or set TEST_WEED_BIN" >&2; exit 2; }
+  command -v etcd >/dev/null || { echo "the S3 store needs etcd: sudo apt-get install etcd-server" >&2; exit 2; }
+  etcd --name bench --data-dir "$1/etcd" --listen-client-urls http://127.0.0.1:19379 \
+    --advertise-client-urls http://127.0.0.1:19379 --listen-peer-urls http://127.0.0.1:19380 \
+    --initial-advertise-peer-urls http://127.0.0.1:19380 --initial-cluster bench=http://127.0.0.1:19380 \
+    --log-level error >/dev/null 2>&1 &
+  mkdir -p "$1/weed"
+  "$weed" server -dir="$1/weed" -s3 -s3.port=19333 -master.port=19335 -volume.port=19336 \
+    -filer.port=19337 -s3.port.iceberg=19338 -s3.port.lance=19339 -master.telemetry=false \
+    -ip=127.0.0.1 -ip.bind=127.0.0.1 >/dev/null 2>&1 &
+  for p in 19379 19333; do
+    for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+  done
+  for _ in $(seq 1 160); do
+    curl -fs -X PUT http://127.0.0.1:19333/silt >/dev/null 2>&1 && break
+    sleep 0.25
+  done
+  STORE_ENV=(SILT_METADATA__KIND=etcd 'SILT_METADATA__ETCD_ENDPOINTS=["http://127.0.0.1:19379"]'
+    SILT_OBJECT_STORE__KIND=s3 SILT_OBJECT_STORE__S3__BUCKET=silt
+    SILT_OBJECT_STORE__S3__ENDPOINT=http://127.0.0.1:19333 SILT_OBJECT_STORE__S3__REGION=us-east-1
+    SILT_OBJECT_STORE__S3__ACCESS_KEY_ID=silt SILT_OBJECT_STORE__S3__SECRET_ACCESS_KEY=silt
+    SILT_OBJECT_STORE__S3__ALLOW_HTTP=true)
+}
