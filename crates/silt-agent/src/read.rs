@@ -178,13 +178,7 @@ async fn range_from(
         }
         if consumed == 0 {
             // The first batch is larger than the window: fetch it alone.
-            let mut head = [0u8; batch::HEADER_LEN];
-            let head = if data.read_at(0, &mut head) {
-                &head[..]
-            } else {
-                &[][..]
-            };
-            let h = batch::parse_header(head).map_err(|e| corrupt(pos, e.to_string()))?;
+            let h = data.header_at(0).map_err(|e| corrupt(pos, e.to_string()))?;
             let size = h.size as u64;
             if size <= len || size > r.len - pos {
                 return Err(corrupt(
@@ -428,6 +422,40 @@ mod tests {
 
     use crate::test_batches::batch_of;
 
+    /// A committed range of `object` holding offsets `first..=last`.
+    fn entry(
+        object: impl Into<String>,
+        bytes: std::ops::Range<u64>,
+        (first, last): (i64, i64),
+        marks: Vec<(i64, u64)>,
+    ) -> IndexEntry {
+        IndexEntry {
+            object: object.into(),
+            pos: bytes.start,
+            len: bytes.end - bytes.start,
+            base_offset: first,
+            last_offset: last,
+            max_timestamp: 0,
+            producers: vec![],
+            marks,
+            txns: vec![],
+            pieces: Vec::new(),
+        }
+    }
+
+    /// One-record batches of offsets `0..n` back to back, with a mark every `every` offsets.
+    fn batches_with_marks(n: i64, every: i64) -> (Bytes, Vec<(i64, u64)>) {
+        let mut data = BytesMut::new();
+        let mut marks = Vec::new();
+        for i in 0..n {
+            if i % every == 0 {
+                marks.push((i, data.len() as u64));
+            }
+            data.extend_from_slice(&one_record_batch(i));
+        }
+        (data.freeze(), marks)
+    }
+
     /// splitmix64: a seeded generator for the shapes below.
     struct Rng(u64);
     impl Rng {
@@ -464,18 +492,8 @@ mod tests {
                 .put(&Path::from(path.as_str()), data.clone())
                 .await
                 .unwrap();
-            p.lock().on_commit(IndexEntry {
-                object: path,
-                pos: 0,
-                len: data.len() as u64,
-                base_offset: i,
-                last_offset: i,
-                max_timestamp: 0,
-                producers: vec![],
-                marks: vec![],
-                txns: vec![],
-                pieces: Vec::new(),
-            });
+            p.lock()
+                .on_commit(entry(path, 0..data.len() as u64, (i, i), Vec::new()));
         }
         let gets = |s: &Storage| s.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
         let mut at = 0i64;
@@ -536,18 +554,8 @@ mod tests {
             if i % 3 == 0 {
                 cache.insert(&path, data.clone());
             }
-            p.lock().on_commit(IndexEntry {
-                object: path,
-                pos: 0,
-                len: data.len() as u64,
-                base_offset: i,
-                last_offset: i,
-                max_timestamp: 0,
-                producers: vec![],
-                marks: vec![],
-                txns: vec![],
-                pieces: Vec::new(),
-            });
+            p.lock()
+                .on_commit(entry(path, 0..data.len() as u64, (i, i), Vec::new()));
         }
         let gets = |s: &Storage| s.stats().gets.load(std::sync::atomic::Ordering::Relaxed);
         let mut at = 0i64;
@@ -620,18 +628,12 @@ mod tests {
                 if rng.below(3) == 0 {
                     cache.insert(&path, data);
                 }
-                p.lock().on_commit(IndexEntry {
-                    object: path,
-                    pos: pad as u64,
-                    len,
-                    base_offset: starts[0].0,
-                    last_offset: next - 1,
-                    max_timestamp: 0,
-                    producers: vec![],
+                p.lock().on_commit(entry(
+                    path,
+                    pad as u64..pad as u64 + len,
+                    (starts[0].0, next - 1),
                     marks,
-                    txns: vec![],
-                    pieces: Vec::new(),
-                });
+                ));
             }
             let budgets = [1usize, 1000, 100_000, 1 << 20];
             for _ in 0..60 {
@@ -681,34 +683,17 @@ mod tests {
     async fn reads_of_a_large_compacted_range_never_skip_an_offset() {
         let storage = Storage::in_memory();
         let cache = ObjectCache::new(0);
-        let mut data = BytesMut::new();
-        let mut marks = Vec::new();
-        for i in 0..4000 {
-            // Sparse marks: a window from a mark can end before a read's budget does.
-            if i % 1500 == 0 {
-                marks.push((i, data.len() as u64));
-            }
-            data.extend_from_slice(&one_record_batch(i));
-        }
+        // Sparse marks: a window from a mark can end before a read's budget does.
+        let (data, marks) = batches_with_marks(4000, 1500);
         let len = data.len() as u64;
         assert!(len > 3 << 20, "larger than the read window");
         storage
-            .put(&Path::from("segments/t/0/s/1.silt"), data.freeze())
+            .put(&Path::from("segments/t/0/s/1.silt"), data)
             .await
             .unwrap();
         let p = Partition::new("t", uuid::Uuid::nil(), 0);
-        p.lock().on_commit(IndexEntry {
-            object: "segments/t/0/s/1.silt".into(),
-            pos: 0,
-            len,
-            base_offset: 0,
-            last_offset: 3999,
-            max_timestamp: 0,
-            producers: vec![],
-            marks,
-            txns: vec![],
-            pieces: Vec::new(),
-        });
+        p.lock()
+            .on_commit(entry("segments/t/0/s/1.silt", 0..len, (0, 3999), marks));
         // A small range after it: a read cut at the window must not jump to it.
         let mut tail = BytesMut::new();
         for i in 4000..4010 {
@@ -719,18 +704,12 @@ mod tests {
             .put(&Path::from("flush/0/s/2.silt"), tail.freeze())
             .await
             .unwrap();
-        p.lock().on_commit(IndexEntry {
-            object: "flush/0/s/2.silt".into(),
-            pos: 0,
-            len: tail_len,
-            base_offset: 4000,
-            last_offset: 4009,
-            max_timestamp: 0,
-            producers: vec![],
-            marks: vec![],
-            txns: vec![],
-            pieces: Vec::new(),
-        });
+        p.lock().on_commit(entry(
+            "flush/0/s/2.silt",
+            0..tail_len,
+            (4000, 4009),
+            Vec::new(),
+        ));
         let mut next = 0i64;
         let mut reads = 0;
         while next < 4010 {
@@ -771,33 +750,16 @@ mod tests {
             .unwrap();
         let stats = blocks.stats.clone();
         cache.blocks = Some(blocks);
-        let mut data = BytesMut::new();
-        let mut marks = Vec::new();
-        for i in 0..8000 {
-            if i % 100 == 0 {
-                marks.push((i, data.len() as u64));
-            }
-            data.extend_from_slice(&one_record_batch(i));
-        }
+        let (data, marks) = batches_with_marks(8000, 100);
         let len = data.len() as u64;
         assert!(len > 6 << 20, "many windows long");
         storage
-            .put(&Path::from("flush/0/s/1.silt"), data.freeze())
+            .put(&Path::from("flush/0/s/1.silt"), data)
             .await
             .unwrap();
         let p = Partition::new("t", uuid::Uuid::nil(), 0);
-        p.lock().on_commit(IndexEntry {
-            object: "flush/0/s/1.silt".into(),
-            pos: 0,
-            len,
-            base_offset: 0,
-            last_offset: 7999,
-            max_timestamp: 0,
-            producers: vec![],
-            marks,
-            txns: vec![],
-            pieces: Vec::new(),
-        });
+        p.lock()
+            .on_commit(entry("flush/0/s/1.silt", 0..len, (0, 7999), marks));
         let mut next = 0i64;
         let mut reads = 0;
         while next < 8000 {

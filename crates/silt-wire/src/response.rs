@@ -85,6 +85,11 @@ pub fn records_marker(index: u32) -> Bytes {
     Bytes::copy_from_slice(&index.to_be_bytes())
 }
 
+/// The index a [`records_marker`] names, if `records` is one.
+pub fn marker_index(records: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(records.try_into().ok()?))
+}
+
 /// Encodes a response whose Fetch partitions carry [`records_marker`]s in place of their
 /// records: each marker is replaced, length prefix included, by the pieces of the rope it
 /// names, so no record byte is copied. With no ropes this is [`encode_response`] in one piece.
@@ -99,12 +104,10 @@ pub fn encode_frame(
     body: &ResponseKind,
     records: &[Rope],
 ) -> anyhow::Result<Frame> {
-    let ResponseKind::Fetch(fetch) = body else {
-        return Ok(encode_response(correlation_id, api_key, version, body)?.into());
+    let fetch = match body {
+        ResponseKind::Fetch(f) if !records.is_empty() => f,
+        _ => return Ok(encode_response(correlation_id, api_key, version, body)?.into()),
     };
-    if records.is_empty() {
-        return Ok(encode_response(correlation_id, api_key, version, body)?.into());
-    }
     let mut flipped = fetch.clone();
     let mut marked = 0usize;
     for t in &mut flipped.responses {
@@ -112,7 +115,11 @@ pub fn encode_frame(
             let Some(r) = p.records.as_mut().filter(|r| !r.is_empty()) else {
                 continue;
             };
-            let index = marker_index(r, records.len())?;
+            let index = marker_index(r)
+                .filter(|i| (*i as usize) < records.len())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("records of {} bytes where a marker belongs", r.len())
+                })?;
             *r = Bytes::copy_from_slice(&(!index).to_be_bytes());
             marked += 1;
         }
@@ -134,7 +141,7 @@ pub fn encode_frame(
         let d = at + d;
         let index = a
             .get(d..d + 4)
-            .map(|m| u32::from_be_bytes(m.try_into().expect("4 bytes")))
+            .and_then(marker_index)
             .filter(|i| (*i as usize) < records.len())
             .ok_or_else(|| anyhow::anyhow!("a records marker at {d} does not name a rope"))?;
         found.push((d, index as usize));
@@ -158,11 +165,13 @@ pub fn encode_frame(
             anyhow::bail!("the records marker at {d} has no length prefix of 4 before it");
         }
         let n = records[index].len();
+        let too_large = || anyhow::anyhow!("{n} bytes of records in one partition");
         let mut p = BytesMut::with_capacity(5);
         if flexible {
-            put_uvarint(&mut p, n as u64 + 1);
+            let n = u32::try_from(n + 1).map_err(|_| too_large())?;
+            crate::write::put_uvarint(&mut p, n.into());
         } else {
-            p.put_i32(i32::try_from(n).map_err(|_| anyhow::anyhow!("{n} bytes of records"))?);
+            p.put_i32(i32::try_from(n).map_err(|_| too_large())?);
         }
         total = total - old_len - 4 + p.len() + n;
         prefixes.push(p.freeze());
@@ -184,25 +193,6 @@ pub fn encode_frame(
     pieces.push(a.slice(cursor..));
     pieces.retain(|p| !p.is_empty());
     Ok(Frame { pieces, len: total })
-}
-
-fn marker_index(r: &Bytes, ropes: usize) -> anyhow::Result<u32> {
-    let m: [u8; 4] = r[..]
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("records of {} bytes where a marker belongs", r.len()))?;
-    let index = u32::from_be_bytes(m);
-    if index as usize >= ropes {
-        anyhow::bail!("records marker {index} names none of {ropes} ropes");
-    }
-    Ok(index)
-}
-
-fn put_uvarint(b: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        b.put_u8((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    b.put_u8(v as u8);
 }
 
 /// [`encode_response`] without the length prefix filled in, as a buffer still to change.
@@ -287,13 +277,7 @@ mod frame_tests {
     use kafka_protocol::messages::{FetchResponse, ProducerId, TopicName};
     use kafka_protocol::protocol::StrBytes;
 
-    fn next(s: &mut u64) -> u64 {
-        *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+    use crate::rope::tests::next;
 
     /// Seeded Fetch responses of every version a client can ask for (the classic encodings the
     /// legacy layer writes, v4–v11, the flexible v12–v16), with partitions that carry records

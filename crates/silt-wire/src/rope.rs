@@ -122,6 +122,17 @@ impl Rope {
         filled == buf.len()
     }
 
+    /// The header of the batch at `pos`, read across pieces if it straddles them.
+    pub fn header_at(&self, pos: usize) -> Result<BatchHeader, batch::BatchError> {
+        let mut head = [0u8; HEADER_LEN];
+        if self.read_at(pos, &mut head) {
+            batch::parse_header(&head)
+        } else {
+            // Too short: the parser says so.
+            batch::parse_header(&[])
+        }
+    }
+
     /// The whole record batches at the start of the rope, as [`batch::iter`] finds them in one
     /// buffer: each header and its byte range; stops at the first that is cut short or does not
     /// parse.
@@ -140,11 +151,7 @@ impl Rope {
             let h = if p.len() - from >= HEADER_LEN {
                 batch::parse_header(&p[from..]).ok()?
             } else {
-                let mut head = [0u8; HEADER_LEN];
-                if !self.read_at(pos, &mut head) {
-                    return None;
-                }
-                batch::parse_header(&head).ok()?
+                self.header_at(pos).ok()?
             };
             let end = pos.checked_add(h.size)?;
             if end > self.len {
@@ -158,11 +165,11 @@ impl Rope {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// splitmix64, for seeded shapes.
-    fn next(s: &mut u64) -> u64 {
+    /// splitmix64, for seeded shapes (the crate's tests share it).
+    pub(crate) fn next(s: &mut u64) -> u64 {
         *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = *s;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

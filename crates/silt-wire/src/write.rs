@@ -1,5 +1,6 @@
 //! Writing record batches v2 that Silt makes itself (transaction markers, message sets converted
-//! up from v0/v1): the record encoding and the batch header with its CRC, in one place.
+//! up from v0/v1): the record encoding and the batch header with its CRC, in one place; and the
+//! varints they and hand-written response fields use.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -7,12 +8,16 @@ use crate::batch::{CRC_START, HEADER_LEN, LOG_OVERHEAD};
 
 /// Appends a zigzag varint.
 pub fn put_varint(b: &mut BytesMut, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        b.put_u8((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
+    put_uvarint(b, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// Appends an unsigned varint (the flexible versions' lengths and counts).
+pub fn put_uvarint(b: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        b.put_u8((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
     }
-    b.put_u8(z as u8);
+    b.put_u8(v as u8);
 }
 
 /// Appends one record without headers, length-prefixed as a batch holds it.

@@ -116,6 +116,7 @@ async fn answer(b: &Broker, req: &FetchRequest, version: i16, stage: &Stage) -> 
         if bytes >= req.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
             return done(b, resp, &parts);
         }
+        // Not answered: the blocks its records hold go back before the wait.
         drop(resp);
         let seen = marks(&parts);
         loop {
@@ -263,12 +264,9 @@ impl Built {
     /// The record bytes of a partition of the response.
     fn records_len(&self, p: &PartitionData) -> usize {
         p.records
-            .as_ref()
-            .filter(|r| r.len() == 4)
-            .and_then(|m| {
-                self.records
-                    .get(u32::from_be_bytes(m[..].try_into().ok()?) as usize)
-            })
+            .as_deref()
+            .and_then(silt_wire::response::marker_index)
+            .and_then(|i| self.records.get(i as usize))
             .map_or(0, Rope::len)
     }
 }
