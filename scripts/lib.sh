@@ -24,6 +24,11 @@ ensure_packages() {
   fi
 }
 
+# wait_port PORT: until something listens on 127.0.0.1:PORT (30 s), else exit.
+wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+# port_free PORT: nothing listens on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null; }
+
 require_cargo() {
   command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 2; }
 }
